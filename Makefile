@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- set up, then train the default network on the bundled digits and write demo/index.html
+#   make test   -- set up, then run the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch is pinned in the same pip command so pip never pulls a multi-GB CUDA build here.
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup test demo bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[test,vae,multi,config,plot]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/patchforcing demo --out demo
+
+bench: setup
+	$(VENV)/bin/patchforcing bench --out bench
+
+clean:
+	rm -rf $(VENV) demo bench
