@@ -1,0 +1,52 @@
+"""patchforcing: Patch Forcing (difficulty-aware adaptive sampling with per-patch diffusion times).
+
+Five lines from a checkpoint to samples::
+
+    import torch, patchforcing as pf
+    net = pf.load_model("PF-B-2.pt")
+    noise = torch.randn(4, 4, 32, 32)
+    x = pf.sample(net, noise, sampler="look-ahead", steps=32, labels=torch.tensor([207, 360, 387, 974]))
+"""
+
+from patchforcing.checkpoints import load_model, save_model
+from patchforcing.errors import CheckpointError, ConfigError, DataError, PatchForcingError, ShapeError, TrainingError
+from patchforcing.flow import interpolate, training_loss, validation_loss
+from patchforcing.models import PRESETS, ModelConfig, ModelOutput, PatchForcingTransformer, create_model
+from patchforcing.sampling import SAMPLERS, expected_nfe, sample, steps_for_nfe
+from patchforcing.timesteps import DISTRIBUTIONS, timestep_distribution
+
+__version__ = "0.1.0"
+
+
+def train(config):  # noqa: D401 - thin re-export, imported lazily (the trainer pulls in more)
+    """Train a network; see ``patchforcing.training.train``."""
+    from patchforcing.training import train as _train
+
+    return _train(config)
+
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "PRESETS",
+    "SAMPLERS",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "ModelConfig",
+    "ModelOutput",
+    "PatchForcingError",
+    "PatchForcingTransformer",
+    "ShapeError",
+    "TrainingError",
+    "create_model",
+    "expected_nfe",
+    "interpolate",
+    "load_model",
+    "sample",
+    "save_model",
+    "steps_for_nfe",
+    "timestep_distribution",
+    "train",
+    "training_loss",
+    "validation_loss",
+]

@@ -1,0 +1,214 @@
+"""Reading and writing networks.
+
+Formats ``load_model`` understands:
+    (a) the reference's released files: ``torch.save({"config": {"target", "params"}, "state_dict"})``
+        with target ``patch_flow.models.pf_transformer.PatchForcingDiT`` or ``patch_flow.models.dit.DiT``;
+    (b) the reference's Lightning training checkpoints (the ``ema_model.`` weights are taken);
+    (c) this project's ``.safetensors`` files (config as JSON in the metadata, no pickle);
+    (d) this project's training checkpoints (``.pt``, the EMA weights) and run folders (newest one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from patchforcing.errors import CheckpointError, ConfigError
+from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer
+
+FORMAT = "patchforcing-model"
+TRAIN_FORMAT = "patchforcing-train"
+REFERENCE_TARGETS = {
+    "patch_flow.models.pf_transformer.PatchForcingDiT": Kind.PATCH_FORCING,
+    "patch_flow.models.dit.DiT": Kind.SIT,
+}
+_REFERENCE_PARAMS = ("in_channels", "input_size", "depth", "hidden_size", "patch_size", "num_heads", "num_classes")
+_REFERENCE_OPTIONAL = ("mlp_ratio", "class_dropout_prob", "learn_sigma")
+_IGNORED_PARAMS = ("compile", "return_sigma", "predict_uncertainty", "out_channels")
+
+
+# --- writing -----------------------------------------------------------------------------------
+def atomic_write(path: str | os.PathLike, write_fn) -> Path:
+    """Call ``write_fn(tmp_path)`` then rename onto ``path``: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary file and an atomic rename."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` as ``.safetensors`` with its config as JSON metadata (loads without pickle)."""
+    from safetensors.torch import save_file
+
+    model = _unwrap(model)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": FORMAT, "version": "1", "config": json.dumps(model.config.to_dict())}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+
+
+# --- reading -----------------------------------------------------------------------------------
+def load_model(source: str | os.PathLike, map_location: str | torch.device = "cpu") -> PatchForcingTransformer:
+    """Load a network from any format listed in this module's docstring; returns it in eval mode.
+
+    Raises:
+        CheckpointError: missing file, a file of another kind, or weights that do not fit the config.
+    """
+    path = Path(source)
+    if path.is_dir():
+        path = newest_training_checkpoint(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}: check the path (a file, or a run folder with checkpoints/)")
+    if path.suffix == ".safetensors":
+        config, state = _read_safetensors(path)
+    else:
+        config, state = _interpret(_torch_load(path), path)
+    return _build(config, state, path).to(map_location).eval()
+
+
+def newest_training_checkpoint(run_dir: Path) -> Path:
+    """The training checkpoint with the highest step in ``run_dir/checkpoints``."""
+    found = sorted((run_dir / "checkpoints").glob("step-*.pt"))
+    if not found:
+        model_file = run_dir / "model.safetensors"
+        if model_file.exists():
+            return model_file
+        raise CheckpointError(
+            f"{str(run_dir)!r} is a folder without checkpoints/step-*.pt or model.safetensors; "
+            "pass a checkpoint file, or a run folder written by `patchforcing train`"
+        )
+    return found[-1]
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means the file is not what we read
+        raise CheckpointError(
+            f"could not read {str(path)!r} as a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "the file may be truncated or of another kind: re-download or re-export it"
+        ) from None
+
+
+def _read_safetensors(path: Path) -> tuple[ModelConfig, dict]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"could not read {str(path)!r} as safetensors ({err}); the file may be corrupt") from None
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise CheckpointError(
+            f"{str(path)!r} is a safetensors file without a patchforcing config in its metadata; "
+            "save networks with patchforcing.save_model"
+        )
+    return _config_from_dict(json.loads(meta["config"]), path), state
+
+
+def _interpret(obj: Any, path: Path) -> tuple[ModelConfig, dict]:
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint dict")
+    if obj.get("format") == TRAIN_FORMAT:  # (d) our training checkpoint
+        return _config_from_dict(obj["model_config"], path), obj["ema"]
+    if obj.get("format") == FORMAT:
+        return _config_from_dict(obj["config"], path), obj["state_dict"]
+    if "config" in obj and "state_dict" in obj:  # (a) released file
+        return _reference_config(obj["config"], path), _strip(obj["state_dict"], "")
+    hp = obj.get("hyper_parameters")
+    if isinstance(hp, dict) and isinstance(hp.get("model"), dict) and "state_dict" in obj:  # (b) Lightning
+        config = _reference_config(hp["model"], path)
+        state = _strip(obj["state_dict"], "ema_model.")
+        if not state:
+            raise CheckpointError(f"{str(path)!r} is a training checkpoint without 'ema_model.' weights")
+        return config, state
+    keys = sorted(obj)[:8]
+    raise CheckpointError(
+        f"{str(path)!r} is not a checkpoint this project knows (top-level keys {keys}); expected a released "
+        "file {'config', 'state_dict'}, a training checkpoint {'state_dict', 'hyper_parameters'}, "
+        "or a file written by patchforcing"
+    )
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    """Keep keys under ``prefix`` (all when empty), without it and without wrapper prefixes."""
+    out = {}
+    for key, value in state.items():
+        if not key.startswith(prefix):
+            continue
+        key = key[len(prefix):]
+        for wrapper in ("module.", "_orig_mod."):
+            key = key.replace(wrapper, "")
+        out[key] = value
+    return out
+
+
+def _reference_config(cfg: Any, path: Path) -> ModelConfig:
+    if not isinstance(cfg, dict) or "target" not in cfg:
+        raise CheckpointError(f"{str(path)!r}: model config has no 'target' (found {cfg!r:.200})")
+    target, params = cfg["target"], dict(cfg.get("params") or {})
+    if target not in REFERENCE_TARGETS:
+        raise CheckpointError(f"{str(path)!r}: unknown model target {target!r}; supported: {sorted(REFERENCE_TARGETS)}")
+    kind = REFERENCE_TARGETS[target]
+    if kind is Kind.PATCH_FORCING and params.get("predict_uncertainty", True) is False:
+        raise CheckpointError(f"{str(path)!r}: a PatchForcingDiT without the uncertainty head is not supported")
+    missing = [k for k in _REFERENCE_PARAMS if k not in params]
+    if missing:
+        raise CheckpointError(f"{str(path)!r}: model params lack {missing}")
+    unknown = sorted(set(params) - set(_REFERENCE_PARAMS) - set(_REFERENCE_OPTIONAL) - set(_IGNORED_PARAMS))
+    if unknown:
+        raise CheckpointError(f"{str(path)!r}: model params {unknown} are not understood by this project")
+    fields = {k: params[k] for k in _REFERENCE_PARAMS + _REFERENCE_OPTIONAL if k in params}
+    return _config_from_dict({"kind": kind.value, **fields}, path)
+
+
+def _config_from_dict(d: dict, path: Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(d)
+    except (ConfigError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{str(path)!r}: invalid model config ({err})") from None
+
+
+def _build(config: ModelConfig, state: dict, path: Path) -> PatchForcingTransformer:
+    model = PatchForcingTransformer(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append(f"shape mismatch {wrong[:3]}")
+        raise CheckpointError(f"{str(path)!r}: the weights do not fit the config ({'; '.join(parts)})")
+    dtype = next(iter(state.values())).dtype if state else torch.float32
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+    return model.to(dtype if dtype.is_floating_point else torch.float32)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while not hasattr(model, "config"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model

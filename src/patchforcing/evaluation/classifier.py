@@ -1,0 +1,216 @@
+"""A small CNN classifier for the ``digits`` data, used as the feature extractor for FID and
+precision/recall on digits and to score class-conditional samples.
+
+The weights ship inside the package (``patchforcing/assets/digits_classifier.safetensors``,
+about 0.5 MB) and are produced by ``scripts/train_digits_classifier.py``, which trains on the
+digits train split only and records the held-out accuracy in the file's metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_file, safe_open
+import torch.nn.functional as F
+from torch import nn
+
+from patchforcing.errors import CheckpointError, ConfigError, ShapeError
+
+DIGITS_RESOLUTION = 16
+DIGITS_CLASSES = 10
+DIGITS_TEST_SIZE = 297
+TRAIN_SCRIPT = "scripts/train_digits_classifier.py"
+
+
+def default_weights_path() -> Path:
+    """Where the shipped classifier weights live inside the installed package."""
+    return Path(str(resources.files("patchforcing") / "assets" / "digits_classifier.safetensors"))
+
+
+def load_digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits split the shipped classifier was trained ("train") and scored ("test") on.
+
+    sklearn's 8x8 digits, scaled to [-1, 1] and resized bilinearly to 16x16; the held-out split
+    is the first 297 indices of ``numpy.random.default_rng(0).permutation(1797)``. This mirrors
+    ``patchforcing.data`` so the classifier's script and tests need nothing else.
+
+    Args:
+        split: "train" (1500 images) or "test" (297 images).
+
+    Returns:
+        ``(images, labels)``: (N, 1, 16, 16) float32 in [-1, 1] and (N,) int64.
+    """
+    if split not in ("train", "test"):
+        raise ConfigError(f"unknown digits split {split!r}; use 'train' or 'test'.")
+    from sklearn.datasets import load_digits  # scikit-learn ships the data; no download
+
+    digits = load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16 * 2 - 1  # (1797, 1, 8, 8)
+    x = F.interpolate(x, size=(DIGITS_RESOLUTION, DIGITS_RESOLUTION), mode="bilinear",
+                      align_corners=False)  # (1797, 1, 16, 16)
+    y = torch.as_tensor(digits.target, dtype=torch.long)
+    perm = torch.as_tensor(np.random.default_rng(0).permutation(len(y)))
+    idx = perm[:DIGITS_TEST_SIZE] if split == "test" else perm[DIGITS_TEST_SIZE:]
+    return x[idx], y[idx]
+
+
+class DigitsClassifier(nn.Module):
+    """Four 3x3 convolutions, two 2x2 max-pools and one hidden layer whose output is the feature.
+
+    Args:
+        width: channels of the first two convolutions; the last two use ``2 * width``.
+        feature_dim: size F of the penultimate layer returned by :meth:`features`.
+        dropout: dropout before the output layer (active in training only).
+    """
+
+    def __init__(self, width: int = 32, feature_dim: int = 64, dropout: float = 0.3) -> None:
+        super().__init__()
+        self.config = {"width": width, "feature_dim": feature_dim, "dropout": dropout}
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
+            nn.MaxPool2d(2),  # (B, w, 8, 8)
+            nn.Conv2d(w, 2 * w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
+            nn.MaxPool2d(2),  # (B, 2w, 4, 4)
+            nn.Flatten(),
+            # GELU, not ReLU, so no feature is identically zero and the FID covariance stays full rank.
+            nn.Linear(2 * w * (DIGITS_RESOLUTION // 4) ** 2, feature_dim), nn.GELU(),
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, DIGITS_CLASSES))
+
+    def _check(self, x: torch.Tensor) -> None:
+        expected = (1, DIGITS_RESOLUTION, DIGITS_RESOLUTION)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+            raise ShapeError(
+                f"DigitsClassifier expects images of shape (B, 1, 16, 16) in [-1, 1], got "
+                f"{tuple(x.shape)}; use the digits data at its native resolution."
+            )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer features.
+
+        Args:
+            x: (B, 1, 16, 16) images in [-1, 1].
+
+        Returns:
+            (B, F) features, F = ``feature_dim``.
+        """
+        self._check(x)
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits.
+
+        Args:
+            x: (B, 1, 16, 16) images in [-1, 1].
+
+        Returns:
+            (B, 10) logits.
+        """
+        return self.head(self.features(x))
+
+
+def load_digits_classifier(
+    device: str | torch.device = "cpu", path: str | Path | None = None
+) -> DigitsClassifier:
+    """Load the shipped digits classifier in eval mode.
+
+    Args:
+        device: where to put the network.
+        path: a weights file; defaults to the one inside the package.
+
+    Returns:
+        The classifier, eval mode, gradients off. ``model.metadata`` holds the file's metadata
+        (held-out accuracy, architecture, the command that trained it).
+
+    Raises:
+        CheckpointError: when the file is missing or does not fit the architecture.
+    """
+    path = Path(path) if path is not None else default_weights_path()
+    if not path.is_file():
+        raise CheckpointError(
+            f"digits classifier weights not found at {path}; regenerate them with "
+            f"`python {TRAIN_SCRIPT}` (a few minutes on CPU)."
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        state = load_file(str(path))
+        config = json.loads(metadata.get("architecture", "{}"))
+        model = DigitsClassifier(**config)
+        model.load_state_dict(state)
+    except (SafetensorsError, OSError, ValueError, TypeError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path} is not a digits classifier checkpoint ({err}); regenerate it with "
+            f"`python {TRAIN_SCRIPT}`."
+        ) from None
+    model.metadata = metadata
+    return model.to(device).eval().requires_grad_(False)
+
+
+def extract_features(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor | np.ndarray,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """Apply a feature function to images in batches, without gradients.
+
+    Args:
+        fn: maps a (b, ...) batch to (b, F) features, e.g. ``classifier.features``.
+        images: (N, ...) images.
+        batch_size: images per call of ``fn``.
+        device: where to move each batch before calling ``fn``; None leaves it as is.
+
+    Returns:
+        (N, F) float32 features.
+    """
+    images = torch.as_tensor(images)
+    out = []
+    with torch.no_grad():
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start:start + batch_size]
+            if device is not None:
+                batch = batch.to(device)
+            feats = fn(batch)
+            out.append(feats.reshape(feats.shape[0], -1).float().cpu().numpy())
+    if not out:
+        raise ShapeError("extract_features got no images; pass at least one image.")
+    return np.concatenate(out)
+
+
+def classification_accuracy(
+    classifier: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray | int,
+    batch_size: int = 256,
+) -> float:
+    """Fraction of images the classifier assigns to the requested class.
+
+    Args:
+        classifier: maps (b, 1, 16, 16) images to (b, 10) logits.
+        images: (N, 1, 16, 16) images in [-1, 1].
+        labels: (N,) requested classes, or one class for all images.
+        batch_size: images per forward pass.
+
+    Returns:
+        Accuracy in [0, 1].
+    """
+    device = next(classifier.parameters()).device
+    logits = torch.from_numpy(extract_features(classifier, images, batch_size, device))  # (N, 10)
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if labels.numel() == 1:
+        labels = labels.expand(logits.shape[0])
+    if labels.shape[0] != logits.shape[0]:
+        raise ShapeError(f"got {logits.shape[0]} images but {labels.shape[0]} labels; pass one "
+                         "label per image or a single class for all.")
+    return float((logits.argmax(dim=1) == labels).float().mean())
+

@@ -1,0 +1,134 @@
+"""Network configuration (a frozen dataclass) and the preset registry.
+
+``patch_size``, channels and resolution live here and only here: the loss and the samplers read
+them from the network (``model.config``), never from a second setting that could disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from patchforcing.errors import ConfigError
+
+
+class Kind(str, enum.Enum):
+    """What the network conditions on (SPEC 3)."""
+
+    PATCH_FORCING = "patch-forcing"  # per-patch time (B, N) + difficulty head (log-variance channel)
+    SIT = "sit"  # global-time baseline of the same layout, no head
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that decides a network's shape. Written as JSON beside every checkpoint."""
+
+    kind: Kind = Kind.PATCH_FORCING
+    input_size: int = 32  # H == W of the input (pixels or latent cells)
+    in_channels: int = 4
+    patch_size: int = 2
+    hidden_size: int = 1152
+    depth: int = 28
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    num_classes: int = 1000  # 0: unconditional (only the null row exists)
+    class_dropout_prob: float = 0.1  # > 0 adds the null-class row used for guidance
+    learn_sigma: bool = False  # legacy DiT/SiT option: extra C output channels, discarded
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", Kind(self.kind))
+        if self.input_size % self.patch_size:
+            raise ConfigError(
+                f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}; "
+                "choose a patch size that divides the resolution"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.hidden_size % 4:
+            raise ConfigError(f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos position embedding)")
+        if self.learn_sigma and self.kind is Kind.PATCH_FORCING:
+            raise ConfigError("learn_sigma cannot be combined with the difficulty head (kind='patch-forcing')")
+
+    # --- derived quantities --------------------------------------------------------------------
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def has_difficulty_head(self) -> bool:
+        return self.kind is Kind.PATCH_FORCING
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the final linear layer (velocity + head, or the legacy sigma)."""
+        if self.learn_sigma:
+            return 2 * self.in_channels
+        return self.in_channels + (1 if self.has_difficulty_head else 0)
+
+    @property
+    def has_null_class(self) -> bool:
+        return self.class_dropout_prob > 0 or self.num_classes == 0
+
+    @property
+    def null_label(self) -> int | None:
+        """Index of the null (unconditional) class, or None when the table has no such row."""
+        return self.num_classes if self.has_null_class else None
+
+    # --- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["kind"] = self.kind.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
+# Sizes of SPEC 3 (depth, width, heads); XS is this project's CPU size.
+_SIZES = {
+    "XS": dict(depth=4, hidden_size=128, num_heads=4),
+    "S": dict(depth=12, hidden_size=384, num_heads=6),
+    "B": dict(depth=12, hidden_size=768, num_heads=12),
+    "L": dict(depth=24, hidden_size=1024, num_heads=16),
+    "XL": dict(depth=28, hidden_size=1152, num_heads=16),
+}
+_PATCHES = (2, 4, 8)
+
+
+def _build_presets() -> dict[str, dict[str, Any]]:
+    presets: dict[str, dict[str, Any]] = {}
+    for prefix, kind in (("PF", Kind.PATCH_FORCING), ("SiT", Kind.SIT)):
+        for size, dims in _SIZES.items():
+            for p in _PATCHES:
+                presets[f"{prefix}-{size}/{p}"] = dict(kind=kind, patch_size=p, **dims)
+    # XS is for CPU work on small images: 16x16, 1 channel, 10 classes (the bundled digits).
+    for name in [n for n in presets if "-XS/" in n]:
+        presets[name].update(input_size=16, in_channels=1, num_classes=10)
+    return presets
+
+
+PRESETS: dict[str, dict[str, Any]] = _build_presets()
+
+
+def preset_config(preset: str, **overrides: Any) -> ModelConfig:
+    """Resolve a preset name (e.g. ``"PF-B/2"``) plus overrides into a ModelConfig."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    fields = dict(PRESETS[preset])
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ConfigError(f"unknown model option(s) {bad}; valid overrides: {sorted(known - {'kind'})}")
+    fields.update(overrides)
+    return ModelConfig(**fields)

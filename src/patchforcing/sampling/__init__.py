@@ -1,0 +1,145 @@
+"""Inference: ``sample(model, noise, sampler=..., steps=...)`` and the sampler registry (SPEC 5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from patchforcing.errors import ConfigError, ShapeError
+from patchforcing.sampling.guidance import Guide, Guided, check_labels
+from patchforcing.sampling.masks import certain_count, difficulty_mask, random_mask
+from patchforcing.sampling.samplers import (
+    SAMPLERS,
+    Context,
+    expected_nfe,
+    make_mask_fn,
+    resolve_options,
+    steps_for_nfe,
+    time_grid,
+)
+
+
+class TrajectoryRecorder:
+    """Collects, per network evaluation of the outer loop, the per-patch time map (B, N), the
+    difficulty map ``exp(logvar)`` (B, 1, H, W) and the current sample, on the CPU."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Tensor | None | bool]] = []
+
+    def __call__(self, *, x: Tensor, t: Tensor, logvar: Tensor | None, certain: Tensor | None = None, inner: bool = False) -> None:
+        self.frames.append(
+            {
+                "x": x.detach().float().cpu(),
+                "t": t.detach().float().cpu().clone(),
+                "difficulty": None if logvar is None else logvar.detach().float().exp().cpu(),
+                "certain": None if certain is None else certain.detach().cpu(),
+                "inner": inner,
+            }
+        )
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    noise: Tensor,
+    *,
+    sampler: str,
+    steps: int,
+    labels: Tensor | None = None,
+    cfg_scale: float = 1.0,
+    null_label: int | None = None,
+    return_info: bool = False,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+    record_trajectory: bool = False,
+    **options: Any,
+) -> Tensor | tuple[Tensor, dict[str, Any]]:
+    """Integrate from noise (``t = 0``) to data (``t = 1``) with one of the samplers of SPEC 5.
+
+    Args:
+        model: a network from ``create_model``/``load_model``; patch size and head come from it.
+        noise: (B, C, H, W) starting point ``x0 ~ N(0, I)``; its dtype decides the compute dtype.
+        sampler: ``euler``, ``euler-pf``, ``dual-loop``, ``look-ahead``, ``random-dual-loop`` or
+            ``random-look-ahead``.
+        steps: outer steps S on the grid ``t_k = k / S``.
+        labels: (B,) class labels (None: the null class).
+        cfg_scale: classifier-free guidance weight w (1 = no guidance, one call per evaluation).
+        null_label: the unconditional class; defaults to the network's null row.
+        return_info: also return ``info`` with ``nfe`` (network calls), ``steps``, ``sampler``,
+            ``options`` and, with ``record_trajectory``, ``trajectory`` (a list of frames).
+        progress: show a progress bar over outer steps.
+        generator: draws the random masks of the ``random-*`` ablations.
+        record_trajectory: keep per-step time and difficulty maps (off by default, free when off).
+        **options: sampler options (``p``, ``n_inner``, ``context_ratio``).
+
+    Returns:
+        The sample (B, C, H, W), or ``(sample, info)`` with ``return_info=True``.
+    """
+    spec, opts = resolve_options(sampler, options)
+    cfg = model.config
+    if int(steps) != steps or steps < 1:
+        raise ConfigError(f"steps must be a positive integer, got {steps}")
+    if sampler != "euler" and not cfg.has_difficulty_head:
+        raise ConfigError(
+            f"sampler {sampler!r} needs a Patch Forcing network (per-patch time, difficulty head); "
+            "this network is a global-time baseline: use sampler='euler'"
+        )
+    expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    if noise.ndim != 4 or tuple(noise.shape[1:]) != expected:
+        raise ShapeError(f"noise has shape {tuple(noise.shape)}; this network samples (B, {', '.join(map(str, expected))})")
+    labels = check_labels(model, noise, labels)
+    guide = Guide(model, labels, cfg_scale, null_label)
+    recorder = TrajectoryRecorder() if record_trajectory else None
+    ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder)
+    ctx.mask_fn = make_mask_fn(spec, opts, cfg.patch_size, generator)
+    grid = time_grid(int(steps))
+    if progress:
+        guide = _ProgressGuide(guide, expected_nfe(sampler, int(steps), **options), sampler)
+    x = spec.fn(guide, noise, grid, ctx)
+    if progress:
+        guide.close()
+    if not return_info:
+        return x
+    info: dict[str, Any] = {"nfe": guide.nfe, "steps": int(steps), "sampler": sampler, "options": opts, "cfg_scale": cfg_scale}
+    if recorder is not None:
+        info["trajectory"] = recorder.frames
+    return x, info
+
+
+class _ProgressGuide:
+    """Wraps a Guide to advance a tqdm bar per network evaluation."""
+
+    def __init__(self, guide: Guide, total: int, name: str):
+        from tqdm.auto import tqdm
+
+        self._guide = guide
+        self._bar = tqdm(total=total, desc=name, unit="nfe")
+
+    @property
+    def nfe(self) -> int:
+        return self._guide.nfe
+
+    def __call__(self, x: Tensor, t: Tensor) -> Guided:
+        out = self._guide(x, t)
+        self._bar.update(1)
+        return out
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+__all__ = [
+    "SAMPLERS",
+    "Guide",
+    "Guided",
+    "TrajectoryRecorder",
+    "certain_count",
+    "difficulty_mask",
+    "expected_nfe",
+    "random_mask",
+    "sample",
+    "steps_for_nfe",
+    "time_grid",
+]

@@ -1,0 +1,49 @@
+"""Which patches are certain (run ahead) and which are uncertain (refine): SPEC 5.
+
+A mask is a boolean pixel map (B, 1, H, W), constant over each patch; True means CERTAIN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from patchforcing.flow import patch_time_to_pixels
+
+
+def difficulty_mask(logvar: Tensor, patch_size: int, p_frac: float) -> Tensor:
+    """Certain where the patch-averaged difficulty lies strictly below its per-sample quantile.
+
+    ``d = exp(logvar)`` is averaged over every p x p patch and written back to its pixels; the
+    threshold is the ``p_frac`` quantile of that pixel map (linear interpolation, float64), and
+    a pixel is certain where ``d < tau`` (strict). These details follow the reference exactly:
+    the quantile runs over pixels, not patches, and ties at the threshold count as uncertain.
+    """
+    d = torch.exp(logvar)
+    pooled = F.avg_pool2d(d, patch_size, patch_size)  # (B, 1, h, w)
+    d = pooled.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)  # (B, 1, H, W)
+    tau = torch.quantile(d.reshape(d.shape[0], -1).double(), p_frac, dim=-1)  # (B,)
+    return d < tau.view(-1, 1, 1, 1)
+
+
+def certain_count(num_patches: int, patch_size: int, p_frac: float) -> int:
+    """Patches the quantile rule marks certain when all difficulties differ.
+
+    With M = N p^2 pixels the quantile sits at position ``q (M - 1)`` of the sorted pixels;
+    the patches strictly below it are the ``floor(q (M - 1) / p^2)`` easiest ones.
+    """
+    pixels = num_patches * patch_size**2
+    return int(math.floor(p_frac * (pixels - 1) / patch_size**2 + 1e-9))
+
+
+def random_mask(shape: tuple[int, int, int, int], patch_size: int, p_frac: float, generator=None, device=None) -> Tensor:
+    """The ablation of SPEC 5: the same number of certain patches, chosen uniformly at random."""
+    b, _, h, w = shape
+    n = (h // patch_size) * (w // patch_size)
+    k = certain_count(n, patch_size, p_frac)
+    order = torch.rand((b, n), generator=generator, device=device).argsort(dim=1)
+    certain = order < k  # (B, N): exactly k True per row, uniformly placed
+    return patch_time_to_pixels(certain, patch_size, h, w)

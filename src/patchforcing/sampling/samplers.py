@@ -1,0 +1,203 @@
+"""Inference samplers (SPEC 5). Each integrates ``t: 0 -> 1`` on the grid ``t_k = k / S``.
+
+A sampler is a function ``(guide, x, grid, ctx) -> x`` that sees the network only through
+``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. ``ctx`` carries the patch size,
+the options and an optional recorder (None unless trajectories are asked for).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from patchforcing.errors import ConfigError
+from patchforcing.flow import patch_time_to_pixels, pixels_to_patch_mean
+from patchforcing.sampling.guidance import Guide, Guided
+from patchforcing.sampling.masks import difficulty_mask, random_mask
+
+# Look-ahead takes a plain step with the conditional velocity while t_k <= this (reference behaviour).
+LOOK_AHEAD_WARMUP_T = 0.05
+_F32_WARMUP = torch.tensor(LOOK_AHEAD_WARMUP_T, dtype=torch.float32).item()  # compared in float32
+
+
+@dataclass
+class Context:
+    patch_size: int
+    num_patches: int
+    options: dict
+    generator: torch.Generator | None = None
+    recorder: Callable[..., None] | None = None
+    mask_fn: Callable[[Guided, Tensor], Tensor] | None = field(default=None, repr=False)
+
+    def record(self, **items) -> None:
+        if self.recorder is not None:
+            self.recorder(**items)
+
+
+def time_grid(steps: int) -> Tensor:
+    """``t_k = k / S`` built as the reference builds it: a float32 linspace (S + 1,) on the CPU.
+
+    Samplers cast it to the sample's dtype; the look-ahead warm-up test compares the float32
+    values, as the reference does (so ``t_k = 0.05`` counts as warm-up).
+    """
+    return torch.linspace(0, 1, steps + 1, dtype=torch.float32)
+
+
+def _steps(grid: Tensor, x: Tensor):
+    """Yield ``(t_k, t_{k+1}, t_k as a float32 Python number)`` with tensors in x's dtype/device."""
+    cast = grid.to(device=x.device, dtype=x.dtype)
+    for k, t32 in enumerate(grid[:-1].tolist()):
+        yield cast[k], cast[k + 1], t32
+
+
+def _per_patch(value: Tensor, b: int, n: int) -> Tensor:
+    return value.expand(b, n) if value.ndim == 0 else value
+
+
+# --- plain Euler ------------------------------------------------------------------------------
+def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+    """Global-time Euler: ``x += (t_{k+1} - t_k) v``, ``t`` passed as (B,). NFE = S."""
+    b = x.shape[0]
+    for t_cur, t_next, t32 in _steps(grid, x):
+        out = guide(x, t_cur.expand(b))
+        ctx.record(x=x, t=t_cur.expand(b, ctx.num_patches), logvar=out.logvar)
+        x = x + (t_next - t_cur) * out.velocity
+    return x
+
+
+def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+    """Euler for Patch Forcing networks: the same step, ``t`` passed as (B, N), all equal. NFE = S."""
+    b, n = x.shape[0], ctx.num_patches
+    for t_cur, t_next, t32 in _steps(grid, x):
+        t = t_cur.expand(b, n)
+        out = guide(x, t)
+        ctx.record(x=x, t=t, logvar=out.logvar)
+        x = x + (t_next - t_cur) * out.velocity
+    return x
+
+
+# --- dual loop ---------------------------------------------------------------------------------
+def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+    """Certain patches take the whole step at once; uncertain ones take ``K`` small steps with
+    the certain ones already ahead as context (SPEC 5). The mask is fixed within an outer step.
+    NFE = S * K."""
+    k_inner = int(ctx.options["n_inner"])
+    b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
+    for t_cur, t_next, t32 in _steps(grid, x):
+        dt = t_next - t_cur
+        small = dt / k_inner
+        out = guide(x, t_cur.expand(b, n))
+        certain = ctx.mask_fn(out, x)  # (B, 1, H, W) bool
+        uncertain = ~certain
+        ctx.record(x=x, t=t_cur.expand(b, n), logvar=out.logvar, certain=certain)
+        x = x + torch.where(certain, dt, small) * out.velocity
+        t_map = t_cur + torch.where(certain, dt, small)  # (B, 1, H, W) per-pixel time
+        for _ in range(k_inner - 1):
+            t_patch = pixels_to_patch_mean(t_map, p)  # (B, N)
+            v = guide(x, t_patch).velocity
+            x = x + small * v * uncertain
+            t_map = t_map + small * uncertain
+            ctx.record(x=x, t=t_patch, logvar=None, certain=certain, inner=True)
+    return x
+
+
+# --- look ahead --------------------------------------------------------------------------------
+def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+    """Certain patches are pushed ahead to ``t_ctx = min(rho t_k, 1)`` with the conditional
+    velocity; the uncertain ones are then predicted with that cleaner context (SPEC 5).
+    NFE = 1 while ``t_k <= 0.05``, else 2 per step."""
+    rho = float(ctx.options["context_ratio"])
+    b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
+    h, w = x.shape[-2:]
+    for t_cur, t_next, t32 in _steps(grid, x):
+        dt = t_next - t_cur
+        t = t_cur.expand(b, n)
+        out = guide(x, t)
+        if t32 <= _F32_WARMUP:
+            # Reference behaviour: the first steps use the CONDITIONAL velocity, not the guided one.
+            ctx.record(x=x, t=t, logvar=out.logvar)
+            x = x + dt * out.cond_velocity
+            continue
+        certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
+        delta = torch.clamp(rho * t_cur, max=1.0) - t_cur
+        x_ctx = x + delta * out.cond_velocity * certain
+        certain_patch = pixels_to_patch_mean(certain.to(x.dtype), p) > 0.5  # (B, N)
+        t_ctx = t + delta * certain_patch
+        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain)
+        v_ctx = guide(x_ctx, t_ctx).velocity
+        x = x + dt * torch.where(certain, out.velocity, v_ctx)
+    return x
+
+
+# --- registry ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplerSpec:
+    fn: Callable[[Guide, Tensor, Tensor, Context], Tensor]
+    defaults: dict
+    needs_head: bool
+    mask: str | None  # "difficulty", "random" or None
+    description: str
+
+
+SAMPLERS: dict[str, SamplerSpec] = {
+    "euler": SamplerSpec(euler, {}, False, None, "Euler with one global time per sample (any network)."),
+    "euler-pf": SamplerSpec(euler_pf, {}, False, None, "Euler with per-patch times, all equal (Patch Forcing networks)."),
+    "dual-loop": SamplerSpec(dual_loop, {"p": 0.4, "n_inner": 4}, True, "difficulty", "Easy patches take the whole step; hard ones K small steps."),
+    "look-ahead": SamplerSpec(look_ahead, {"p": 0.4, "context_ratio": 1.4}, True, "difficulty", "Easy patches run ahead as context for hard ones."),
+    "random-dual-loop": SamplerSpec(dual_loop, {"p": 0.4, "n_inner": 4}, False, "random", "Ablation: dual-loop with a random mask."),
+    "random-look-ahead": SamplerSpec(look_ahead, {"p": 0.4, "context_ratio": 1.4}, False, "random", "Ablation: look-ahead with a random mask."),
+}
+
+
+def resolve_options(name: str, options: dict) -> tuple[SamplerSpec, dict]:
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    spec = SAMPLERS[name]
+    bad = sorted(set(options) - set(spec.defaults))
+    if bad:
+        allowed = sorted(spec.defaults) or "none"
+        raise ConfigError(f"sampler {name!r} has no option(s) {bad}; its options are: {allowed}")
+    opts = {**spec.defaults, **options}
+    if "p" in opts and not 0.0 < float(opts["p"]) < 1.0:
+        raise ConfigError(f"p must lie in (0, 1), got {opts['p']}")
+    if "n_inner" in opts and (int(opts["n_inner"]) != opts["n_inner"] or int(opts["n_inner"]) < 1):
+        raise ConfigError(f"n_inner must be a positive integer, got {opts['n_inner']}")
+    if "context_ratio" in opts and float(opts["context_ratio"]) < 1.0:
+        raise ConfigError(f"context_ratio must be >= 1, got {opts['context_ratio']}")
+    return spec, opts
+
+
+def make_mask_fn(spec: SamplerSpec, opts: dict, patch_size: int, generator) -> Callable | None:
+    if spec.mask == "difficulty":
+        return lambda out, x: difficulty_mask(out.logvar, patch_size, float(opts["p"]))
+    if spec.mask == "random":
+        return lambda out, x: random_mask(tuple(x.shape), patch_size, float(opts["p"]), generator, x.device)
+    return None
+
+
+def expected_nfe(name: str, steps: int, **options) -> int:
+    """Network calls of ``sample(..., sampler=name, steps=steps)`` (guidance batches count once)."""
+    spec, opts = resolve_options(name, options)
+    if spec.fn is dual_loop:
+        return steps * int(opts["n_inner"])
+    if spec.fn is look_ahead:
+        warm = sum(t <= _F32_WARMUP for t in time_grid(steps)[:-1].tolist())
+        return warm + 2 * (steps - warm)
+    return steps
+
+
+def steps_for_nfe(name: str, nfe: int, **options) -> int:
+    """The number of outer steps whose NFE comes closest to ``nfe`` without exceeding it
+    (at least one step)."""
+    if nfe < 1:
+        raise ConfigError(f"the NFE budget must be at least 1, got {nfe}")
+    best = 1
+    for steps in range(1, nfe + 1):
+        if expected_nfe(name, steps, **options) <= nfe:
+            best = steps
+        else:
+            break
+    return best
