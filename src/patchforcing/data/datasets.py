@@ -78,6 +78,8 @@ class ImageDataset(Dataset):
             raise DataError(f"{self.name}: {self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
         if len(self.class_names) != self.num_classes:
             raise DataError(f"{self.name}: {self.num_classes} classes but {len(self.class_names)} class names")
+        if len(self.labels) and not 0 <= int(self.labels.min()) <= int(self.labels.max()) < max(self.num_classes, 1):
+            raise DataError(f"{self.name}: labels must lie in [0, {max(self.num_classes, 1)}) for {self.num_classes} classes")
         self.images = self.images.float()
         self.labels = self.labels.long()
 
@@ -154,7 +156,7 @@ def _load_photos() -> list[tuple[str, np.ndarray]]:
         except Exception as err:  # a photo missing from this scikit-image install
             warnings.warn(f"photos: skipping {name!r}, it does not load offline here ({err})", stacklevel=3)
             continue
-        photos.append((name, np.ascontiguousarray(photo[..., :3])))
+        photos.append((name, np.array(photo[..., :3], dtype=np.uint8)))  # a writable copy
     if not photos:
         raise DataError("photos: no bundled photograph loads; reinstall scikit-image and scikit-learn")
     return photos
@@ -187,7 +189,9 @@ def photo_regions(split: str, resolution: int = PHOTOS_RESOLUTION) -> list[tuple
     return regions
 
 
-def photo_crop_plan(sizes: list[tuple[int, int]], max_sides: list[int], num_crops: int, resolution: int, seed: int | list[int]) -> np.ndarray:
+def photo_crop_plan(
+    sizes: list[tuple[int, int]], max_sides: list[int], num_crops: int, resolution: int, seed: int | list[int]
+) -> np.ndarray:
     """Draw crop boxes: crop ``i`` comes from region ``i % len(sizes)`` (balanced classes).
 
     Args:
@@ -238,11 +242,14 @@ def load_photos_dataset(
     for i, (r, x0, y0, side, flip) in enumerate(plan.tolist()):
         crop = regions[r][1][:, y0 : y0 + side, x0 : x0 + side]
         if side != resolution:
-            crop = F.interpolate(crop[None], size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)[0]
+            size = (resolution, resolution)
+            crop = F.interpolate(crop[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
         images[i] = crop.flip(-1) if flip else crop
     names = [name for name, _, _ in regions]
     labels = torch.from_numpy(plan[:, 0]) if labeled else torch.zeros(n, dtype=torch.int64)
-    return ImageDataset(images.clamp_(-1, 1), labels, len(names) if labeled else 0, "photos-labeled" if labeled else "photos", names if labeled else [])
+    if labeled:
+        return ImageDataset(images.clamp_(-1, 1), labels, len(names), "photos-labeled", names)
+    return ImageDataset(images.clamp_(-1, 1), labels, 0, "photos", [])
 
 
 # ----------------------------------------------------------------------------- folders
@@ -261,7 +268,10 @@ def scan_image_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
         names (empty when unconditional, labels then all 0).
     """
     if not root.exists():
-        raise DataError(f"no data set at {root}: the folder does not exist; pass an existing folder of images or one of the built-in names {', '.join(BUILTIN_NAMES)}")
+        raise DataError(
+            f"no data set at {root}: the folder does not exist; pass an existing folder of images "
+            f"or one of the built-in names {', '.join(BUILTIN_NAMES)}"
+        )
     if not root.is_dir():
         raise DataError(f"{root} is a file; pass a folder of images (class subfolders or images directly inside)")
 
@@ -279,7 +289,11 @@ def scan_image_folder(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     if not classes:
         return [(p, 0) for p in loose], []
     if loose:
-        warnings.warn(f"{root}: ignoring {len(loose)} image(s) next to the class subfolders (e.g. {loose[0].name}); move them into a class folder", stacklevel=3)
+        warnings.warn(
+            f"{root}: ignoring {len(loose)} image(s) next to the class subfolders (e.g. {loose[0].name}); "
+            "move them into a class folder",
+            stacklevel=3,
+        )
     return [(p, label) for label, (_, files) in enumerate(classes) for p in files], [name for name, _ in classes]
 
 
@@ -296,6 +310,17 @@ def split_image_files(files: list[tuple[Path, int]], split: str) -> list[tuple[P
             held = {len(group) - 1}
         chosen += [f for k, f in enumerate(group) if (k in held) == (split == "test")]
     return chosen
+
+
+def folder_split_files(root: Path, split: str) -> tuple[list[tuple[Path, int]], list[str]]:
+    """``(files of the split, class_names)`` of a folder; a DataError if it holds no image file."""
+    all_files, class_names = scan_image_folder(root)
+    if not all_files:
+        raise DataError(
+            f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)}); put images in class subfolders "
+            f"({root}/cat/001.png) or directly in the folder"
+        )
+    return split_image_files(all_files, split), class_names
 
 
 def read_image(path: Path, resolution: int) -> Tensor | None:
@@ -335,12 +360,9 @@ def load_folder_dataset(root: str | Path, split: str = "train", resolution: int 
     :func:`patchforcing.data.prepare_latents`, which streams the files.
     """
     root = Path(root).expanduser()
-    all_files, class_names = scan_image_folder(root)
-    if not all_files:
-        raise DataError(f"no images in {root} (looked for {', '.join(IMAGE_SUFFIXES)}); put images in class subfolders ({root}/cat/001.png) or directly in the folder")
-    files = split_image_files(all_files, split)
+    files, class_names = folder_split_files(root, split)
     if not files:
-        raise DataError(f"{root} has {len(all_files)} image(s), too few for a held-out '{split}' split; add at least 2 images per class")
+        raise DataError(f"{root} has too few images for a held-out '{split}' split; add at least 2 images per class")
     images, labels, skipped = [], [], []
     for path, label in files:
         img = read_image(path, resolution)
@@ -351,7 +373,9 @@ def load_folder_dataset(root: str | Path, split: str = "train", resolution: int 
             labels.append(label)
     report_skipped(root, skipped)
     if not images:
-        raise DataError(f"none of the {len(files)} '{split}' image file(s) in {root} could be read; check that they are valid image files")
+        raise DataError(
+            f"none of the {len(files)} '{split}' image file(s) in {root} could be read; check that they are valid image files"
+        )
     x = torch.stack(images).float() / 127.5 - 1  # (M, 3, R, R)
     return ImageDataset(x, torch.tensor(labels, dtype=torch.int64), len(class_names), str(root), class_names)
 

@@ -108,6 +108,13 @@ def sample(
     return x, info
 
 
+def noise_for_seeds(seeds, shape, *, device=None, dtype=torch.float32) -> Tensor:
+    """One seed per image: image i is ``randn(shape)`` from a generator seeded with ``seeds[i]``,
+    so a sample never depends on the batch size or the number of processes."""
+    out = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64) for s in seeds]
+    return torch.stack(out).to(device=device, dtype=dtype)
+
+
 class _ProgressGuide:
     """Wraps a Guide to advance a tqdm bar per network evaluation."""
 
@@ -138,6 +145,7 @@ __all__ = [
     "certain_count",
     "difficulty_mask",
     "expected_nfe",
+    "noise_for_seeds",
     "random_mask",
     "sample",
     "steps_for_nfe",

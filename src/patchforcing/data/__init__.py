@@ -1,0 +1,35 @@
+"""Data: built-in data sets (digits, photos), folders of images, and VAE latent folders.
+
+    from patchforcing.data import load_dataset
+    train = load_dataset("digits")                    # (1500, 1, 16, 16) in [-1, 1], 10 classes
+    test = load_dataset("digits", split="test")       # the fixed 297 held-out digits
+    crops = load_dataset("photos", resolution=32)     # 8,192 RGB crops, unconditional
+    mine = load_dataset("path/to/folder")             # class subfolders, 32x32 center crops
+    latents = load_dataset("latents/photos-256")      # written by prepare_latents
+"""
+
+from patchforcing.data.datasets import (
+    BUILTIN_NAMES,
+    DIGITS_NUM_TEST,
+    PHOTO_NAMES,
+    ImageDataset,
+    digits_split_indices,
+    load_dataset,
+    split_image_files,
+)
+from patchforcing.data.latents import encode_latents, is_latent_folder, load_vae, prepare_latents, read_meta
+
+__all__ = [
+    "BUILTIN_NAMES",
+    "DIGITS_NUM_TEST",
+    "PHOTO_NAMES",
+    "ImageDataset",
+    "digits_split_indices",
+    "encode_latents",
+    "is_latent_folder",
+    "load_dataset",
+    "load_vae",
+    "prepare_latents",
+    "read_meta",
+    "split_image_files",
+]

@@ -1,0 +1,310 @@
+"""Latent data sets: encode images once with a VAE, then train on the stored latents.
+
+Layout written by :func:`prepare_latents` (every file written to a temporary name and moved
+into place, ``meta.json`` last, so a folder with ``meta.json`` is complete)::
+
+    out/meta.json                        format, VAE, scale factor, sizes, classes, shards
+    out/train/shard-00000.safetensors    latents (M, c, h, w) float32, labels (M,) int64
+    out/test/shard-00000.safetensors     the held-out split of the source data
+
+Stored latents are ``(posterior mean - shift_factor) * scale_factor``; ``shift_factor`` is 0
+for SD-VAE-style autoencoders (no shift in their config). Decode with
+``vae.decode(latents / scale_factor + shift_factor)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from patchforcing.data.datasets import (
+    BUILTIN_NAMES,
+    SPLITS,
+    ImageDataset,
+    check_split,
+    load_dataset,
+    folder_split_files,
+    read_image,
+    report_skipped,
+)
+from patchforcing.errors import DataError
+
+LATENT_FORMAT, LATENT_VERSION = "patchforcing-latents", 1
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_latent_folder(path: str | Path) -> bool:
+    """True when ``path`` is a folder holding a ``meta.json`` (written by :func:`prepare_latents`)."""
+    return (Path(path) / "meta.json").is_file()
+
+
+def read_meta(root: str | Path) -> dict:
+    """Read and check ``meta.json`` of a latent folder."""
+    path = Path(root) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read {path} ({err}); re-run `patchforcing prepare-latents` to rewrite the folder") from err
+    if not isinstance(meta, dict) or meta.get("format") != LATENT_FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise DataError(
+            f"{path} is not a patchforcing latent folder (format {found!r}); remove the meta.json to use the "
+            "folder as images, or write latents with `patchforcing prepare-latents`"
+        )
+    if meta.get("version") != LATENT_VERSION:
+        raise DataError(
+            f"{path} has latent format version {meta.get('version')}, this package reads version {LATENT_VERSION}; "
+            "re-run prepare-latents"
+        )
+    return meta
+
+
+def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: int | None = None) -> ImageDataset:
+    """Load one split of a latent folder into memory; no VAE is needed.
+
+    Args:
+        root: folder written by :func:`prepare_latents`.
+        split: "train" or "test".
+        resolution: None, or the latent size or encoded image size (a check only).
+
+    Returns:
+        :class:`ImageDataset` with ``images`` (M, c, h, w) scaled latents, plus ``vae``,
+        ``scale_factor``, ``shift_factor`` and ``image_resolution`` from ``meta.json``.
+    """
+    from safetensors.torch import load_file
+
+    root = Path(root)
+    meta = read_meta(root)
+    check_split(split)
+    if resolution not in (None, meta["resolution"], meta["image_resolution"]):
+        raise DataError(
+            f"{root} holds {meta['resolution']}x{meta['resolution']} latents of {meta['image_resolution']}px images, "
+            f"not resolution {resolution}; re-run prepare-latents with --resolution or pass resolution=None"
+        )
+    shards = meta["shards"].get(split, [])
+    if not shards:
+        raise DataError(
+            f"{root} has no '{split}' latents; re-run prepare-latents with --split all (or the source had too few images)"
+        )
+    latents, labels = [], []
+    for name in shards:
+        try:
+            tensors = load_file(root / name)
+        except (OSError, RuntimeError) as err:
+            raise DataError(f"cannot read latent shard {root / name} ({err}); re-run prepare-latents") from err
+        latents.append(tensors["latents"])
+        labels.append(tensors["labels"])
+    return ImageDataset(
+        torch.cat(latents), torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
+        vae=meta["vae"], scale_factor=meta["scale_factor"], shift_factor=meta["shift_factor"],
+        image_resolution=meta["image_resolution"],
+    )
+
+
+def load_vae(vae: str, device: str = "cpu"):
+    """Load a diffusers ``AutoencoderKL`` from a local folder or the local Hugging Face cache.
+
+    Never touches the network: a hub id that is not cached raises a DataError naming the
+    download command. A pipeline folder with the VAE in ``vae/`` also works.
+    """
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError as err:
+        raise DataError("encoding latents needs diffusers; install it with `pip install patchforcing[vae]`") from err
+    path = Path(vae).expanduser()
+    if path.is_file():
+        raise DataError(f"--vae {vae} is a file; pass the folder that holds config.json and the weights")
+    if not path.exists() and not _HUB_ID.match(vae):
+        raise DataError(
+            f"no VAE folder at {path.resolve()}; pass a folder written by AutoencoderKL.save_pretrained "
+            "or a Hugging Face id such as stabilityai/sd-vae-ft-mse"
+        )
+    source = str(path) if path.exists() else vae
+    errors = []
+    for subfolder in (None, "vae"):
+        try:
+            model = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=True)
+            return model.to(device).eval().requires_grad_(False)
+        except (OSError, ValueError) as err:
+            errors.append(f"{err}".splitlines()[0] if str(err) else type(err).__name__)
+    if path.exists():
+        raise DataError(
+            f"could not load an AutoencoderKL from {path} ({errors[0]}); pass a folder written by "
+            "AutoencoderKL.save_pretrained (config.json + weights) or a pipeline folder with a vae/ subfolder"
+        )
+    raise DataError(
+        f"VAE weights for {vae!r} not found offline (no local folder of that name, not in the Hugging Face cache); "
+        f"download them once with `huggingface-cli download {vae}` on a machine with internet, or pass a local folder"
+    )
+
+
+def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int):
+    """Describe a split and stream it as ``(images (B, C, R, R) in [-1, 1], labels (B,))``.
+
+    Folders of images are read file by file (never all in memory); built-in data sets are small.
+    Returns ``(info, iterator)`` with info keys num_items, num_classes, class_names, channels.
+    """
+    path = Path(data).expanduser()
+    if data not in BUILTIN_NAMES and path.is_dir() and not is_latent_folder(path):
+        files, class_names = folder_split_files(path, split)  # a test split may be empty
+
+        def stream():
+            skipped = []
+            for start in range(0, len(files), batch_size):
+                chunk = [(read_image(p, resolution), label, p) for p, label in files[start : start + batch_size]]
+                skipped += [p for img, _, p in chunk if img is None]
+                ok = [(img, label) for img, label, _ in chunk if img is not None]
+                if ok:
+                    yield torch.stack([i for i, _ in ok]).float() / 127.5 - 1, torch.tensor([lab for _, lab in ok])
+            report_skipped(path, skipped)
+
+        return {"num_items": len(files), "num_classes": len(class_names), "class_names": class_names, "channels": 3}, stream()
+    if is_latent_folder(path) and data not in BUILTIN_NAMES:
+        raise DataError(
+            f"{data} already holds latents; pass the image data (a folder of images or a built-in name) to prepare-latents"
+        )
+    ds = load_dataset(data, split=split, resolution=resolution, seed=seed)
+    info = {"num_items": len(ds), "num_classes": ds.num_classes, "class_names": ds.class_names, "channels": ds.channels}
+    return info, ((ds.images[i : i + batch_size], ds.labels[i : i + batch_size]) for i in range(0, len(ds), batch_size))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through ``write(tmp_path)`` then move into place, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _prepare_out(out: Path) -> None:
+    """Create ``out``; an existing latent folder is overwritten, any other non-empty folder refused."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; pass a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not is_latent_folder(out):
+            raise DataError(f"--out {out} exists, is not empty and is not a latent folder; choose a new --out folder")
+        read_meta(out)  # refuse to overwrite a foreign meta.json
+        (out / "meta.json").unlink()  # the folder is incomplete until the new meta.json lands
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def prepare_latents(
+    data: str,
+    vae: str,
+    out: str,
+    *,
+    resolution: int = 256,
+    batch_size: int = 32,
+    scale_factor: float | None = None,
+    device: str = "cpu",
+    shard_size: int = 4096,
+    split: str = "all",
+    seed: int = 0,
+) -> Path:
+    """Encode a data set with a VAE into a latent folder that :func:`load_dataset` reads.
+
+    Args:
+        data: a built-in name or a folder of images (see :func:`load_dataset`).
+        vae: a local ``AutoencoderKL`` folder or a Hugging Face id already in the local cache.
+        out: output folder (created; an existing latent folder is overwritten).
+        resolution: image side the data is loaded at before encoding; must be divisible by
+            the VAE's downsampling factor (8 for SD-VAE, giving 32x32 latents at 256).
+        batch_size: images per VAE call.
+        scale_factor: multiplies the posterior mean; default ``vae.config.scaling_factor``
+            (0.18215 for SD-VAE).
+        device: torch device for the VAE, e.g. "cpu" or "cuda".
+        shard_size: latents per safetensors file.
+        split: "all" (train and the held-out test split, the default), "train" or "test".
+        seed: seed of the ``photos`` crop pool.
+
+    Returns:
+        The output folder.
+    """
+    if split not in (*SPLITS, "all"):
+        raise DataError(f"unknown split {split!r}; use 'all', 'train' or 'test'")
+    if batch_size < 1 or shard_size < 1:
+        raise DataError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+    model = load_vae(vae, device)
+    cfg = model.config
+    factor = 2 ** (len(cfg.block_out_channels) - 1)
+    if resolution % factor:
+        raise DataError(
+            f"resolution {resolution} is not divisible by the VAE's downsampling factor {factor}; "
+            f"pick e.g. {resolution // factor * factor or factor}"
+        )
+    scale = float(cfg.scaling_factor if scale_factor is None else scale_factor)
+    shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+    out_dir = Path(out).expanduser()
+    _prepare_out(out_dir)
+
+    meta_splits, info = {}, None
+    for name in SPLITS if split == "all" else (split,):
+        info, batches = _batches(data, name, resolution, batch_size, seed)
+        meta_splits[name] = _encode_split(model, batches, info, out_dir, name, scale, shift, shard_size)
+    if split != "test" and meta_splits["train"]["num_images"] == 0:
+        raise DataError(f"no training image of {data} could be read; check the files")
+    vae_name = str(Path(vae).expanduser().resolve()) if Path(vae).expanduser().exists() else vae
+    meta = {
+        "format": LATENT_FORMAT, "version": LATENT_VERSION, "vae": vae_name, "source": data,
+        "scale_factor": scale, "shift_factor": shift, "channels": int(cfg.latent_channels),
+        "resolution": resolution // factor, "image_resolution": resolution,
+        "num_classes": info["num_classes"], "class_names": list(info["class_names"]),
+        "num_images": {k: v["num_images"] for k, v in meta_splits.items()},
+        "shards": {k: v["shards"] for k, v in meta_splits.items()},
+    }
+    _atomic_write(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    return out_dir
+
+
+def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> Tensor:
+    """``(posterior mean - shift) * scale`` of images (B, C, R, R) in [-1, 1] -> (B, c, R/f, R/f) float32 on CPU."""
+    param = next(model.parameters())
+    if images.shape[1] == 1 and model.config.in_channels == 3:
+        images = images.expand(-1, 3, -1, -1)  # grayscale data through an RGB autoencoder
+    if images.shape[1] != model.config.in_channels:
+        raise DataError(f"the data has {images.shape[1]} channels but the VAE expects {model.config.in_channels}")
+    with torch.inference_mode():
+        mean = model.encode(images.to(param.device, param.dtype)).latent_dist.mean
+    return ((mean.float() - shift) * scale).cpu()
+
+
+def _encode_split(
+    model, batches, info: dict, out: Path, split: str, scale: float, shift: float, shard_size: int
+) -> dict:
+    """Encode one split into ``out/split/shard-XXXXX.safetensors``; returns its meta entry."""
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    folder = out / split
+    folder.mkdir(exist_ok=True)
+    shards, buf_x, buf_y, count = [], [], [], 0
+
+    def flush(final: bool) -> None:
+        nonlocal buf_x, buf_y
+        while buf_x and (final or sum(len(x) for x in buf_x) >= shard_size):
+            x, y = torch.cat(buf_x), torch.cat(buf_y)
+            name = f"{split}/shard-{len(shards):05d}.safetensors"
+            tensors = {"latents": x[:shard_size].contiguous(), "labels": y[:shard_size].long().contiguous()}
+            _atomic_write(out / name, lambda p: save_file(tensors, str(p)))
+            shards.append(name)
+            buf_x, buf_y = ([x[shard_size:]], [y[shard_size:]]) if len(x) > shard_size else ([], [])
+
+    with tqdm(total=info["num_items"], desc=f"encode {split}", unit="img", disable=None) as bar:
+        for images, labels in batches:
+            buf_x.append(encode_latents(model, images, scale, shift))
+            buf_y.append(labels)
+            count += len(images)
+            bar.update(len(images))
+            flush(final=False)
+    flush(final=True)
+    for stale in folder.glob("shard-*.safetensors"):  # left over from an earlier, larger run
+        if f"{split}/{stale.name}" not in shards:
+            stale.unlink()
+    return {"num_images": count, "shards": shards}

@@ -1,0 +1,105 @@
+"""``patchforcing sample``: sample a checkpoint with any sampler and save a PNG grid.
+
+    patchforcing sample --checkpoint PF-XL-2.pt --sampler look-ahead --steps 32 \\
+        --labels 207,360,387,974 --vae stabilityai/sd-vae-ft-ema --out grid.png --show-difficulty
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchforcing.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="sample a checkpoint and save a PNG grid", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint file or a training run folder")
+    p.add_argument("--sampler", default="euler-pf", help="euler, euler-pf, dual-loop, look-ahead, random-dual-loop, random-look-ahead")
+    p.add_argument("--steps", type=int, default=32, help="outer steps S (NFE depends on the sampler)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance weight (1 = off)")
+    p.add_argument("--labels", default=None, help="comma-separated class labels, one per sample")
+    p.add_argument("--num-samples", type=int, default=None, help="number of samples (default: one per label, else 16)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--vae", default=None, help="decode latents with this diffusers AutoencoderKL (folder or cached id)")
+    p.add_argument("--vae-scale", type=float, default=None, help="latent scale factor (default: the VAE's config)")
+    p.add_argument("--p", type=float, default=None, help="fraction of certain patches (dual-loop, look-ahead)")
+    p.add_argument("--n-inner", type=int, default=None, help="inner steps K of dual-loop")
+    p.add_argument("--context-ratio", type=float, default=None, help="rho of look-ahead")
+    p.add_argument("--show-difficulty", action="store_true", help="add the difficulty and time maps beside each sample")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--out", required=True, help="output PNG path")
+    p.set_defaults(func=run)
+
+
+def parse_labels(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ConfigError(f"--labels must be comma-separated integers, got {text!r}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from patchforcing import load_model
+    from patchforcing.sampling import noise_for_seeds, sample
+    from patchforcing.viz import difficulty_panels, grid, to_uint8
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
+    cfg = model.config
+    labels = parse_labels(args.labels)
+    n = args.num_samples or (len(labels) if labels else 16)
+    if labels is not None and len(labels) not in (1, n):
+        raise ConfigError(f"{len(labels)} labels for {n} samples: give one label per sample or a single label")
+    seeds = list(range(args.seed, args.seed + n))
+    if labels is None and cfg.num_classes > 0:
+        rng = np.random.default_rng(args.seed)
+        labels = rng.integers(0, cfg.num_classes, size=n).tolist()
+    y = None if labels is None else torch.tensor(labels * (n if len(labels) == 1 else 1), device=device)
+    options = {k: v for k, v in (("p", args.p), ("n_inner", args.n_inner), ("context_ratio", args.context_ratio)) if v is not None}
+    noise = noise_for_seeds(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device=device, dtype=next(model.parameters()).dtype)
+    x, info = sample(model, noise, sampler=args.sampler, steps=args.steps, labels=y, cfg_scale=args.cfg_scale,
+                     return_info=True, progress=True, record_trajectory=args.show_difficulty, **options)
+    images = _to_images(x, args, cfg)
+    if args.show_difficulty:
+        frame = _middle_frame(info["trajectory"])
+        tiles = difficulty_panels(images, frame["difficulty"], frame["t"])
+    else:
+        tiles = to_uint8(images)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scale = max(1, 64 // images.shape[-1])
+    grid(tiles, ncols=min(n, 8) if not args.show_difficulty else min(n, 4), scale=scale).save(out)
+    print(f"wrote {n} samples ({args.sampler}, {info['steps']} steps, {info['nfe']} NFE) to {out}")
+    return 0
+
+
+def _to_images(x: torch.Tensor, args: argparse.Namespace, cfg) -> torch.Tensor:
+    if args.vae:
+        from patchforcing.autoencoder import decode_latents, load_vae, vae_scale_factor
+
+        vae = load_vae(args.vae, device=x.device)
+        return decode_latents(vae, x, vae_scale_factor(vae, args.vae_scale))
+    if cfg.in_channels not in (1, 3):
+        print(f"note: {cfg.in_channels}-channel latents are shown without decoding (pass --vae to decode)")
+    return x
+
+
+def _middle_frame(frames: list[dict]) -> dict:
+    """The outer-step frame nearest t = 0.5 that carries a difficulty map."""
+    outer = [f for f in frames if not f["inner"] and f["difficulty"] is not None] or frames
+    return min(outer, key=lambda f: abs(float(f["t"].mean()) - 0.5))
