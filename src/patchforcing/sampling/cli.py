@@ -90,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _to_images(x: torch.Tensor, args: argparse.Namespace, cfg) -> torch.Tensor:
     if args.vae:
-        from patchforcing.autoencoder import decode_latents, load_vae, vae_scale_factor
+        from patchforcing.autoencoder import decode_latents, load_vae, vae_scale_factor, vae_shift_factor
 
         vae = load_vae(args.vae, device=x.device)
-        return decode_latents(vae, x, vae_scale_factor(vae, args.vae_scale))
+        return decode_latents(vae, x, vae_scale_factor(vae, args.vae_scale), vae_shift_factor(vae))
     if cfg.in_channels not in (1, 3):
         print(f"note: {cfg.in_channels}-channel latents are shown without decoding (pass --vae to decode)")
     return x
