@@ -25,6 +25,7 @@ _COMMAND_MODULES = (
     "patchforcing.training.cli",
     "patchforcing.data.cli",
     "patchforcing.evaluation.cli",
+    "patchforcing.report.cli",
 )
 
 
