@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:  # a part of the package that is not built yet
-            if err.name == name:
+            if err.name and (name == err.name or name.startswith(err.name + ".")):
                 continue
             raise
         module.register(sub)

@@ -6,7 +6,6 @@ from patchforcing.evaluation.classifier import (
     classification_accuracy,
     extract_features,
     load_digits_classifier,
-    load_digits_split,
 )
 from patchforcing.evaluation.frechet import (
     feature_statistics,
@@ -25,7 +24,6 @@ __all__ = [
     "frechet_distance",
     "inception_features",
     "load_digits_classifier",
-    "load_digits_split",
     "load_inception",
     "load_statistics",
     "precision_recall",

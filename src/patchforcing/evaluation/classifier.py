@@ -2,8 +2,9 @@
 precision/recall on digits and to score class-conditional samples.
 
 The weights ship inside the package (``patchforcing/assets/digits_classifier.safetensors``,
-about 0.5 MB) and are produced by ``scripts/train_digits_classifier.py``, which trains on the
-digits train split only and records the held-out accuracy in the file's metadata.
+about 0.5 MB) and are produced by ``scripts/train_digits_classifier.py``, which trains on
+``load_dataset("digits", split="train")`` only and records the accuracy on the held-out
+``split="test"`` in the file's metadata.
 """
 
 from __future__ import annotations
@@ -15,49 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
-import torch.nn.functional as F
 from torch import nn
 
-from patchforcing.errors import CheckpointError, ConfigError, ShapeError
+from patchforcing.errors import CheckpointError, ShapeError
 
 DIGITS_RESOLUTION = 16
 DIGITS_CLASSES = 10
-DIGITS_TEST_SIZE = 297
 TRAIN_SCRIPT = "scripts/train_digits_classifier.py"
 
 
 def default_weights_path() -> Path:
     """Where the shipped classifier weights live inside the installed package."""
     return Path(str(resources.files("patchforcing") / "assets" / "digits_classifier.safetensors"))
-
-
-def load_digits_split(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits split the shipped classifier was trained ("train") and scored ("test") on.
-
-    sklearn's 8x8 digits, scaled to [-1, 1] and resized bilinearly to 16x16; the held-out split
-    is the first 297 indices of ``numpy.random.default_rng(0).permutation(1797)``. This mirrors
-    ``patchforcing.data`` so the classifier's script and tests need nothing else.
-
-    Args:
-        split: "train" (1500 images) or "test" (297 images).
-
-    Returns:
-        ``(images, labels)``: (N, 1, 16, 16) float32 in [-1, 1] and (N,) int64.
-    """
-    if split not in ("train", "test"):
-        raise ConfigError(f"unknown digits split {split!r}; use 'train' or 'test'.")
-    from sklearn.datasets import load_digits  # scikit-learn ships the data; no download
-
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16 * 2 - 1  # (1797, 1, 8, 8)
-    x = F.interpolate(x, size=(DIGITS_RESOLUTION, DIGITS_RESOLUTION), mode="bilinear",
-                      align_corners=False)  # (1797, 1, 16, 16)
-    y = torch.as_tensor(digits.target, dtype=torch.long)
-    perm = torch.as_tensor(np.random.default_rng(0).permutation(len(y)))
-    idx = perm[:DIGITS_TEST_SIZE] if split == "test" else perm[DIGITS_TEST_SIZE:]
-    return x[idx], y[idx]
 
 
 class DigitsClassifier(nn.Module):
@@ -147,7 +119,7 @@ def load_digits_classifier(
         config = json.loads(metadata.get("architecture", "{}"))
         model = DigitsClassifier(**config)
         model.load_state_dict(state)
-    except (SafetensorsError, OSError, ValueError, TypeError, RuntimeError) as err:
+    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as err:
         raise CheckpointError(
             f"{path} is not a digits classifier checkpoint ({err}); regenerate it with "
             f"`python {TRAIN_SCRIPT}`."

@@ -145,6 +145,7 @@ def save_statistics(
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, mu=mu, sigma=sigma)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,339 @@
+"""Evaluating a network at a fixed compute budget: samplers are compared at equal NFE (SPEC 5).
+
+``evaluate_model`` turns an NFE budget into the largest number of outer steps that fits it, draws
+``num_samples`` images with one seed per image (image ``i`` uses noise seed ``seed + i``), and
+scores them. The metrics are computed on the images as they are saved (rounded to uint8, as the
+ADM-style ``.npz`` evaluators see them), so they depend neither on the batch size nor on the
+number of processes.
+
+Single process and data-parallel (rank ``r`` of ``W`` draws images ``r, r + W, ...``; rank 0
+gathers them in index order, scores them and writes the files)::
+
+    patchforcing evaluate --checkpoint PF-XS.safetensors --sampler look-ahead --nfe 32 \\
+        --num-samples 1000 --out eval/look-ahead-32
+    torchrun --standalone --nproc_per_node 8 -m patchforcing evaluate --checkpoint ... --out ...
+
+Metrics: on ``digits`` (1x16x16 networks) FID, precision and recall (k = 3) in the feature space
+of the shipped digits classifier, plus class accuracy for class-conditional samples; on other data
+FID with Inception-v3 features against reference statistics (``stats=``, an ``.npz`` with ``mu``
+and ``sigma``), which needs the optional Inception package.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from patchforcing.errors import ConfigError, DataError, ShapeError
+from patchforcing.evaluation.generate import generate_images, sampler_steps, to_uint8_nhwc
+
+DIGITS = "digits"
+DIGITS_SHAPE = (1, 16, 16)  # (C, H, W) of the networks the digits classifier can score
+PR_NEIGHBOURS = 3  # k of improved precision/recall
+NUM_SEGMENTS = 8  # SPEC 4: validation loss at t = (k + 0.5) / 8
+T = TypeVar("T")
+
+
+# --- processes ---------------------------------------------------------------------------------
+def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
+    """Join the process group that ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``), with nccl on CUDA and gloo on the CPU; a no-op for a single process.
+
+    Returns:
+        ``(rank, world_size, device)``; under CUDA each process takes GPU ``LOCAL_RANK``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but PyTorch sees no CUDA device; use --device cpu (or auto)")
+    dev = torch.device("cuda", local_rank % torch.cuda.device_count()) if device == "cuda" else torch.device(device)
+    if world_size > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise ConfigError(f"WORLD_SIZE={world_size} but MASTER_ADDR is not set; start several processes with "
+                              "`torchrun --standalone --nproc_per_node N -m patchforcing evaluate ...`")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=30))
+    return rank, world_size, dev
+
+
+def close_distributed() -> None:
+    """Leave the process group (if any) once every rank got here."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def gather_to_main(obj: T, world_size: int) -> list[T] | None:
+    """Every rank's ``obj`` on rank 0 (rank order), None on the other ranks."""
+    if world_size == 1:
+        return [obj]
+    _check_group(world_size)
+    out = [None] * world_size if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+def run_on_main(fn: Callable[[], T], rank: int, world_size: int) -> T:
+    """Run ``fn`` on rank 0 and hand its result to every rank; an error raised there is raised on
+    every rank (so no rank waits forever in a later collective)."""
+    if world_size == 1:
+        return fn()
+    _check_group(world_size)
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
+            box[0] = ("error", err)
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
+
+
+def _check_group(world_size: int) -> None:
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != world_size:
+        raise ConfigError(f"world_size={world_size} but no process group of that size is running; "
+                          "call init_distributed() first (torchrun sets RANK and WORLD_SIZE)")
+
+
+# --- checks before any image is drawn ----------------------------------------------------------
+def plan_evaluation(model: nn.Module, *, sampler: str, nfe: int, num_samples: int, cfg_scale: float = 1.0,
+                    data: str = DIGITS, stats: str | os.PathLike | None = None, **options: Any) -> tuple[int, int]:
+    """Check that the evaluation can run and return ``(steps, nfe actually used)``.
+
+    Every error a user can cause is raised here, before minutes of sampling: an unknown sampler
+    or option, a budget below one step, a Patch Forcing sampler on a SiT network, guidance without
+    a null class, too few samples, a network the metrics cannot score, unreadable statistics.
+    """
+    cfg = model.config
+    steps, used = sampler_steps(sampler, int(nfe), **options)  # unknown sampler, nfe < 1
+    if used > nfe:
+        raise ConfigError(f"an NFE budget of {nfe} is below one step of {sampler!r} ({used} NFE); "
+                          f"raise --nfe to at least {used}")
+    if sampler != "euler" and not cfg.has_difficulty_head:
+        raise ConfigError(f"sampler {sampler!r} needs a Patch Forcing network (per-patch time, difficulty head); "
+                          "this checkpoint is a global-time SiT network: use --sampler euler")
+    if cfg_scale != 1.0 and (cfg.num_classes <= 0 or cfg.null_label is None):
+        raise ConfigError(f"cfg_scale={cfg_scale} needs a class-conditional network with a null class; use cfg_scale 1")
+    if num_samples <= PR_NEIGHBOURS:
+        raise ConfigError(f"num_samples={num_samples}: the metrics need at least {PR_NEIGHBOURS + 1} samples "
+                          f"(precision/recall use k={PR_NEIGHBOURS} neighbours)")
+    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    if data == DIGITS:
+        if shape != DIGITS_SHAPE:
+            raise ShapeError(f"digits metrics score 1x16x16 images; this network samples {'x'.join(map(str, shape))}. "
+                             "Pass the network's own data set (--data NAME --stats REF.npz) for Inception FID")
+    elif stats is None:
+        raise ConfigError(f"no metrics for data {data!r}: only digits has a built-in feature network; pass "
+                          "reference Inception statistics (--stats REF.npz with mu and sigma) for FID")
+    else:
+        from patchforcing.evaluation.frechet import load_statistics
+        from patchforcing.evaluation.inception import load_inception
+
+        if cfg.in_channels not in (1, 3):
+            raise ShapeError(f"Inception FID needs 1- or 3-channel images; this network samples {cfg.in_channels}-channel "
+                             "latents, which evaluate does not decode")
+        load_statistics(stats)  # a missing or malformed file fails now
+        load_inception()  # the optional package: says what to install
+    return steps, used
+
+
+# --- the evaluation ----------------------------------------------------------------------------
+def evaluate_model(
+    model: nn.Module,
+    *,
+    sampler: str,
+    nfe: int,
+    num_samples: int,
+    seed: int = 0,
+    cfg_scale: float = 1.0,
+    data: str = DIGITS,
+    batch_size: int = 256,
+    stats: str | os.PathLike | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    return_images: bool = False,
+    inception_weights: str | os.PathLike | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Sample ``num_samples`` images within an NFE budget and score them.
+
+    Args:
+        model: a network from ``load_model``/``create_model`` (on its evaluation device).
+        sampler: a name of ``patchforcing.SAMPLERS``.
+        nfe: the budget per image; the sampler takes the most outer steps that fit it.
+        num_samples: images in total (over all processes); image i has seed ``seed + i``.
+        cfg_scale: classifier-free guidance weight (1 = off).
+        data: ``digits`` (built-in metrics) or the name of the network's data set (with ``stats``).
+        batch_size: images per sampler call on each process (does not change the results).
+        stats: for non-digits data, an ``.npz`` with Inception ``mu`` and ``sigma`` of the reference.
+        rank, world_size: this process among those of ``init_distributed``.
+        return_images: also return (on rank 0) ``images`` (num_samples, C, H, W) in [-1, 1],
+            exactly the saved uint8 values, ``images_uint8`` (num_samples, H, W, C) and ``labels``.
+        inception_weights: FID Inception weights file (default: the torch hub cache).
+        **options: sampler options (``p``, ``n_inner``, ``context_ratio``).
+
+    Returns:
+        On every rank: ``fid``, ``precision``, ``recall``, ``accuracy`` (None when unconditional
+        or not measurable), ``nfe`` (actually used), ``nfe_budget``, ``steps``, ``num_samples``,
+        ``sampler``, ``options``, ``cfg_scale``, ``seed``, ``data``, ``world_size``, ``seconds``
+        (wall time of the whole evaluation) and ``seconds_sampling`` (slowest rank).
+    """
+    start = time.perf_counter()
+    steps, used = plan_evaluation(model, sampler=sampler, nfe=nfe, num_samples=num_samples, cfg_scale=cfg_scale,
+                                  data=data, stats=stats, **options)
+    if world_size > 1:
+        _check_group(world_size)
+    indices, images, labels, info = generate_images(
+        model, sampler=sampler, steps=steps, num_samples=num_samples, seed=seed, cfg_scale=cfg_scale,
+        batch_size=batch_size, rank=rank, world_size=world_size, **options)
+    sampling = time.perf_counter() - start
+    if images.shape[0] and info["nfe"] != used:  # the budget must be what the sampler really spent
+        raise RuntimeError(f"{sampler} used {info['nfe']} NFE where {used} were expected")
+    parts = gather_to_main((indices.numpy(), to_uint8_nhwc(images), labels.numpy(), sampling), world_size)
+    kept: dict[str, Any] = {}  # the images stay on rank 0; only the metrics go to every rank
+
+    def score() -> dict[str, Any]:
+        idx = np.concatenate([p[0] for p in parts])
+        order = np.argsort(idx, kind="stable")
+        if not np.array_equal(idx[order], np.arange(num_samples)):
+            raise RuntimeError("the gathered images do not cover every index exactly once")
+        pixels = np.concatenate([p[1] for p in parts])[order]  # (M, H, W, C) uint8, index order
+        y = torch.from_numpy(np.concatenate([p[2] for p in parts])[order])  # (M,)
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # (M, C, H, W) in [-1, 1]
+        if return_images:
+            kept.update(images=x, images_uint8=pixels, labels=y)
+        return {
+            **_metrics(x, y, data, stats, inception_weights, model),
+            "nfe": used, "nfe_budget": int(nfe), "steps": steps, "num_samples": num_samples,
+            "sampler": sampler, "options": _resolved_options(sampler, options), "cfg_scale": float(cfg_scale),
+            "seed": seed, "data": data, "world_size": world_size,
+            "seconds_sampling": max(p[3] for p in parts), "seconds": time.perf_counter() - start,
+        }
+
+    return {**run_on_main(score, rank, world_size), **kept}
+
+
+def _metrics(images: Tensor, labels: Tensor, data: str, stats, inception_weights, model: nn.Module) -> dict[str, Any]:
+    """FID, precision, recall and accuracy of (M, C, H, W) images in [-1, 1]."""
+    conditional = bool((labels >= 0).all())
+    if data == DIGITS:
+        from patchforcing.evaluation.digits import digits_metrics
+
+        out = digits_metrics(images, labels if conditional else None, k=PR_NEIGHBOURS)
+        return {"fid": out["fid"], "precision": out["precision"], "recall": out["recall"],
+                "accuracy": out.get("accuracy"), "feature_network": "digits-classifier"}
+    from patchforcing.evaluation.frechet import feature_statistics, frechet_distance, load_statistics
+    from patchforcing.evaluation.inception import inception_features
+
+    device = next(model.parameters()).device
+    mu_r, sigma_r = load_statistics(stats)
+    mu_f, sigma_f = feature_statistics(inception_features(images, inception_weights, device=device))
+    return {"fid": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), "precision": None, "recall": None,
+            "accuracy": None, "feature_network": "inception-v3", "stats": str(stats)}
+
+
+def _resolved_options(sampler: str, options: dict) -> dict[str, Any]:
+    from patchforcing.sampling.samplers import resolve_options
+
+    return resolve_options(sampler, options)[1]
+
+
+# --- held-out diagnostics ----------------------------------------------------------------------
+def held_out_data(model: nn.Module, data: str = DIGITS, split: str = "test"):
+    """The ``split`` of ``data`` as an ImageDataset, checked against the network's sample shape."""
+    from patchforcing.data import load_dataset
+
+    cfg = model.config
+    dataset = load_dataset(data, split=split)
+    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    if tuple(dataset.images.shape[1:]) != shape:
+        raise ShapeError(f"data {data!r} ({split}) holds {'x'.join(map(str, dataset.images.shape[1:]))} images; "
+                         f"this network takes {'x'.join(map(str, shape))}: pass the data set it was trained on")
+    if len(dataset) == 0:
+        raise DataError(f"data {data!r} has no {split!r} images")
+    return dataset
+
+
+def _labels_for(model: nn.Module, dataset) -> Tensor | None:
+    """The data's labels when the network is class-conditional on the same classes, else None."""
+    if model.config.num_classes <= 0:
+        return None
+    if dataset.num_classes != model.config.num_classes:
+        raise ShapeError(f"the network has {model.config.num_classes} classes but data {dataset.name!r} has "
+                         f"{dataset.num_classes}: pass the data set it was trained on")
+    return dataset.labels
+
+
+@torch.no_grad()
+def validation_report(model: nn.Module, data: str = DIGITS, split: str = "test", seed: int = 0,
+                      batch_size: int = 256) -> dict[str, Any]:
+    """The SPEC-4 validation loss of any network on a held-out set.
+
+    Image ``i`` is paired with noise of seed ``seed + i``; at each of the 8 global times
+    ``t = (k + 0.5) / 8`` the flow loss is averaged over all images, so the result does not depend
+    on ``batch_size``.
+
+    Returns:
+        ``val_loss`` (mean of the segments), ``val_loss_segments`` (8,), ``segment_times`` (8,),
+        ``num_images``, ``data``, ``split``, ``seed``.
+    """
+    from patchforcing.flow import validation_loss
+    from patchforcing.sampling import noise_for_seeds
+
+    dataset = held_out_data(model, data, split)
+    labels = _labels_for(model, dataset)
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    total = torch.zeros(NUM_SEGMENTS, dtype=torch.float64)
+    n = len(dataset)
+    for lo in range(0, n, batch_size):
+        x1 = dataset.images[lo:lo + batch_size].to(device=device, dtype=dtype)  # (b, C, H, W)
+        x0 = noise_for_seeds(range(seed + lo, seed + lo + x1.shape[0]), x1.shape[1:], device=device, dtype=dtype)
+        y = None if labels is None else labels[lo:lo + batch_size].to(device)
+        _, per_segment = validation_loss(model, x1, x0=x0, labels=y, num_segments=NUM_SEGMENTS)
+        total += per_segment.double().cpu() * x1.shape[0]
+    segments = (total / n).tolist()
+    return {"val_loss": float(np.mean(segments)), "val_loss_segments": segments,
+            "segment_times": [(k + 0.5) / NUM_SEGMENTS for k in range(NUM_SEGMENTS)],
+            "num_images": n, "data": data, "split": split, "seed": seed}
+
+
+def calibration_report(model: nn.Module, data: str = DIGITS, split: str = "test", seed: int = 0) -> list[dict[str, float]]:
+    """Difficulty-head calibration rows (``t``, ``spearman``, ``pearson``, ...) on a held-out set."""
+    from patchforcing.evaluation.calibration import difficulty_calibration
+
+    if not model.config.has_difficulty_head:
+        raise ConfigError("calibration needs a Patch Forcing network with a difficulty head; this is a SiT network")
+    dataset = held_out_data(model, data, split)
+    return difficulty_calibration(model, dataset.images, labels=_labels_for(model, dataset), seed=seed)
+
+
+def save_samples_npz(path: str | os.PathLike, images_uint8: np.ndarray, labels: np.ndarray | Tensor | None) -> Path:
+    """Write ADM-style samples: ``arr_0`` (M, H, W, C) uint8 and, when conditional, ``arr_1`` (M,) labels."""
+    from patchforcing.checkpoints import atomic_write
+
+    arrays = [np.asarray(images_uint8, dtype=np.uint8)]
+    if labels is not None and bool((np.asarray(labels) >= 0).all()):
+        arrays.append(np.asarray(labels, dtype=np.int64))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
+            np.savez(f, *arrays)
+
+    return atomic_write(path, write)
