@@ -77,11 +77,21 @@ def load_model(source: str | os.PathLike, map_location: str | torch.device = "cp
         path = newest_training_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {str(path)!r}: check the path (a file, or a run folder with checkpoints/)")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         config, state = _read_safetensors(path)
     else:
         config, state = _interpret(_torch_load(path), path)
     return _build(config, state, path).to(map_location).eval()
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """safetensors files start with an 8-byte little-endian header length, then a JSON ``{``."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
 
 
 def newest_training_checkpoint(run_dir: Path) -> Path:
@@ -204,8 +214,9 @@ def _build(config: ModelConfig, state: dict, path: Path) -> PatchForcingTransfor
             parts.append(f"shape mismatch {wrong[:3]}")
         raise CheckpointError(f"{str(path)!r}: the weights do not fit the config ({'; '.join(parts)})")
     dtype = next(iter(state.values())).dtype if state else torch.float32
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    return model.to(dtype if dtype.is_floating_point else torch.float32)
+    model = model.to(dtype if dtype.is_floating_point else torch.float32)  # keep float64 weights exact
+    model.load_state_dict(state)
+    return model
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

@@ -62,11 +62,19 @@ class UniformPatch:
         return _rand((batch, num_patches), generator, device, dtype)
 
 
+def _positive(name: str, value: float, what: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"{what}: {name} must be positive, got {value}")
+
+
 @dataclass(frozen=True)
 class Gaussian:
     """``m ~ U(0,1)``, ``s = min(min(m, 1-m)/2, std)``, ``t_i = clip(m + s e_i, 0, 1)``."""
 
     std: float = 0.2
+
+    def __post_init__(self) -> None:
+        _positive("std", self.std, "gaussian")
 
     def __call__(self, batch: int, num_patches: int, *, generator=None, device=None, dtype=None) -> Tensor:
         device, dtype = _resolve(device, dtype)
@@ -89,6 +97,9 @@ class TruncatedGaussian:
 
     std: float = 0.2
 
+    def __post_init__(self) -> None:
+        _positive("std", self.std, "truncated-gaussian")
+
     def __call__(self, batch: int, num_patches: int, *, generator=None, device=None, dtype=None) -> Tensor:
         device, dtype = _resolve(device, dtype)
         t_max = _rand((batch, 1), generator, device, dtype)
@@ -107,6 +118,9 @@ class LogitNormalTruncatedGaussian:
     loc: float = 0.7
     scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        _positive("std", self.std, "ltg")
+
     def __call__(self, batch: int, num_patches: int, *, generator=None, device=None, dtype=None) -> Tensor:
         device, dtype = _resolve(device, dtype)
         t_max = torch.sigmoid(self.loc + self.scale * _randn((batch, 1), generator, device, dtype))
@@ -119,6 +133,9 @@ class SpatialReasoning:
     then each row shuffled by an independent random permutation. Row means are uniform."""
 
     sharpness: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive("sharpness", self.sharpness, "srm")
 
     def __call__(self, batch: int, num_patches: int, *, generator=None, device=None, dtype=None) -> Tensor:
         device, dtype = _resolve(device, dtype)

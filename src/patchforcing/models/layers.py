@@ -61,7 +61,10 @@ class TimestepEmbedder(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_frequencies(t.to(self.mlp[0].weight.dtype), self.frequency_dim))
+        dtype = self.mlp[0].weight.dtype
+        # Features in at least float32 (as the reference computes them), float64 for float64 weights.
+        feat_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        return self.mlp(timestep_frequencies(t.to(feat_dtype), self.frequency_dim).to(dtype))
 
 
 class LabelEmbedder(nn.Module):

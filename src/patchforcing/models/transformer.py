@@ -50,7 +50,8 @@ class Conditioning(NamedTuple):
         out = layer(self.vectors)  # (P, k*D)
         if self.index is None:
             return out[:, None, :]  # (B, 1, k*D), broadcast over tokens
-        return out[self.index]  # (B, N, k*D)
+        b, n = self.index.shape
+        return torch.index_select(out, 0, self.index.reshape(-1)).view(b, n, -1)  # (B, N, k*D)
 
 
 class PatchForcingTransformer(nn.Module):

@@ -60,7 +60,7 @@ def sample(
 
     Args:
         model: a network from ``create_model``/``load_model``; patch size and head come from it.
-        noise: (B, C, H, W) starting point ``x0 ~ N(0, I)``; its dtype decides the compute dtype.
+        noise: (B, C, H, W) starting point ``x0 ~ N(0, I)``; cast to the network's dtype and device.
         sampler: ``euler``, ``euler-pf``, ``dual-loop``, ``look-ahead``, ``random-dual-loop`` or
             ``random-look-ahead``.
         steps: outer steps S on the grid ``t_k = k / S``.
@@ -89,6 +89,9 @@ def sample(
     expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
     if noise.ndim != 4 or tuple(noise.shape[1:]) != expected:
         raise ShapeError(f"noise has shape {tuple(noise.shape)}; this network samples (B, {', '.join(map(str, expected))})")
+    weight = next(model.parameters(), None)
+    if weight is not None:
+        noise = noise.to(device=weight.device, dtype=weight.dtype)
     labels = check_labels(model, noise, labels)
     guide = Guide(model, labels, cfg_scale, null_label)
     recorder = TrajectoryRecorder() if record_trajectory else None

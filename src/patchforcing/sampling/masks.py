@@ -32,11 +32,12 @@ def difficulty_mask(logvar: Tensor, patch_size: int, p_frac: float) -> Tensor:
 def certain_count(num_patches: int, patch_size: int, p_frac: float) -> int:
     """Patches the quantile rule marks certain when all difficulties differ.
 
-    With M = N p^2 pixels the quantile sits at position ``q (M - 1)`` of the sorted pixels;
-    the patches strictly below it are the ``floor(q (M - 1) / p^2)`` easiest ones.
+    With M = N p^2 pixels the quantile sits at position ``q (M - 1)`` of the sorted pixels; the
+    pixels strictly below it are the first ``ceil(q (M - 1))``, which cover
+    ``ceil(q (M - 1)) // p^2`` whole patches (every patch is p^2 equal pixels).
     """
     pixels = num_patches * patch_size**2
-    return int(math.floor(p_frac * (pixels - 1) / patch_size**2 + 1e-9))
+    return math.ceil(p_frac * (pixels - 1) - 1e-9) // patch_size**2
 
 
 def random_mask(shape: tuple[int, int, int, int], patch_size: int, p_frac: float, generator=None, device=None) -> Tensor:

@@ -190,10 +190,14 @@ def expected_nfe(name: str, steps: int, **options) -> int:
 
 
 def steps_for_nfe(name: str, nfe: int, **options) -> int:
-    """The number of outer steps whose NFE comes closest to ``nfe`` without exceeding it
-    (at least one step)."""
+    """The number of outer steps whose NFE comes closest to ``nfe`` without exceeding it."""
     if nfe < 1:
         raise ConfigError(f"the NFE budget must be at least 1, got {nfe}")
+    if expected_nfe(name, 1, **options) > nfe:
+        raise ConfigError(
+            f"one step of {name!r} already costs {expected_nfe(name, 1, **options)} NFE, more than the budget of {nfe}; "
+            "raise --nfe (or lower n_inner)"
+        )
     best = 1
     for steps in range(1, nfe + 1):
         if expected_nfe(name, steps, **options) <= nfe:
