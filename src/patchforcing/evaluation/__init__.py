@@ -1,11 +1,20 @@
-"""Evaluation metrics: Fréchet distance (FID), improved precision/recall, and feature extractors
-(a small digits classifier shipped with the package; Inception-v3 through an optional package)."""
+"""Evaluation: ``evaluate_model`` (sample within an NFE budget, then score), the held-out
+``validation_report``, and the metrics it uses: Fréchet distance (FID), improved precision/recall,
+and feature extractors (a small digits classifier shipped with the package; Inception-v3 through an
+optional package)."""
 
 from patchforcing.evaluation.classifier import (
     DigitsClassifier,
     classification_accuracy,
     extract_features,
     load_digits_classifier,
+)
+from patchforcing.evaluation.evaluate import (
+    calibration_report,
+    evaluate_model,
+    plan_evaluation,
+    save_samples_npz,
+    validation_report,
 )
 from patchforcing.evaluation.frechet import (
     feature_statistics,
@@ -18,7 +27,9 @@ from patchforcing.evaluation.prdc import precision_recall
 
 __all__ = [
     "DigitsClassifier",
+    "calibration_report",
     "classification_accuracy",
+    "evaluate_model",
     "extract_features",
     "feature_statistics",
     "frechet_distance",
@@ -26,6 +37,9 @@ __all__ = [
     "load_digits_classifier",
     "load_inception",
     "load_statistics",
+    "plan_evaluation",
     "precision_recall",
+    "save_samples_npz",
     "save_statistics",
+    "validation_report",
 ]

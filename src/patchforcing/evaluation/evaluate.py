@@ -70,10 +70,11 @@ def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
     return rank, world_size, dev
 
 
-def close_distributed() -> None:
-    """Leave the process group (if any) once every rank got here."""
+def close_distributed(barrier: bool = True) -> None:
+    """Leave the process group (if any), with ``barrier`` once every rank got here."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -114,7 +115,8 @@ def _check_group(world_size: int) -> None:
 
 # --- checks before any image is drawn ----------------------------------------------------------
 def plan_evaluation(model: nn.Module, *, sampler: str, nfe: int, num_samples: int, cfg_scale: float = 1.0,
-                    data: str = DIGITS, stats: str | os.PathLike | None = None, **options: Any) -> tuple[int, int]:
+                    data: str = DIGITS, stats: str | os.PathLike | None = None,
+                    inception_weights: str | os.PathLike | None = None, **options: Any) -> tuple[int, int]:
     """Check that the evaluation can run and return ``(steps, nfe actually used)``.
 
     Every error a user can cause is raised here, before minutes of sampling: an unknown sampler
@@ -137,8 +139,9 @@ def plan_evaluation(model: nn.Module, *, sampler: str, nfe: int, num_samples: in
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     if data == DIGITS:
         if shape != DIGITS_SHAPE:
-            raise ShapeError(f"digits metrics score 1x16x16 images; this network samples {'x'.join(map(str, shape))}. "
-                             "Pass the network's own data set (--data NAME --stats REF.npz) for Inception FID")
+            raise ShapeError(f"digits metrics score 1x16x16 images; this network samples "
+                             f"{'x'.join(map(str, shape))}. Pass the network's own data set "
+                             "(--data NAME --stats REF.npz) for Inception FID")
     elif stats is None:
         raise ConfigError(f"no metrics for data {data!r}: only digits has a built-in feature network; pass "
                           "reference Inception statistics (--stats REF.npz with mu and sigma) for FID")
@@ -147,10 +150,10 @@ def plan_evaluation(model: nn.Module, *, sampler: str, nfe: int, num_samples: in
         from patchforcing.evaluation.inception import load_inception
 
         if cfg.in_channels not in (1, 3):
-            raise ShapeError(f"Inception FID needs 1- or 3-channel images; this network samples {cfg.in_channels}-channel "
-                             "latents, which evaluate does not decode")
+            raise ShapeError(f"Inception FID needs 1- or 3-channel images; this network samples "
+                             f"{cfg.in_channels}-channel latents, which evaluate does not decode")
         load_statistics(stats)  # a missing or malformed file fails now
-        load_inception()  # the optional package: says what to install
+        load_inception(inception_weights)  # the optional package and its weights: says what to install
     return steps, used
 
 
@@ -197,7 +200,7 @@ def evaluate_model(
     """
     start = time.perf_counter()
     steps, used = plan_evaluation(model, sampler=sampler, nfe=nfe, num_samples=num_samples, cfg_scale=cfg_scale,
-                                  data=data, stats=stats, **options)
+                                  data=data, stats=stats, inception_weights=inception_weights, **options)
     if world_size > 1:
         _check_group(world_size)
     indices, images, labels, info = generate_images(
@@ -314,7 +317,8 @@ def validation_report(model: nn.Module, data: str = DIGITS, split: str = "test",
             "num_images": n, "data": data, "split": split, "seed": seed}
 
 
-def calibration_report(model: nn.Module, data: str = DIGITS, split: str = "test", seed: int = 0) -> list[dict[str, float]]:
+def calibration_report(model: nn.Module, data: str = DIGITS, split: str = "test",
+                       seed: int = 0) -> list[dict[str, float]]:
     """Difficulty-head calibration rows (``t``, ``spearman``, ``pearson``, ...) on a held-out set."""
     from patchforcing.evaluation.calibration import difficulty_calibration
 

@@ -69,7 +69,7 @@ def generate_images(
         noise = noise_for_seeds(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device=device, dtype=dtype)
         y = labels[chunk]
         y = None if bool((y < 0).all()) else y.to(device)
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + int(chunk[0]))
+        gen = [torch.Generator().manual_seed(s + 1_000_003) for s in seeds]  # one mask stream per image
         x, info = sample(model, noise, sampler=sampler, steps=steps, labels=y, cfg_scale=cfg_scale,
                          return_info=True, generator=gen, **options)
         out.append(x.float().cpu())

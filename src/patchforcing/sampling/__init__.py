@@ -70,7 +70,8 @@ def sample(
         return_info: also return ``info`` with ``nfe`` (network calls), ``steps``, ``sampler``,
             ``options`` and, with ``record_trajectory``, ``trajectory`` (a list of frames).
         progress: show a progress bar over outer steps.
-        generator: draws the random masks of the ``random-*`` ablations.
+        generator: draws the random masks of the ``random-*`` ablations; a list of CPU generators
+            (one per image) makes each image's masks independent of the batch it is in.
         record_trajectory: keep per-step time and difficulty maps (off by default, free when off).
         **options: sampler options (``p``, ``n_inner``, ``context_ratio``).
 

@@ -45,6 +45,12 @@ def random_mask(shape: tuple[int, int, int, int], patch_size: int, p_frac: float
     b, _, h, w = shape
     n = (h // patch_size) * (w // patch_size)
     k = certain_count(n, patch_size, p_frac)
-    order = torch.rand((b, n), generator=generator, device=device).argsort(dim=1)
+    if isinstance(generator, (list, tuple)):  # one generator per image: masks independent of batching
+        if len(generator) != b:
+            raise ValueError(f"got {len(generator)} generators for {b} images; pass one per image")
+        scores = torch.stack([torch.rand((n,), generator=g) for g in generator]).to(device)
+    else:
+        scores = torch.rand((b, n), generator=generator, device=device)
+    order = scores.argsort(dim=1)
     certain = order < k  # (B, N): exactly k True per row, uniformly placed
     return patch_time_to_pixels(certain, patch_size, h, w)
