@@ -1,0 +1,99 @@
+"""Images per second of the trainer's step against a bare step of the same network and batch.
+
+    .venv/bin/python benchmarks/train_throughput.py                      # the digits preset
+    .venv/bin/python benchmarks/train_throughput.py --preset digits --steps 200 --threads 1
+
+The bare step is forward + backward + gradient clipping + AdamW on one fixed batch: what any
+training script must do. The trainer adds the per-step batch draw (data order, noise, times,
+label dropout), the EMA update, the NaN bookkeeping and the metrics lines; its images/s are read
+from ``metrics.jsonl`` (which excludes checkpoint, validation and sample time). Both run in
+this process, alternating, twice each; the script prints the medians and the overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from patchforcing.data import load_dataset
+from patchforcing.flow import training_loss
+from patchforcing.models import PatchForcingTransformer
+from patchforcing.timesteps import timestep_distribution
+from patchforcing.training import resolve_config, train
+from patchforcing.training.config import network_config
+
+
+def bare_images_per_sec(cfg, steps: int, warmup: int) -> float:
+    data = load_dataset(cfg.data, resolution=cfg.resolution)
+    mcfg = network_config(cfg, data)
+    torch.manual_seed(cfg.seed)
+    net = PatchForcingTransformer(mcfg).train()
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    x1, labels = data.images[: cfg.batch_size], data.labels[: cfg.batch_size]
+    x0 = torch.randn(x1.shape, generator=g)
+    t = timestep_distribution(cfg.timestep_name)(cfg.batch_size, mcfg.num_patches, generator=g)
+    t = t[:, 0] if not mcfg.has_difficulty_head else t
+    for i in range(warmup + steps):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = training_loss(net, x1, x0=x0, t=t, labels=labels, uncertainty_weight=cfg.uncertainty_weight)["loss"]
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def trainer_images_per_sec(cfg, steps: int, warmup: int) -> float:
+    """Run ``train`` for ``warmup + steps`` steps with a metrics line every ``warmup`` steps."""
+    import contextlib
+    import io
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = cfg.replace(out=tmp, steps=warmup + steps, log_every=warmup, val_every=0, sample_every=0, ckpt_every=0)
+        with contextlib.redirect_stdout(io.StringIO()):
+            train(run)
+        lines = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    timed = [m for m in lines if m["step"] > warmup]  # each covers `warmup` steps, eval time excluded
+    seconds = sum(warmup * cfg.batch_size / m["images_per_sec"] for m in timed)
+    return len(timed) * warmup * cfg.batch_size / seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="digits")
+    p.add_argument("--steps", type=int, default=100, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    args = p.parse_args()
+    if args.steps % args.warmup:
+        p.error("--steps must be a multiple of --warmup (the trainer logs every --warmup steps)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = {"device": "cpu"} | ({"batch_size": args.batch_size} if args.batch_size else {})
+    cfg = resolve_config(args.preset, **overrides)
+    bare, trainer = [], []
+    for _ in range(2):
+        bare.append(bare_images_per_sec(cfg, args.steps, args.warmup))
+        trainer.append(trainer_images_per_sec(cfg, args.steps, args.warmup))
+    b, t = statistics.median(bare), statistics.median(trainer)
+    print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}")
+    print(f"preset {args.preset}: {cfg.model} depth={cfg.depth} hidden={cfg.hidden_size}, batch {cfg.batch_size}, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+    print(f"bare step    {b:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in bare)})")
+    print(f"trainer step {t:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in trainer)})")
+    print(f"trainer overhead: {100 * (b / t - 1):+.1f}% time per image")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""The ``bench`` and ``demo`` subcommands (thin wrappers of ``run_bench`` and ``run_demo``).
+
+    patchforcing demo  --out demo                         # train, sample with every sampler, demo/index.html
+    patchforcing bench --out bench                        # the equal-NFE comparison, bench/results.md
+    patchforcing bench --out /tmp/b --tiny --seeds 1      # a seconds-long smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+# Flags left unset keep the settings' defaults (or the --tiny ones), so every default lives in one place.
+UNSET = argparse.SUPPRESS
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    from patchforcing.errors import ConfigError
+    from patchforcing.report.common import parse_ints
+
+    try:
+        return parse_ints(text, "nfe")
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n for n in text.replace(" ", "").split(",") if n)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` and ``demo`` to the ``patchforcing`` console script."""
+    b = subparsers.add_parser(
+        "bench", allow_abbrev=False, help="equal-compute benchmark of networks and samplers on digits (about 1 hour)",
+        description="Train the SiT baseline and Patch Forcing networks (ltg, uniform-patch, srm) with matched compute "
+        "on digits, sample each with every sampler at equal NFE budgets over several seeds, and write DIR/results.md, "
+        "DIR/results.json and DIR/fid_vs_nfe.png. Rerunning resumes: finished trainings and rows are reused.")
+    b.add_argument("--out", default="bench", help="bench folder (default: bench)")
+    b.add_argument("--tiny", action="store_true", help="a seconds-long configuration (tests, smoke runs)")
+    b.add_argument("--steps", type=_positive, default=UNSET, help="training steps per network (default 2000)")
+    b.add_argument("--batch-size", type=_positive, default=UNSET, help="training batch (default 64)")
+    b.add_argument("--num-samples", type=_positive, default=UNSET, help="images per evaluation row (default 500)")
+    b.add_argument("--seeds", type=_positive, default=UNSET, help="evaluation seeds per row, for mean and std (default 3)")
+    b.add_argument("--nfe", type=_ints, default=UNSET, help="equal-compute NFE budgets, comma separated (default 16,32)")
+    b.add_argument("--depth", type=_positive, default=UNSET, help="network blocks (default 2, the digits preset's)")
+    b.add_argument("--hidden-size", type=_positive, default=UNSET, help="network width (default 64)")
+    b.add_argument("--num-heads", type=_positive, default=UNSET, help="attention heads (default 2)")
+    b.add_argument("--patch-size", type=_positive, default=UNSET, help="patch size (default 2)")
+    b.add_argument("--train-seed", type=int, default=UNSET, help="training seed shared by all networks (default 0)")
+    b.add_argument("--networks", type=_names, default=UNSET,
+                   help="comma-separated subset of: sit-uniform, pf-ltg, pf-uniform-patch, pf-srm (default: all)")
+    b.add_argument("--eval-batch-size", type=_positive, default=UNSET, help="images per sampling batch (default 250)")
+    b.set_defaults(func=run_bench_command)
+
+    d = subparsers.add_parser(
+        "demo", allow_abbrev=False, help="train the default network and write a visual report (about 10 minutes)",
+        description="Train the default Patch Forcing network on digits (the `digits` training preset), sample with every "
+        "sampler at one equal NFE budget, and write DIR/index.html: sample grids, metrics, the training curve, the "
+        "difficulty-head calibration and animations of adaptive sampling. Rerunning reuses the trained network.")
+    d.add_argument("--out", default="demo", help="report folder (default: demo)")
+    d.add_argument("--tiny", action="store_true", help="a seconds-long configuration (tests, smoke runs)")
+    d.add_argument("--steps", type=_positive, default=UNSET, help="training steps (default: the digits preset's)")
+    d.add_argument("--num-samples", type=_positive, default=UNSET, help="images per sampler (default 1000)")
+    d.add_argument("--nfe", type=_positive, default=UNSET, help="the NFE budget every sampler gets (default 32)")
+    d.add_argument("--animation-samples", type=_positive, default=UNSET, help="digits per animation (default 6)")
+    d.add_argument("--samplers", type=_names, default=UNSET, help="comma-separated samplers (default: all)")
+    d.add_argument("--eval-batch-size", type=_positive, default=UNSET, help="images per sampling batch (default 250)")
+    d.set_defaults(func=run_demo_command)
+
+
+def _values(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if k not in ("out", "tiny", "func", "command")}
+
+
+def run_bench_command(args: argparse.Namespace) -> int:
+    from patchforcing.report.bench import BenchSettings, run_bench
+
+    settings = BenchSettings.create(tiny=args.tiny, **_values(args))
+    run_bench(args.out, settings, command="patchforcing " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+              if sys.argv[1:2] == ["bench"] else None)
+    return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from patchforcing.report.demo import DemoSettings, run_demo
+
+    run_demo(args.out, DemoSettings.create(tiny=args.tiny, **_values(args)))
+    return 0

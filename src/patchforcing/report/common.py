@@ -1,0 +1,223 @@
+"""Pieces shared by ``bench`` and ``demo``: training or reusing a run, one evaluation row
+(generate at an NFE budget, then the digits metrics), a resumable cache of finished rows, and
+machine information for the reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from patchforcing.checkpoints import atomic_write
+from patchforcing.errors import ConfigError
+
+METRICS = ("fid", "precision", "recall", "accuracy")
+SEED_STRIDE = 100_000  # evaluation seed k draws its images' noise from seeds k * SEED_STRIDE + i
+Log = Callable[[str], None]
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- training ---------------------------------------------------------------------------------------
+def newest_step(run_dir: Path) -> int | None:
+    """Step of the newest checkpoint in ``run_dir`` (None when there is none)."""
+    found = sorted((Path(run_dir) / "checkpoints").glob("step-*.pt"))
+    return int(found[-1].stem.split("-")[-1]) if found else None
+
+
+def train_or_reuse(config, log: Log = say) -> dict[str, Any]:
+    """Train ``config`` unless its run folder already holds a finished run of ``config.steps`` steps.
+
+    Rerunning the trainer on a finished run is itself a quick no-op (it checks the checkpoint fits
+    the config); a run with fewer steps resumes. Returns the trainer's summary plus ``reused``.
+    """
+    from patchforcing.training import train
+
+    run_dir = Path(config.out)
+    before = newest_step(run_dir)
+    if before is not None and before > config.steps:
+        raise ConfigError(
+            f"{run_dir} holds a run of {before} steps, more than the {config.steps} asked for; "
+            f"ask for --steps {before} (or more), or choose another --out"
+        )
+    reused = before == config.steps
+    log(f"{'reusing the finished run' if reused else 'training'} {run_dir} ({config.model}, timesteps "
+        f"{config.timestep_name}, {config.steps} steps{'' if before is None or reused else f', resuming from step {before}'})")
+    t0 = time.perf_counter()
+    summary = dict(train(config))
+    summary["reused"] = bool(reused or summary.get("steps_run") == 0)
+    summary["wall_minutes"] = (time.perf_counter() - t0) / 60
+    return summary
+
+
+def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """``metrics.jsonl`` of a run: (training lines, validation lines), each sorted by step."""
+    path = Path(run_dir) / "metrics.jsonl"
+    train_rows, val_rows = [], []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written last line
+            if "val_loss" in entry:
+                val_rows.append(entry)
+            elif "loss" in entry:
+                train_rows.append(entry)
+    return sorted(train_rows, key=lambda e: e["step"]), sorted(val_rows, key=lambda e: e["step"])
+
+
+def training_facts(run_dir: Path) -> dict[str, Any]:
+    """Final loss, final validation loss, training seconds and images/s read back from a run folder."""
+    train_rows, val_rows = read_metrics(run_dir)
+    last = train_rows[-1] if train_rows else {}
+    speeds = [r["images_per_sec"] for r in train_rows if r.get("images_per_sec")]
+    return {
+        "steps": newest_step(run_dir),
+        "final_loss": last.get("loss"),
+        "val_loss": val_rows[-1]["val_loss"] if val_rows else None,
+        "train_seconds": last.get("time_s"),
+        "images_per_sec": statistics.median(speeds) if speeds else None,
+    }
+
+
+# --- one evaluation row -------------------------------------------------------------------------
+def evaluate_row(model: nn.Module, *, sampler: str, nfe: int, num_samples: int, seed: int,
+                 batch_size: int = 250) -> tuple[dict[str, Any], Tensor, Tensor]:
+    """Generate ``num_samples`` digits with ``sampler`` within ``nfe`` network calls and score them.
+
+    Returns:
+        (row with fid, precision, recall, accuracy, nfe, steps, seconds, sec_per_1000;
+        the images (M, C, H, W); their labels (M,)).
+    """
+    from patchforcing.evaluation.digits import digits_metrics
+    from patchforcing.evaluation.generate import generate_images, sampler_steps
+
+    steps, actual = sampler_steps(sampler, nfe)
+    t0 = time.perf_counter()
+    _, images, labels, info = generate_images(model, sampler=sampler, steps=steps, num_samples=num_samples,
+                                              seed=seed * SEED_STRIDE, batch_size=batch_size)
+    seconds = time.perf_counter() - t0
+    metrics = digits_metrics(images, labels)
+    row = {k: float(metrics[k]) if k in metrics else None for k in METRICS}
+    row.update(nfe=int(info["nfe"] or actual), steps=steps, seconds=seconds, sec_per_1000=seconds * 1000 / num_samples)
+    return row, images, labels
+
+
+def class_ordered(images: Tensor, labels: Tensor, per_class: int = 10, num_classes: int = 10) -> Tensor:
+    """Up to ``per_class`` images of each class, laid out so a 10-column grid has one class per column."""
+    picks = [(labels == c).nonzero().flatten()[:per_class] for c in range(num_classes)]
+    rows = max((len(p) for p in picks), default=0)
+    order = [int(p[r]) for r in range(rows) for p in picks if r < len(p)]
+    return images[order] if order else images[:per_class * num_classes]
+
+
+# --- a resumable cache of finished rows -------------------------------------------------------------
+class RowCache:
+    """A JSON file (``results.json``) holding finished rows under string keys, rewritten after every row.
+
+    Rows cached under other row-deciding settings (``fingerprint``) are dropped with a note.
+    """
+
+    def __init__(self, path: Path, fingerprint: dict[str, Any], log: Log = say):
+        self.path, self.fingerprint = Path(path), fingerprint
+        self.doc: dict[str, Any] = {"fingerprint": fingerprint, "cache": {}}
+        if self.path.exists():
+            try:
+                old = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError):
+                old = {}
+                log(f"{self.path} is unreadable; starting its rows over")
+            if old.get("fingerprint") == fingerprint:
+                self.doc.update(old)
+                if self.doc["cache"]:
+                    log(f"resuming: {len(self.doc['cache'])} finished row(s) found in {self.path}")
+            elif old.get("cache"):
+                changed = sorted(k for k in set(fingerprint) | set(old.get("fingerprint") or {})
+                                 if (old.get("fingerprint") or {}).get(k) != fingerprint.get(k))
+                log(f"settings changed ({', '.join(changed)}): the {len(old['cache'])} cached row(s) of {self.path} are redone")
+
+    @property
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """Finished rows by key (stored under ``"cache"``; reports write their own ``"rows"`` list)."""
+        return self.doc["cache"]
+
+    def put(self, key: str, row: dict[str, Any]) -> None:
+        self.rows[key] = row
+        self.save()
+
+    def save(self, **extra: Any) -> Path:
+        self.doc.update(extra)
+        text = json.dumps(_finite(self.doc), indent=1) + "\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: write non-finite floats as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for a single value) of the non-missing values."""
+    xs = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not xs:
+        return None, None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+# --- machine and formatting -------------------------------------------------------------------------
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu or "unknown", "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    gpu = f", GPU {info['cuda']}" if info.get("cuda") else ", no GPU"
+    return (f"{info['cpu']} ({info['cpu_count']} cores, {info['torch_threads']} torch threads{gpu}); "
+            f"torch {info['torch']}, Python {info['python']}, {info['platform']}")
+
+
+def fmt(value: float | None, digits: int = 2, std: float | None = None) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def parse_ints(text: str, name: str) -> tuple[int, ...]:
+    """``"16,32"`` -> (16, 32); a clear ConfigError otherwise."""
+    try:
+        values = tuple(int(v) for v in str(text).replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"--{name} {text!r}: write whole numbers separated by commas, e.g. 16,32") from None
+    if not values or any(v < 1 for v in values):
+        raise ConfigError(f"--{name} {text!r}: give at least one value, each at least 1")
+    return values

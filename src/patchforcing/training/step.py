@@ -1,0 +1,81 @@
+"""The pieces of one optimisation step: optimiser and schedule, the loss view, loss bookkeeping."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from patchforcing.models import ModelConfig
+from patchforcing.training import distributed
+from patchforcing.training.config import TrainConfig
+
+_NONE = 2**62  # "no bad step yet" (min-reduced over processes)
+
+
+def warmup_factor(warmup_steps: int):
+    """Multiplier of the learning rate before optimizer step k (0-based): linear ``(k + 1) / W`` up to 1."""
+    return lambda k: min(1.0, (k + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def make_optimizer(net: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable weights (SPEC 4: lr 1e-4, default betas, no weight decay) with a
+    linear warm-up then a constant learning rate."""
+    params = [p for p in net.parameters() if p.requires_grad]  # the fixed position embedding is not trained
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup_steps))
+
+
+class LabelsDropped:
+    """What the trainer hands to ``training_loss``: the network, with labels ALREADY dropped.
+
+    ``training_loss`` replaces labels by the null class itself while ``model.training`` is true,
+    drawing from its own generator per call. The trainer instead draws the dropout for the GLOBAL
+    batch of a step (``batches.py``) so that all processes agree with a single-process run; this
+    view reports ``training = False`` so the labels are not dropped a second time. The network
+    underneath stays in train mode.
+    """
+
+    training = False
+
+    def __init__(self, model: nn.Module, config: ModelConfig):
+        self.model, self.config = model, config
+
+    def __call__(self, x: Tensor, t: Tensor, y: Tensor | None):
+        return self.model(x, t, y)
+
+
+class LossTracker:
+    """Sums the step losses on the device (no host sync per step) and remembers the first step
+    whose loss or gradient norm was not finite."""
+
+    def __init__(self, procs: distributed.Processes):
+        self.procs = procs
+        self.sums: Tensor | None = None
+        self.count = 0
+        self.bad_step = torch.full((), _NONE, dtype=torch.int64, device=procs.device)
+        self.bad_value = torch.zeros((), device=procs.device)
+
+    def add(self, step: int, loss: Tensor, flow: Tensor, uncertainty: Tensor, grad_norm: Tensor) -> None:
+        values = torch.stack([loss.float(), flow.float(), uncertainty.float(), grad_norm.float()])
+        self.sums = values if self.sums is None else self.sums + values
+        self.count += 1
+        first = (self.bad_step == _NONE) & ~torch.isfinite(values).all()
+        self.bad_step = torch.where(first, step, self.bad_step)
+        culprit = torch.where(torch.isfinite(values[0]), values[3], values[0])  # the loss, else the gradient norm
+        self.bad_value = torch.where(first, culprit, self.bad_value)
+
+    def first_bad(self) -> tuple[int, float] | None:
+        """``(step, value)`` of the first non-finite loss (or gradient norm) on any process, else None."""
+        step = int(distributed.all_reduce_min(self.bad_step, self.procs))
+        if step == _NONE:
+            return None
+        value = float(self.bad_value) if int(self.bad_step) == step else math.nan
+        return step, value
+
+    def pop_means(self) -> dict[str, float]:
+        """Means since the last call, averaged over processes (so the global batch's loss)."""
+        means = distributed.all_reduce_mean(self.sums / self.count, self.procs).tolist()
+        self.sums, self.count = None, 0
+        return dict(zip(("loss", "flow_loss", "uncertainty_loss", "grad_norm"), means))
