@@ -68,6 +68,34 @@ def trainer_images_per_sec(cfg, steps: int, warmup: int) -> float:
     return len(timed) * warmup * cfg.batch_size / seconds
 
 
+def extras_ms_per_step(cfg, repeats: int = 200) -> dict[str, float]:
+    """The trainer's additions to a bare step, each timed alone (ms): robust on a busy machine."""
+    from patchforcing.training import distributed
+    from patchforcing.training.batches import StepBatches
+    from patchforcing.training.ema import EMA
+    from patchforcing.training.step import LossTracker
+
+    data = load_dataset(cfg.data, resolution=cfg.resolution)
+    mcfg = network_config(cfg, data)
+    net = PatchForcingTransformer(mcfg)
+    batches = StepBatches(data.images, data.labels, seed=0, batch_size=cfg.batch_size, rank=0, world_size=1,
+                          timesteps=timestep_distribution(cfg.timestep_name), num_patches=mcfg.num_patches,
+                          null_label=mcfg.null_label, drop_prob=mcfg.class_dropout_prob, global_time=not mcfg.has_difficulty_head)
+    ema = EMA(net, cfg.ema_decay)
+    tracker = LossTracker(distributed.Processes(0, 1, 0, torch.device("cpu")))
+    one = torch.tensor(1.0)
+    parts = {"batch draw": lambda: batches[12345], "EMA update": lambda: ema.update(net),
+             "loss bookkeeping": lambda: tracker.add(7, one, one, one, one)}
+    out = {}
+    for name, fn in parts.items():
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        out[name] = (time.perf_counter() - start) / repeats * 1000
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="digits")
@@ -92,7 +120,11 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
     print(f"bare step    {b:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in bare)})")
     print(f"trainer step {t:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in trainer)})")
-    print(f"trainer overhead: {100 * (b / t - 1):+.1f}% time per image")
+    print(f"trainer overhead: {100 * (b / t - 1):+.1f}% time per image (end to end; noisy on a shared machine)")
+    extras = extras_ms_per_step(cfg)
+    step_ms = 1000 * cfg.batch_size / b
+    print(f"trainer extras alone: {', '.join(f'{k} {v:.2f} ms' for k, v in extras.items())}; "
+          f"{sum(extras.values()):.2f} ms of a {step_ms:.1f} ms bare step ({100 * sum(extras.values()) / step_ms:.1f}%)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from patchforcing.cli import main
@@ -27,6 +28,15 @@ METRICS = ("fid", "precision", "recall", "accuracy")
 
 def _checkpoint_mtimes(root: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for p in sorted(root.rglob("checkpoints/step-*.pt"))}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny networks run as fast on one thread, and a busy machine cannot stall two threads' barriers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -89,6 +89,16 @@ def test_bf16_autocast_trains(tmp_path):
     assert all(v.dtype == torch.float32 for v in checkpoint(out, 2)["model"].values())  # autocast, float32 weights
 
 
+@pytest.mark.slow
+def test_compiled_network_trains_like_the_eager_one(tmp_path):
+    args = (*QUIET, "--steps", "3", "--log-every", "1")
+    assert run_train(tmp_path / "eager", *args) == 0
+    assert run_train(tmp_path / "compiled", *args, "--compile") == 0  # twice: the second run hits torch's caches
+    assert run_train(tmp_path / "compiled2", *args, "--compile") == 0
+    for name in ("compiled", "compiled2"):
+        assert [m["loss"] for m in metrics(tmp_path / name)] == pytest.approx([m["loss"] for m in metrics(tmp_path / "eager")], rel=1e-4)
+
+
 def test_loss_falls(tmp_path):
     cfg = resolve_config("digits", out=str(tmp_path / "run"), steps=200, log_every=1, lr=1e-3, warmup_steps=20,
                          val_every=0, sample_every=0, ckpt_every=0, **TINY_KW)
@@ -111,6 +121,13 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, capsys):
     assert [m["step"] for m in metrics(tmp_path / "split")] == [2, 4, 6, 8]  # no duplicated lines
     assert run_train(tmp_path / "split", *args, "--steps", "8") == 0
     assert "nothing to train" in capsys.readouterr().out
+
+
+def test_worker_processes_draw_the_same_batches(tmp_path):
+    args = (*QUIET, "--steps", "3", "--log-every", "3")
+    assert run_train(tmp_path / "inline", *args) == 0
+    assert run_train(tmp_path / "workers", *args, "--num-workers", "2") == 0
+    assert same_tensors(checkpoint(tmp_path / "inline", 3)["model"], checkpoint(tmp_path / "workers", 3)["model"])
 
 
 def test_resume_refuses_another_network_or_data(tmp_path, capsys):

@@ -68,15 +68,18 @@ TINY: dict[str, Any] = dict(steps=6, batch_size=16, num_samples=20, seeds=2, nfe
 class BenchSettings:
     """Everything a bench depends on. The defaults fit about an hour on a 2-core CPU."""
 
-    steps: int = 2000  # optimizer steps per network (the digits preset's 4000 would take the whole hour)
-    batch_size: int = 64  # the digits preset's batch
-    num_samples: int = 500  # images per evaluation row (FID of 500 digits: biased upwards, but equally for all rows)
+    # Training: None means the `digits` training preset's value (the demo network), so that the
+    # Patch Forcing ltg network here is the network the demo trains.
+    steps: int | None = None  # optimizer steps per network
+    batch_size: int | None = None
+    depth: int | None = None  # network size, the same for all networks
+    hidden_size: int | None = None
+    num_heads: int | None = None
+    patch_size: int | None = None
+    # Evaluation
+    num_samples: int = 1000  # images per row (FID of 1,000 digits is biased upwards, but equally for all rows)
     seeds: int = 3  # evaluation seeds per (network, sampler, budget): the tables give mean and std
     nfe: tuple[int, ...] = (16, 32)  # equal-compute budgets (network evaluations per image)
-    depth: int = 2  # network size: the digits preset's
-    hidden_size: int = 64
-    num_heads: int = 2
-    patch_size: int = 2
     train_seed: int = 0  # the same initial weights, data order and noise for every network
     networks: tuple[str, ...] = tuple(NETWORKS)
     eval_batch_size: int = 250  # images per sampling batch (does not change the images)
@@ -84,7 +87,9 @@ class BenchSettings:
     train_options: dict = field(default_factory=dict)  # extra TrainConfig fields (the tiny run's intervals)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "num_samples", "seeds", "depth", "hidden_size", "num_heads", "patch_size", "eval_batch_size"):
+        self._fill_from_preset()
+        names = ("batch_size", "num_samples", "seeds", "depth", "hidden_size", "num_heads", "patch_size", "eval_batch_size")
+        for name in names + ("steps",):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
@@ -108,10 +113,25 @@ class BenchSettings:
         base = dict(TINY, tiny=True) if tiny else {}
         return cls(**{**base, **{k: v for k, v in values.items() if v is not None}})
 
+    def _fill_from_preset(self) -> None:
+        """Replace the None training fields by the `digits` preset's values (explicit ones for every
+        network: a SiT model would otherwise drop the preset's PF size overrides)."""
+        from patchforcing.models import PRESETS as MODEL_PRESETS
+        from patchforcing.training import resolve_config
+
+        base = resolve_config("digits")
+        preset = MODEL_PRESETS[base.model]
+        defaults = {"steps": base.steps, "batch_size": base.batch_size, "depth": base.depth or preset["depth"],
+                    "hidden_size": base.hidden_size or preset["hidden_size"], "num_heads": base.num_heads or preset["num_heads"],
+                    "patch_size": base.patch_size or preset["patch_size"]}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide a row's numbers (seeds, budgets and networks only add rows)."""
-        keep = ("steps", "batch_size", "num_samples", "depth", "hidden_size", "num_heads", "patch_size", "train_seed", "train_options")
-        return {k: getattr(self, k) for k in keep}
+        keep = ("batch_size", "num_samples", "depth", "hidden_size", "num_heads", "patch_size", "train_seed", "train_options")
+        return {"steps": self.steps, **{k: getattr(self, k) for k in keep}}
 
     def train_config(self, network: str, out: Path):
         from patchforcing.training import resolve_config

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.checkpoints import atomic_write
+from patchforcing.report.bench import NETWORKS
 from patchforcing.report.common import fmt, machine_line
-from patchforcing.report.plots import PALETTE, line_plot
+from patchforcing.report.plots import PALETTE, panel_plot
 
 SAMPLER_COLORS = {"euler": "#000000", "euler-pf": PALETTE[0], "dual-loop": PALETTE[2], "look-ahead": PALETTE[1],
                   "random-dual-loop": PALETTE[4], "random-look-ahead": PALETTE[3]}
@@ -55,17 +56,23 @@ def reading(summary: list[dict[str, Any]], rows: list[dict[str, Any]], settings)
 
 
 def plot_fid(out: Path, summary: list[dict[str, Any]], settings) -> str:
-    """FID (mean, seed std as error bars) against NFE; returns the written file's name."""
-    series = []
+    """FID (mean over seeds, std as error bars) against the NFE actually used: one panel per Patch
+    Forcing network, the SiT baseline's Euler line in every panel. Returns the written file's name."""
+    def line(network: str, sampler: str, label: str) -> tuple:
+        pts = sorted((s["nfe"], s["fid"], s["fid_std"]) for s in summary if s["network"] == network and s["sampler"] == sampler)
+        linestyle, marker = NETWORK_STYLES.get(network, ("-", "o"))
+        return (label, [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts],
+                {"color": SAMPLER_COLORS.get(sampler), "linestyle": linestyle, "marker": marker})
+
+    baseline = [line(n, "euler", f"{n} / euler") for n in settings.networks if NETWORKS[n].model.startswith("SiT")]
+    panels = []
     for network in settings.networks:
-        for sampler in {s["sampler"]: None for s in summary if s["network"] == network}:
-            pts = sorted((s["nfe"], s["fid"], s["fid_std"]) for s in summary if s["network"] == network and s["sampler"] == sampler)
-            linestyle, marker = NETWORK_STYLES.get(network, ("-", "o"))
-            series.append((f"{network} / {sampler}", [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts],
-                           {"color": SAMPLER_COLORS.get(sampler), "linestyle": linestyle, "marker": marker}))
-    path = line_plot(out / "fid_vs_nfe.png", series, title="FID against NFE on digits (lower is better)",
-                     xlabel="network evaluations per image (NFE)", ylabel="FID (classifier features)",
-                     xticks=sorted({s["nfe"] for s in summary}))
+        if not NETWORKS[network].model.startswith("SiT"):
+            samplers = list(dict.fromkeys(s["sampler"] for s in summary if s["network"] == network))
+            panels.append((f"{network}", baseline + [line(network, s, s) for s in samplers]))
+    panels = panels or [("SiT", baseline)]
+    path = panel_plot(out / "fid_vs_nfe.png", panels, xlabel="NFE per image", ylabel="FID (classifier features, lower is better)",
+                      xticks=sorted({s["nfe"] for s in summary}), suptitle="FID against NFE on digits, equal compute per budget")
     return path.name
 
 
@@ -87,7 +94,9 @@ def write_markdown(out: Path, results: dict[str, Any], settings) -> Path:
         results["command"],
         "```",
         "",
-        f"This run took {results['minutes_this_run']:.1f} min (reused trainings and cached rows included as found).",
+        f"This run took {results['minutes_this_run']:.1f} min (reused trainings and cached rows are not redone). In all, "
+        f"training took {_training_minutes(results['training'])} and sampling {sum(r['seconds'] for r in results['rows']) / 60:.1f} min "
+        "(the sum over the rows; metrics not counted).",
         "",
         "## Reading (automatic)",
         "",
@@ -129,8 +138,6 @@ def _reading_lines(claims: list[dict[str, Any]]) -> list[str]:
 
 
 def _table(results: dict[str, Any], budget: int) -> str:
-    from patchforcing.report.bench import NETWORKS
-
     head = ("| network | sampler | NFE (outer steps) | FID ↓ | precision ↑ | recall ↑ | accuracy ↑ | s / 1,000 images | samples |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
@@ -144,10 +151,19 @@ def _table(results: dict[str, Any], budget: int) -> str:
     return "\n".join([head, *rows])
 
 
+def _training_minutes(training: dict[str, Any]) -> str:
+    minutes = [_minutes(t) for t in training.values()]
+    return "n/a" if any(m is None for m in minutes) else f"{sum(minutes):.1f} min"
+
+
+def _minutes(t: dict[str, Any]) -> float | None:
+    return t.get("wall_minutes") or (t["train_seconds"] / 60 if t.get("train_seconds") else None)
+
+
 def _training_table(training: dict[str, Any]) -> str:
     rows = ["| network | model | timesteps | steps | final loss | val loss | images/s | training min |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, t in training.items():
-        minutes = t.get("wall_minutes") or (t["train_seconds"] / 60 if t.get("train_seconds") else None)
+        minutes = _minutes(t)
         rows.append(f"| {name} | {t['model']} | {t['timesteps']} | {t.get('steps')} | {fmt(t.get('final_loss'), 4)} | "
                     f"{fmt(t.get('val_loss'), 4)} | {fmt(t.get('images_per_sec'), 0)} | {fmt(minutes, 1)} |")
     return "\n".join(rows)

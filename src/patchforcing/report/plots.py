@@ -20,10 +20,19 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 
 def line_plot(path: Path, series: list[Series], *, title: str, xlabel: str, ylabel: str,
               logy: bool = False, xticks: Sequence[float] | None = None) -> Path:
-    """Write the plot to ``path`` (``.png``); without matplotlib write ``path.with_suffix('.svg')``.
+    """One panel of lines: ``path`` (``.png``), or ``path.with_suffix('.svg')`` without matplotlib.
 
     Returns:
         The path actually written.
+    """
+    return panel_plot(path, [(title, series)], xlabel=xlabel, ylabel=ylabel, logy=logy, xticks=xticks)
+
+
+def panel_plot(path: Path, panels: list[tuple[str, list[Series]]], *, xlabel: str, ylabel: str, logy: bool = False,
+               xticks: Sequence[float] | None = None, suptitle: str | None = None) -> Path:
+    """Side-by-side panels sharing the y axis, each ``(title, series)`` with its own legend below it.
+
+    Without matplotlib, one SVG with every series (labels prefixed by their panel's title).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,30 +40,39 @@ def line_plot(path: Path, series: list[Series], *, title: str, xlabel: str, ylab
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        return _svg_plot(path.with_suffix(".svg"), series, title=title, xlabel=xlabel, ylabel=ylabel, logy=logy)
-    fig = Figure(figsize=(7.5, 4.6), dpi=110)
+        merged = [(f"{t}: {s[0]}" if len(panels) > 1 else s[0], *s[1:]) for t, ss in panels for s in ss]
+        return _svg_plot(path.with_suffix(".svg"), merged, title=suptitle or panels[0][0], xlabel=xlabel, ylabel=ylabel, logy=logy)
+    n = len(panels)
+    legend_rows = max(len(ss) for _, ss in panels) if n > 1 else 0
+    fig = Figure(figsize=(7.5 if n == 1 else 3.4 * n, 4.6 + 0.17 * legend_rows), dpi=110)
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for label, xs, ys, yerr, style in series:
-        pts = [(x, y, e) for x, y, e in zip(xs, ys, yerr or [None] * len(xs)) if y is not None]
-        if not pts:
-            continue
-        px, py, pe = zip(*pts)
-        kw: dict[str, Any] = dict(label=label, color=style.get("color"), marker=style.get("marker", "o"),
-                                  linestyle=style.get("linestyle", "-"), linewidth=1.6, markersize=4)
-        if yerr is not None and any(e for e in pe):
-            ax.errorbar(px, py, yerr=[e or 0.0 for e in pe], capsize=3, **kw)
+    axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels):
+        for label, xs, ys, yerr, style in series:
+            pts = [(x, y, e) for x, y, e in zip(xs, ys, yerr or [None] * len(xs)) if y is not None]
+            if not pts:
+                continue
+            px, py, pe = zip(*pts)
+            kw: dict[str, Any] = dict(label=label, color=style.get("color"), marker=style.get("marker", "o"),
+                                      linestyle=style.get("linestyle", "-"), linewidth=1.6, markersize=4)
+            if yerr is not None and any(e for e in pe):
+                ax.errorbar(px, py, yerr=[e or 0.0 for e in pe], capsize=2, elinewidth=0.8, alpha=0.9, **kw)
+            else:
+                ax.plot(px, py, **kw)
+        if logy:
+            ax.set_yscale("log")
+        if xticks:
+            ax.set_xticks(list(xticks))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        if n == 1:
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
         else:
-            ax.plot(px, py, **kw)
-    if logy:
-        ax.set_yscale("log")
-    if xticks:
-        ax.set_xticks(list(xticks))
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
+    axes[0].set_ylabel(ylabel)
+    if suptitle:
+        fig.suptitle(suptitle)
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path

@@ -92,6 +92,14 @@ def wrap(net: nn.Module, procs: Processes, compile: bool) -> nn.Module:  # noqa:
         ids = [procs.device.index] if procs.device.type == "cuda" else None
         model = DDP(net, device_ids=ids)
     if compile:
+        # The network's modulation-sharing shortcut branches on the values of t (a graph break); training
+        # times are per patch and mostly distinct, so its per-token path is the one taken anyway.
+        net.share_modulation = False
+        # torch 2.13 replays cached AOT-autograd graphs of this network with garbage output-view shapes
+        # (RuntimeError "shape '[94070143522283, ...]' is invalid", or a segfault) from the second run on.
+        import torch._functorch.config as functorch_config
+
+        functorch_config.enable_autograd_cache = False
         model = torch.compile(model)
     return model
 
