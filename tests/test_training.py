@@ -18,7 +18,7 @@ from PIL import Image
 
 import patchforcing as pf
 from patchforcing.cli import main
-from patchforcing.errors import CheckpointError, ConfigError, TrainingError
+from patchforcing.errors import ConfigError, TrainingError
 from patchforcing.training import PRESETS, TrainConfig, resolve_config
 from patchforcing.training.batches import StepBatches
 from patchforcing.timesteps import timestep_distribution

@@ -62,6 +62,7 @@ def training_loss(
     timesteps: str | TimestepDistribution = "ltg",
     uncertainty_weight: float = 0.01,
     generator: torch.Generator | None = None,
+    label_dropout: bool = True,
 ) -> dict[str, Tensor]:
     """Patch Forcing objective (SPEC 4): flow matching plus the difficulty head's Gaussian NLL.
 
@@ -75,6 +76,8 @@ def training_loss(
         timesteps: a distribution name (``"ltg"``, ``"uniform"`` ...) or a callable from
             ``timestep_distribution``.
         uncertainty_weight: lambda of ``loss = flow + lambda * nll`` (0.01 in the paper).
+        label_dropout: False when the caller has already dropped labels (the trainer draws the
+            dropout for the global batch of a step so that every process count agrees).
 
     Returns:
         dict with scalar tensors ``loss``, ``flow_loss``, ``uncertainty_loss`` (zero without the head).
@@ -88,7 +91,7 @@ def training_loss(
     if t is None:
         dist = timestep_distribution(timesteps) if isinstance(timesteps, str) else timesteps
         t = dist(b, cfg.num_patches, generator=generator, device=x1.device, dtype=x1.dtype)
-    labels = _drop_labels(labels, cfg, b, x1.device, generator, active=model.training)
+    labels = _drop_labels(labels, cfg, b, x1.device, generator, active=model.training and label_dropout)
 
     xt = interpolate(x0, x1, t, cfg.patch_size)
     target = x1 - x0

@@ -6,7 +6,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from patchforcing.evaluation.classifier import classification_accuracy, extract_features, load_digits_classifier

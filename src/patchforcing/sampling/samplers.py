@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from patchforcing.errors import ConfigError
-from patchforcing.flow import patch_time_to_pixels, pixels_to_patch_mean
+from patchforcing.flow import pixels_to_patch_mean
 from patchforcing.sampling.guidance import Guide, Guided
 from patchforcing.sampling.masks import difficulty_mask, random_mask
 

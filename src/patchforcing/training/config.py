@@ -205,7 +205,8 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
         raise ConfigError(f"unknown training preset {name!r}; choose one of: {', '.join(PRESETS)}")
     base = dict(PRESETS[name])
     chosen = {**from_file, **overrides}
-    if chosen.get("model", base.get("model", "PF-XS/2")) != base.get("model", "PF-XS/2"):
+    preset_model = base.get("model", FIELDS["model"].default)
+    if chosen.get("model", preset_model) != preset_model:
         for key in _SIZE_FIELDS:  # the preset's size overrides were meant for the preset's network
             base.pop(key, None)
     values = {**base, **chosen, "preset": name}

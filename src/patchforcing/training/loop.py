@@ -29,7 +29,7 @@ from patchforcing.training.batches import StepBatches, iterate
 from patchforcing.training.config import TrainConfig, data_info, network_config
 from patchforcing.training.ema import EMA
 from patchforcing.training.resume import changed_settings, check_resumable, write_config
-from patchforcing.training.step import LabelsDropped, LossTracker, make_optimizer, warmup_factor
+from patchforcing.training.step import LossTracker, make_optimizer, warmup_factor
 
 DIGEST_ENV = "PATCHFORCING_PRINT_WEIGHTS_DIGEST"  # "1": every process prints a hash of its final weights
 
@@ -81,7 +81,6 @@ class _Run:
         if checkpoint is not None:
             self._restore(checkpoint)
         self.model = distributed.wrap(self.net, self.procs, cfg.compile)
-        self.loss_view = LabelsDropped(self.model, self.model_config)
         self.batches = StepBatches(
             self.data.images, self.data.labels, seed=cfg.seed, batch_size=cfg.batch_size, rank=self.procs.rank,
             world_size=self.procs.world_size, timesteps=timestep_distribution(cfg.timestep_name, **cfg.timestep_params()),
@@ -160,7 +159,8 @@ class _Run:
         device = self.procs.device
         x1, x0, t, labels = (batch[k].to(device, non_blocking=True) for k in ("x1", "x0", "t", "labels"))
         with self.autocast():
-            out = training_loss(self.loss_view, x1, x0=x0, t=t, labels=labels, uncertainty_weight=self.cfg.uncertainty_weight)
+            out = training_loss(self.model, x1, x0=x0, t=t, labels=labels, uncertainty_weight=self.cfg.uncertainty_weight,
+                                label_dropout=False)  # dropped for the global batch in batches.py
         out["loss"].backward()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)

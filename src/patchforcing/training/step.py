@@ -7,7 +7,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from patchforcing.models import ModelConfig
 from patchforcing.training import distributed
 from patchforcing.training.config import TrainConfig
 
@@ -25,25 +24,6 @@ def make_optimizer(net: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimi
     params = [p for p in net.parameters() if p.requires_grad]  # the fixed position embedding is not trained
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup_steps))
-
-
-class LabelsDropped:
-    """What the trainer hands to ``training_loss``: the network, with labels ALREADY dropped.
-
-    ``training_loss`` replaces labels by the null class itself while ``model.training`` is true,
-    drawing from its own generator per call. The trainer instead draws the dropout for the GLOBAL
-    batch of a step (``batches.py``) so that all processes agree with a single-process run; this
-    view reports ``training = False`` so the labels are not dropped a second time. The network
-    underneath stays in train mode.
-    """
-
-    training = False
-
-    def __init__(self, model: nn.Module, config: ModelConfig):
-        self.model, self.config = model, config
-
-    def __call__(self, x: Tensor, t: Tensor, y: Tensor | None):
-        return self.model(x, t, y)
 
 
 class LossTracker:
