@@ -159,6 +159,12 @@ def test_settings_errors_are_clear(make, message):
         make()
 
 
+def test_out_that_is_a_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "f"), "--tiny"]) == 1
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_reading_checks_orderings_seed_by_seed():
     settings = BenchSettings(nfe=(8,), seeds=2)
     fid = {("sit-uniform", "euler"): 30, ("pf-ltg", "euler-pf"): 25, ("pf-ltg", "dual-loop"): 24, ("pf-ltg", "look-ahead"): 22,

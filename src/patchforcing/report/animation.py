@@ -1,5 +1,6 @@
-"""Animations of adaptive sampling: per sampler step, the current sample, the difficulty
-map the head predicts and the per-patch time map, side by side for a handful of samples.
+"""Animations of adaptive sampling: per sampler step, the current sample, the clean image the
+network predicts from it, the difficulty map the head predicts and the per-patch time map, side by
+side for a handful of samples.
 
 Colours (``patchforcing.viz.colormap``): dark blue = low, yellow = high. In the difficulty panel
 low is easy (small predicted variance, relative within each frame); in the time panel dark is
@@ -16,11 +17,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
+from patchforcing.flow import patch_time_to_pixels
 from patchforcing.sampling import noise_for_seeds, sample, steps_for_nfe
-from patchforcing.viz import difficulty_panels
+from patchforcing.viz import difficulty_panels, to_uint8
 
-PANELS = ("image", "difficulty", "patch time")
-GAP = 1  # pixels (before upscaling) between the three panels of a sample
+PANELS = ("image", "prediction", "difficulty", "patch time")
+GAP = 1  # pixels (before upscaling) between the panels of a sample
 ANIMATION_SEED = 7_000_000  # noise seeds of the animated samples (apart from the evaluation seeds)
 
 
@@ -37,9 +39,25 @@ def record(model: nn.Module, sampler: str, nfe: int, count: int = 6, seed: int =
     x, info = sample(model, noise, sampler=sampler, steps=steps_for_nfe(sampler, nfe), labels=labels,
                      return_info=True, record_trajectory=True, generator=torch.Generator().manual_seed(seed))
     frames = info.pop("trajectory")
+    look_ahead = sampler.endswith("look-ahead")
     for frame in frames:  # look-ahead records once per step; its masked steps call the network twice
-        frame["nfe"] = 2 if sampler.endswith("look-ahead") and frame["certain"] is not None else 1
+        frame["nfe"] = 2 if look_ahead and frame["certain"] is not None else 1
+        frame["prediction"] = _prediction(model, frame, labels, look_ahead)
     return frames, x.float().cpu(), info
+
+
+def _prediction(model: nn.Module, frame: dict, labels: Tensor | None, look_ahead: bool) -> Tensor:
+    """The clean image the network predicts from the frame's state: ``x + (1 - t) v(x, t)``.
+
+    For display only (not counted as NFE). A look-ahead frame records the context times of its
+    second evaluation; its state ``x`` is still at ``t_k``, the smallest time of the frame's map.
+    """
+    x, t = frame["x"], frame["t"]  # (B, C, H, W), (B, N)
+    if look_ahead:
+        t = t.min(dim=1, keepdim=True).values.expand_as(t)
+    p = model.config.patch_size
+    v = model(x.to(next(model.parameters()).dtype), t, labels).velocity.float()
+    return (x + (1 - patch_time_to_pixels(t, p, *x.shape[-2:])) * v).clamp(-1, 1)
 
 
 def _font(size: int):
@@ -49,15 +67,15 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _tiles(x: Tensor, difficulty: Tensor | None, t: Tensor) -> np.ndarray:
-    """(B, H, 3W + 2 GAP, 3) uint8: image | difficulty | patch time with white gaps."""
+def _tiles(x: Tensor, prediction: Tensor | None, difficulty: Tensor | None, t: Tensor) -> np.ndarray:
+    """(B, H, 4W + 3 GAP, 3) uint8: image | prediction | difficulty | patch time, white gaps between."""
     if difficulty is None:  # no map yet: a flat panel keeps the layout fixed
         difficulty = torch.ones(x.shape[0], 1, *x.shape[-2:])
-    panels = difficulty_panels(x, difficulty, t)  # (B, H, 3W, 3)
+    maps = difficulty_panels(x if prediction is None else prediction, difficulty, t)  # (B, H, 3W, 3)
     w = x.shape[-1]
-    gap = np.full((*panels.shape[:2], GAP, 3), 255, dtype=np.uint8)
-    parts = [panels[:, :, k * w:(k + 1) * w] for k in range(3)]
-    return np.concatenate([parts[0], gap, parts[1], gap, parts[2]], axis=2)
+    gap = np.full((*maps.shape[:2], GAP, 3), 255, dtype=np.uint8)
+    parts = [to_uint8(x)] + [maps[:, :, k * w:(k + 1) * w] for k in range(3)]
+    return np.concatenate([parts[0], gap, parts[1], gap, parts[2], gap, parts[3]], axis=2)
 
 
 def trajectory_gif(frames: list[dict], final: Tensor, path: str | Path, *, title: str, scale: int = 6,
@@ -65,8 +83,9 @@ def trajectory_gif(frames: list[dict], final: Tensor, path: str | Path, *, title
     """Write the trajectory as a looping GIF: one GIF frame per recorded frame, plus the result.
 
     Args:
-        frames: ``info["trajectory"]`` of ``sample(..., record_trajectory=True)``; an optional ``"nfe"``
-            per frame (network calls it stands for, 1 by default) feeds the caption's counter.
+        frames: ``info["trajectory"]`` of ``sample(..., record_trajectory=True)``, optionally with
+            ``"nfe"`` (network calls the frame stands for, 1 by default) and ``"prediction"`` (the
+            predicted clean image, shown next to the state) per frame, as :func:`record` adds them.
         final: (B, C, H, W) the samples the sampler returned (shown with ``t = 1`` everywhere).
         scale: nearest-neighbour upscaling (16 px digits -> 96 px at 6).
     Returns:
@@ -86,10 +105,11 @@ def trajectory_gif(frames: list[dict], final: Tensor, path: str | Path, *, title
         step, nfe = step + (not frame.get("inner")), nfe + frame.get("nfe", 1)
         caption = f"{title}   step {step}/{steps}   NFE {nfe}/{total_nfe}   mean patch time {float(t[:b].mean()):.2f}"
         caption += "   (inner: hard patches)" if frame.get("inner") else ""
-        images.append(_compose(_tiles(frame["x"][:b], _first(difficulty, b), t[:b]), caption, scale, columns))
+        images.append(_compose(_tiles(frame["x"][:b], _first(frame.get("prediction"), b), _first(difficulty, b), t[:b]),
+                               caption, scale, columns))
         durations.append(frame_ms)
     done = torch.ones_like(frames[-1]["t"][:b])
-    images.append(_compose(_tiles(final, _first(difficulty, b), done), f"{title}   result (t = 1 everywhere)   NFE {total_nfe}", scale, columns))
+    images.append(_compose(_tiles(final, final, _first(difficulty, b), done), f"{title}   result (t = 1 everywhere)   NFE {total_nfe}", scale, columns))
     durations.append(hold_ms)
     durations[0] = max(durations[0], 700)
     palette = [im.convert("P", palette=Image.Palette.ADAPTIVE, colors=255) for im in images]
@@ -112,7 +132,7 @@ def _compose(tiles: np.ndarray, caption: str, scale: int, columns: int) -> Image
     canvas = Image.new("RGB", (columns * (tw + pad) + pad, head + rows * (th + pad) + foot), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((pad, 4), caption, fill=(20, 20, 20), font=font)
-    panel_w = (w - 2 * GAP) // 3 * scale
+    panel_w = (w - (len(PANELS) - 1) * GAP) // len(PANELS) * scale
     for c in range(columns):
         for k, name in enumerate(PANELS):
             cx = pad + c * (tw + pad) + k * (panel_w + GAP * scale) + panel_w // 2

@@ -34,6 +34,7 @@ from patchforcing.report.common import (
     class_ordered,
     evaluate_row,
     machine_info,
+    prepare_out,
     mean_std,
     say,
     train_or_reuse,
@@ -106,6 +107,8 @@ class BenchSettings:
             raise ConfigError(f"--hidden-size {self.hidden_size} must be divisible by 4 and by --num-heads {self.num_heads}")
         if 16 % self.patch_size:
             raise ConfigError(f"--patch-size {self.patch_size} must divide the digits' 16 pixels (1, 2, 4, 8 or 16)")
+        object.__setattr__(self, "nfe", tuple(sorted(set(self.nfe))))  # "16,32,16" is (16, 32)
+        object.__setattr__(self, "networks", tuple(dict.fromkeys(self.networks)))
 
     @classmethod
     def create(cls, tiny: bool = False, **values: Any) -> "BenchSettings":
@@ -182,8 +185,7 @@ def run_bench(out: str | Path, settings: BenchSettings | None = None, *, log=say
     from patchforcing.viz import save_image_grid
 
     settings = settings or BenchSettings()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(out)
     t0 = time.perf_counter()
     cache = RowCache(out / "results.json", settings.fingerprint(), log)
     training: dict[str, Any] = dict(cache.doc.get("training") or {})

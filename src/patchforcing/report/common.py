@@ -28,6 +28,18 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def prepare_out(out: str | Path) -> Path:
+    """Create the report folder; a path that is a file, or cannot be created, is a clear error."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; give a folder (it is created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the folder {str(out)!r} ({err.strerror}); choose another --out") from None
+    return out
+
+
 # --- training ---------------------------------------------------------------------------------------
 def newest_step(run_dir: Path) -> int | None:
     """Step of the newest checkpoint in ``run_dir`` (None when there is none)."""

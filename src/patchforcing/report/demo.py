@@ -26,6 +26,7 @@ from patchforcing.report.common import (
     class_ordered,
     evaluate_row,
     machine_info,
+    prepare_out,
     newest_step,
     read_metrics,
     say,
@@ -100,8 +101,7 @@ def run_demo(out: str | Path = "demo", settings: DemoSettings | None = None, *, 
     from patchforcing.viz import save_image_grid
 
     settings = settings or DemoSettings()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_out(out)
     t0 = time.perf_counter()
     config = settings.train_config(out)
     trained = train_or_reuse(config, log)

@@ -60,7 +60,12 @@ def panel_plot(path: Path, panels: list[tuple[str, list[Series]]], *, xlabel: st
             else:
                 ax.plot(px, py, **kw)
         if logy:
+            from matplotlib.ticker import FormatStrFormatter
+
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         if xticks:
             ax.set_xticks(list(xticks))
         ax.set_title(title, fontsize=10)
