@@ -225,7 +225,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {str(path)!r} ({err.strerror}); check the path") from None
     try:
         if path.suffix == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         elif path.suffix in (".yaml", ".yml"):
@@ -237,7 +240,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except ConfigError:
         raise
     except ImportError:
-        raise ConfigError("YAML config files need pyyaml: pip install pyyaml (or use a .toml file)") from None
+        raise ConfigError("YAML config files need pyyaml (pip install pyyaml); TOML on Python 3.10 needs tomli") from None
     except Exception as err:  # noqa: BLE001 - any parse error of the user's file
         raise ConfigError(f"cannot parse config file {str(path)!r}: {err}") from None
     if not isinstance(data, dict) or any(isinstance(v, dict) for v in data.values()):
