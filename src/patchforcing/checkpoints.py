@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from patchforcing.errors import CheckpointError, ConfigError
-from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer
+from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer, unwrap_model
 
 FORMAT = "patchforcing-model"
 TRAIN_FORMAT = "patchforcing-train"
@@ -59,7 +59,7 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` as ``.safetensors`` with its config as JSON metadata (loads without pickle)."""
     from safetensors.torch import save_file
 
-    model = _unwrap(model)
+    model = unwrap_model(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "version": "1", "config": json.dumps(model.config.to_dict())}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
@@ -216,10 +216,4 @@ def _build(config: ModelConfig, state: dict, path: Path) -> PatchForcingTransfor
     dtype = next(iter(state.values())).dtype if state else torch.float32
     model = model.to(dtype if dtype.is_floating_point else torch.float32)  # keep float64 weights exact
     model.load_state_dict(state)
-    return model
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while not hasattr(model, "config"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
     return model

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from patchforcing.errors import ShapeError
+from patchforcing.models import unwrap_model
 from patchforcing.timesteps import TimestepDistribution, timestep_distribution
 
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -15.0, 10.0  # clamp of the predicted sigma (SPEC 4)
@@ -82,7 +83,7 @@ def training_loss(
     Returns:
         dict with scalar tensors ``loss``, ``flow_loss``, ``uncertainty_loss`` (zero without the head).
     """
-    cfg = _unwrap(model).config
+    cfg = unwrap_model(model).config
     b = x1.shape[0]
     if x0 is None:
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
@@ -137,7 +138,7 @@ def validation_loss(
     """
     if num_segments < 1:
         raise ValueError("num_segments must be at least 1")
-    cfg = _unwrap(model).config
+    cfg = unwrap_model(model).config
     if x0 is None:
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)
     target = x1 - x0
@@ -148,13 +149,3 @@ def validation_loss(
         losses.append((velocity - target).pow(2).mean())
     per_segment = torch.stack(losses)
     return per_segment.mean(), per_segment
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The network inside DDP / torch.compile wrappers (they hide ``config``)."""
-    while not hasattr(model, "config"):
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            raise TypeError("training_loss needs a patchforcing network (an object with a .config)")
-        model = inner
-    return model

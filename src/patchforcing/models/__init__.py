@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from patchforcing.models.config import PRESETS, Kind, ModelConfig, preset_config
 from patchforcing.models.transformer import ModelOutput, PatchForcingTransformer
+
+
+def unwrap_model(model: nn.Module) -> PatchForcingTransformer:
+    """The network inside DDP / torch.compile wrappers (they hide ``config``)."""
+    while not hasattr(model, "config"):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"expected a patchforcing network (an object with a .config), got {type(model).__name__}")
+        model = inner
+    return model
 
 
 def create_model(preset: str | ModelConfig, **overrides: Any) -> PatchForcingTransformer:
@@ -21,4 +33,4 @@ def create_model(preset: str | ModelConfig, **overrides: Any) -> PatchForcingTra
     return PatchForcingTransformer(config)
 
 
-__all__ = ["PRESETS", "Kind", "ModelConfig", "ModelOutput", "PatchForcingTransformer", "create_model", "preset_config"]
+__all__ = ["PRESETS", "Kind", "ModelConfig", "ModelOutput", "PatchForcingTransformer", "create_model", "preset_config", "unwrap_model"]
