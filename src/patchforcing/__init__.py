@@ -9,6 +9,7 @@ Five lines from a checkpoint to samples::
 """
 
 from patchforcing.checkpoints import load_model, save_model
+from patchforcing.conditioning import Condition
 from patchforcing.errors import CheckpointError, ConfigError, DataError, PatchForcingError, ShapeError, TrainingError
 from patchforcing.flow import interpolate, training_loss, validation_loss
 from patchforcing.models import PRESETS, ModelConfig, ModelOutput, PatchForcingTransformer, create_model
@@ -30,6 +31,7 @@ __all__ = [
     "PRESETS",
     "SAMPLERS",
     "CheckpointError",
+    "Condition",
     "ConfigError",
     "DataError",
     "ModelConfig",

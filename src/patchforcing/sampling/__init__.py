@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError, ShapeError
-from patchforcing.sampling.guidance import Guide, Guided, check_labels
+from patchforcing.conditioning import Condition
+from patchforcing.sampling.guidance import Guide, Guided, check_condition, check_labels
 from patchforcing.sampling.masks import certain_count, difficulty_mask, random_mask
 from patchforcing.sampling.samplers import (
     SAMPLERS,
@@ -50,6 +51,9 @@ def sample(
     labels: Tensor | None = None,
     cfg_scale: float = 1.0,
     null_label: int | None = None,
+    condition: Condition | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+    guide_model: nn.Module | None = None,
     return_info: bool = False,
     progress: bool = False,
     generator: torch.Generator | None = None,
@@ -67,7 +71,14 @@ def sample(
         labels: (B,) class labels (None: the null class).
         cfg_scale: classifier-free guidance weight w (1 = no guidance, one call per evaluation).
         null_label: the unconditional class; defaults to the network's null row.
-        return_info: also return ``info`` with ``nfe`` (network calls), ``steps``, ``sampler``,
+        condition: a ``Condition`` (class labels or text states with their null), instead of
+            ``labels``/``null_label``.
+        guidance_interval: ``(lo, hi)``: guide only the outer steps with ``lo <= t_k <= hi``
+            (float32 grid times); the other steps make one plain conditional call.
+        guide_model: a weaker network of the same kind and shape (an earlier checkpoint, a smaller
+            network): autoguidance, ``v = v_weak + w (v_main - v_weak)``, replaces CFG.
+        return_info: also return ``info`` with ``nfe`` (main-network calls), ``guide_nfe``
+            (guide-network calls), ``steps``, ``sampler``,
             ``options`` and, with ``record_trajectory``, ``trajectory`` (a list of frames).
         progress: show a progress bar over outer steps.
         generator: draws the random masks of the ``random-*`` ablations; a list of CPU generators
@@ -93,8 +104,13 @@ def sample(
     weight = next(model.parameters(), None)
     if weight is not None:
         noise = noise.to(device=weight.device, dtype=weight.dtype)
-    labels = check_labels(model, noise, labels)
-    guide = Guide(model, labels, cfg_scale, null_label)
+    if condition is not None:
+        if labels is not None or null_label is not None:
+            raise ConfigError("pass either condition=... or labels=/null_label=, not both")
+        condition = check_condition(model, noise, condition)
+    else:
+        condition = check_labels(model, noise, labels)
+    guide = Guide(model, condition, cfg_scale, null_label, guidance_interval=guidance_interval, guide_model=guide_model)
     recorder = TrajectoryRecorder() if record_trajectory else None
     ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder)
     ctx.mask_fn = make_mask_fn(spec, opts, cfg.patch_size, generator)
@@ -106,7 +122,8 @@ def sample(
         guide.close()
     if not return_info:
         return x
-    info: dict[str, Any] = {"nfe": guide.nfe, "steps": int(steps), "sampler": sampler, "options": opts, "cfg_scale": cfg_scale}
+    info: dict[str, Any] = {"nfe": guide.nfe, "guide_nfe": guide.guide_nfe, "steps": int(steps), "sampler": sampler,
+                            "options": opts, "cfg_scale": cfg_scale, "guidance_interval": guide.interval}
     if recorder is not None:
         info["trajectory"] = recorder.frames
     return x, info
@@ -132,6 +149,17 @@ class _ProgressGuide:
     def nfe(self) -> int:
         return self._guide.nfe
 
+    @property
+    def guide_nfe(self) -> int:
+        return self._guide.guide_nfe
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return self._guide.interval
+
+    def begin_step(self, t_k: float) -> None:
+        self._guide.begin_step(t_k)
+
     def __call__(self, x: Tensor, t: Tensor) -> Guided:
         out = self._guide(x, t)
         self._bar.update(1)
@@ -143,6 +171,7 @@ class _ProgressGuide:
 
 __all__ = [
     "SAMPLERS",
+    "Condition",
     "Guide",
     "Guided",
     "TrajectoryRecorder",

@@ -1,8 +1,11 @@
 """Inference samplers (SPEC 5). Each integrates ``t: 0 -> 1`` on the grid ``t_k = k / S``.
 
 A sampler is a function ``(guide, x, grid, ctx) -> x`` that sees the network only through
-``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. ``ctx`` carries the patch size,
-the options and an optional recorder (None unless trajectories are asked for).
+``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. At the start of every outer step it
+calls ``guide.begin_step(t_k)`` with the step's float32 grid time: the guide decides there whether
+the step is guided (guidance interval), and every evaluation of the step follows that decision.
+``ctx`` carries the patch size, the options and an optional recorder (None unless trajectories
+are asked for).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Global-time Euler: ``x += (t_{k+1} - t_k) v``, ``t`` passed as (B,). NFE = S."""
     b = x.shape[0]
     for t_cur, t_next, t32 in _steps(grid, x):
+        guide.begin_step(t32)  # decides guidance for every evaluation of this outer step
         out = guide(x, t_cur.expand(b))
         ctx.record(x=x, t=t_cur.expand(b, ctx.num_patches), logvar=out.logvar)
         x = x + (t_next - t_cur) * out.velocity
@@ -72,6 +76,7 @@ def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Euler for Patch Forcing networks: the same step, ``t`` passed as (B, N), all equal. NFE = S."""
     b, n = x.shape[0], ctx.num_patches
     for t_cur, t_next, t32 in _steps(grid, x):
+        guide.begin_step(t32)  # decides guidance for every evaluation of this outer step
         t = t_cur.expand(b, n)
         out = guide(x, t)
         ctx.record(x=x, t=t, logvar=out.logvar)
@@ -87,6 +92,7 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     k_inner = int(ctx.options["n_inner"])
     b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
     for t_cur, t_next, t32 in _steps(grid, x):
+        guide.begin_step(t32)  # decides guidance for every evaluation of this outer step
         dt = t_next - t_cur
         small = dt / k_inner
         out = guide(x, t_cur.expand(b, n))
@@ -113,6 +119,7 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
     h, w = x.shape[-2:]
     for t_cur, t_next, t32 in _steps(grid, x):
+        guide.begin_step(t32)  # decides guidance for every evaluation of this outer step
         dt = t_next - t_cur
         t = t_cur.expand(b, n)
         out = guide(x, t)
