@@ -1,4 +1,4 @@
-"""Networks: the Patch Forcing transformer and its SiT baseline, with a preset registry."""
+"""Networks: the Patch Forcing transformer, its SiT baseline and the text-to-image network, with presets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from typing import Any
 from torch import nn
 
 from patchforcing.models.config import PRESETS, Kind, ModelConfig, preset_config
-from patchforcing.models.transformer import ModelOutput, PatchForcingTransformer
+from patchforcing.models.t2i import T2I_PRESETS, PatchForcingT2I, T2IConfig, t2i_preset_config
+from patchforcing.models.transformer import FeatureOutput, ModelOutput, PatchForcingTransformer
+
+ALL_PRESETS: tuple[str, ...] = (*PRESETS, *T2I_PRESETS)
 
 
 def unwrap_model(model: nn.Module) -> PatchForcingTransformer:
@@ -20,17 +23,51 @@ def unwrap_model(model: nn.Module) -> PatchForcingTransformer:
     return model
 
 
-def create_model(preset: str | ModelConfig, **overrides: Any) -> PatchForcingTransformer:
-    """Build a network from a preset name (``"PF-B/2"``, ``"SiT-XL/2"``, ``"PF-XS/2"`` ...) or a config.
+def create_model(preset: str | ModelConfig | T2IConfig, **overrides: Any) -> PatchForcingTransformer | PatchForcingT2I:
+    """Build a network from a preset name (``"PF-B/2"``, ``"SiT-XL/2"``, ``"T2I-XS/2"`` ...) or a config.
+
+    REPA: ``repa_dim=z`` adds the projector (``repa_projector_dim`` P, default 2048) on the tokens
+    after block ``repa_depth`` (default per size: 8 for XL, 4 for B).
 
     Example:
         >>> net = create_model("PF-XS/2", depth=2, hidden_size=32, num_heads=2, input_size=8)
+        >>> repa = create_model("PF-XL/2", repa_dim=768)  # REPA with DINOv2-B targets, depth 8
+        >>> t2i = create_model("T2I-1.2B/2", in_channels=4)
     """
-    if isinstance(preset, ModelConfig):
-        config = ModelConfig.from_dict({**preset.to_dict(), **overrides})
-    else:
-        config = preset_config(preset, **overrides)
-    return PatchForcingTransformer(config)
+    if isinstance(preset, (ModelConfig, T2IConfig)):
+        return build_model(config_from_dict({**preset.to_dict(), **overrides}))
+    if isinstance(preset, str) and preset in T2I_PRESETS:
+        return PatchForcingT2I(t2i_preset_config(preset, **overrides))
+    return PatchForcingTransformer(preset_config(preset, **overrides))
 
 
-__all__ = ["PRESETS", "Kind", "ModelConfig", "ModelOutput", "PatchForcingTransformer", "create_model", "preset_config", "unwrap_model"]
+def config_from_dict(d: dict[str, Any]) -> ModelConfig | T2IConfig:
+    """The config a ``to_dict()`` came from: text-to-image configs carry ``architecture: "t2i"``."""
+    if d.get("architecture") == "t2i":
+        return T2IConfig.from_dict(d)
+    return ModelConfig.from_dict(d)
+
+
+def build_model(config: ModelConfig | T2IConfig) -> PatchForcingTransformer | PatchForcingT2I:
+    """A freshly initialised network for ``config``."""
+    return PatchForcingT2I(config) if isinstance(config, T2IConfig) else PatchForcingTransformer(config)
+
+
+__all__ = [
+    "ALL_PRESETS",
+    "FeatureOutput",
+    "PRESETS",
+    "T2I_PRESETS",
+    "Kind",
+    "ModelConfig",
+    "ModelOutput",
+    "PatchForcingT2I",
+    "PatchForcingTransformer",
+    "T2IConfig",
+    "build_model",
+    "config_from_dict",
+    "create_model",
+    "preset_config",
+    "t2i_preset_config",
+    "unwrap_model",
+]
