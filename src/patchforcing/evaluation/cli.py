@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.runtime import DEFAULT_TIMEOUT_S
 
 GRID_IMAGES = 100
 
@@ -47,32 +48,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-npz", action="store_true", help="also write samples.npz for external evaluators")
     p.add_argument("--calibration", action="store_true", help="add difficulty-head calibration on the held-out split")
     p.add_argument("--val-loss", action="store_true", help="add the SPEC-4 validation loss on the held-out split")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds a process waits for the slowest one under torchrun before the job fails")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from patchforcing import load_model
-    from patchforcing.evaluation.evaluate import close_distributed, evaluate_model, init_distributed, run_on_main
+    from patchforcing import runtime
+    from patchforcing.evaluation.evaluate import evaluate_model
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    rank, world_size, device = init_distributed(args.device)
+    procs = runtime.setup(args.device, args.dist_timeout, command="evaluate")
     ok = False
     try:
-        model = load_model(args.checkpoint, map_location=device)
+        model = load_model(args.checkpoint, map_location=procs.device)
         _check_diagnostics(model, args)
         options = {k: v for k, v in (("p", args.p), ("n_inner", args.n_inner), ("context_ratio", args.context_ratio))
                    if v is not None}
         result = evaluate_model(
             model, sampler=args.sampler, nfe=args.nfe, num_samples=args.num_samples, seed=args.seed,
             cfg_scale=args.cfg_scale, data=args.data, batch_size=args.batch_size, stats=args.stats,
-            rank=rank, world_size=world_size, return_images=True, inception_weights=args.inception_weights, **options)
-        run_on_main(lambda: write_outputs(model, result, args), rank, world_size)
+            rank=procs.rank, world_size=procs.world_size, return_images=True, inception_weights=args.inception_weights, **options)
+        runtime.run_on_main(lambda: write_outputs(model, result, args), procs)
         ok = True
     finally:
-        close_distributed(barrier=ok)  # after an error every rank raised together: no barrier
+        runtime.teardown(procs, barrier=ok)  # after an error every rank raised together: no barrier
     return 0
 
 

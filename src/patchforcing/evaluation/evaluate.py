@@ -21,96 +21,23 @@ and ``sigma``), which needs the optional Inception package.
 
 from __future__ import annotations
 
-import datetime
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError, DataError, ShapeError
 from patchforcing.evaluation.generate import generate_images, sampler_steps, to_uint8_nhwc
+from patchforcing.runtime import Processes, gather_to_main, require_group, run_on_main
 
 DIGITS = "digits"
 DIGITS_SHAPE = (1, 16, 16)  # (C, H, W) of the networks the digits classifier can score
 PR_NEIGHBOURS = 3  # k of improved precision/recall
 NUM_SEGMENTS = 8  # SPEC 4: validation loss at t = (k + 0.5) / 8
-T = TypeVar("T")
-
-
-# --- processes ---------------------------------------------------------------------------------
-def init_distributed(device: str = "auto") -> tuple[int, int, torch.device]:
-    """Join the process group that ``torchrun`` describes (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``), with nccl on CUDA and gloo on the CPU; a no-op for a single process.
-
-    Returns:
-        ``(rank, world_size, device)``; under CUDA each process takes GPU ``LOCAL_RANK``.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but PyTorch sees no CUDA device; use --device cpu (or auto)")
-    dev = torch.device("cuda", local_rank % torch.cuda.device_count()) if device == "cuda" else torch.device(device)
-    if world_size > 1 and not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            raise ConfigError(f"WORLD_SIZE={world_size} but MASTER_ADDR is not set; start several processes with "
-                              "`torchrun --standalone --nproc_per_node N -m patchforcing evaluate ...`")
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=30))
-    return rank, world_size, dev
-
-
-def close_distributed(barrier: bool = True) -> None:
-    """Leave the process group (if any), with ``barrier`` once every rank got here."""
-    if dist.is_available() and dist.is_initialized():
-        if barrier:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-def gather_to_main(obj: T, world_size: int) -> list[T] | None:
-    """Every rank's ``obj`` on rank 0 (rank order), None on the other ranks."""
-    if world_size == 1:
-        return [obj]
-    _check_group(world_size)
-    out = [None] * world_size if dist.get_rank() == 0 else None
-    dist.gather_object(obj, out, dst=0)
-    return out
-
-
-def run_on_main(fn: Callable[[], T], rank: int, world_size: int) -> T:
-    """Run ``fn`` on rank 0 and hand its result to every rank; an error raised there is raised on
-    every rank (so no rank waits forever in a later collective)."""
-    if world_size == 1:
-        return fn()
-    _check_group(world_size)
-    box: list[Any] = [None]
-    if rank == 0:
-        try:
-            box[0] = ("ok", fn())
-        except Exception as err:  # noqa: BLE001 - re-raised on every rank below
-            box[0] = ("error", err)
-    dist.broadcast_object_list(box, src=0)
-    status, value = box[0]
-    if status == "error":
-        raise value
-    return value
-
-
-def _check_group(world_size: int) -> None:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() != world_size:
-        raise ConfigError(f"world_size={world_size} but no process group of that size is running; "
-                          "call init_distributed() first (torchrun sets RANK and WORLD_SIZE)")
 
 
 # --- checks before any image is drawn ----------------------------------------------------------
@@ -186,7 +113,7 @@ def evaluate_model(
         data: ``digits`` (built-in metrics) or the name of the network's data set (with ``stats``).
         batch_size: images per sampler call on each process (does not change the results).
         stats: for non-digits data, an ``.npz`` with Inception ``mu`` and ``sigma`` of the reference.
-        rank, world_size: this process among those of ``init_distributed``.
+        rank, world_size: this process among those of ``patchforcing.runtime.setup``.
         return_images: also return (on rank 0) ``images`` (num_samples, C, H, W) in [-1, 1],
             exactly the saved uint8 values, ``images_uint8`` (num_samples, H, W, C) and ``labels``.
         inception_weights: FID Inception weights file (default: the torch hub cache).
@@ -201,15 +128,15 @@ def evaluate_model(
     start = time.perf_counter()
     steps, used = plan_evaluation(model, sampler=sampler, nfe=nfe, num_samples=num_samples, cfg_scale=cfg_scale,
                                   data=data, stats=stats, inception_weights=inception_weights, **options)
-    if world_size > 1:
-        _check_group(world_size)
+    procs = Processes(rank=rank, world_size=world_size)
+    require_group(procs)  # before minutes of sampling
     indices, images, labels, info = generate_images(
         model, sampler=sampler, steps=steps, num_samples=num_samples, seed=seed, cfg_scale=cfg_scale,
         batch_size=batch_size, rank=rank, world_size=world_size, **options)
     sampling = time.perf_counter() - start
     if images.shape[0] and info["nfe"] != used:  # the budget must be what the sampler really spent
         raise RuntimeError(f"{sampler} used {info['nfe']} NFE where {used} were expected")
-    parts = gather_to_main((indices.numpy(), to_uint8_nhwc(images), labels.numpy(), sampling), world_size)
+    parts = gather_to_main((indices.numpy(), to_uint8_nhwc(images), labels.numpy(), sampling), procs)
     kept: dict[str, Any] = {}  # the images stay on rank 0; only the metrics go to every rank
 
     def score() -> dict[str, Any]:
@@ -230,7 +157,7 @@ def evaluate_model(
             "seconds_sampling": max(p[3] for p in parts), "seconds": time.perf_counter() - start,
         }
 
-    return {**run_on_main(score, rank, world_size), **kept}
+    return {**run_on_main(score, procs), **kept}
 
 
 def _metrics(images: Tensor, labels: Tensor, data: str, stats, inception_weights, model: nn.Module) -> dict[str, Any]:

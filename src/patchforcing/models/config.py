@@ -36,6 +36,11 @@ class ModelConfig:
     num_classes: int = 1000  # 0: unconditional (only the null row exists)
     class_dropout_prob: float = 0.1  # > 0 adds the null-class row used for guidance
     learn_sigma: bool = False  # legacy DiT/SiT option: extra C output channels, discarded
+    # REPA (SPEC 6, SPEC_T2I 8.1): a token-wise projector D -> P -> P -> z on the hidden tokens
+    # right after block ``repa_depth`` (1-based); ``repa_dim = 0`` means no projector.
+    repa_dim: int = 0  # z: the frozen encoder's feature width (768 for DINOv2-B)
+    repa_depth: int = 0  # the reference's encoder_depth (8 for XL, 4 for B in the REPA paper)
+    repa_projector_dim: int = 2048  # P, the REPA paper's projector width
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", Kind(self.kind))
@@ -50,6 +55,15 @@ class ModelConfig:
             raise ConfigError(f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos position embedding)")
         if self.learn_sigma and self.kind is Kind.PATCH_FORCING:
             raise ConfigError("learn_sigma cannot be combined with the difficulty head (kind='patch-forcing')")
+        if self.repa_dim < 0 or self.repa_projector_dim < 1:
+            raise ConfigError(f"repa_dim must be >= 0 and repa_projector_dim >= 1, got {self.repa_dim}, {self.repa_projector_dim}")
+        if self.repa_dim and not 1 <= self.repa_depth <= self.depth:
+            raise ConfigError(
+                f"repa_depth {self.repa_depth} must lie in [1, depth={self.depth}]: the projector reads the tokens "
+                "after that block; choose a smaller repa_depth"
+            )
+        if self.repa_depth and not self.repa_dim:
+            raise ConfigError(f"repa_depth={self.repa_depth} without repa_dim: set repa_dim to the encoder's feature width")
 
     # --- derived quantities --------------------------------------------------------------------
     @property
@@ -70,6 +84,11 @@ class ModelConfig:
         if self.learn_sigma:
             return 2 * self.in_channels
         return self.in_channels + (1 if self.has_difficulty_head else 0)
+
+    @property
+    def has_projector(self) -> bool:
+        """Whether the network carries a REPA projector (``repa_dim > 0``)."""
+        return self.repa_dim > 0
 
     @property
     def has_null_class(self) -> bool:
@@ -104,6 +123,8 @@ _SIZES = {
     "XL": dict(depth=28, hidden_size=1152, num_heads=16),
 }
 _PATCHES = (2, 4, 8)
+# REPA's default alignment depth per size (REPA paper: 4 for B, 8 for L and XL; ours for XS and S).
+REPA_DEPTHS = {"XS": 2, "S": 4, "B": 4, "L": 8, "XL": 8}
 
 
 def _build_presets() -> dict[str, dict[str, Any]]:
@@ -122,7 +143,11 @@ PRESETS: dict[str, dict[str, Any]] = _build_presets()
 
 
 def preset_config(preset: str, **overrides: Any) -> ModelConfig:
-    """Resolve a preset name (e.g. ``"PF-B/2"``) plus overrides into a ModelConfig."""
+    """Resolve a preset name (e.g. ``"PF-B/2"``) plus overrides into a ModelConfig.
+
+    With ``repa_dim`` set and no ``repa_depth``, the REPA depth of the preset's size is used
+    (``REPA_DEPTHS``: 8 for L and XL, 4 for S and B, 2 for XS).
+    """
     if preset not in PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     fields = dict(PRESETS[preset])
@@ -131,4 +156,6 @@ def preset_config(preset: str, **overrides: Any) -> ModelConfig:
     if bad:
         raise ConfigError(f"unknown model option(s) {bad}; valid overrides: {sorted(known - {'kind'})}")
     fields.update(overrides)
+    if fields.get("repa_dim") and "repa_depth" not in overrides:
+        fields["repa_depth"] = min(REPA_DEPTHS[preset.split("-", 1)[1].split("/")[0]], fields["depth"])
     return ModelConfig(**fields)

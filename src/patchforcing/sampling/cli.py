@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-inner", type=int, default=None, help="inner steps K of dual-loop")
     p.add_argument("--context-ratio", type=float, default=None, help="rho of look-ahead")
     p.add_argument("--show-difficulty", action="store_true", help="add the difficulty and time maps beside each sample")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--out", required=True, help="output PNG path")
     p.set_defaults(func=run)
 
@@ -45,16 +45,9 @@ def parse_labels(text: str | None) -> list[int] | None:
         raise ConfigError(f"--labels must be comma-separated integers, got {text!r}") from None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; use --device cpu")
-    return torch.device(name)
-
-
 def run(args: argparse.Namespace) -> int:
     from patchforcing import load_model
+    from patchforcing.runtime import resolve_device
     from patchforcing.sampling import noise_for_seeds, sample
     from patchforcing.viz import difficulty_panels, grid, to_uint8
 

@@ -77,6 +77,7 @@ class TrainConfig:
     precision: str = knob("auto", "auto (bf16 autocast on CUDA, float32 on CPU), bf16 or fp32")
     compile: bool = knob(False, "torch.compile the network (slow first steps, faster later on GPUs)")
     num_workers: int = knob(0, "DataLoader worker processes that draw batches (0: in the training process)")
+    dist_timeout: float = knob(600.0, "seconds a process waits for the slowest one under torchrun before the job fails")
     # --- monitoring -------------------------------------------------------------------------------
     log_every: int = knob(25, "write a metrics.jsonl line every this many steps")
     ckpt_every: int = knob(1000, "checkpoint every this many steps (and always at the end; 0: only at the end)")
@@ -118,6 +119,8 @@ class TrainConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        if not self.dist_timeout > 0:
+            raise ConfigError(f"dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0 <= self.ema_decay < 1:

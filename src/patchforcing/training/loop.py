@@ -24,6 +24,7 @@ from patchforcing.errors import ConfigError, DataError, TrainingError
 from patchforcing.flow import training_loss
 from patchforcing.models import Kind, PatchForcingTransformer
 from patchforcing.timesteps import timestep_distribution
+from patchforcing import runtime
 from patchforcing.training import distributed, evaluate, monitor, state
 from patchforcing.training.batches import StepBatches, iterate
 from patchforcing.training.config import TrainConfig, data_info, network_config
@@ -48,15 +49,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         DataError: the data set cannot be loaded.
     """
     distributed.check_batch_split(config.batch_size)
-    procs = distributed.setup(config.device)
+    procs = runtime.setup(config.device, config.dist_timeout)
     try:
         return _Run(config, procs).fit()
     finally:
-        distributed.teardown(procs)
+        runtime.teardown(procs, barrier=False)
 
 
 class _Run:
-    def __init__(self, cfg: TrainConfig, procs: distributed.Processes):
+    def __init__(self, cfg: TrainConfig, procs: runtime.Processes):
         self.t0 = time.perf_counter()
         self.cfg, self.procs, self.dir = cfg, procs, Path(cfg.out)
         if self.dir.exists() and not self.dir.is_dir():
@@ -204,7 +205,7 @@ class _Run:
             }
             state.save_checkpoint(self.dir, step, contents, keep=self.cfg.keep_checkpoints)
         self.last_checkpoint = state.checkpoint_path(self.dir, step)
-        distributed.barrier(self.procs)
+        runtime.barrier(self.procs)
 
     # --- reporting ----------------------------------------------------------------------------------
     def say(self, text: str) -> None:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from patchforcing.training import distributed
+from patchforcing import runtime
 from patchforcing.training.config import TrainConfig
 
 _NONE = 2**62  # "no bad step yet" (min-reduced over processes)
@@ -30,7 +30,7 @@ class LossTracker:
     """Sums the step losses on the device (no host sync per step) and remembers the first step
     whose loss or gradient norm was not finite."""
 
-    def __init__(self, procs: distributed.Processes):
+    def __init__(self, procs: runtime.Processes):
         self.procs = procs
         self.sums: Tensor | None = None
         self.count = 0
@@ -48,7 +48,7 @@ class LossTracker:
 
     def first_bad(self) -> tuple[int, float] | None:
         """``(step, value)`` of the first non-finite loss (or gradient norm) on any process, else None."""
-        step = int(distributed.all_reduce_min(self.bad_step, self.procs))
+        step = int(runtime.all_reduce_min(self.bad_step, self.procs))
         if step == _NONE:
             return None
         value = float(self.bad_value) if int(self.bad_step) == step else math.nan
@@ -56,6 +56,6 @@ class LossTracker:
 
     def pop_means(self) -> dict[str, float]:
         """Means since the last call, averaged over processes (so the global batch's loss)."""
-        means = distributed.all_reduce_mean(self.sums / self.count, self.procs).tolist()
+        means = runtime.all_reduce_mean(self.sums / self.count, self.procs).tolist()
         self.sums, self.count = None, 0
         return dict(zip(("loss", "flow_loss", "uncertainty_loss", "grad_norm"), means))

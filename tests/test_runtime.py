@@ -1,0 +1,104 @@
+"""patchforcing.runtime: devices, the process group and its timeout, collectives."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from patchforcing import runtime
+from patchforcing.errors import ConfigError
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "patchforcing"
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "CPU", "", "cuda0"])
+def test_unknown_device_is_one_clear_error(name):
+    with pytest.raises(ConfigError, match="unknown device"):
+        runtime.resolve_device(name)
+
+
+def test_cpu_and_auto_resolve():
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert runtime.resolve_device("auto").type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_missing_cuda_names_the_fix():
+    with pytest.raises(ConfigError, match="--device cpu"):
+        runtime.resolve_device("cuda:0")
+
+
+def test_single_process_collectives_are_identities(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    procs = runtime.setup("cpu")
+    assert (procs.rank, procs.world_size, procs.is_main, procs.distributed) == (0, 1, True, False)
+    x = torch.arange(3.0)
+    assert torch.equal(runtime.all_reduce_mean(x, procs), x)
+    assert runtime.gather_to_main("a", procs) == ["a"]
+    assert runtime.run_on_main(lambda: 7, procs) == 7
+    runtime.teardown(procs)
+
+
+def test_launch_without_rendezvous_and_bad_timeout_are_errors(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="torchrun"):
+        runtime.setup("cpu", command="evaluate")
+    with pytest.raises(ConfigError, match="dist-timeout"):
+        runtime.setup("cpu", timeout_s=0)
+
+
+def test_only_runtime_touches_torch_distributed():
+    offenders = [str(p.relative_to(SRC)) for p in SRC.rglob("*.py") if p.name != "runtime.py"
+                 and re.search(r"torch\.distributed|torch\.nn\.parallel|DistributedDataParallel", p.read_text())]
+    assert offenders == []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, port: int, results) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    procs = runtime.setup("cpu", timeout_s=2)
+    gathered = runtime.gather_to_main(rank * 10, procs)
+    mean = runtime.all_reduce_mean(torch.tensor([float(rank)]), procs).item()
+    if rank == 1:  # a hung worker: never reaches the barrier below
+        time.sleep(7)
+        results.put((rank, gathered, mean, None))
+        return
+    start = time.perf_counter()
+    try:
+        runtime.barrier(procs)
+        outcome = "returned"
+    except Exception as err:  # noqa: BLE001 - the timeout is what this test expects
+        outcome = f"{type(err).__name__} after {time.perf_counter() - start:.1f}s"
+    results.put((rank, gathered, mean, outcome))
+
+
+def test_hung_worker_fails_the_others_after_the_timeout():
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, results)) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    out = {r: rest for r, *rest in (results.get(timeout=60) for _ in procs)}
+    for p in procs:
+        p.join(timeout=30)
+    assert out[0][0] == [0, 10] and out[1][0] is None  # gathered on rank 0 only
+    assert out[0][1] == out[1][1] == 0.5
+    outcome = out[0][2]
+    assert outcome != "returned"
+    assert float(outcome.split(" after ")[1][:-1]) < 6  # the 2 s timeout, not torch's 30 minutes
