@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from patchforcing.errors import CheckpointError, ConfigError
-from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer, unwrap_model
+from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer, T2IConfig, build_model, config_from_dict, unwrap_model
+from patchforcing.models.t2i import REFERENCE_TARGET as T2I_TARGET
 
 FORMAT = "patchforcing-model"
 TRAIN_FORMAT = "patchforcing-train"
@@ -176,8 +177,13 @@ def _reference_config(cfg: Any, path: Path) -> ModelConfig:
     if not isinstance(cfg, dict) or "target" not in cfg:
         raise CheckpointError(f"{str(path)!r}: model config has no 'target' (found {cfg!r:.200})")
     target, params = cfg["target"], dict(cfg.get("params") or {})
+    if target == T2I_TARGET:  # the text-to-image network (SPEC_T2I 7), its own parameter names
+        try:
+            return T2IConfig.from_reference(params)
+        except (ConfigError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{str(path)!r}: invalid text-to-image config ({err})") from None
     if target not in REFERENCE_TARGETS:
-        raise CheckpointError(f"{str(path)!r}: unknown model target {target!r}; supported: {sorted(REFERENCE_TARGETS)}")
+        raise CheckpointError(f"{str(path)!r}: unknown model target {target!r}; supported: {sorted([*REFERENCE_TARGETS, T2I_TARGET])}")
     kind = REFERENCE_TARGETS[target]
     if kind is Kind.PATCH_FORCING and params.get("predict_uncertainty", True) is False:
         raise CheckpointError(f"{str(path)!r}: a PatchForcingDiT without the uncertainty head is not supported")
@@ -191,15 +197,15 @@ def _reference_config(cfg: Any, path: Path) -> ModelConfig:
     return _config_from_dict({"kind": kind.value, **fields}, path)
 
 
-def _config_from_dict(d: dict, path: Path) -> ModelConfig:
+def _config_from_dict(d: dict, path: Path) -> ModelConfig | T2IConfig:
     try:
-        return ModelConfig.from_dict(d)
+        return config_from_dict(d)
     except (ConfigError, TypeError, ValueError) as err:
         raise CheckpointError(f"{str(path)!r}: invalid model config ({err})") from None
 
 
-def _build(config: ModelConfig, state: dict, path: Path) -> PatchForcingTransformer:
-    model = PatchForcingTransformer(config)
+def _build(config: ModelConfig | T2IConfig, state: dict, path: Path) -> nn.Module:
+    model = build_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -26,6 +26,11 @@ from patchforcing.models.t2i_layers import ImageBlock, TextBlock, TimestepEmbedd
 from patchforcing.models.transformer import Conditioning, ModelOutput
 
 ARCHITECTURE = "t2i"
+REFERENCE_TARGET = "patch_flow.models.pf_transformer_t2i.PatchForcingTransformerT2I"
+# The reference's constructor arguments; ``in_dim`` is our ``in_channels``.
+_REFERENCE_PARAMS = ("in_dim", "patch_size", "depth", "hidden_dim", "head_dim", "mapping_dim", "mapping_depth",
+                     "txt_in_dim", "txt_refiner_dim", "txt_refiner_head_dim", "txt_refiner_depth")
+_REFERENCE_IGNORED = ("compile",)
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,20 @@ class T2IConfig:
         d = dataclasses.asdict(self)
         d["kind"] = self.kind.value
         return {"architecture": ARCHITECTURE, **d}
+
+    @classmethod
+    def from_reference(cls, params: dict[str, Any]) -> "T2IConfig":
+        """The config of a reference checkpoint's ``{"target": REFERENCE_TARGET, "params": ...}``.
+
+        The reference network is resolution-free; ``input_size`` defaults to 32 (256 px with an 8x
+        autoencoder) and the text encoder to the paper's (SPEC_T2I 7.8). Missing params take the
+        values of the paper's 1.2B network.
+        """
+        unknown = sorted(set(params) - set(_REFERENCE_PARAMS) - set(_REFERENCE_IGNORED))
+        if unknown:
+            raise ConfigError(f"text-to-image params {unknown} are not understood; known: {list(_REFERENCE_PARAMS)}")
+        fields = {("in_channels" if k == "in_dim" else k): v for k, v in params.items() if k in _REFERENCE_PARAMS}
+        return cls(**fields)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "T2IConfig":
