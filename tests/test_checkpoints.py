@@ -292,4 +292,5 @@ def test_invalid_config_in_file(tmp_path):
 
 
 def test_known_targets():
-    assert checkpoints.REFERENCE_TARGETS == {PF_TARGET: Kind.PATCH_FORCING, DIT_TARGET: Kind.SIT}
+    repa = "patch_flow.models.pf_transformer_repa.REPAPatchForcingDiT"
+    assert checkpoints.REFERENCE_TARGETS == {PF_TARGET: Kind.PATCH_FORCING, DIT_TARGET: Kind.SIT, repa: Kind.PATCH_FORCING}

@@ -2,7 +2,8 @@
 
 Formats ``load_model`` understands:
     (a) the reference's released files: ``torch.save({"config": {"target", "params"}, "state_dict"})``
-        with target ``patch_flow.models.pf_transformer.PatchForcingDiT`` or ``patch_flow.models.dit.DiT``;
+        with target ``patch_flow.models.pf_transformer.PatchForcingDiT``, ``patch_flow.models.dit.DiT``
+        or ``patch_flow.models.pf_transformer_repa.REPAPatchForcingDiT`` (with its REPA projector);
     (b) the reference's Lightning training checkpoints (the ``ema_model.`` weights are taken);
     (c) this project's ``.safetensors`` files (config as JSON in the metadata, no pickle);
     (d) this project's training checkpoints (``.pt``, the EMA weights) and run folders (newest one).
@@ -25,9 +26,13 @@ from patchforcing.models.t2i import REFERENCE_TARGET as T2I_TARGET
 
 FORMAT = "patchforcing-model"
 TRAIN_FORMAT = "patchforcing-train"
+REPA_TARGET = "patch_flow.models.pf_transformer_repa.REPAPatchForcingDiT"
+# The reference REPA class's own parameters and defaults (SPEC_T2I 8.1) -> our config fields.
+_REPA_PARAMS = {"z_dim": ("repa_dim", 768), "encoder_depth": ("repa_depth", 8), "projector_dim": ("repa_projector_dim", 2048)}
 REFERENCE_TARGETS = {
     "patch_flow.models.pf_transformer.PatchForcingDiT": Kind.PATCH_FORCING,
     "patch_flow.models.dit.DiT": Kind.SIT,
+    REPA_TARGET: Kind.PATCH_FORCING,
 }
 _REFERENCE_PARAMS = ("in_channels", "input_size", "depth", "hidden_size", "patch_size", "num_heads", "num_classes")
 _REFERENCE_OPTIONAL = ("mlp_ratio", "class_dropout_prob", "learn_sigma")
@@ -185,6 +190,10 @@ def _reference_config(cfg: Any, path: Path) -> ModelConfig:
     if target not in REFERENCE_TARGETS:
         raise CheckpointError(f"{str(path)!r}: unknown model target {target!r}; supported: {sorted([*REFERENCE_TARGETS, T2I_TARGET])}")
     kind = REFERENCE_TARGETS[target]
+    repa = {}
+    if target == REPA_TARGET:  # REPAPatchForcingDiT: hidden_size defaults to 1152; its own three params
+        params.setdefault("hidden_size", 1152)
+        repa = {ours: params.pop(theirs, default) for theirs, (ours, default) in _REPA_PARAMS.items()}
     if kind is Kind.PATCH_FORCING and params.get("predict_uncertainty", True) is False:
         raise CheckpointError(f"{str(path)!r}: a PatchForcingDiT without the uncertainty head is not supported")
     missing = [k for k in _REFERENCE_PARAMS if k not in params]
@@ -194,7 +203,7 @@ def _reference_config(cfg: Any, path: Path) -> ModelConfig:
     if unknown:
         raise CheckpointError(f"{str(path)!r}: model params {unknown} are not understood by this project")
     fields = {k: params[k] for k in _REFERENCE_PARAMS + _REFERENCE_OPTIONAL if k in params}
-    return _config_from_dict({"kind": kind.value, **fields}, path)
+    return _config_from_dict({"kind": kind.value, **fields, **repa}, path)
 
 
 def _config_from_dict(d: dict, path: Path) -> ModelConfig | T2IConfig:

@@ -64,6 +64,8 @@ def training_loss(
     uncertainty_weight: float = 0.01,
     generator: torch.Generator | None = None,
     label_dropout: bool = True,
+    repa_target: Tensor | None = None,
+    repa_weight: float = 0.5,
 ) -> dict[str, Tensor]:
     """Patch Forcing objective (SPEC 4): flow matching plus the difficulty head's Gaussian NLL.
 
@@ -79,9 +81,15 @@ def training_loss(
         uncertainty_weight: lambda of ``loss = flow + lambda * nll`` (0.01 in the paper).
         label_dropout: False when the caller has already dropped labels (the trainer draws the
             dropout for the global batch of a step so that every process count agrees).
+        repa_target: (B, N', z) frozen-encoder features of the CLEAN images ``x1`` (REPA, SPEC 6);
+            needs a network with a projector (``repa_dim = z``). When ``N' != N`` the target is
+            resized bilinearly on its square token grid to the network's grid.
+        repa_weight: weight of the REPA term (0.5 in the REPA paper).
 
     Returns:
-        dict with scalar tensors ``loss``, ``flow_loss``, ``uncertainty_loss`` (zero without the head).
+        dict with scalar tensors ``loss``, ``flow_loss``, ``uncertainty_loss`` (zero without the head)
+        and, with ``repa_target``, ``repa_loss``:
+        ``loss = flow + uncertainty_weight * nll + repa_weight * repa_loss``.
     """
     cfg = unwrap_model(model).config
     b = x1.shape[0]
@@ -96,14 +104,54 @@ def training_loss(
 
     xt = interpolate(x0, x1, t, cfg.patch_size)
     target = x1 - x0
-    velocity, logvar = model(xt, t, labels)
+    if repa_target is None:
+        velocity, logvar = model(xt, t, labels)
+    else:
+        out = model(xt, t, labels, return_features=True)
+        velocity, logvar = out
     velocity, target = _at_least_fp32(velocity), _at_least_fp32(target)
     flow = (velocity - target).pow(2).mean()
     if logvar is None:
-        zero = flow.new_zeros(())
-        return {"loss": flow, "flow_loss": flow, "uncertainty_loss": zero}
-    nll = gaussian_nll(target, velocity.detach(), _at_least_fp32(logvar)).mean()
-    return {"loss": flow + uncertainty_weight * nll, "flow_loss": flow, "uncertainty_loss": nll}
+        losses = {"loss": flow, "flow_loss": flow, "uncertainty_loss": flow.new_zeros(())}
+    else:
+        nll = gaussian_nll(target, velocity.detach(), _at_least_fp32(logvar)).mean()
+        losses = {"loss": flow + uncertainty_weight * nll, "flow_loss": flow, "uncertainty_loss": nll}
+    if repa_target is not None:
+        repa = repa_loss(_at_least_fp32(out.features), repa_target)
+        losses.update(loss=losses["loss"] + repa_weight * repa, repa_loss=repa)
+    return losses
+
+
+def repa_loss(features: Tensor, target: Tensor) -> Tensor:
+    """REPA alignment (Yu et al. 2024): ``-mean over (b, n) of cos(features[b, n], target[b, n])``.
+
+    Args:
+        features: (B, N, z) projected network tokens.
+        target: (B, N', z) frozen encoder features of the clean images; with ``N' != N`` both
+            token counts must be squares and the target is resized bilinearly on its 2-D grid
+            (``align_corners=False``) to the network's ``sqrt(N) x sqrt(N)`` grid.
+    """
+    b, n, z = features.shape
+    if target.ndim != 3 or target.shape[0] != b or target.shape[2] != z:
+        raise ShapeError(
+            f"REPA target has shape {tuple(target.shape)}; expected ({b}, N', {z}): one row of encoder features "
+            "per image, as wide as the network's repa_dim"
+        )
+    target = resize_token_grid(target.to(features.dtype), n)
+    return -F.cosine_similarity(features, target, dim=-1).mean()
+
+
+def resize_token_grid(tokens: Tensor, n: int) -> Tensor:
+    """Resize (B, N', z) row-major tokens of a square grid to (B, n, z), bilinearly."""
+    b, m, z = tokens.shape
+    if m == n:
+        return tokens
+    side, new = math.isqrt(m), math.isqrt(n)
+    if side * side != m or new * new != n:
+        raise ShapeError(f"cannot resize {m} encoder tokens to the network's {n}: both must form square grids")
+    grid = tokens.transpose(1, 2).reshape(b, z, side, side)  # (B, z, h', w')
+    grid = F.interpolate(grid, size=(new, new), mode="bilinear", align_corners=False)
+    return grid.reshape(b, z, n).transpose(1, 2)  # (B, n, z)
 
 
 def _at_least_fp32(x: Tensor) -> Tensor:

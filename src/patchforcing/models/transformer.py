@@ -2,7 +2,8 @@
 
 The network knows nothing about noise, time distributions or samplers. It maps
 ``(x (B, C, H, W), t (B,) or (B, N), y (B,))`` to ``ModelOutput(velocity (B, C, H, W),
-logvar (B, 1, H, W) or None)``.
+logvar (B, 1, H, W) or None)``. With a REPA projector (``config.repa_dim > 0``) and
+``return_features=True`` the output also carries ``features`` (B, N, z) (SPEC_T2I 8.1).
 
 Shared modulation: the adaLN ``Linear(D, 6D)`` of every block depends only on the token's
 conditioning vector ``c = t_emb(t) + y_emb(y)``. At inference most tokens of a sample share a
@@ -33,6 +34,18 @@ from patchforcing.models.layers import (
 class ModelOutput(NamedTuple):
     velocity: Tensor  # (B, C, H, W)
     logvar: Tensor | None  # (B, 1, H, W) per-pixel log-variance, None without the head
+
+
+class FeatureOutput(ModelOutput):
+    """A ``ModelOutput`` (it unpacks as ``velocity, logvar``) that also holds the REPA ``features``
+    (B, N, z): the projected hidden tokens after block ``repa_depth``."""
+
+    features: Tensor
+
+    def __new__(cls, velocity: Tensor, logvar: Tensor | None, features: Tensor) -> "FeatureOutput":
+        self = super().__new__(cls, velocity, logvar)
+        self.features = features
+        return self
 
 
 class Conditioning(NamedTuple):
@@ -67,6 +80,9 @@ class PatchForcingTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches, d), requires_grad=False)
         self.blocks = nn.ModuleList([Block(d, config.num_heads, config.mlp_ratio) for _ in range(config.depth)])
         self.final_layer = FinalLayer(d, p, config.out_channels)
+        if config.has_projector:  # registered after final_layer: the reference's state-dict order
+            z, hidden = config.repa_dim, config.repa_projector_dim
+            self.projector = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, z))
         self.share_modulation = True  # False forces the per-token path (reference behaviour)
         self.initialize_weights()
 
@@ -106,27 +122,41 @@ class PatchForcingTransformer(nn.Module):
             nn.init.zeros_(layer.bias)
 
     # --- forward -------------------------------------------------------------------------------
-    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> ModelOutput:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, return_features: bool = False) -> ModelOutput:
         """Predict velocity (and the per-pixel log-variance for Patch Forcing networks).
 
         Args:
             x: (B, C, H, W) noisy input.
             t: (B,) one time per sample, or (B, N) one per patch (row-major), raw values in [0, 1].
             y: (B,) class labels; None means the null class (unconditional).
+            return_features: also return the REPA projection of the tokens after block
+                ``repa_depth`` (networks with ``repa_dim > 0``); off by default, and then the
+                projector is never run.
+
+        Returns:
+            ``ModelOutput(velocity, logvar)``, or with ``return_features`` a ``FeatureOutput``
+            whose ``features`` are (B, N, repa_dim).
         """
         b = self._check_inputs(x, t, y)
+        if return_features and not self.config.has_projector:
+            raise ShapeError("return_features=True needs a REPA projector: create the network with repa_dim=Z (and repa_depth)")
         if y is None:
             y = torch.full((b,), self.config.null_label, dtype=torch.long, device=x.device)
         tokens = self.x_embedder(x) + self.pos_embed  # (B, N, D)
         cond = self._conditioning(t, y)
-        for block in self.blocks:
+        hidden = None
+        for index, block in enumerate(self.blocks, start=1):
             tokens = block(tokens, cond.apply(block.adaLN_modulation))
+            if return_features and index == self.config.repa_depth:
+                hidden = tokens  # (B, N, D) residual stream, no norm or modulation
         out = self.final_layer(tokens, cond.apply(self.final_layer.adaLN_modulation))  # (B, N, p*p*C_out)
         out = self.unpatchify(out)  # (B, C_out, H, W)
         c = self.config.in_channels
-        if self.config.has_difficulty_head:
-            return ModelOutput(out[:, :c], out[:, c:])
-        return ModelOutput(out[:, :c], None)  # learn_sigma: the extra channels are discarded
+        # learn_sigma: the extra channels are discarded
+        velocity, logvar = out[:, :c], (out[:, c:] if self.config.has_difficulty_head else None)
+        if return_features:
+            return FeatureOutput(velocity, logvar, self.projector(hidden))  # (B, N, z)
+        return ModelOutput(velocity, logvar)
 
     def _conditioning(self, t: Tensor, y: Tensor) -> Conditioning:
         y_emb = self.y_embedder(y)  # (B, D)
