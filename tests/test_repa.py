@@ -199,3 +199,71 @@ def test_repa_loss_shape_errors():
         pf.training_loss(model, x1, t=t, labels=y, repa_target=torch.randn(2, 16, 5, dtype=F64))
     with pytest.raises(ShapeError, match="square"):
         pf.training_loss(model, x1, t=t, labels=y, repa_target=torch.randn(2, 15, 6, dtype=F64))
+
+
+# --- encoders ---------------------------------------------------------------------------------------
+def test_digits_encoder_is_the_classifier_on_the_patch_grid():
+    from patchforcing.encoders import load_encoder
+    from patchforcing.evaluation.classifier import load_digits_classifier
+
+    enc = load_encoder("digits-cnn")
+    images = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    feats = enc(images)
+    body = load_digits_classifier().body
+    maps = body[8](body[7](body[6](body[5](body[4](body[3](body[2](body[1](body[0](images)))))))))  # (3, 64, 8, 8)
+    assert feats.shape == (3, 64, enc.feature_dim) == (3, 64, 64)
+    torch.testing.assert_close(feats[:, 8 * 2 + 5], maps[:, :, 2, 5])  # token (i, j) = row-major i * 8 + j
+    assert not feats.requires_grad and not any(p.requires_grad for p in enc.parameters())
+    with pytest.raises(ShapeError, match="16, 16"):
+        enc(torch.zeros(1, 1, 8, 8))
+
+
+def test_dinov2_from_a_local_folder_with_repa_preprocessing(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from patchforcing.encoders import load_encoder
+
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    patch_size=14, image_size=224)
+    torch.manual_seed(0)
+    transformers.Dinov2Model(cfg).save_pretrained(tmp_path / "dino")
+    enc = load_encoder(f"dinov2:{tmp_path / 'dino'}")
+    images = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    feats = enc(images)
+    assert feats.shape == (2, 16 * 16, 32) and enc.feature_dim == 32
+    # independent preprocessing: [0, 1], gray -> RGB, ImageNet mean/std, bicubic to 224
+    x = ((images + 1) / 2).repeat(1, 3, 1, 1)
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = torch.nn.functional.interpolate(x, size=(224, 224), mode="bicubic", align_corners=False)
+    net = transformers.Dinov2Model.from_pretrained(tmp_path / "dino").eval()
+    with torch.no_grad():
+        ref = net(pixel_values=x).last_hidden_state[:, 1:]
+    torch.testing.assert_close(feats, ref)
+    model = make_model(seed=1, repa_dim=32, repa_depth=1, repa_projector_dim=8, in_channels=1)
+    loss = pf.training_loss(model, torch.zeros(2, 1, 8, 8, dtype=F64), repa_target=feats)  # 256 tokens -> 16
+    assert torch.isfinite(loss["repa_loss"])
+
+
+def test_missing_dinov2_names_the_model_and_the_fix(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from patchforcing.encoders import load_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache" / "hub"))
+    with pytest.raises(CheckpointError, match=r"facebook/dinov2-base.*huggingface-cli download"):
+        load_encoder("dinov2-b")
+    with pytest.raises(CheckpointError, match="dinov2:FOLDER"):
+        load_encoder(f"dinov2:{tmp_path / 'nothing-here'}")
+    with pytest.raises(ConfigError, match="digits-cnn"):
+        load_encoder("clip")
+
+
+def test_core_imports_without_transformers(monkeypatch):
+    import sys
+
+    from patchforcing.encoders import load_encoder
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ImportError
+    with pytest.raises(ConfigError, match=r"patchforcing\[hf\]"):
+        load_encoder("dinov2-b")
+    assert load_encoder("digits-cnn").feature_dim == 64
