@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from patchforcing import runs
 from patchforcing.errors import CheckpointError, ConfigError
 from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer, T2IConfig, build_model, config_from_dict, unwrap_model
 from patchforcing.models.t2i import REFERENCE_TARGET as T2I_TARGET
+from patchforcing.runs import atomic_save, atomic_write  # noqa: F401 - re-exported for older imports
 
 FORMAT = "patchforcing-model"
 TRAIN_FORMAT = "patchforcing-train"
@@ -40,27 +41,6 @@ _IGNORED_PARAMS = ("compile", "return_sigma", "predict_uncertainty", "out_channe
 
 
 # --- writing -----------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write_fn) -> Path:
-    """Call ``write_fn(tmp_path)`` then rename onto ``path``: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temporary file and an atomic rename."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` as ``.safetensors`` with its config as JSON metadata (loads without pickle)."""
     from safetensors.torch import save_file
@@ -78,11 +58,18 @@ def load_model(source: str | os.PathLike, map_location: str | torch.device = "cp
     Raises:
         CheckpointError: missing file, a file of another kind, or weights that do not fit the config.
     """
+    if isinstance(source, str) and "://" in source:
+        raise CheckpointError(
+            f"{source!r} is a URL; checkpoints are not fetched from the network: download the file first "
+            "(for example `curl -LO URL` or `huggingface-cli download REPO FILE`) and pass its local path"
+        )
     path = Path(source)
     if path.is_dir():
-        path = newest_training_checkpoint(path)
+        path = runs.newest_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {str(path)!r}: check the path (a file, or a run folder with checkpoints/)")
+    if path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is a folder; pass a checkpoint file or a run folder")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         config, state = _read_safetensors(path)
     else:
@@ -100,28 +87,23 @@ def _looks_like_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 30)
 
 
-def newest_training_checkpoint(run_dir: Path) -> Path:
-    """The training checkpoint with the highest step in ``run_dir/checkpoints``."""
-    found = sorted((run_dir / "checkpoints").glob("step-*.pt"))
-    if not found:
-        model_file = run_dir / "model.safetensors"
-        if model_file.exists():
-            return model_file
-        raise CheckpointError(
-            f"{str(run_dir)!r} is a folder without checkpoints/step-*.pt or model.safetensors; "
-            "pass a checkpoint file, or a run folder written by `patchforcing train`"
-        )
-    return found[-1]
-
-
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not what we read
         raise CheckpointError(
-            f"could not read {str(path)!r} as a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            "the file may be truncated or of another kind: re-download or re-export it"
+            f"could not read {str(path)!r} as a PyTorch checkpoint ({load_error_text(err)}); {runs.fallback_hint(path)}"
         ) from None
+
+
+def load_error_text(err: Exception) -> str:
+    """``Type: cause`` in one line; of torch's ``weights_only`` explanation only the cause is kept
+    (this project never loads a checkpoint with full pickle, so its advice does not apply)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    lines = [line for line in text.splitlines() if line.strip()]
+    return f"{type(err).__name__}: {' '.join(lines[0].split())[:200]}" if lines else type(err).__name__
 
 
 def _read_safetensors(path: Path) -> tuple[ModelConfig, dict]:
@@ -132,7 +114,7 @@ def _read_safetensors(path: Path) -> tuple[ModelConfig, dict]:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"could not read {str(path)!r} as safetensors ({err}); the file may be corrupt") from None
+        raise CheckpointError(f"could not read {str(path)!r} as safetensors ({load_error_text(err)}); {runs.fallback_hint(path)}") from None
     if meta.get("format") != FORMAT or "config" not in meta:
         raise CheckpointError(
             f"{str(path)!r} is a safetensors file without a patchforcing config in its metadata; "
@@ -144,10 +126,12 @@ def _read_safetensors(path: Path) -> tuple[ModelConfig, dict]:
 def _interpret(obj: Any, path: Path) -> tuple[ModelConfig, dict]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{str(path)!r} holds a {type(obj).__name__}, not a checkpoint dict")
-    if obj.get("format") == TRAIN_FORMAT:  # (d) our training checkpoint
-        return _config_from_dict(obj["model_config"], path), obj["ema"]
-    if obj.get("format") == FORMAT:
-        return _config_from_dict(obj["config"], path), obj["state_dict"]
+    if obj.get("format") in (TRAIN_FORMAT, FORMAT):  # (d) our training checkpoint, or an exported network
+        config_key, state_key = ("model_config", "ema") if obj["format"] == TRAIN_FORMAT else ("config", "state_dict")
+        missing = [k for k in (config_key, state_key) if not isinstance(obj.get(k), dict)]
+        if missing:
+            raise CheckpointError(f"{str(path)!r} is a {obj['format']} file without {missing}; {runs.fallback_hint(path)}")
+        return _config_from_dict(obj[config_key], path), obj[state_key]
     if "config" in obj and "state_dict" in obj:  # (a) released file
         return _reference_config(obj["config"], path), _strip(obj["state_dict"], "")
     hp = obj.get("hyper_parameters")

@@ -17,7 +17,7 @@ import argparse
 import importlib
 import sys
 
-from patchforcing.errors import PatchForcingError
+from patchforcing.errors import PatchForcingError, describe_os_error
 
 # (module, description): each module defines register(subparsers) -> None.
 _COMMAND_MODULES = (
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         result = args.func(args)
     except PatchForcingError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk, a read-only folder, a path below a file: one line, not a traceback
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

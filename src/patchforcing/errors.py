@@ -23,3 +23,32 @@ class DataError(PatchForcingError, ValueError):
 
 class TrainingError(PatchForcingError, RuntimeError):
     """Training cannot go on (for example a NaN loss)."""
+
+
+class RunFolderError(PatchForcingError, RuntimeError):
+    """A run folder that another live process is training into (one process group per folder)."""
+
+
+_OS_CAUSES = {  # errno name -> (cause, what to do)
+    "ENOSPC": ("the disk is full", "free some space or write elsewhere"),
+    "EDQUOT": ("the disk quota is exceeded", "free some space or write elsewhere"),
+    "EROFS": ("the file system is read-only", "write to a writable location"),
+    "EACCES": ("permission denied", "fix the permissions or write elsewhere"),
+    "EPERM": ("operation not permitted", "fix the permissions or write elsewhere"),
+    "ENOTDIR": ("a parent of it is a file, not a folder", "give a path below a folder"),
+    "EISDIR": ("it is a folder, not a file", "give a file path"),
+    "EEXIST": ("a file of that name is in the way", "remove it or choose another path"),
+    "ENOENT": ("it does not exist", "check the path"),
+    "ENAMETOOLONG": ("the name is too long", "choose a shorter path"),
+}
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an ``OSError``: the path, the cause in plain words, and what to do."""
+    import errno
+
+    name = errno.errorcode.get(err.errno or -1, "")
+    cause, fix = _OS_CAUSES.get(name, (err.strerror or str(err), "check the path and the disk"))
+    paths = [p for p in (err.filename, err.filename2) if p is not None]
+    where = " -> ".join(repr(str(p)) for p in paths) if paths else "a file operation failed"
+    return f"{where}: {cause}; {fix}"

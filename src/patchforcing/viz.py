@@ -60,12 +60,16 @@ def patch_map_to_pixels(values: Tensor, height: int, width: int) -> Tensor:
 
 def save_image_grid(images: Tensor, path: str | Path, ncols: int | None = None, scale: int | None = None) -> Path:
     """Save (B, C, H, W) images in [-1, 1] as a PNG grid; small images are upscaled for viewing."""
+    from PIL import Image
+
+    from patchforcing.runs import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     h = images.shape[-1]
     scale = scale or max(1, 64 // h)
-    grid(to_uint8(images), ncols=ncols, scale=scale).save(path)
-    return path
+    picture = grid(to_uint8(images), ncols=ncols, scale=scale)
+    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    return atomic_write(path, lambda tmp: picture.save(tmp, format=image_format))
 
 
 def difficulty_panels(images: Tensor, difficulty: Tensor | None, time_map: Tensor | None) -> np.ndarray:

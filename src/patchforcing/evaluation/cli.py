@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.runs import atomic_write, ensure_writable_folder
 from patchforcing.runtime import DEFAULT_TIMEOUT_S
 
 GRID_IMAGES = 100
@@ -62,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not math.isfinite(args.cfg_scale):
+        raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
+    ensure_writable_folder(args.out)  # before any work: a full disk or a bad --out never costs a sampling run
     procs = runtime.setup(args.device, args.dist_timeout, command="evaluate")
     ok = False
     try:
@@ -93,7 +98,6 @@ def _check_diagnostics(model, args: argparse.Namespace) -> None:
 
 def write_outputs(model, result: dict[str, Any], args: argparse.Namespace) -> Path:
     """Rank 0: add the held-out diagnostics and write metrics.json, samples.png, samples.npz."""
-    from patchforcing.checkpoints import atomic_write
     from patchforcing.evaluation.evaluate import calibration_report, save_samples_npz, validation_report
     from patchforcing.viz import save_image_grid
 

@@ -14,7 +14,6 @@ the ADM reference batches, so those files load directly.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -137,19 +136,16 @@ def save_statistics(
     Raises:
         ShapeError: when ``mu`` and ``sigma`` do not fit each other.
     """
+    from patchforcing.runs import atomic_write
+
     mu, sigma = _as_float64(mu), _as_float64(sigma)
     _check_statistics(mu, sigma, f"for {path}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez(f, mu=mu, sigma=sigma)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +185,13 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     with data:
         keys = set(data.files)
         if {"mu", "sigma"} <= keys:
-            mu, sigma = _as_float64(data["mu"]), _as_float64(data["sigma"])
+            try:
+                mu, sigma = _as_float64(data["mu"]), _as_float64(data["sigma"])
+            except (ValueError, TypeError, OSError, zipfile.BadZipFile) as err:  # object arrays, text, damage
+                raise DataError(
+                    f"{path}: 'mu' and 'sigma' are not plain numeric arrays ({err}); pickled object arrays are "
+                    "never loaded: write the statistics with save_statistics(path, mu, sigma)."
+                ) from None
             _check_statistics(mu, sigma, f"in {path}")
             return mu, sigma
     if "arr_0" in keys:

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from patchforcing.errors import ConfigError
+
+# Integer fields of ModelConfig and their smallest valid value.
+_INT_FIELDS = {"input_size": 1, "in_channels": 1, "patch_size": 1, "hidden_size": 1, "depth": 1, "num_heads": 1, "num_classes": 0}
 
 
 class Kind(str, enum.Enum):
@@ -43,7 +47,11 @@ class ModelConfig:
     repa_projector_dim: int = 2048  # P, the REPA paper's projector width
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", Kind(self.kind))
+        try:
+            object.__setattr__(self, "kind", Kind(self.kind))
+        except ValueError:
+            raise ConfigError(f"unknown network kind {self.kind!r}; choose one of: {', '.join(k.value for k in Kind)}") from None
+        self._check_values()
         if self.input_size % self.patch_size:
             raise ConfigError(
                 f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}; "
@@ -64,6 +72,23 @@ class ModelConfig:
             )
         if self.repa_depth and not self.repa_dim:
             raise ConfigError(f"repa_depth={self.repa_depth} without repa_dim: set repa_dim to the encoder's feature width")
+
+    def _check_values(self) -> None:
+        """Every field has its type and range: a network is never built from a config that cannot work."""
+        for name, low in _INT_FIELDS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"model {name} must be an integer >= {low}, got {value!r}")
+        for name in ("mlp_ratio", "class_dropout_prob"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
+                raise ConfigError(f"model {name} must be a number, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.mlp_ratio) and int(self.hidden_size * self.mlp_ratio) >= 1):
+            raise ConfigError(f"model mlp_ratio must be positive and give an MLP of at least one unit, got {self.mlp_ratio!r} "
+                              f"(hidden_size {self.hidden_size}); the presets use 4.0")
+        if not 0 <= self.class_dropout_prob < 1:
+            raise ConfigError(f"model class_dropout_prob must be in [0, 1), got {self.class_dropout_prob!r}; the paper uses 0.1")
+        if not isinstance(self.learn_sigma, bool):
+            raise ConfigError(f"model learn_sigma must be true or false, got {self.learn_sigma!r}")
 
     # --- derived quantities --------------------------------------------------------------------
     @property

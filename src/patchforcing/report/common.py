@@ -16,8 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from patchforcing.checkpoints import atomic_write
 from patchforcing.errors import ConfigError
+from patchforcing.runs import atomic_write, newest_step
 
 METRICS = ("fid", "precision", "recall", "accuracy")
 SEED_STRIDE = 100_000  # evaluation seed k draws its images' noise from seeds k * SEED_STRIDE + i
@@ -41,12 +41,6 @@ def prepare_out(out: str | Path) -> Path:
 
 
 # --- training ---------------------------------------------------------------------------------------
-def newest_step(run_dir: Path) -> int | None:
-    """Step of the newest checkpoint in ``run_dir`` (None when there is none)."""
-    found = sorted((Path(run_dir) / "checkpoints").glob("step-*.pt"))
-    return int(found[-1].stem.split("-")[-1]) if found else None
-
-
 def train_or_reuse(config, log: Log = say) -> dict[str, Any]:
     """Train ``config`` unless its run folder already holds a finished run of ``config.steps`` steps.
 

@@ -27,12 +27,12 @@ from patchforcing.report.common import (
     evaluate_row,
     machine_info,
     prepare_out,
-    newest_step,
     read_metrics,
     say,
     train_or_reuse,
     training_facts,
 )
+from patchforcing.runs import newest_step
 from patchforcing.sampling import SAMPLERS
 
 ANIMATED = ("look-ahead", "dual-loop", "euler-pf")  # adaptive samplers, and plain Euler to compare with

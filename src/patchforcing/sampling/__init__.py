@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -91,8 +92,10 @@ def sample(
     """
     spec, opts = resolve_options(sampler, options)
     cfg = model.config
-    if int(steps) != steps or steps < 1:
+    if not _is_positive_integer(steps):
         raise ConfigError(f"steps must be a positive integer, got {steps}")
+    if not math.isfinite(float(cfg_scale)):
+        raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale}; 1 turns guidance off")
     if sampler != "euler" and not cfg.has_difficulty_head:
         raise ConfigError(
             f"sampler {sampler!r} needs a Patch Forcing network (per-patch time, difficulty head); "
@@ -101,6 +104,8 @@ def sample(
     expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
     if noise.ndim != 4 or tuple(noise.shape[1:]) != expected:
         raise ShapeError(f"noise has shape {tuple(noise.shape)}; this network samples (B, {', '.join(map(str, expected))})")
+    if not noise.is_floating_point():
+        raise ShapeError(f"noise has dtype {noise.dtype}; pass floating-point noise x0 ~ N(0, I), e.g. torch.randn(...)")
     weight = next(model.parameters(), None)
     if weight is not None:
         noise = noise.to(device=weight.device, dtype=weight.dtype)
@@ -127,6 +132,13 @@ def sample(
     if recorder is not None:
         info["trajectory"] = recorder.frames
     return x, info
+
+
+def _is_positive_integer(value: Any) -> bool:
+    try:
+        return math.isfinite(value) and int(value) == value and value >= 1
+    except (TypeError, ValueError):
+        return False
 
 
 def noise_for_seeds(seeds, shape, *, device=None, dtype=torch.float32) -> Tensor:

@@ -7,12 +7,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from patchforcing.errors import ConfigError
+from patchforcing.runs import atomic_write
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
     from patchforcing.sampling import noise_for_seeds, sample
     from patchforcing.viz import difficulty_panels, grid, to_uint8
 
+    out, image_format = _check_flags(args)  # before any work: a bad flag or output never costs a sampling run
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     cfg = model.config
     labels = parse_labels(args.labels)
-    n = args.num_samples or (len(labels) if labels else 16)
+    n = args.num_samples if args.num_samples is not None else (len(labels) if labels else 16)
     if labels is not None and len(labels) not in (1, n):
         raise ConfigError(f"{len(labels)} labels for {n} samples: give one label per sample or a single label")
     seeds = list(range(args.seed, args.seed + n))
@@ -73,12 +76,29 @@ def run(args: argparse.Namespace) -> int:
         tiles = difficulty_panels(images, frame["difficulty"], frame["t"])
     else:
         tiles = to_uint8(images)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     scale = max(1, 64 // images.shape[-1])
-    grid(tiles, ncols=min(n, 8) if not args.show_difficulty else min(n, 4), scale=scale).save(out)
+    picture = grid(tiles, ncols=min(n, 8) if not args.show_difficulty else min(n, 4), scale=scale)
+    atomic_write(out, lambda tmp: picture.save(tmp, format=image_format))
     print(f"wrote {n} samples ({args.sampler}, {info['steps']} steps, {info['nfe']} NFE) to {out}")
     return 0
+
+
+def _check_flags(args: argparse.Namespace) -> tuple[Path, str]:
+    """Check the flags and the output path before the network is loaded; returns (out, image format)."""
+    from PIL import Image
+
+    from patchforcing.runs import ensure_writable_file
+
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}; leave it out for one "
+                          "sample per label (16 without --labels)")
+    if not math.isfinite(args.cfg_scale):
+        raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
+    out = Path(args.out)
+    image_format = Image.registered_extensions().get(out.suffix.lower())
+    if image_format is None or image_format not in Image.SAVE:
+        raise ConfigError(f"--out {str(out)!r}: give an image file name ending in .png (or .jpg, .webp)")
+    return ensure_writable_file(out), image_format
 
 
 def _to_images(x: torch.Tensor, args: argparse.Namespace, cfg) -> torch.Tensor:

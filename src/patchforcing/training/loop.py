@@ -24,7 +24,7 @@ from patchforcing.errors import ConfigError, DataError, TrainingError
 from patchforcing.flow import training_loss
 from patchforcing.models import Kind, PatchForcingTransformer
 from patchforcing.timesteps import timestep_distribution
-from patchforcing import runtime
+from patchforcing import runs, runtime
 from patchforcing.training import distributed, evaluate, monitor, state
 from patchforcing.training.batches import StepBatches, iterate
 from patchforcing.training.config import TrainConfig, data_info, network_config
@@ -50,10 +50,30 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """
     distributed.check_batch_split(config.batch_size)
     procs = runtime.setup(config.device, config.dist_timeout)
+    lock = None
     try:
+        lock = _own_run_folder(Path(config.out), procs)
         return _Run(config, procs).fit()
     finally:
+        if lock is not None:
+            lock.release()
         runtime.teardown(procs, barrier=False)
+
+
+def _own_run_folder(run_dir: Path, procs: runtime.Processes) -> runs.RunLock | None:
+    """Rank 0 locks the run folder for the whole job (before anything is written) and removes the
+    temporary files of writes a kill interrupted; an error there is raised on every rank."""
+    held: list[runs.RunLock] = []
+
+    def take() -> list[str]:
+        held.append(runs.lock_run_folder(run_dir))
+        return [str(p) for p in runs.remove_stale_temporaries(run_dir)]
+
+    removed = runtime.run_on_main(take, procs)
+    if removed and procs.is_main:
+        print(f"removed {len(removed)} temporary file(s) of interrupted writes: {', '.join(removed[:3])}"
+              f"{' ...' if len(removed) > 3 else ''}", flush=True)
+    return held[0] if held else None
 
 
 class _Run:
@@ -224,7 +244,13 @@ class _Run:
     def _advice(self) -> str:
         where = (f"the last good checkpoint is {self.last_checkpoint} (rerun the same command to resume from it)"
                  if self.last_checkpoint else f"no checkpoint was written to {self.dir} yet")
-        return f"{where}; lower --lr (now {self.cfg.lr:g}), lengthen --warmup-steps or set --grad-clip 1"
+        cfg = self.cfg
+        fixes = [f"lower --lr (now {cfg.lr:g})", f"lengthen --warmup-steps (now {cfg.warmup_steps})"]
+        if cfg.grad_clip <= 0 or cfg.grad_clip > 1:
+            fixes.append(f"set --grad-clip 1 (now {cfg.grad_clip:g}{': off' if cfg.grad_clip <= 0 else ''})")
+        if self.procs.device.type == "cuda" and cfg.precision != "fp32":
+            fixes.append(f"train in float32 with --precision fp32 (now {cfg.precision})")
+        return f"{where}; {', '.join(fixes[:-1])} or {fixes[-1]}"
 
     def _log(self, step: int, tracker: LossTracker, images_per_sec: float) -> dict[str, Any]:
         means = tracker.pop_means()

@@ -20,20 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from patchforcing.checkpoints import TRAIN_FORMAT, atomic_save
+from patchforcing.checkpoints import TRAIN_FORMAT, load_error_text
 from patchforcing.errors import CheckpointError
+from patchforcing.runs import atomic_save, checkpoint_path, list_checkpoints, previous_checkpoint
 
 VERSION = 1
 REQUIRED = ("step", "model_config", "model", "ema", "optimizer", "scheduler", "rng")
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step-{step:08d}.pt"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints of a run folder, oldest first (the 8-digit step sorts as text)."""
-    return sorted((run_dir / "checkpoints").glob("step-*.pt"))
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -62,16 +54,15 @@ def save_checkpoint(run_dir: Path, step: int, contents: dict[str, Any], keep: in
 
 def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
     """Read a training checkpoint; any problem is a CheckpointError that names the file and the fix."""
-    previous = [p for p in list_checkpoints(path.parent.parent) if p.name < path.name]
+    previous = previous_checkpoint(path)
     fix = (
-        f"delete it to resume from the previous checkpoint {previous[-1].name}"
+        f"delete it to resume from the previous checkpoint {previous.name}"
         if previous else "delete it (or the whole run folder) to start the run over"
     )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - a truncated, corrupt or foreign file
-        first = (str(err).splitlines() or [""])[0][:160]
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or unreadable ({type(err).__name__}: {first}); {fix}") from None
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or unreadable ({load_error_text(err)}); {fix}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{str(path)!r} is not a patchforcing training checkpoint; {fix}")
     if ckpt.get("version") != VERSION:

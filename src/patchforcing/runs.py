@@ -1,0 +1,299 @@
+"""Run folders: checkpoint names, one owner per folder, and durable atomic writes.
+
+A run folder (``patchforcing train --out DIR``) holds::
+
+    DIR/config.json                       the resolved configuration
+    DIR/metrics.jsonl                     one JSON line per log interval
+    DIR/checkpoints/step-XXXXXXXX.pt      training checkpoints (8-digit step, so they sort as text)
+    DIR/samples/step-XXXXXXXX.png         sample grids
+    DIR/run.lock                          locked (``flock``) by the one process group training into DIR
+
+One process group per run folder: ``lock_run_folder`` takes an exclusive OS lock on ``run.lock``;
+the kernel releases it when the process ends, however it ends (``kill -9`` included), so a stale
+lock never blocks a restart. Under ``torchrun`` only rank 0 takes it, for all ranks of its job.
+
+Every file is written with ``atomic_write``: into a temporary ``.NAME.XXXX.tmp`` beside the
+target, flushed and fsynced, renamed over the target, then the folder is fsynced. A kill at any
+moment leaves the old file or the new one, never half a file; temporaries of killed writers are
+removed by the next owner of the folder (``remove_stale_temporaries``). Files get the permissions
+of a normally created file (``0666`` minus the umask: ``0644`` under umask 022).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from patchforcing.errors import CheckpointError, ConfigError, RunFolderError, describe_os_error
+
+CHECKPOINT_DIR = "checkpoints"
+MODEL_FILE = "model.safetensors"  # an exported network beside (or instead of) training checkpoints
+LOCK_FILE = "run.lock"
+_CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
+_TEMPORARY_NAME = re.compile(r"^\..+\.tmp$")  # written by atomic_write: .NAME.XXXXXXXX.tmp
+
+
+# --- checkpoint names ---------------------------------------------------------------------------
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """``run_dir/checkpoints/step-XXXXXXXX.pt`` of training step ``step``."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{int(step):08d}.pt"
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step of a checkpoint file named by ``checkpoint_path``."""
+    match = _CHECKPOINT_NAME.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{str(path)!r} is not named like a training checkpoint (step-XXXXXXXX.pt)")
+    return int(match.group(1))
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Training checkpoints of a run folder, oldest first (temporaries of unfinished writes excluded)."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _CHECKPOINT_NAME.match(p.name) and p.is_file()]
+    return sorted(found, key=checkpoint_step)
+
+
+def newest_step(run_dir: str | os.PathLike) -> int | None:
+    """Step of the newest checkpoint in ``run_dir`` (None when there is none)."""
+    found = list_checkpoints(run_dir)
+    return checkpoint_step(found[-1]) if found else None
+
+
+def previous_checkpoint(path: str | os.PathLike) -> Path | None:
+    """The checkpoint written before ``path`` in the same run folder, or None."""
+    path = Path(path)
+    if _CHECKPOINT_NAME.match(path.name) is None:
+        return None
+    older = [p for p in list_checkpoints(path.parent.parent) if checkpoint_step(p) < checkpoint_step(path)]
+    return older[-1] if older else None
+
+
+def newest_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The file a network is read from when a run folder is given: the newest training checkpoint,
+    else an exported ``model.safetensors``.
+
+    Raises:
+        CheckpointError: the folder holds neither.
+    """
+    run_dir = Path(run_dir)
+    found = list_checkpoints(run_dir)
+    if found:
+        return found[-1]
+    if (run_dir / MODEL_FILE).is_file():
+        return run_dir / MODEL_FILE
+    raise CheckpointError(
+        f"{str(run_dir)!r} is a folder without {CHECKPOINT_DIR}/step-*.pt or {MODEL_FILE}; "
+        "pass a checkpoint file, or a run folder written by `patchforcing train`"
+    )
+
+
+def fallback_hint(path: str | os.PathLike) -> str:
+    """What to do when checkpoint ``path`` cannot be read: name the previous checkpoint if any."""
+    previous = previous_checkpoint(path)
+    if previous is not None:
+        return (f"the previous checkpoint is {previous}: pass it instead, or delete the unreadable "
+                f"{Path(path).name} to fall back to it")
+    return "the file may be truncated or of another kind: re-download, re-export or retrain it"
+
+
+# --- durable atomic writes ----------------------------------------------------------------------
+def file_mode() -> int:
+    """Permissions of a newly created file under the current umask (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Path:
+    """Call ``write_fn(tmp_path)``, make the bytes durable, then rename onto ``path``.
+
+    A crash at any moment leaves either the old file or the complete new one. The temporary file
+    is fsynced before the rename and the folder after it, so the rename survives a power cut.
+
+    Args:
+        path: destination file (its folder is created when missing).
+        write_fn: writes the whole content to the path it is given.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        _fsync_file(tmp)
+        os.chmod(tmp, file_mode())  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through ``atomic_write``; a full disk raises ``OSError(ENOSPC)``."""
+    import torch
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: write errors surface as OSError with errno
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through ``atomic_write``."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some systems cannot open folders; the rename itself is done
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # fsync of a folder is not supported everywhere (some network file systems)
+    finally:
+        os.close(fd)
+
+
+def is_temporary(path: str | os.PathLike) -> bool:
+    """True for the temporary files ``atomic_write`` creates."""
+    return _TEMPORARY_NAME.match(Path(path).name) is not None
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete temporaries that killed writers left in ``run_dir`` and its subfolders.
+
+    Call it only while holding the folder's lock: then no live writer owns them.
+
+    Returns:
+        The removed files.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    removed = []
+    for path in sorted(run_dir.rglob(".*.tmp")):
+        if path.is_file() and is_temporary(path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+# --- outputs and the owner of a run folder ------------------------------------------------------
+def ensure_writable_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work starts.
+
+    Raises:
+        ConfigError: the path is a file, a parent is a file, or the folder cannot be written
+            (read-only, no permission, full disk); the message names the path, the cause and ``flag``.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{flag} {str(folder)!r} is a file; give a folder (it is created when missing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ConfigError(f"{flag}: {describe_os_error(err)}; choose another {flag}") from None
+    return folder
+
+
+def ensure_writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Check that file ``path`` can be written (its folder is created) before any work starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {str(path)!r} is a folder; give a file name, e.g. {path / 'grid.png'}")
+    ensure_writable_folder(path.parent, flag)
+    return path
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``run_dir/run.lock`` for as long as this object is held.
+
+    The lock file names its holder (pid, host, start time, command); it stays in the folder after
+    the run (deleting it would let two processes lock two different files).
+    """
+
+    def __init__(self, run_dir: Path, fd: int):
+        self.run_dir, self._fd = run_dir, fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def lock_run_folder(run_dir: str | os.PathLike) -> RunLock:
+    """Create ``run_dir`` if needed and take its lock (call it on rank 0 only under torchrun).
+
+    Raises:
+        ConfigError: ``run_dir`` is a file or cannot be created or written.
+        RunFolderError: another live process holds the folder; the message names it.
+    """
+    run_dir = ensure_writable_folder(run_dir)
+    path = run_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+    except OSError as err:
+        raise ConfigError(f"--out: {describe_os_error(err)}; choose another --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ConfigError(f"--out: cannot lock {path} ({describe_os_error(err)}); choose another --out") from None
+        raise RunFolderError(
+            f"{run_dir} is in use by another training ({_holder(path)}); wait for it to end or stop it, "
+            "or choose another --out (one process group per run folder)"
+        ) from None
+    holder = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "command": " ".join(sys.argv)[:500]}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+    return RunLock(run_dir, fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not info.get("pid"):
+        return "its holder is starting up"
+    return f"pid {info['pid']} on {info.get('host', '?')}, started {info.get('started', '?')}: {info.get('command', '?')}"
