@@ -32,6 +32,7 @@ from patchforcing.data.datasets import (
     read_image,
     report_skipped,
 )
+from patchforcing.data.mapped import MappedLatents
 from patchforcing.errors import DataError
 
 LATENT_FORMAT, LATENT_VERSION = "patchforcing-latents", 1
@@ -64,19 +65,23 @@ def read_meta(root: str | Path) -> dict:
     return meta
 
 
-def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: int | None = None) -> ImageDataset:
-    """Load one split of a latent folder into memory; no VAE is needed.
+def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: int | None = None,
+                        mmap: bool = True) -> ImageDataset:
+    """Open one split of a latent folder; no VAE is needed.
 
     Args:
         root: folder written by :func:`prepare_latents`.
         split: "train" or "test".
         resolution: None, or the latent size or encoded image size (a check only).
+        mmap: keep the latents on disk and read the rows each batch needs (a
+            :class:`~patchforcing.data.mapped.MappedLatents`; memory does not grow with the
+            folder); False reads every shard into one tensor. Both give the same rows.
 
     Returns:
         :class:`ImageDataset` with ``images`` (M, c, h, w) scaled latents, plus ``vae``,
         ``scale_factor``, ``shift_factor`` and ``image_resolution`` from ``meta.json``.
     """
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
     root = Path(root)
     meta = read_meta(root)
@@ -92,15 +97,17 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
             f"{root} has no '{split}' latents; re-run prepare-latents with --split all (or the source had too few images)"
         )
     latents, labels = [], []
-    for name in shards:
+    for name in shards:  # the labels (8 bytes per image) are always read; the latents only without mmap
         try:
-            tensors = load_file(root / name)
-        except (OSError, RuntimeError) as err:
+            with safe_open(str(root / name), framework="pt") as f:
+                labels.append(f.get_tensor("labels"))
+                if not mmap:
+                    latents.append(f.get_tensor("latents"))
+        except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
             raise DataError(f"cannot read latent shard {root / name} ({err}); re-run prepare-latents") from err
-        latents.append(tensors["latents"])
-        labels.append(tensors["labels"])
+    images = MappedLatents([root / name for name in shards]) if mmap else torch.cat(latents)
     return ImageDataset(
-        torch.cat(latents), torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
+        images, torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
         vae=meta["vae"], scale_factor=meta["scale_factor"], shift_factor=meta["shift_factor"],
         image_resolution=meta["image_resolution"],
     )

@@ -1,0 +1,135 @@
+"""Latents that stay on disk: rows of a latent folder's safetensors shards, read when indexed.
+
+ImageNet-256 latents (4x32x32 float32, 1.28M images) take about 21 GB; loading them into every
+process would cost that much memory per GPU. :class:`MappedLatents` opens each shard with
+``safetensors.safe_open`` (which memory-maps the file) and copies only the rows a batch asks
+for, so a process's memory does not grow with the number of latents. It stands in for the
+``(M, c, h, w)`` tensor ``ImageDataset.images`` wherever the code indexes it: ``x[index]`` with
+an integer, a slice, or a 1-D integer tensor returns an ordinary tensor, equal to indexing the
+eagerly loaded latents. Any other torch operation on it reads every row first (meant for small
+held-out sets, not for the training split).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from patchforcing.errors import DataError
+
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+class MappedLatents:
+    """An ``(M, c, h, w)`` read-only view of the ``latents`` tensors of several shards.
+
+    Args:
+        paths: the shard files in order; rows are numbered across them.
+
+    Raises:
+        DataError: a shard is unreadable, or the shards disagree on the latent shape or dtype.
+    """
+
+    def __init__(self, paths: list[Path]):
+        from safetensors import safe_open
+
+        self.paths = [Path(p) for p in paths]
+        sizes, shapes, dtypes = [], set(), set()
+        for path in self.paths:
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    view = f.get_slice("latents")
+                    shape, dtype = view.get_shape(), view.get_dtype()
+            except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
+                raise DataError(f"cannot read latent shard {path} ({err}); re-run prepare-latents") from err
+            sizes.append(shape[0])
+            shapes.add(tuple(shape[1:]))
+            dtypes.add(dtype)
+        if len(shapes) != 1 or len(dtypes) != 1 or next(iter(dtypes)) not in _DTYPES:
+            raise DataError(f"the shards of {self.paths[0].parent} disagree on the latent shape or dtype "
+                            f"({sorted(shapes)}, {sorted(dtypes)}); re-run prepare-latents")
+        self.ends = np.cumsum(sizes)  # (S,) one past each shard's last row
+        self.starts = self.ends - np.asarray(sizes)
+        self.shape = torch.Size((int(self.ends[-1]), *next(iter(shapes))))
+        self.dtype = _DTYPES[next(iter(dtypes))]
+        self._handles: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    # --- what code that expects a tensor asks of it ----------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def float(self) -> "MappedLatents":
+        """Rows come out as float32 (the dtype conversion happens per read)."""
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Read EVERY row into memory and move it (for small held-out sets only)."""
+        return self[:].to(*args, **kwargs)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """Any other torch operation (``torch.allclose(x, ...)``) sees EVERY row read into memory."""
+        from torch.utils._pytree import tree_map
+
+        def load(a: Any) -> Any:
+            return a[:] if isinstance(a, MappedLatents) else a
+
+        return func(*tree_map(load, args), **tree_map(load, kwargs or {}))
+
+    def __repr__(self) -> str:
+        return f"MappedLatents(shape={tuple(self.shape)}, shards={len(self.paths)})"
+
+    # --- reading ---------------------------------------------------------------------------------
+    def __getitem__(self, index: int | slice | Tensor | np.ndarray | list[int]) -> Tensor:
+        """Rows ``index`` as a float32 tensor ``(len(index), c, h, w)`` (``(c, h, w)`` for an int)."""
+        if isinstance(index, (int, np.integer)):
+            return self[np.asarray([index])][0]
+        if isinstance(index, slice):
+            rows = np.arange(len(self))[index]
+        else:
+            rows = torch.as_tensor(index).cpu().numpy() if not isinstance(index, np.ndarray) else index
+            if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
+                raise IndexError(f"MappedLatents takes an int, a slice or a 1-D integer index, got {rows.dtype} {rows.shape}")
+            rows = np.where(rows < 0, rows + len(self), rows)
+            if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+                raise IndexError(f"row index out of range for {len(self)} latents")
+        out = torch.empty((len(rows), *self.shape[1:]), dtype=torch.float32)
+        shard = np.searchsorted(self.ends, rows, side="right")  # (R,)
+        local = rows - self.starts[shard]
+        for lo, hi in _runs(shard, local):  # consecutive rows of one shard: one read each
+            view = self._view(int(shard[lo]))
+            out[lo:hi] = view[int(local[lo]) : int(local[lo]) + hi - lo].float()
+        return out
+
+    def _view(self, shard: int):
+        """The shard's lazily opened ``latents`` slice (reopened in a forked DataLoader worker)."""
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        if shard not in self._handles:
+            from safetensors import safe_open
+
+            handle = safe_open(str(self.paths[shard]), framework="pt")
+            self._handles[shard] = (handle, handle.get_slice("latents"))
+        return self._handles[shard][1]
+
+    def __getstate__(self) -> dict[str, Any]:  # open handles do not pickle (spawned workers)
+        return {**self.__dict__, "_handles": {}}
+
+
+def _runs(shard: np.ndarray, local: np.ndarray) -> list[tuple[int, int]]:
+    """Split positions ``[0, R)`` into maximal runs ``[lo, hi)`` of consecutive rows in one shard."""
+    if shard.size == 0:
+        return []
+    step = (np.diff(shard) != 0) | (np.diff(local) != 1)  # (R-1,) a run ends before position i+1
+    cuts = np.concatenate([[0], np.nonzero(step)[0] + 1, [shard.size]])
+    return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
