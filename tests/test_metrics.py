@@ -224,6 +224,20 @@ def test_precision_recall_matches_brute_force_and_is_batch_invariant():
     assert 0.0 < p_ref < 1.0 and 0.0 < r_ref < 1.0  # a non-trivial case
 
 
+def test_precision_recall_exact_far_from_the_origin():
+    """Features offset by 100 (float32 input): exactly the float64 brute force, and the same as unshifted."""
+    rng = np.random.default_rng(4)
+    real = rng.normal(size=(400, 64)).astype(np.float32)
+    fake = (rng.normal(size=(300, 64)) * 0.9 + 0.1).astype(np.float32)
+    far_real, far_fake = real + np.float32(100), fake + np.float32(100)
+    p_ref, r_ref = _brute_force_precision_recall(far_real.astype(np.float64), far_fake.astype(np.float64), 3)
+    for batch_size in (64, 512):
+        res = precision_recall(far_real, far_fake, k=3, batch_size=batch_size)
+        assert (res["precision"], res["recall"]) == (p_ref, r_ref)
+    assert precision_recall(real, fake, k=3) == {"precision": p_ref, "recall": r_ref}
+    assert 0.0 < p_ref < 1.0 and 0.0 < r_ref < 1.0
+
+
 def test_precision_recall_errors():
     with pytest.raises(ShapeError, match="same feature extractor"):
         precision_recall(np.zeros((10, 3)), np.zeros((10, 4)))
