@@ -256,7 +256,7 @@ class PatchForcingT2I(nn.Module):
             ModelOutput(velocity (B, C, H, W), logvar (B, 1, H, W); None for a global-time network).
         """
         b = self._check_inputs(x, t, y, text_mask)
-        _, keys = self.encode_text(y, text_mask)
+        _, keys = self.encode_text(y.to(self.txt_proj.weight.dtype), text_mask)  # encoders give float32 states
         cond = self._conditioning(t if t.ndim == 2 else t[:, None].expand(b, self.num_patches))
         pos = image_positions(x.shape[2], x.shape[3], self.patch_size, x.device)  # (N, 2) float32
         z = self.merge(x)  # (B, N, D)
@@ -293,7 +293,8 @@ class PatchForcingT2I(nn.Module):
             got = tuple(y.shape) if torch.is_tensor(y) else type(y).__name__
             raise ShapeError(
                 f"y has shape {got}; this text network takes text-encoder states ({b}, L, {cfg.txt_in_dim}): "
-                f"encode prompts with the network's text encoder ({cfg.text_encoder!r})"
+                f"encode prompts with the network's text encoder ({cfg.text_encoder!r}), e.g. "
+                "condition=patchforcing.text.text_condition(load_text_encoder(...), prompts)"
             )
         if text_mask is not None and text_mask.shape != y.shape[:2]:
             raise ShapeError(f"text_mask has shape {tuple(text_mask.shape)}; expected {tuple(y.shape[:2])}")
