@@ -19,7 +19,7 @@ from torch import Tensor
 from patchforcing.errors import ConfigError
 from patchforcing.flow import pixels_to_patch_mean
 from patchforcing.sampling.guidance import Guide, Guided
-from patchforcing.sampling.masks import difficulty_mask, random_mask
+from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_mask, spread_mask
 
 # Look-ahead takes a plain step with the conditional velocity while t_k <= this (reference behaviour).
 LOOK_AHEAD_WARMUP_T = 0.05
@@ -145,7 +145,7 @@ class SamplerSpec:
     fn: Callable[[Guide, Tensor, Tensor, Context], Tensor]
     defaults: dict
     needs_head: bool
-    mask: str | None  # "difficulty", "random" or None
+    mask: str | None  # "difficulty", "random", "inverted", "spread" or None
     description: str
 
 
@@ -159,10 +159,20 @@ SAMPLERS: dict[str, SamplerSpec] = {
 }
 
 
+# Samplers usable by name but offered by no command line and no report except ``patchforcing study``:
+# the hardest-first ablation and the study's sampler, which did not earn a place in SAMPLERS (docs/study.md).
+STUDY_SAMPLERS: dict[str, SamplerSpec] = {
+    "inverted-look-ahead": SamplerSpec(look_ahead, {"p": 0.4, "context_ratio": 1.4}, True, "inverted",
+                                       "Ablation: look-ahead where the HARDEST patches run ahead."),
+    "spread-look-ahead": SamplerSpec(look_ahead, {"p": 0.4, "context_ratio": 1.4}, True, "spread",
+                                     "Look-ahead whose ahead-running patches are the easiest of every 2x2 window."),
+}
+
+
 def resolve_options(name: str, options: dict) -> tuple[SamplerSpec, dict]:
-    if name not in SAMPLERS:
+    if name not in SAMPLERS and name not in STUDY_SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-    spec = SAMPLERS[name]
+    spec = SAMPLERS.get(name) or STUDY_SAMPLERS[name]
     bad = sorted(set(options) - set(spec.defaults))
     if bad:
         allowed = sorted(spec.defaults) or "none"
@@ -182,6 +192,10 @@ def make_mask_fn(spec: SamplerSpec, opts: dict, patch_size: int, generator) -> C
         return lambda out, x: difficulty_mask(out.logvar, patch_size, float(opts["p"]))
     if spec.mask == "random":
         return lambda out, x: random_mask(tuple(x.shape), patch_size, float(opts["p"]), generator, x.device)
+    if spec.mask == "inverted":
+        return lambda out, x: inverted_mask(out.logvar, patch_size, float(opts["p"]))
+    if spec.mask == "spread":
+        return lambda out, x: spread_mask(out.logvar, patch_size, float(opts["p"]))
     return None
 
 
