@@ -66,14 +66,14 @@ def read_meta(root: str | Path) -> dict:
 
 
 def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: int | None = None,
-                        mmap: bool = True) -> ImageDataset:
+                        lazy: bool = True) -> ImageDataset:
     """Open one split of a latent folder; no VAE is needed.
 
     Args:
         root: folder written by :func:`prepare_latents`.
         split: "train" or "test".
         resolution: None, or the latent size or encoded image size (a check only).
-        mmap: keep the latents on disk and read the rows each batch needs (a
+        lazy: keep the latents on disk and read the rows each batch needs (a
             :class:`~patchforcing.data.mapped.MappedLatents`; memory does not grow with the
             folder); False reads every shard into one tensor. Both give the same rows.
 
@@ -97,15 +97,15 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
             f"{root} has no '{split}' latents; re-run prepare-latents with --split all (or the source had too few images)"
         )
     latents, labels = [], []
-    for name in shards:  # the labels (8 bytes per image) are always read; the latents only without mmap
+    for name in shards:  # the labels (8 bytes per image) are always read; the latents only when not lazy
         try:
             with safe_open(str(root / name), framework="pt") as f:
                 labels.append(f.get_tensor("labels"))
-                if not mmap:
+                if not lazy:
                     latents.append(f.get_tensor("latents"))
         except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
             raise DataError(f"cannot read latent shard {root / name} ({err}); re-run prepare-latents") from err
-    images = MappedLatents([root / name for name in shards]) if mmap else torch.cat(latents)
+    images = MappedLatents([root / name for name in shards]) if lazy else torch.cat(latents)
     return ImageDataset(
         images, torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
         vae=meta["vae"], scale_factor=meta["scale_factor"], shift_factor=meta["shift_factor"],

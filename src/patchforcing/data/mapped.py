@@ -1,18 +1,24 @@
 """Latents that stay on disk: rows of a latent folder's safetensors shards, read when indexed.
 
 ImageNet-256 latents (4x32x32 float32, 1.28M images) take about 21 GB; loading them into every
-process would cost that much memory per GPU. :class:`MappedLatents` opens each shard with
-``safetensors.safe_open`` (which memory-maps the file) and copies only the rows a batch asks
-for, so a process's memory does not grow with the number of latents. It stands in for the
-``(M, c, h, w)`` tensor ``ImageDataset.images`` wherever the code indexes it: ``x[index]`` with
-an integer, a slice, or a 1-D integer tensor returns an ordinary tensor, equal to indexing the
-eagerly loaded latents. Any other torch operation on it reads every row first (meant for small
-held-out sets, not for the training split).
+process would cost that much memory per GPU. :class:`MappedLatents` checks each shard with
+``safetensors.safe_open`` (shape and dtype from the header, nothing read) and copies only the
+rows a batch asks for, with positioned reads at the offsets the safetensors header gives. So a
+process's memory does not grow with the number of latents. (A ``safe_open`` slice maps the whole
+shard and large page-cache folios land in the process's resident set, about 1 MB per row read;
+over an epoch that is the whole folder again, so rows are read with ``os.pread`` instead.)
+
+It stands in for the ``(M, c, h, w)`` tensor ``ImageDataset.images`` wherever the code indexes
+it: ``x[index]`` with an integer, a slice, or a 1-D integer tensor returns an ordinary tensor,
+equal to indexing the eagerly loaded latents. Any other torch operation on it reads every row
+first (meant for small held-out sets, not for the training split).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,14 @@ from torch import Tensor
 from patchforcing.errors import DataError
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _data_offset(path: Path, name: str) -> int:
+    """Byte offset of tensor ``name``'s data in a safetensors file (8-byte header size, JSON header)."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    return 8 + size + int(header[name]["data_offsets"][0])
 
 
 class MappedLatents:
@@ -39,12 +53,13 @@ class MappedLatents:
         from safetensors import safe_open
 
         self.paths = [Path(p) for p in paths]
-        sizes, shapes, dtypes = [], set(), set()
+        sizes, shapes, dtypes, offsets = [], set(), set(), []
         for path in self.paths:
             try:
                 with safe_open(str(path), framework="pt") as f:
                     view = f.get_slice("latents")
                     shape, dtype = view.get_shape(), view.get_dtype()
+                offsets.append(_data_offset(path, "latents"))
             except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
                 raise DataError(f"cannot read latent shard {path} ({err}); re-run prepare-latents") from err
             sizes.append(shape[0])
@@ -57,8 +72,8 @@ class MappedLatents:
         self.starts = self.ends - np.asarray(sizes)
         self.shape = torch.Size((int(self.ends[-1]), *next(iter(shapes))))
         self.dtype = _DTYPES[next(iter(dtypes))]
-        self._handles: dict[int, Any] = {}
-        self._pid = os.getpid()
+        self.offsets = offsets  # (S,) byte offset of each shard's latents
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
 
     # --- what code that expects a tensor asks of it ----------------------------------------------
     @property
@@ -106,24 +121,25 @@ class MappedLatents:
         out = torch.empty((len(rows), *self.shape[1:]), dtype=torch.float32)
         shard = np.searchsorted(self.ends, rows, side="right")  # (R,)
         local = rows - self.starts[shard]
+        by_shard: dict[int, list[tuple[int, int]]] = {}
         for lo, hi in _runs(shard, local):  # consecutive rows of one shard: one read each
-            view = self._view(int(shard[lo]))
-            out[lo:hi] = view[int(local[lo]) : int(local[lo]) + hi - lo].float()
+            by_shard.setdefault(int(shard[lo]), []).append((lo, hi))
+        for k, runs in by_shard.items():
+            fd = os.open(self.paths[k], os.O_RDONLY)
+            try:
+                for lo, hi in runs:
+                    out[lo:hi] = self._read(fd, k, int(local[lo]), hi - lo)
+            finally:
+                os.close(fd)
         return out
 
-    def _view(self, shard: int):
-        """The shard's lazily opened ``latents`` slice (reopened in a forked DataLoader worker)."""
-        if self._pid != os.getpid():
-            self._handles, self._pid = {}, os.getpid()
-        if shard not in self._handles:
-            from safetensors import safe_open
-
-            handle = safe_open(str(self.paths[shard]), framework="pt")
-            self._handles[shard] = (handle, handle.get_slice("latents"))
-        return self._handles[shard][1]
-
-    def __getstate__(self) -> dict[str, Any]:  # open handles do not pickle (spawned workers)
-        return {**self.__dict__, "_handles": {}}
+    def _read(self, fd: int, shard: int, first: int, count: int) -> Tensor:
+        """Rows ``[first, first + count)`` of shard ``shard`` as float32 ``(count, c, h, w)``."""
+        size = count * self.row_bytes
+        data = os.pread(fd, size, self.offsets[shard] + first * self.row_bytes)
+        if len(data) != size:
+            raise DataError(f"latent shard {self.paths[shard]} is shorter than its header says; re-run prepare-latents")
+        return torch.frombuffer(bytearray(data), dtype=self.dtype).view(count, *self.shape[1:]).float()
 
 
 def _runs(shard: np.ndarray, local: np.ndarray) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""Memory-mapped latent folders give exactly the batches of eagerly loaded ones."""
+"""Latent folders read on demand (shard by shard, row by row) give exactly the batches of eagerly loaded ones."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def folder(tmp_path):
 
 
 def test_indexing_equals_the_eager_tensor(folder):
-    eager = load_latent_dataset(folder, mmap=False).images
+    eager = load_latent_dataset(folder, lazy=False).images
     mapped = load_latent_dataset(folder).images
     assert isinstance(mapped, MappedLatents) and mapped.shape == eager.shape == (19, 4, 8, 8)
     index = torch.tensor([18, 0, 6, 7, 8, 12, 13, 5, 5, -1])  # across shard borders, repeats, negative
@@ -59,7 +59,7 @@ def test_indexing_equals_the_eager_tensor(folder):
 @pytest.mark.parametrize("world_size", [1, 2])
 def test_step_batches_equal_eager_batch_for_batch(folder, world_size):
     """Per-(seed, step) batches, several epochs (19 rows, batch 8), any rank: bit-identical."""
-    sets = {mmap: load_dataset(str(folder)) if mmap else load_latent_dataset(folder, mmap=False) for mmap in (True, False)}
+    sets = {lazy: load_dataset(str(folder)) if lazy else load_latent_dataset(folder, lazy=False) for lazy in (True, False)}
     kw = dict(seed=3, batch_size=8, world_size=world_size, timesteps=timestep_distribution("ltg"), num_patches=16,
               null_label=3, drop_prob=0.1, global_time=False)
     for rank in range(world_size):
