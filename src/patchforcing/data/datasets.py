@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 from patchforcing.errors import DataError
 
 SPLITS = ("train", "test")
-BUILTIN_NAMES = ("digits", "photos", "photos-labeled")
+BUILTIN_NAMES = ("digits", "digits-captions", "photos", "photos-labeled")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 DIGITS_NUM_IMAGES, DIGITS_NUM_TEST = 1797, 297
@@ -387,9 +387,11 @@ def load_dataset(name_or_path: str, *, split: str = "train", resolution: int | N
     """Load a data set by built-in name or path.
 
     Args:
-        name_or_path: ``digits`` (default data of the package), ``photos`` (unconditional
+        name_or_path: ``digits`` (default data of the package), ``digits-captions`` (the same
+            digits with captions, see ``data/captions.py``), ``photos`` (unconditional
             crops), ``photos-labeled`` (class = source photo), a folder of images (class
-            subfolders, or images directly inside for an unconditional set), or a latent
+            subfolders, or images directly inside for an unconditional set; with a ``.txt`` beside
+            each image or a ``captions.jsonl`` it is a captioned folder), or a latent
             folder written by :func:`patchforcing.data.prepare_latents`. A built-in name wins
             over a folder of the same name; write ``./digits`` for the folder.
         split: "train" or "test" (the fixed held-out split, see the module docstring).
@@ -408,6 +410,10 @@ def load_dataset(name_or_path: str, *, split: str = "train", resolution: int | N
         raise DataError(f"resolution must be a positive integer, got {resolution!r}")
     if name_or_path == "digits":
         return load_digits_dataset(split, resolution or DIGITS_RESOLUTION)
+    if name_or_path == "digits-captions":  # the digits with measured-attribute captions (data/captions.py)
+        from patchforcing.data.captions import load_digits_captions
+
+        return load_digits_captions(split, resolution or DIGITS_RESOLUTION)
     if name_or_path in ("photos", "photos-labeled"):
         return load_photos_dataset(split, resolution or PHOTOS_RESOLUTION, seed, labeled=name_or_path == "photos-labeled")
     path = Path(name_or_path).expanduser()
@@ -421,4 +427,8 @@ def load_dataset(name_or_path: str, *, split: str = "train", resolution: int | N
 
     if is_latent_folder(path):
         return load_latent_dataset(path, split=split, resolution=resolution)
+    from patchforcing.data.captions import is_captioned_folder, load_captioned_folder
+
+    if path.is_dir() and is_captioned_folder(path):
+        return load_captioned_folder(path, split, resolution or FOLDER_RESOLUTION)
     return load_folder_dataset(path, split, resolution or FOLDER_RESOLUTION)
