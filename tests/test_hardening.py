@@ -150,6 +150,12 @@ def test_evaluate_flags_are_checked_before_work(tmp_path, capsys, ckpt, no_sampl
     assert message in last_error_line(capsys)
 
 
+def test_train_refuses_an_unknown_device_before_creating_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--device", "gpu7", "--steps", "1", "--out", str(out)]) == 1
+    assert "unknown device 'gpu7'" in last_error_line(capsys) and not out.exists()
+
+
 # --- outputs: checked before the work, OS errors as one line -------------------------------------------
 @pytest.mark.parametrize("command", ["sample", "evaluate", "train"])
 def test_out_below_a_file(tmp_path, capsys, ckpt, no_sampling, command):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from patchforcing.checkpoints import atomic_write
+from patchforcing.runs import atomic_write
 from patchforcing.flow import validation_loss
 from patchforcing.sampling import sample
 from patchforcing.training.batches import STREAM_SAMPLES, STREAM_VALIDATION, make_generator
@@ -58,15 +58,22 @@ def grid_columns(count: int, num_classes: int) -> int:
 
 
 @torch.no_grad()
-def write_sample_grid(net: nn.Module, path: Path, *, count: int, steps: int, cfg_scale: float, device: torch.device) -> Path:
+def write_sample_grid(net: nn.Module, path: Path, *, count: int, steps: int, cfg_scale: float, device: torch.device,
+                      prompts=None) -> Path:
     """Sample ``count`` images from fixed noise (Euler; ``euler-pf`` for Patch Forcing networks)
-    and write them as one PNG grid, pixels mapped from [-1, 1] to [0, 255]."""
+    and write them as one PNG grid, pixels mapped from [-1, 1] to [0, 255].
+
+    ``prompts``: for a text network, a callable ``count -> Condition`` giving the grid's prompts.
+    """
     cfg = net.config
     g = make_generator(EVAL_SEED, STREAM_SAMPLES)
     noise = torch.randn((count, cfg.in_channels, cfg.input_size, cfg.input_size), generator=g).to(device)
     labels = sample_labels(count, cfg.num_classes)
     labels = labels.to(device) if labels is not None else None
     sampler = "euler-pf" if cfg.has_difficulty_head else "euler"
+    if prompts is not None:
+        images = sample(net, noise, sampler=sampler, steps=steps, condition=prompts(count), cfg_scale=cfg_scale)
+        return save_grid(images.float().cpu(), path, grid_columns(count, 10))
     images = sample(net, noise, sampler=sampler, steps=steps, labels=labels, cfg_scale=cfg_scale)
     return save_grid(images.float().cpu(), path, grid_columns(count, cfg.num_classes))
 

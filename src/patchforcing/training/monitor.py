@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from patchforcing.checkpoints import atomic_write
+from patchforcing.runs import atomic_write
 
 
 class MetricsLog:

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from patchforcing.checkpoints import atomic_write
+from patchforcing.runs import atomic_write
 from patchforcing.errors import ConfigError
 from patchforcing.training import state
 from patchforcing.training.config import TrainConfig, config_json
