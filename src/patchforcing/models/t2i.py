@@ -142,9 +142,11 @@ T2I_PRESETS: dict[str, dict[str, Any]] = {
                      txt_in_dim=64, txt_refiner_dim=64, txt_refiner_head_dim=32, txt_refiner_depth=1,
                      text_encoder="byte-toy", text_length=32),
     "T2I-B/2": dict(input_size=32, in_channels=4, hidden_dim=768, depth=12, head_dim=64, mapping_dim=256, mapping_depth=2,
-                    txt_in_dim=2048, txt_refiner_dim=768, txt_refiner_head_dim=64, txt_refiner_depth=2),
+                    txt_in_dim=2048, txt_refiner_dim=768, txt_refiner_head_dim=64, txt_refiner_depth=2,
+                    text_encoder="qwen3-vl-embedding-2b", text_length=256),
     "T2I-1.2B/2": dict(input_size=32, in_channels=32, hidden_dim=1536, depth=28, head_dim=96, mapping_dim=384, mapping_depth=2,
-                       txt_in_dim=2048, txt_refiner_dim=1536, txt_refiner_head_dim=128, txt_refiner_depth=2),
+                       txt_in_dim=2048, txt_refiner_dim=1536, txt_refiner_head_dim=128, txt_refiner_depth=2,
+                       text_encoder="qwen3-vl-embedding-2b", text_length=256),
 }
 
 

@@ -2,6 +2,7 @@
 
     patchforcing sample --checkpoint PF-XL-2.pt --sampler look-ahead --steps 32 \\
         --labels 207,360,387,974 --vae stabilityai/sd-vae-ft-ema --out grid.png --show-difficulty
+    patchforcing sample --checkpoint runs/digits-t2i --prompt "a bold seven, upright" --prompt "the digit 2, thin" --out t2i.png
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=32, help="outer steps S (NFE depends on the sampler)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance weight (1 = off)")
     p.add_argument("--labels", default=None, help="comma-separated class labels, one per sample")
+    p.add_argument("--prompt", action="append", default=None, help="text-to-image networks: a prompt (repeat for several)")
+    p.add_argument("--prompts-file", default=None, help="text-to-image networks: a file with one prompt per line")
+    p.add_argument("--text-encoder", default=None, help="text encoder name, repo id or folder (default: the one the network records)")
     p.add_argument("--num-samples", type=int, default=None, help="number of samples (default: one per label, else 16)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--vae", default=None, help="decode latents with this diffusers AutoencoderKL (folder or cached id)")
@@ -57,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     cfg = model.config
+    from patchforcing.text.prompts import prompt_condition, read_prompts
+
+    condition, n_text = prompt_condition(model, read_prompts(args.prompt, args.prompts_file), args.num_samples, device, args.text_encoder)
     labels = parse_labels(args.labels)
-    n = args.num_samples if args.num_samples is not None else (len(labels) if labels else 16)
+    if condition is not None and labels is not None:
+        raise ConfigError("--labels is for class-conditional networks; this text-to-image network takes --prompt")
+    n = n_text if condition is not None else (args.num_samples if args.num_samples is not None else (len(labels) if labels else 16))
     if labels is not None and len(labels) not in (1, n):
         raise ConfigError(f"{len(labels)} labels for {n} samples: give one label per sample or a single label")
     seeds = list(range(args.seed, args.seed + n))
@@ -68,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     y = None if labels is None else torch.tensor(labels * (n if len(labels) == 1 else 1), device=device)
     options = {k: v for k, v in (("p", args.p), ("n_inner", args.n_inner), ("context_ratio", args.context_ratio)) if v is not None}
     noise = noise_for_seeds(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device=device, dtype=next(model.parameters()).dtype)
-    x, info = sample(model, noise, sampler=args.sampler, steps=args.steps, labels=y, cfg_scale=args.cfg_scale,
-                     return_info=True, progress=True, record_trajectory=args.show_difficulty, **options)
+    given = {"condition": condition} if condition is not None else {"labels": y}
+    x, info = sample(model, noise, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+                     return_info=True, progress=True, record_trajectory=args.show_difficulty, **given, **options)
     images = _to_images(x, args, cfg)
     if args.show_difficulty:
         frame = _middle_frame(info["trajectory"])

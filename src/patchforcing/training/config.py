@@ -21,7 +21,7 @@ from typing import Any
 
 from patchforcing.errors import ConfigError
 from patchforcing.models import PRESETS as MODEL_PRESETS
-from patchforcing.models import Kind, ModelConfig, preset_config
+from patchforcing.models import T2I_PRESETS, Kind, ModelConfig, T2IConfig, preset_config, t2i_preset_config
 from patchforcing.timesteps import DISTRIBUTIONS, PER_SAMPLE
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -44,12 +44,16 @@ class TrainConfig:
     data: str = knob("digits", "built-in name (digits, photos, photos-labeled), a folder of images, or a latent folder")
     resolution: int | None = knob(None, "image side; none: the data set's own (16 digits, 32 photos/folders)")
     # --- network: a preset of patchforcing.models; channels, size and classes follow the data -----
-    model: str = knob("PF-XS/2", "network preset (PF-* Patch Forcing, SiT-* global-time baseline)")
+    model: str = knob("PF-XS/2", "network preset (PF-* Patch Forcing, SiT-* global-time baseline, T2I-* text-to-image)")
     depth: int | None = knob(None, "override the network preset's number of blocks (none: keep the preset's)")
     hidden_size: int | None = knob(None, "override the network preset's width (none: keep the preset's)")
     num_heads: int | None = knob(None, "override the network preset's attention heads (none: keep the preset's)")
     patch_size: int | None = knob(None, "override the preset's patch size (none: keep the preset's)")
     class_dropout_prob: float = knob(0.1, "label dropout for classifier-free guidance (SPEC 3; 0.1 in the paper)")
+    # --- text-to-image (SPEC_T2I 7): T2I-* networks on captioned data ------------------------------
+    text_encoder: str | None = knob(None, "T2I-* only: byte-toy (bundled toy), qwen3-vl-embedding-2b, t5-xxl, a HF repo id or folder; none: the preset's")
+    text_length: int | None = knob(None, "T2I-* only: padded token count of the captions (none: the encoder's, 256 for the paper's)")
+    text_dropout: float = knob(0.1, "T2I-* only: probability a caption is replaced by the empty prompt (SPEC_T2I 7.9: 0.1)")
     # --- objective (SPEC 4) -------------------------------------------------------------------------
     timesteps: str = knob("auto", "training timestep distribution; auto: ltg for PF-*, uniform for SiT-*")
     timestep_options: str = knob("", "distribution parameters as key=value pairs, e.g. 'loc=0.5,std=0.6'")
@@ -95,8 +99,8 @@ class TrainConfig:
 
     # --- checks -----------------------------------------------------------------------------------
     def _check_choices(self) -> None:
-        if self.model not in MODEL_PRESETS:
-            raise ConfigError(f"unknown model preset {self.model!r}; choose one of: {', '.join(MODEL_PRESETS)}")
+        if self.model not in MODEL_PRESETS and self.model not in T2I_PRESETS:
+            raise ConfigError(f"unknown model preset {self.model!r}; choose one of: {', '.join([*MODEL_PRESETS, *T2I_PRESETS])}")
         if self.timesteps != "auto" and self.timesteps not in DISTRIBUTIONS:
             raise ConfigError(f"unknown timestep distribution {self.timesteps!r}; choose auto or one of: {', '.join(DISTRIBUTIONS)}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
@@ -127,11 +131,18 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.class_dropout_prob < 1:
             raise ConfigError(f"class_dropout_prob must lie in [0, 1), got {self.class_dropout_prob}")
+        if not 0 <= self.text_dropout < 1:
+            raise ConfigError(f"text_dropout must lie in [0, 1), got {self.text_dropout}")
 
     # --- derived ----------------------------------------------------------------------------------
     @property
     def model_kind(self) -> Kind:
-        return Kind(MODEL_PRESETS[self.model]["kind"])
+        return Kind.PATCH_FORCING if self.is_text else Kind(MODEL_PRESETS[self.model]["kind"])
+
+    @property
+    def is_text(self) -> bool:
+        """A text-to-image network (T2I-* preset)."""
+        return self.model in T2I_PRESETS
 
     @property
     def timestep_name(self) -> str:
@@ -151,6 +162,8 @@ class TrainConfig:
                 eq = ""
             if not eq:
                 raise ConfigError(f"--timestep-options {self.timestep_options!r}: write key=value pairs separated by commas, e.g. 'loc=0.5,std=0.6'")
+        if self.is_text and self.timestep_name == "ltg":
+            params.setdefault("loc", 0.5)  # SPEC 2 / SPEC_T2I 7.9: text-to-image uses ltg with loc 0.5
         return params
 
     def model_overrides(self) -> dict[str, Any]:
@@ -188,6 +201,8 @@ _IMAGENET = dict(
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": dict(_DIGITS_NET),  # PF-XS/2 narrowed for 2 CPU cores (see _DIGITS_NET)
     "digits-sit": dict(_DIGITS_NET, out="runs/digits-sit", model="SiT-XS/2"),  # its global-time baseline (uniform t)
+    # Text-to-image on digits-captions with the bundled toy encoder (T2I-XS/2 narrowed like the digits net).
+    "digits-t2i": dict(out="runs/digits-t2i", data="digits-captions", model="T2I-XS/2", depth=2, hidden_size=64, num_heads=2),
     "imagenet-b2": dict(_IMAGENET, out="runs/imagenet-b2", model="PF-B/2"),
     "imagenet-xl2": dict(_IMAGENET, out="runs/imagenet-xl2", model="PF-XL/2"),
     "imagenet-sit-b2": dict(_IMAGENET, out="runs/imagenet-sit-b2", model="SiT-B/2"),
@@ -289,6 +304,22 @@ def network_config(config: TrainConfig, data: Any) -> ModelConfig:
         config.model, input_size=data.resolution, in_channels=data.channels, num_classes=data.num_classes,
         **config.model_overrides(),
     )
+
+
+def text_network_config(config: TrainConfig, data: Any, text_fields: dict[str, Any]) -> T2IConfig:
+    """The T2I network of a run: the preset, the data's channels and resolution, the encoder's width
+    and name (``text_fields`` from ``TextConditioner.network_fields``), and the size overrides
+    (``hidden_size`` is the width ``hidden_dim``; ``num_heads`` sets ``head_dim = hidden_dim / num_heads``)."""
+    fields: dict[str, Any] = {"input_size": data.resolution, "in_channels": data.channels, **text_fields}
+    for name in ("depth", "patch_size"):
+        if getattr(config, name) is not None:
+            fields[name] = getattr(config, name)
+    if config.hidden_size is not None:
+        fields["hidden_dim"] = config.hidden_size
+    if config.num_heads is not None:
+        width = fields.get("hidden_dim", T2I_PRESETS[config.model]["hidden_dim"])
+        fields["head_dim"] = width // config.num_heads
+    return t2i_preset_config(config.model, **fields)
 
 
 def data_info(data: Any) -> dict[str, Any]:

@@ -22,12 +22,13 @@ import torch
 from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError, DataError, TrainingError
 from patchforcing.flow import training_loss
-from patchforcing.models import Kind, PatchForcingTransformer
+from patchforcing.models import Kind, build_model
 from patchforcing.timesteps import timestep_distribution
 from patchforcing import runs, runtime
 from patchforcing.training import distributed, evaluate, monitor, state
 from patchforcing.training.batches import StepBatches, iterate
-from patchforcing.training.config import TrainConfig, data_info, network_config
+from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
+from patchforcing.training.text import TextConditioner
 from patchforcing.training.ema import EMA
 from patchforcing.training.resume import changed_settings, check_resumable, write_config
 from patchforcing.training.step import LossTracker, make_optimizer, warmup_factor
@@ -85,7 +86,11 @@ class _Run:
         self.last_checkpoint: Path | None = None
         self.progress: monitor.Progress | None = None
         self.data = load_dataset(cfg.data, split="train", resolution=cfg.resolution)
-        self.model_config = network_config(cfg, self.data)
+        self.text = TextConditioner.for_run(cfg, self.data)  # None unless a T2I-* network
+        if self.text is not None:  # the text encoder decides the network's input width
+            self.model_config = text_network_config(cfg, self.data, self.text.network_fields())
+        else:
+            self.model_config = network_config(cfg, self.data)
         self.data_info = data_info(self.data)
         checkpoint = check_resumable(self.dir, cfg, self.model_config.to_dict(), procs.device)
         self._build(checkpoint)
@@ -95,7 +100,7 @@ class _Run:
     def _build(self, checkpoint: dict[str, Any] | None) -> None:
         cfg, device = self.cfg, self.procs.device
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
-        self.net = PatchForcingTransformer(self.model_config).to(device).train()
+        self.net = build_model(self.model_config).to(device).train()
         self.ema = EMA(self.net, cfg.ema_decay)
         self.optimizer, self.scheduler = make_optimizer(self.net, cfg)
         self.start = 1
@@ -131,7 +136,8 @@ class _Run:
         except DataError as err:
             self.say(f"validation off: the held-out split does not load ({err})")
             return None
-        return evaluate.Validator(test.images, test.labels, self.cfg.val_size, self.procs.device)
+        labels = self.text.states(test.captions, "cpu") if self.text is not None else test.labels
+        return evaluate.Validator(test.images, labels, self.cfg.val_size, self.procs.device)
 
     # --- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
@@ -179,6 +185,8 @@ class _Run:
         """One optimizer step on this process's slice; returns (loss, flow, uncertainty, grad norm)."""
         device = self.procs.device
         x1, x0, t, labels = (batch[k].to(device, non_blocking=True) for k in ("x1", "x0", "t", "labels"))
+        if self.text is not None:  # text states of this step's captions (some dropped to "")
+            labels = self.text.states(self.text.step_captions(batch["step"], self.batches), device)
         with self.autocast():
             out = training_loss(self.model, x1, x0=x0, t=t, labels=labels, uncertainty_weight=self.cfg.uncertainty_weight,
                                 label_dropout=False)  # dropped for the global batch in batches.py
@@ -206,7 +214,8 @@ class _Run:
         if due_sample and self.procs.is_main:
             if evaluate.can_draw(self.data.channels, self.data.is_latent):
                 evaluate.write_sample_grid(self.ema.module, self.dir / "samples" / f"step-{step:08d}.png", count=cfg.sample_count,
-                                           steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg_scale, device=self.procs.device)
+                                           steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg_scale, device=self.procs.device,
+                                           prompts=self.text.grid_prompts if self.text is not None else None)
             elif step == cfg.sample_every or last:
                 self.say(f"no sample grids: {self.data.name} holds {'VAE latents' if self.data.is_latent else f'{self.data.channels}-channel data'} "
                          "(sample from the checkpoint with `patchforcing sample`, which decodes latents)")
