@@ -71,6 +71,12 @@ def run(args: argparse.Namespace) -> int:
     ok = False
     try:
         model = load_model(args.checkpoint, map_location=procs.device)
+        if getattr(model.config, "is_text", False):  # text-to-image: digits-captions metrics (evaluation/t2i.py)
+            from patchforcing.evaluation.t2i import run_text_evaluation
+
+            runtime.run_on_main(lambda: run_text_evaluation(model, args), procs)
+            ok = True
+            return 0
         _check_diagnostics(model, args)
         options = {k: v for k, v in (("p", args.p), ("n_inner", args.n_inner), ("context_ratio", args.context_ratio))
                    if v is not None}
