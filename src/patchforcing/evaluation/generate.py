@@ -42,6 +42,8 @@ def generate_images(
     seed: int = 0,
     labels: Tensor | None = None,
     cfg_scale: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
+    guide_model: nn.Module | None = None,
     batch_size: int = 256,
     rank: int = 0,
     world_size: int = 1,
@@ -51,6 +53,8 @@ def generate_images(
 
     Args:
         labels: (num_samples,) class per image (``-1`` or None: unconditional); default balanced.
+        guidance_interval: guide only the outer steps with ``lo <= t_k <= hi`` (see ``sample``).
+        guide_model: autoguidance with this weaker network instead of CFG (see ``sample``).
     Returns:
         ``(indices (M,), images (M, C, H, W) float32 on the CPU, labels (M,), info)`` where
         ``info["nfe"]`` is the NFE per image and ``info["steps"]`` the outer steps.
@@ -63,7 +67,7 @@ def generate_images(
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     mine = torch.arange(rank, num_samples, world_size)
-    out, nfe = [], None
+    out, nfe, guide_nfe = [], None, None
     for chunk in mine.split(batch_size):
         seeds = (chunk + seed).tolist()
         noise = noise_for_seeds(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device=device, dtype=dtype)
@@ -71,11 +75,12 @@ def generate_images(
         y = None if bool((y < 0).all()) else y.to(device)
         gen = [torch.Generator().manual_seed(s + 1_000_003) for s in seeds]  # one mask stream per image
         x, info = sample(model, noise, sampler=sampler, steps=steps, labels=y, cfg_scale=cfg_scale,
+                         guidance_interval=guidance_interval, guide_model=guide_model,
                          return_info=True, generator=gen, **options)
         out.append(x.float().cpu())
-        nfe = info["nfe"]
+        nfe, guide_nfe = info["nfe"], info["guide_nfe"]
     images = torch.cat(out) if out else torch.empty(0, cfg.in_channels, cfg.input_size, cfg.input_size)
-    return mine, images, labels[mine], {"nfe": nfe, "steps": steps, "sampler": sampler}
+    return mine, images, labels[mine], {"nfe": nfe, "guide_nfe": guide_nfe, "steps": steps, "sampler": sampler}
 
 
 def to_uint8_nhwc(images: Tensor) -> np.ndarray:

@@ -80,11 +80,13 @@ class PatchForcingTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches, d), requires_grad=False)
         self.blocks = nn.ModuleList([Block(d, config.num_heads, config.mlp_ratio) for _ in range(config.depth)])
         self.final_layer = FinalLayer(d, p, config.out_channels)
-        if config.has_projector:  # registered after final_layer: the reference's state-dict order
-            z, hidden = config.repa_dim, config.repa_projector_dim
-            self.projector = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, z))
         self.share_modulation = True  # False forces the per-token path (reference behaviour)
         self.initialize_weights()
+        if config.has_projector:  # registered after final_layer (the reference's state-dict order) and
+            # built after the other weights are drawn: with or without it they start the same
+            z, hidden = config.repa_dim, config.repa_projector_dim
+            self.projector = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, z))
+            self._initialize_projector()
 
     # --- convenience ---------------------------------------------------------------------------
     @property
@@ -104,9 +106,14 @@ class PatchForcingTransformer(nn.Module):
         return self.config.null_label
 
     def initialize_weights(self) -> None:
-        """SPEC 3: Xavier linears, zero biases, zero adaLN and output layers, N(0, 0.02) embeddings."""
+        """SPEC 3: Xavier linears, zero biases, zero adaLN and output layers, N(0, 0.02) embeddings.
+
+        The REPA projector gets the same Xavier/zero-bias initialisation (SPEC_T2I 8.1), drawn last,
+        so a network with a projector starts with the same other weights as one without.
+        """
+        projector = list(self.projector.modules()) if hasattr(self, "projector") else []
         for m in self.modules():
-            if isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear) and not any(m is p for p in projector):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         pos = sincos_pos_embed_2d(self.config.hidden_size, self.config.grid_size)
@@ -120,6 +127,14 @@ class PatchForcingTransformer(nn.Module):
         for layer in [b.adaLN_modulation[-1] for b in self.blocks] + [self.final_layer.adaLN_modulation[-1], self.final_layer.linear]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if projector:
+            self._initialize_projector()
+
+    def _initialize_projector(self) -> None:
+        for m in self.projector:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     # --- forward -------------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None, return_features: bool = False) -> ModelOutput:

@@ -47,6 +47,7 @@ class StepBatches(Dataset):
         null_label: the guidance null class, or None when labels are never dropped.
         drop_prob: probability that a label is replaced by ``null_label``.
         global_time: give ``t`` as (B,) (one time per sample, for the SiT baseline).
+        features: (M, N', z) stored REPA targets of the images (latent data), or None.
     """
 
     def __init__(
@@ -63,12 +64,14 @@ class StepBatches(Dataset):
         null_label: int | None,
         drop_prob: float,
         global_time: bool,
+        features: Tensor | None = None,
     ):
         self.images, self.labels = images, labels
         self.seed, self.batch_size = seed, batch_size
         self.local = slice(rank * batch_size // world_size, (rank + 1) * batch_size // world_size)
         self.timesteps, self.num_patches = timesteps, num_patches
         self.null_label, self.drop_prob, self.global_time = null_label, drop_prob, global_time
+        self.features = features
         self._epochs: dict[int, Tensor] = {}
 
     def __len__(self) -> int:  # steps are unbounded; DataLoader is given an explicit sampler
@@ -88,7 +91,10 @@ class StepBatches(Dataset):
         if self.global_time:
             t = t[:, 0]
         s = self.local
-        return {"step": step, "x1": x1[s], "x0": x0[s], "t": t[s], "labels": labels[s]}
+        out = {"step": step, "x1": x1[s], "x0": x0[s], "t": t[s], "labels": labels[s]}
+        if self.features is not None:
+            out["repa_target"] = self.features[index[s]]  # (b, N', z)
+        return out
 
     def indices(self, step: int) -> Tensor:
         """Data set rows of the GLOBAL batch of ``step`` (1-based), (B,) int64."""

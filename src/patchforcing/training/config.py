@@ -58,6 +58,11 @@ class TrainConfig:
     timesteps: str = knob("auto", "training timestep distribution; auto: ltg for PF-*, uniform for SiT-*")
     timestep_options: str = knob("", "distribution parameters as key=value pairs, e.g. 'loc=0.5,std=0.6'")
     uncertainty_weight: float = knob(0.01, "lambda of loss = flow + lambda * nll (0.01 in the paper)")
+    # --- REPA (SPEC 6): align hidden tokens with a frozen encoder's features of the clean image ----
+    repa_encoder: str | None = knob(None, "REPA target encoder: digits-cnn (ships with the package), dinov2-b, dinov2:FOLDER; none: off")
+    repa_weight: float = knob(0.5, "weight of the REPA loss in loss = flow + lambda * nll + w * repa (0.5 in the REPA paper)")
+    repa_depth: int | None = knob(None, "REPA aligns the tokens after this block (none: the preset size's, 8 for XL, 4 for B)")
+    repa_projector_dim: int = knob(2048, "hidden width P of the REPA projector (2048 in the REPA paper; smaller for CPU runs)")
     # --- optimisation -----------------------------------------------------------------------------
     steps: int = knob(3000, "total optimizer steps; raise it and rerun the same command to train on")
     batch_size: int = knob(64, "GLOBAL batch (split evenly across processes)")
@@ -115,8 +120,8 @@ class TrainConfig:
         self.timestep_params()  # raises on a malformed --timestep-options
 
     def _check_ranges(self) -> None:
-        positive = ("steps", "batch_size", "keep_checkpoints", "val_size", "sample_count", "sample_steps", "log_every")
-        non_negative = ("warmup_steps", "ckpt_every", "val_every", "sample_every", "num_workers", "grad_clip", "weight_decay", "uncertainty_weight")
+        positive = ("steps", "batch_size", "keep_checkpoints", "val_size", "sample_count", "sample_steps", "log_every", "repa_projector_dim")
+        non_negative = ("warmup_steps", "ckpt_every", "val_every", "sample_every", "num_workers", "grad_clip", "weight_decay", "uncertainty_weight", "repa_weight")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -131,6 +136,8 @@ class TrainConfig:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.class_dropout_prob < 1:
             raise ConfigError(f"class_dropout_prob must lie in [0, 1), got {self.class_dropout_prob}")
+        if self.repa_depth is not None and (self.repa_depth < 1 or self.repa_encoder is None):
+            raise ConfigError(f"repa_depth {self.repa_depth} needs --repa-encoder and a block number >= 1")
         if not 0 <= self.text_dropout < 1:
             raise ConfigError(f"text_dropout must lie in [0, 1), got {self.text_dropout}")
 
@@ -297,12 +304,24 @@ def coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"{name} needs a value of type {base.__name__}, got {value!r}") from None
 
 
-def network_config(config: TrainConfig, data: Any) -> ModelConfig:
+def network_config(config: TrainConfig, data: Any, repa_dim: int | None = None) -> ModelConfig:
     """The network of a run: the model preset, the config's overrides, and the data set's channels,
-    resolution and number of classes (``data`` is a ``patchforcing.data.ImageDataset``)."""
+    resolution and number of classes (``data`` is a ``patchforcing.data.ImageDataset``).
+
+    With ``repa_encoder`` the network gets a REPA projector as wide as the encoder's features
+    (``repa_dim``; when None it is read from the data's stored features or the loaded encoder).
+    """
+    repa = {}
+    if config.repa_encoder is not None:
+        if repa_dim is None:
+            from patchforcing.training.repa import target_source
+
+            repa_dim = target_source(config, data).feature_dim
+        repa = {"repa_dim": repa_dim, "repa_projector_dim": config.repa_projector_dim,
+                **({"repa_depth": config.repa_depth} if config.repa_depth is not None else {})}
     return preset_config(
         config.model, input_size=data.resolution, in_channels=data.channels, num_classes=data.num_classes,
-        **config.model_overrides(),
+        **config.model_overrides(), **repa,
     )
 
 

@@ -25,7 +25,7 @@ from patchforcing.flow import training_loss
 from patchforcing.models import Kind, build_model
 from patchforcing.timesteps import timestep_distribution
 from patchforcing import runs, runtime
-from patchforcing.training import distributed, evaluate, monitor, state
+from patchforcing.training import distributed, evaluate, monitor, repa, state
 from patchforcing.training.batches import StepBatches, iterate
 from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
 from patchforcing.training.text import TextConditioner
@@ -87,10 +87,11 @@ class _Run:
         self.progress: monitor.Progress | None = None
         self.data = load_dataset(cfg.data, split="train", resolution=cfg.resolution)
         self.text = TextConditioner.for_run(cfg, self.data)  # None unless a T2I-* network
+        self.repa = repa.target_source(cfg, self.data, procs.device) if cfg.repa_encoder else None
         if self.text is not None:  # the text encoder decides the network's input width
             self.model_config = text_network_config(cfg, self.data, self.text.network_fields())
         else:
-            self.model_config = network_config(cfg, self.data)
+            self.model_config = network_config(cfg, self.data, repa_dim=self.repa.feature_dim if self.repa else None)
         self.data_info = data_info(self.data)
         checkpoint = check_resumable(self.dir, cfg, self.model_config.to_dict(), procs.device)
         self._build(checkpoint)
@@ -112,6 +113,7 @@ class _Run:
             world_size=self.procs.world_size, timesteps=timestep_distribution(cfg.timestep_name, **cfg.timestep_params()),
             num_patches=self.model_config.num_patches, null_label=self.model_config.null_label,
             drop_prob=self.model_config.class_dropout_prob, global_time=self.model_config.kind is Kind.SIT,
+            features=self.repa.stored if self.repa else None,
         )
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         self.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -182,14 +184,16 @@ class _Run:
         return summary
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """One optimizer step on this process's slice; returns (loss, flow, uncertainty, grad norm)."""
+        """One optimizer step on this process's slice; returns (loss, flow, uncertainty, grad norm[, repa])."""
         device = self.procs.device
         x1, x0, t, labels = (batch[k].to(device, non_blocking=True) for k in ("x1", "x0", "t", "labels"))
         if self.text is not None:  # text states of this step's captions (some dropped to "")
             labels = self.text.states(self.text.step_captions(batch["step"], self.batches), device)
+        target = self.repa.targets(batch, x1) if self.repa else None  # (b, N', z) of the clean images
         with self.autocast():
             out = training_loss(self.model, x1, x0=x0, t=t, labels=labels, uncertainty_weight=self.cfg.uncertainty_weight,
-                                label_dropout=False)  # dropped for the global batch in batches.py
+                                label_dropout=False,  # dropped for the global batch in batches.py
+                                repa_target=target, repa_weight=self.cfg.repa_weight)
         out["loss"].backward()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
@@ -197,7 +201,8 @@ class _Run:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.net)
-        return out["loss"].detach(), out["flow_loss"].detach(), out["uncertainty_loss"].detach(), grad_norm.detach()
+        losses = (out["loss"].detach(), out["flow_loss"].detach(), out["uncertainty_loss"].detach(), grad_norm.detach())
+        return losses + ((out["repa_loss"].detach(),) if "repa_loss" in out else ())
 
     def _periodic(self, step: int, tracker: LossTracker) -> None:
         cfg, last = self.cfg, step == self.cfg.steps

@@ -37,8 +37,10 @@ class LossTracker:
         self.bad_step = torch.full((), _NONE, dtype=torch.int64, device=procs.device)
         self.bad_value = torch.zeros((), device=procs.device)
 
-    def add(self, step: int, loss: Tensor, flow: Tensor, uncertainty: Tensor, grad_norm: Tensor) -> None:
-        values = torch.stack([loss.float(), flow.float(), uncertainty.float(), grad_norm.float()])
+    def add(self, step: int, loss: Tensor, flow: Tensor, uncertainty: Tensor, grad_norm: Tensor, repa: Tensor | None = None) -> None:
+        parts = [loss, flow, uncertainty, grad_norm] + ([] if repa is None else [repa])
+        self.names = ("loss", "flow_loss", "uncertainty_loss", "grad_norm") + (() if repa is None else ("repa_loss",))
+        values = torch.stack([v.float() for v in parts])
         self.sums = values if self.sums is None else self.sums + values
         self.count += 1
         first = (self.bad_step == _NONE) & ~torch.isfinite(values).all()
@@ -58,4 +60,4 @@ class LossTracker:
         """Means since the last call, averaged over processes (so the global batch's loss)."""
         means = runtime.all_reduce_mean(self.sums / self.count, self.procs).tolist()
         self.sums, self.count = None, 0
-        return dict(zip(("loss", "flow_loss", "uncertainty_loss", "grad_norm"), means))
+        return dict(zip(self.names, means))
