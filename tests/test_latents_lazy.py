@@ -17,7 +17,8 @@ from patchforcing.timesteps import timestep_distribution
 from patchforcing.training.batches import StepBatches, iterate
 
 
-def write_folder(root: Path, sizes: dict[str, list[int]], shape=(4, 8, 8), num_classes: int = 3, seed: int = 0) -> Path:
+def write_folder(root: Path, sizes: dict[str, list[int]], shape=(4, 8, 8), num_classes: int = 3, seed: int = 0,
+                 **meta_overrides) -> Path:
     """A version-1 latent folder with shards of the given sizes (random latents, no VAE needed)."""
     g = torch.Generator().manual_seed(seed)
     meta_shards, counts = {}, {}
@@ -33,7 +34,8 @@ def write_folder(root: Path, sizes: dict[str, list[int]], shape=(4, 8, 8), num_c
     meta = {"format": LATENT_FORMAT, "version": LATENT_VERSION, "vae": "tiny", "source": "synthetic",
             "scale_factor": 0.5, "shift_factor": 0.0, "channels": shape[0], "resolution": shape[1],
             "image_resolution": shape[1] * 8, "num_classes": num_classes,
-            "class_names": [str(c) for c in range(num_classes)], "num_images": counts, "shards": meta_shards}
+            "class_names": [str(c) for c in range(num_classes)], "num_images": counts, "shards": meta_shards,
+            **meta_overrides}
     (root / "meta.json").write_text(json.dumps(meta))
     return root
 

@@ -7,6 +7,12 @@ are already in the local Hugging Face cache or a local folder is given.
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -38,3 +44,74 @@ def decode_latents(vae, latents: Tensor, scale_factor: float, shift_factor: floa
     for chunk in latents.split(batch_size):
         out.append(vae.decode(chunk.to(dtype) / scale_factor + shift_factor).sample.float().clamp(-1, 1))
     return torch.cat(out)
+
+
+# --- which autoencoder decodes a network's samples ---------------------------------------------
+LATENT_KEYS = ("vae", "scale_factor", "shift_factor")
+
+
+def recorded_latents(checkpoint: str | os.PathLike) -> dict | None:
+    """The VAE and latent scale/shift a run was trained with, from its ``config.json``.
+
+    ``train`` on a latent folder copies ``vae``, ``scale_factor`` and ``shift_factor`` of the
+    folder's ``meta.json`` into the run's ``config.json`` (``data_info``). ``checkpoint`` may be
+    the run folder, a checkpoint in its ``checkpoints/`` or a network file in it.
+
+    Returns:
+        ``{"vae", "scale_factor", "shift_factor"}``, or None when no run folder records them
+        (a released checkpoint, or a run on pixels).
+    """
+    path = Path(checkpoint)
+    for folder in (path, path.parent, path.parent.parent) if path.is_dir() else (path.parent, path.parent.parent):
+        config = folder / "config.json"
+        if config.is_file():
+            try:
+                info = json.loads(config.read_text()).get("data_info") or {}
+            except (OSError, ValueError, AttributeError):
+                return None
+            if info.get("vae"):
+                return {k: info.get(k) for k in LATENT_KEYS}
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class LatentDecoder:
+    """Decodes ``(B, c, h, w)`` stored latents to ``(B, 3, H, W)`` images in [-1, 1]."""
+
+    vae: Any
+    vae_name: str
+    scale_factor: float
+    shift_factor: float
+    batch_size: int = 16
+
+    def __call__(self, latents: Tensor) -> Tensor:
+        return decode_latents(self.vae, latents, self.scale_factor, self.shift_factor, self.batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        return {"vae": self.vae_name, "scale_factor": self.scale_factor, "shift_factor": self.shift_factor}
+
+
+def latent_decoder(checkpoint: str | os.PathLike, *, vae: str | None = None, scale_factor: float | None = None,
+                   device: str | torch.device = "cpu") -> LatentDecoder | None:
+    """The decoder for a network's samples: ``vae`` (else the run's recorded VAE) with the run's
+    recorded scale and shift (else ``scale_factor``, else the VAE's config).
+
+    Args:
+        checkpoint: what ``load_model`` was given (a run folder records its latent folder's VAE).
+        vae: a local ``AutoencoderKL`` folder or a cached hub id; overrides the recorded one.
+        scale_factor: overrides the recorded (or the VAE's) latent scale.
+        device: where the VAE runs.
+
+    Returns:
+        None when neither ``vae`` is given nor a VAE is recorded (the samples are pixels).
+    """
+    recorded = recorded_latents(checkpoint) or {}
+    name = vae or recorded.get("vae")
+    if not name:
+        return None
+    model = load_vae(name, device)
+    scale = scale_factor if scale_factor is not None else recorded.get("scale_factor")
+    shift = recorded.get("shift_factor")
+    return LatentDecoder(model, str(name), vae_scale_factor(model, scale),
+                         float(shift) if shift is not None else vae_shift_factor(model))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.sampling.guidance_cli import add_guidance_flags, guidance_from_args
 from patchforcing.runs import atomic_write, ensure_writable_folder
 from patchforcing.runtime import DEFAULT_TIMEOUT_S
 
@@ -47,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--p", type=float, default=None, help="fraction of certain patches (dual-loop, look-ahead)")
     p.add_argument("--n-inner", type=int, default=None, help="inner steps K of dual-loop")
     p.add_argument("--context-ratio", type=float, default=None, help="rho of look-ahead")
+    add_guidance_flags(p)
     p.add_argument("--save-npz", action="store_true", help="also write samples.npz for external evaluators")
     p.add_argument("--calibration", action="store_true", help="add difficulty-head calibration on the held-out split")
     p.add_argument("--val-loss", action="store_true", help="add the SPEC-4 validation loss on the held-out split")
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_model(
             model, sampler=args.sampler, nfe=args.nfe, num_samples=args.num_samples, seed=args.seed,
             cfg_scale=args.cfg_scale, data=args.data, batch_size=args.batch_size, stats=args.stats,
-            rank=procs.rank, world_size=procs.world_size, return_images=True, inception_weights=args.inception_weights, **options)
+            rank=procs.rank, world_size=procs.world_size, return_images=True, inception_weights=args.inception_weights,
+            **guidance_from_args(args, model, procs.device), **options)
         runtime.run_on_main(lambda: write_outputs(model, result, args), procs)
         ok = True
     finally:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,12 +44,15 @@ NUM_SEGMENTS = 8  # SPEC 4: validation loss at t = (k + 0.5) / 8
 # --- checks before any image is drawn ----------------------------------------------------------
 def plan_evaluation(model: nn.Module, *, sampler: str, nfe: int, num_samples: int, cfg_scale: float = 1.0,
                     data: str = DIGITS, stats: str | os.PathLike | None = None,
-                    inception_weights: str | os.PathLike | None = None, **options: Any) -> tuple[int, int]:
+                    inception_weights: str | os.PathLike | None = None, decoder: Callable | None = None,
+                    **options: Any) -> tuple[int, int]:
     """Check that the evaluation can run and return ``(steps, nfe actually used)``.
 
     Every error a user can cause is raised here, before minutes of sampling: an unknown sampler
     or option, a budget below one step, a Patch Forcing sampler on a SiT network, guidance without
-    a null class, too few samples, a network the metrics cannot score, unreadable statistics.
+    a null class, too few samples, latents without a decoder, ``stats`` the chosen data cannot use,
+    unreadable statistics. Metrics that cannot be computed (no reference statistics, no Inception
+    package or weights) are not errors: the result names them and why.
     """
     cfg = model.config
     steps, used = sampler_steps(sampler, int(nfe), **options)  # unknown sampler, nfe < 1
@@ -63,25 +67,48 @@ def plan_evaluation(model: nn.Module, *, sampler: str, nfe: int, num_samples: in
     if num_samples <= PR_NEIGHBOURS:
         raise ConfigError(f"num_samples={num_samples}: the metrics need at least {PR_NEIGHBOURS + 1} samples "
                           f"(precision/recall use k={PR_NEIGHBOURS} neighbours)")
+    scoring(model, data, stats, inception_weights, decoder)  # raises on misuse; reasons come back later
+    return steps, used
+
+
+def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Callable | None) -> tuple[str | None, str | None]:
+    """Which feature network scores the images: ``("digits", None)``, ``("inception", None)``, or
+    ``(None, why not)`` when no metric can be computed here.
+
+    Raises:
+        ConfigError: latents without a decoder, or ``stats`` with data that does not use them.
+        ShapeError: pixels of another shape than the digits classifier's, with ``data="digits"``.
+    """
+    cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    if decoder is None and cfg.in_channels not in (1, 3):
+        raise ConfigError(f"this network samples {cfg.in_channels}-channel latents; pass --vae PATH (the autoencoder "
+                          "its latent folder was encoded with) to decode them, or evaluate its training run folder, "
+                          "which records the VAE")
     if data == DIGITS:
+        if stats is not None:
+            raise ConfigError("--stats holds Inception reference statistics, but digits are scored by the built-in "
+                              "classifier: drop --stats, or pass --data NAME (the network's own data) for Inception FID")
+        if decoder is not None:
+            return None, ("the digits classifier scores 1x16x16 pixel networks; these samples are decoded latents "
+                          "(pass --data NAME --stats REF.npz for Inception FID)")
         if shape != DIGITS_SHAPE:
             raise ShapeError(f"digits metrics score 1x16x16 images; this network samples "
                              f"{'x'.join(map(str, shape))}. Pass the network's own data set "
                              "(--data NAME --stats REF.npz) for Inception FID")
-    elif stats is None:
-        raise ConfigError(f"no metrics for data {data!r}: only digits has a built-in feature network; pass "
-                          "reference Inception statistics (--stats REF.npz with mu and sigma) for FID")
-    else:
-        from patchforcing.evaluation.frechet import load_statistics
-        from patchforcing.evaluation.inception import load_inception
+        return DIGITS, None
+    if stats is None:
+        return None, "no reference statistics: pass --stats REF.npz (an ADM reference batch, or mu and sigma)"
+    from patchforcing.errors import PatchForcingError
+    from patchforcing.evaluation.frechet import load_statistics
+    from patchforcing.evaluation.inception import load_inception
 
-        if cfg.in_channels not in (1, 3):
-            raise ShapeError(f"Inception FID needs 1- or 3-channel images; this network samples "
-                             f"{cfg.in_channels}-channel latents, which evaluate does not decode")
-        load_statistics(stats)  # a missing or malformed file fails now
-        load_inception(inception_weights)  # the optional package and its weights: says what to install
-    return steps, used
+    load_statistics(stats)  # a missing or malformed file fails now
+    try:
+        load_inception(inception_weights)
+    except PatchForcingError as err:  # the optional package or its weights are missing
+        return None, f"Inception-v3 is not available here ({err})"
+    return "inception", None
 
 
 # --- the evaluation ----------------------------------------------------------------------------
@@ -100,6 +127,7 @@ def evaluate_model(
     world_size: int = 1,
     return_images: bool = False,
     inception_weights: str | os.PathLike | None = None,
+    decoder: Callable[[Tensor], Tensor] | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Sample ``num_samples`` images within an NFE budget and score them.
@@ -117,17 +145,20 @@ def evaluate_model(
         return_images: also return (on rank 0) ``images`` (num_samples, C, H, W) in [-1, 1],
             exactly the saved uint8 values, ``images_uint8`` (num_samples, H, W, C) and ``labels``.
         inception_weights: FID Inception weights file (default: the torch hub cache).
+        decoder: for latent networks, maps (B, c, h, w) latents to (B, 3, H, W) images in [-1, 1]
+            (``patchforcing.autoencoder.latent_decoder``); each process decodes its own images.
         **options: sampler options (``p``, ``n_inner``, ``context_ratio``).
 
     Returns:
         On every rank: ``fid``, ``precision``, ``recall``, ``accuracy`` (None when unconditional
-        or not measurable), ``nfe`` (actually used), ``nfe_budget``, ``steps``, ``num_samples``,
+        or not measurable; ``not_computed`` maps each missing metric to the reason), ``nfe`` (actually used), ``nfe_budget``, ``steps``, ``num_samples``,
         ``sampler``, ``options``, ``cfg_scale``, ``seed``, ``data``, ``world_size``, ``seconds``
         (wall time of the whole evaluation) and ``seconds_sampling`` (slowest rank).
     """
     start = time.perf_counter()
     steps, used = plan_evaluation(model, sampler=sampler, nfe=nfe, num_samples=num_samples, cfg_scale=cfg_scale,
-                                  data=data, stats=stats, inception_weights=inception_weights, **options)
+                                  data=data, stats=stats, inception_weights=inception_weights, decoder=decoder,
+                                  **options)
     procs = Processes(rank=rank, world_size=world_size)
     require_group(procs)  # before minutes of sampling
     indices, images, labels, info = generate_images(
@@ -136,6 +167,8 @@ def evaluate_model(
     sampling = time.perf_counter() - start
     if images.shape[0] and info["nfe"] != used:  # the budget must be what the sampler really spent
         raise RuntimeError(f"{sampler} used {info['nfe']} NFE where {used} were expected")
+    if decoder is not None and images.shape[0]:
+        images = decoder(images)  # (b, 3, H, W) in [-1, 1]
     parts = gather_to_main((indices.numpy(), to_uint8_nhwc(images), labels.numpy(), sampling), procs)
     kept: dict[str, Any] = {}  # the images stay on rank 0; only the metrics go to every rank
 
@@ -150,7 +183,7 @@ def evaluate_model(
         if return_images:
             kept.update(images=x, images_uint8=pixels, labels=y)
         return {
-            **_metrics(x, y, data, stats, inception_weights, model),
+            **_metrics(x, y, data, stats, inception_weights, model, decoder),
             "nfe": used, "nfe_budget": int(nfe), "steps": steps, "num_samples": num_samples,
             "sampler": sampler, "options": _resolved_options(sampler, options), "cfg_scale": float(cfg_scale),
             "seed": seed, "data": data, "world_size": world_size,
@@ -160,10 +193,15 @@ def evaluate_model(
     return {**run_on_main(score, procs), **kept}
 
 
-def _metrics(images: Tensor, labels: Tensor, data: str, stats, inception_weights, model: nn.Module) -> dict[str, Any]:
+def _metrics(images: Tensor, labels: Tensor, data: str, stats, inception_weights, model: nn.Module,
+             decoder: Callable | None = None) -> dict[str, Any]:
     """FID, precision, recall and accuracy of (M, C, H, W) images in [-1, 1]."""
     conditional = bool((labels >= 0).all())
-    if data == DIGITS:
+    kind, reason = scoring(model, data, stats, inception_weights, decoder)
+    if kind is None:
+        return {"fid": None, "precision": None, "recall": None, "accuracy": None, "feature_network": None,
+                "not_computed": {"fid": reason, "precision": reason, "recall": reason, "accuracy": reason}}
+    if kind == DIGITS:
         from patchforcing.evaluation.digits import digits_metrics
 
         out = digits_metrics(images, labels if conditional else None, k=PR_NEIGHBOURS)
@@ -175,8 +213,10 @@ def _metrics(images: Tensor, labels: Tensor, data: str, stats, inception_weights
     device = next(model.parameters()).device
     mu_r, sigma_r = load_statistics(stats)
     mu_f, sigma_f = feature_statistics(inception_features(images, inception_weights, device=device))
+    missing = "the reference statistics hold no per-image features (precision/recall need them)"
     return {"fid": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), "precision": None, "recall": None,
-            "accuracy": None, "feature_network": "inception-v3", "stats": str(stats)}
+            "accuracy": None, "feature_network": "inception-v3", "stats": str(stats),
+            "not_computed": {"precision": missing, "recall": missing, "accuracy": "no classifier for this data"}}
 
 
 def _resolved_options(sampler: str, options: dict) -> dict[str, Any]:
@@ -256,10 +296,14 @@ def calibration_report(model: nn.Module, data: str = DIGITS, split: str = "test"
 
 
 def save_samples_npz(path: str | os.PathLike, images_uint8: np.ndarray, labels: np.ndarray | Tensor | None) -> Path:
-    """Write ADM-style samples: ``arr_0`` (M, H, W, C) uint8 and, when conditional, ``arr_1`` (M,) labels."""
+    """Write ADM-style samples: ``arr_0`` (M, H, W, 3) uint8 RGB (gray images replicated to three
+    channels, as the ADM evaluator expects) and, when conditional, ``arr_1`` (M,) labels."""
     from patchforcing.checkpoints import atomic_write
 
-    arrays = [np.asarray(images_uint8, dtype=np.uint8)]
+    pixels = np.asarray(images_uint8, dtype=np.uint8)  # (M, H, W, C)
+    if pixels.ndim != 4 or pixels.shape[-1] not in (1, 3):
+        raise ShapeError(f"samples must be (M, H, W, 1 or 3) uint8, got {pixels.shape}")
+    arrays = [np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels]
     if labels is not None and bool((np.asarray(labels) >= 0).all()):
         arrays.append(np.asarray(labels, dtype=np.int64))
 

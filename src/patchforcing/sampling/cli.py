@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from patchforcing.errors import ConfigError
+from patchforcing.sampling.guidance_cli import add_guidance_flags, guidance_from_args
 from patchforcing.runs import atomic_write
 
 
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--p", type=float, default=None, help="fraction of certain patches (dual-loop, look-ahead)")
     p.add_argument("--n-inner", type=int, default=None, help="inner steps K of dual-loop")
     p.add_argument("--context-ratio", type=float, default=None, help="rho of look-ahead")
+    add_guidance_flags(p)
     p.add_argument("--show-difficulty", action="store_true", help="add the difficulty and time maps beside each sample")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--out", required=True, help="output PNG path")
@@ -79,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     noise = noise_for_seeds(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device=device, dtype=next(model.parameters()).dtype)
     given = {"condition": condition} if condition is not None else {"labels": y}
     x, info = sample(model, noise, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                     return_info=True, progress=True, record_trajectory=args.show_difficulty, **given, **options)
+                     return_info=True, progress=True, record_trajectory=args.show_difficulty, **given,
+                     **guidance_from_args(args, model, device), **options)
     images = _to_images(x, args, cfg)
     if args.show_difficulty:
         frame = _middle_frame(info["trajectory"])

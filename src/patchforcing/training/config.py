@@ -342,9 +342,14 @@ def text_network_config(config: TrainConfig, data: Any, text_fields: dict[str, A
 
 
 def data_info(data: Any) -> dict[str, Any]:
-    """What ``config.json`` and the checkpoints record about the training data."""
-    return {"name": data.name, "channels": data.channels, "resolution": data.resolution,
+    """What ``config.json`` and the checkpoints record about the training data; for latents also the
+    VAE and the scale/shift of the latent folder, which ``sample`` and ``evaluate`` decode with."""
+    info = {"name": data.name, "channels": data.channels, "resolution": data.resolution,
             "num_classes": data.num_classes, "num_images": len(data), "latent": data.is_latent}
+    if data.is_latent:
+        info.update(vae=data.vae, scale_factor=data.scale_factor, shift_factor=data.shift_factor,
+                    image_resolution=data.image_resolution)
+    return info
 
 
 def config_json(config: TrainConfig, model_config: dict | None, data_info: dict | None) -> str:
