@@ -40,7 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="digits",
                    help="digits (built-in metrics), or the network's data set with --stats")
     p.add_argument("--stats", default=None,
-                   help="reference Inception statistics (.npz with mu, sigma) for non-digits data")
+                   help="reference Inception statistics (an ADM reference batch .npz, or mu and sigma) for non-digits data")
+    p.add_argument("--vae", default=None,
+                   help="decode a latent network's samples with this AutoencoderKL (folder or cached hub id; "
+                        "default: the VAE the run folder records)")
     p.add_argument("--inception-weights", default=None,
                    help="FID Inception weights file (default: the torch hub cache)")
     p.add_argument("--batch-size", type=int, default=256,
@@ -49,7 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-inner", type=int, default=None, help="inner steps K of dual-loop")
     p.add_argument("--context-ratio", type=float, default=None, help="rho of look-ahead")
     add_guidance_flags(p)
-    p.add_argument("--save-npz", action="store_true", help="also write samples.npz for external evaluators")
+    p.add_argument("--save-npz", action="store_true",
+                   help="also write samples.npz for external evaluators (always written for latent networks "
+                        "and when a metric cannot be computed here)")
     p.add_argument("--calibration", action="store_true", help="add difficulty-head calibration on the held-out split")
     p.add_argument("--val-loss", action="store_true", help="add the SPEC-4 validation loss on the held-out split")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
@@ -62,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from patchforcing import load_model
     from patchforcing import runtime
+    from patchforcing.autoencoder import latent_decoder
     from patchforcing.evaluation.evaluate import evaluate_model
 
     if args.batch_size < 1:
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
             runtime.run_on_main(lambda: run_text_evaluation(model, args), procs)
             ok = True
             return 0
+        decoder = latent_decoder(args.checkpoint, vae=args.vae, device=procs.device)
         _check_diagnostics(model, args)
         options = {k: v for k, v in (("p", args.p), ("n_inner", args.n_inner), ("context_ratio", args.context_ratio))
                    if v is not None}
@@ -86,7 +93,10 @@ def run(args: argparse.Namespace) -> int:
             model, sampler=args.sampler, nfe=args.nfe, num_samples=args.num_samples, seed=args.seed,
             cfg_scale=args.cfg_scale, data=args.data, batch_size=args.batch_size, stats=args.stats,
             rank=procs.rank, world_size=procs.world_size, return_images=True, inception_weights=args.inception_weights,
-            **guidance_from_args(args, model, procs.device), **options)
+            **guidance_from_args(args, model, procs.device),
+            decoder=decoder, **options)
+        if decoder is not None:
+            result["decoder"] = decoder.describe()
         runtime.run_on_main(lambda: write_outputs(model, result, args), procs)
         ok = True
     finally:
@@ -122,8 +132,9 @@ def write_outputs(model, result: dict[str, Any], args: argparse.Namespace) -> Pa
     if args.calibration:
         metrics["calibration"] = calibration_report(model, args.data, "test", seed=args.seed)
     save_image_grid(images[:GRID_IMAGES], out / "samples.png", ncols=10)
-    if args.save_npz:
+    if args.save_npz or "decoder" in metrics or metrics.get("not_computed"):
         save_samples_npz(out / "samples.npz", pixels, labels.numpy())
+        metrics["samples_npz"] = str(out / "samples.npz")
     text = json.dumps(metrics, indent=2, default=_json_default)
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(text + "\n"))
     print(_summary(metrics, out))
@@ -147,5 +158,7 @@ def _summary(m: dict[str, Any], out: Path) -> str:
             f"accuracy {fmt(m['accuracy'])} ({m['seconds']:.1f} s)")
     if "val_loss" in m:
         text += f"; val loss {m['val_loss']:.4g}"
+    for reason in dict.fromkeys((m.get("not_computed") or {}).values()):
+        text += f"\nnot computed: {reason}"
     return f"{text}\nwrote {out / 'metrics.json'}"
 

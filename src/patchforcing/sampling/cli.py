@@ -32,8 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None, help="text encoder name, repo id or folder (default: the one the network records)")
     p.add_argument("--num-samples", type=int, default=None, help="number of samples (default: one per label, else 16)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
-    p.add_argument("--vae", default=None, help="decode latents with this diffusers AutoencoderKL (folder or cached id)")
-    p.add_argument("--vae-scale", type=float, default=None, help="latent scale factor (default: the VAE's config)")
+    p.add_argument("--vae", default=None,
+                   help="decode latents with this diffusers AutoencoderKL (folder or cached id; default: the run's recorded VAE)")
+    p.add_argument("--vae-scale", type=float, default=None,
+                   help="latent scale factor (default: the run's latent folder, else the VAE's config)")
     p.add_argument("--p", type=float, default=None, help="fraction of certain patches (dual-loop, look-ahead)")
     p.add_argument("--n-inner", type=int, default=None, help="inner steps K of dual-loop")
     p.add_argument("--context-ratio", type=float, default=None, help="rho of look-ahead")
@@ -55,6 +57,7 @@ def parse_labels(text: str | None) -> list[int] | None:
 
 def run(args: argparse.Namespace) -> int:
     from patchforcing import load_model
+    from patchforcing.autoencoder import latent_decoder
     from patchforcing.runtime import resolve_device
     from patchforcing.sampling import noise_for_seeds, sample
     from patchforcing.viz import difficulty_panels, grid, to_uint8
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     cfg = model.config
+    decoder = latent_decoder(args.checkpoint, vae=args.vae, scale_factor=args.vae_scale, device=device)
     from patchforcing.text.prompts import prompt_condition, read_prompts
 
     condition, n_text = prompt_condition(model, read_prompts(args.prompt, args.prompts_file), args.num_samples, device, args.text_encoder)
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     x, info = sample(model, noise, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                      return_info=True, progress=True, record_trajectory=args.show_difficulty, **given,
                      **guidance_from_args(args, model, device), **options)
-    images = _to_images(x, args, cfg)
+    images = _to_images(x, decoder, cfg)
     if args.show_difficulty:
         frame = _middle_frame(info["trajectory"])
         tiles = difficulty_panels(images, frame["difficulty"], frame["t"])
@@ -114,12 +118,9 @@ def _check_flags(args: argparse.Namespace) -> tuple[Path, str]:
     return ensure_writable_file(out), image_format
 
 
-def _to_images(x: torch.Tensor, args: argparse.Namespace, cfg) -> torch.Tensor:
-    if args.vae:
-        from patchforcing.autoencoder import decode_latents, load_vae, vae_scale_factor, vae_shift_factor
-
-        vae = load_vae(args.vae, device=x.device)
-        return decode_latents(vae, x, vae_scale_factor(vae, args.vae_scale), vae_shift_factor(vae))
+def _to_images(x: torch.Tensor, decoder, cfg) -> torch.Tensor:
+    if decoder is not None:
+        return decoder(x)
     if cfg.in_channels not in (1, 3):
         print(f"note: {cfg.in_channels}-channel latents are shown without decoding (pass --vae to decode)")
     return x
