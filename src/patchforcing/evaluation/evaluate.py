@@ -128,6 +128,8 @@ def evaluate_model(
     return_images: bool = False,
     inception_weights: str | os.PathLike | None = None,
     decoder: Callable[[Tensor], Tensor] | None = None,
+    guidance_interval: tuple[float, float] | None = None,
+    guide_model: nn.Module | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Sample ``num_samples`` images within an NFE budget and score them.
@@ -147,6 +149,8 @@ def evaluate_model(
         inception_weights: FID Inception weights file (default: the torch hub cache).
         decoder: for latent networks, maps (B, c, h, w) latents to (B, 3, H, W) images in [-1, 1]
             (``patchforcing.autoencoder.latent_decoder``); each process decodes its own images.
+        guidance_interval: guide only the outer steps with ``lo <= t_k <= hi`` (see ``sample``).
+        guide_model: autoguidance with this weaker network instead of CFG (see ``sample``).
         **options: sampler options (``p``, ``n_inner``, ``context_ratio``).
 
     Returns:
@@ -156,13 +160,15 @@ def evaluate_model(
         (wall time of the whole evaluation) and ``seconds_sampling`` (slowest rank).
     """
     start = time.perf_counter()
-    steps, used = plan_evaluation(model, sampler=sampler, nfe=nfe, num_samples=num_samples, cfg_scale=cfg_scale,
+    steps, used = plan_evaluation(model, sampler=sampler, nfe=nfe, num_samples=num_samples,
+                                  cfg_scale=cfg_scale if guide_model is None else 1.0,  # autoguidance needs no null class
                                   data=data, stats=stats, inception_weights=inception_weights, decoder=decoder,
                                   **options)
     procs = Processes(rank=rank, world_size=world_size)
     require_group(procs)  # before minutes of sampling
     indices, images, labels, info = generate_images(
         model, sampler=sampler, steps=steps, num_samples=num_samples, seed=seed, cfg_scale=cfg_scale,
+        guidance_interval=guidance_interval, guide_model=guide_model,
         batch_size=batch_size, rank=rank, world_size=world_size, **options)
     sampling = time.perf_counter() - start
     if images.shape[0] and info["nfe"] != used:  # the budget must be what the sampler really spent
@@ -186,6 +192,8 @@ def evaluate_model(
             **_metrics(x, y, data, stats, inception_weights, model, decoder),
             "nfe": used, "nfe_budget": int(nfe), "steps": steps, "num_samples": num_samples,
             "sampler": sampler, "options": _resolved_options(sampler, options), "cfg_scale": float(cfg_scale),
+            "guidance_interval": None if guidance_interval is None else list(guidance_interval),
+            "autoguidance": guide_model is not None, "guide_nfe": info.get("guide_nfe") or 0,
             "seed": seed, "data": data, "world_size": world_size,
             "seconds_sampling": max(p[3] for p in parts), "seconds": time.perf_counter() - start,
         }
