@@ -199,6 +199,7 @@ class PatchForcingT2I(nn.Module):
         self.txt_proj = nn.Linear(c.txt_in_dim, c.txt_refiner_dim)
         self.txt_refiner = nn.ModuleList([TextBlock(c.txt_refiner_dim, c.txt_refiner_head_dim) for _ in range(c.txt_refiner_depth)])
         self.share_modulation = True  # False: one time embedding per token (the reference's path)
+        self.cache_text = True  # False: refine the text at every call (the reference's path)
         self._cache = _TextCache()
 
     # --- what samplers and tools read ---------------------------------------------------------
@@ -232,7 +233,7 @@ class PatchForcingT2I(nn.Module):
 
         Cached for the last ``y`` under ``torch.no_grad`` so a sampling run computes them once.
         """
-        caching = not torch.is_grad_enabled()
+        caching = self.cache_text and not torch.is_grad_enabled()
         key = (y.dtype, y.device, tuple((p.data_ptr(), p._version) for p in self.parameters())) if caching else None
         if caching:
             hit = self._cache.lookup(y, text_mask, key)
