@@ -69,3 +69,46 @@ def test_repa_flag_errors():
         resolve_config("digits", repa_depth=2)
     with pytest.raises(ConfigError, match="repa_weight"):
         resolve_config("digits", repa_encoder="digits-cnn", repa_weight=-1.0)
+
+
+# --- latent data: features stored beside the latents --------------------------------------------
+def test_prepare_latents_stores_repa_features_and_trains_on_them(tmp_path):
+    pytest.importorskip("diffusers")
+    from diffusers import AutoencoderKL
+
+    from patchforcing.data import load_dataset, prepare_latents
+    from patchforcing.encoders import load_encoder
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16))
+    vae.save_pretrained(tmp_path / "vae")
+    with_repa = tmp_path / "lat"
+    assert main(["prepare-latents", "--data", "digits", "--vae", str(tmp_path / "vae"), "--out", str(with_repa),
+                 "--resolution", "16", "--batch-size", "100", "--shard-size", "500", "--repa-encoder", "digits-cnn"]) == 0
+    lat = load_dataset(str(with_repa), split="train")
+    images = load_dataset("digits", split="train").images
+    assert lat.repa_encoder == "digits-cnn" and tuple(lat.repa_features.shape) == (len(images), 64, 64)
+    rows = torch.tensor([0, 499, 500, len(images) - 1])  # across shard boundaries, same order as the images
+    torch.testing.assert_close(lat.repa_features[rows], load_encoder("digits-cnn")(images[rows]))
+    out = tmp_path / "run"
+    tiny = [a for a in TINY if a not in ("--batch-size", "16")] + ["--batch-size", "8"]
+    assert main(["train", "--out", str(out), *tiny, *REPA, "--data", str(with_repa), "--steps", "2", "--log-every", "2"]) == 0
+    assert "repa_loss" in _metrics(out)[-1] and pf.load_model(out).config.repa_dim == 64
+
+
+def test_latents_without_features_name_the_fix(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    from diffusers import AutoencoderKL
+
+    from patchforcing.data import prepare_latents
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
+                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), block_out_channels=(8,))
+    vae.save_pretrained(tmp_path / "vae")
+    plain = prepare_latents("digits", str(tmp_path / "vae"), str(tmp_path / "lat"), resolution=16, batch_size=500, split="train")
+    assert main(["train", "--out", str(tmp_path / "run"), *TINY, *REPA, "--data", str(plain), "--steps", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "no REPA features" in err and "prepare-latents ... --repa-encoder digits-cnn" in err

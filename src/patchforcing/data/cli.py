@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size", type=int, default=4096, help="latents per safetensors shard (default 4096)")
     p.add_argument("--split", choices=("all", "train", "test"), default="all", help="which splits to encode (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the photos crop pool (default 0)")
+    p.add_argument("--repa-encoder", default=None,
+                   help="also store this REPA encoder's features of the images beside the latents "
+                        "(digits-cnn, dinov2-b, dinov2:FOLDER) for `train --repa-encoder` on latents")
     p.set_defaults(func=run)
 
 
@@ -37,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_latents(
         args.data, args.vae, args.out, resolution=args.resolution, batch_size=args.batch_size,
         scale_factor=args.scale_factor, device=args.device, shard_size=args.shard_size, split=args.split, seed=args.seed,
+        repa_encoder=args.repa_encoder,
     )
     from patchforcing.data.latents import read_meta
 

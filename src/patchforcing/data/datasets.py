@@ -59,6 +59,8 @@ class ImageDataset(Dataset):
         scale_factor: for latents, the factor the VAE posterior mean was multiplied by.
         shift_factor: for latents, the shift subtracted before scaling (0 for SD-VAE).
         image_resolution: for latents, the pixel size of the encoded images.
+        repa_encoder: for latents, the REPA encoder whose features are stored beside them.
+        repa_features: for latents, (M, N', z) those features of the encoded images, row by row.
     """
 
     images: Tensor
@@ -70,6 +72,8 @@ class ImageDataset(Dataset):
     scale_factor: float | None = None
     shift_factor: float | None = None
     image_resolution: int | None = None
+    repa_encoder: str | None = None
+    repa_features: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.shape[2] != self.images.shape[3]:

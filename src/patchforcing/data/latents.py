@@ -7,6 +7,10 @@ into place, ``meta.json`` last, so a folder with ``meta.json`` is complete)::
     out/train/shard-00000.safetensors    latents (M, c, h, w) float32, labels (M,) int64
     out/test/shard-00000.safetensors     the held-out split of the source data
 
+With ``repa_encoder`` every shard also holds ``repa_features`` (M, N', z) float32: the REPA
+encoder's features of the same images, in the same order (``meta.json`` names the encoder), so
+REPA training on latents never decodes.
+
 Stored latents are ``(posterior mean - shift_factor) * scale_factor``; ``shift_factor`` is 0
 for SD-VAE-style autoencoders (no shift in their config). Decode with
 ``vae.decode(latents / scale_factor + shift_factor)``.
@@ -106,10 +110,13 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
         except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
             raise DataError(f"cannot read latent shard {root / name} ({err}); re-run prepare-latents") from err
     images = MappedLatents([root / name for name in shards]) if lazy else torch.cat(latents)
+    repa = {}
+    if meta.get("repa_encoder"):
+        repa = {"repa_encoder": meta["repa_encoder"], "repa_features": MappedLatents([root / n for n in shards], "repa_features")}
     return ImageDataset(
         images, torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
         vae=meta["vae"], scale_factor=meta["scale_factor"], shift_factor=meta["shift_factor"],
-        image_resolution=meta["image_resolution"],
+        image_resolution=meta["image_resolution"], **repa,
     )
 
 
@@ -214,6 +221,7 @@ def prepare_latents(
     shard_size: int = 4096,
     split: str = "all",
     seed: int = 0,
+    repa_encoder: str | None = None,
 ) -> Path:
     """Encode a data set with a VAE into a latent folder that :func:`load_dataset` reads.
 
@@ -230,6 +238,8 @@ def prepare_latents(
         shard_size: latents per safetensors file.
         split: "all" (train and the held-out test split, the default), "train" or "test".
         seed: seed of the ``photos`` crop pool.
+        repa_encoder: also store this REPA encoder's features of the images (``digits-cnn``,
+            ``dinov2-b``, ``dinov2:FOLDER``; see ``patchforcing.encoders``) beside the latents.
 
     Returns:
         The output folder.
@@ -248,13 +258,18 @@ def prepare_latents(
         )
     scale = float(cfg.scaling_factor if scale_factor is None else scale_factor)
     shift = float(getattr(cfg, "shift_factor", None) or 0.0)
+    encoder = None
+    if repa_encoder is not None:
+        from patchforcing.encoders import load_encoder
+
+        encoder = load_encoder(repa_encoder, device)
     out_dir = Path(out).expanduser()
     _prepare_out(out_dir)
 
     meta_splits, info = {}, None
     for name in SPLITS if split == "all" else (split,):
         info, batches = _batches(data, name, resolution, batch_size, seed)
-        meta_splits[name] = _encode_split(model, batches, info, out_dir, name, scale, shift, shard_size)
+        meta_splits[name] = _encode_split(model, batches, info, out_dir, name, scale, shift, shard_size, encoder)
     if split != "test" and meta_splits["train"]["num_images"] == 0:
         raise DataError(f"no training image of {data} could be read; check the files")
     vae_name = str(Path(vae).expanduser().resolve()) if Path(vae).expanduser().exists() else vae
@@ -265,6 +280,7 @@ def prepare_latents(
         "num_classes": info["num_classes"], "class_names": list(info["class_names"]),
         "num_images": {k: v["num_images"] for k, v in meta_splits.items()},
         "shards": {k: v["shards"] for k, v in meta_splits.items()},
+        "repa_encoder": repa_encoder,
     }
     _atomic_write(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return out_dir
@@ -283,7 +299,7 @@ def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> T
 
 
 def _encode_split(
-    model, batches, info: dict, out: Path, split: str, scale: float, shift: float, shard_size: int
+    model, batches, info: dict, out: Path, split: str, scale: float, shift: float, shard_size: int, encoder=None
 ) -> dict:
     """Encode one split into ``out/split/shard-XXXXX.safetensors``; returns its meta entry."""
     from safetensors.torch import save_file
@@ -291,22 +307,28 @@ def _encode_split(
 
     folder = out / split
     folder.mkdir(exist_ok=True)
-    shards, buf_x, buf_y, count = [], [], [], 0
+    shards, buf_x, buf_y, buf_f, count = [], [], [], [], 0
 
     def flush(final: bool) -> None:
-        nonlocal buf_x, buf_y
+        nonlocal buf_x, buf_y, buf_f
         while buf_x and (final or sum(len(x) for x in buf_x) >= shard_size):
             x, y = torch.cat(buf_x), torch.cat(buf_y)
             name = f"{split}/shard-{len(shards):05d}.safetensors"
             tensors = {"latents": x[:shard_size].contiguous(), "labels": y[:shard_size].long().contiguous()}
+            feats = torch.cat(buf_f) if buf_f else None
+            if feats is not None:  # REPA targets of the same images, same order
+                tensors["repa_features"] = feats[:shard_size].contiguous()
             _atomic_write(out / name, lambda p: save_file(tensors, str(p)))
             shards.append(name)
             buf_x, buf_y = ([x[shard_size:]], [y[shard_size:]]) if len(x) > shard_size else ([], [])
+            buf_f = [feats[shard_size:]] if feats is not None and len(feats) > shard_size else []
 
     with tqdm(total=info["num_items"], desc=f"encode {split}", unit="img", disable=None) as bar:
         for images, labels in batches:
             buf_x.append(encode_latents(model, images, scale, shift))
             buf_y.append(labels)
+            if encoder is not None:
+                buf_f.append(encoder(images).cpu())  # (B, N', z) of the clean images
             count += len(images)
             bar.update(len(images))
             flush(final=False)

@@ -44,12 +44,13 @@ class MappedLatents:
 
     Args:
         paths: the shard files in order; rows are numbered across them.
+        key: the tensor of each shard to read (``latents``, or the REPA targets ``repa_features``).
 
     Raises:
         DataError: a shard is unreadable, or the shards disagree on the latent shape or dtype.
     """
 
-    def __init__(self, paths: list[Path]):
+    def __init__(self, paths: list[Path], key: str = "latents"):
         from safetensors import safe_open
 
         self.paths = [Path(p) for p in paths]
@@ -57,9 +58,9 @@ class MappedLatents:
         for path in self.paths:
             try:
                 with safe_open(str(path), framework="pt") as f:
-                    view = f.get_slice("latents")
+                    view = f.get_slice(key)
                     shape, dtype = view.get_shape(), view.get_dtype()
-                offsets.append(_data_offset(path, "latents"))
+                offsets.append(_data_offset(path, key))
             except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
                 raise DataError(f"cannot read latent shard {path} ({err}); re-run prepare-latents") from err
             sizes.append(shape[0])
