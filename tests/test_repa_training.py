@@ -112,3 +112,20 @@ def test_latents_without_features_name_the_fix(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "run"), *TINY, *REPA, "--data", str(plain), "--steps", "1"]) == 1
     err = capsys.readouterr().err
     assert "no REPA features" in err and "prepare-latents ... --repa-encoder digits-cnn" in err
+
+
+def test_stored_targets_follow_the_images_over_processes():
+    """Each process's REPA targets are the rows of its images: two processes see the one-process batch."""
+    from patchforcing.timesteps import timestep_distribution
+    from patchforcing.training.batches import StepBatches
+
+    images, labels = torch.randn(37, 1, 4, 4), torch.arange(37) % 5
+    features = images.flatten(1)[:, :, None] * torch.arange(3.0)  # (37, 16, 3): row i is a function of image i
+    kw = dict(seed=3, batch_size=8, timesteps=timestep_distribution("ltg"), num_patches=4, null_label=5, drop_prob=0.5,
+              global_time=False, features=features)
+    whole = StepBatches(images, labels, rank=0, world_size=1, **kw)
+    parts = [StepBatches(images, labels, rank=r, world_size=2, **kw) for r in (0, 1)]
+    for step in (1, 5, 9):
+        one = whole[step]
+        assert torch.equal(one["repa_target"], one["x1"].flatten(1)[:, :, None] * torch.arange(3.0))
+        assert torch.equal(one["repa_target"], torch.cat([p[step]["repa_target"] for p in parts]))
