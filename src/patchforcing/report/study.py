@@ -183,7 +183,7 @@ def run_study(out: str | Path, settings: StudySettings | None = None, *, log=Non
     """
     from patchforcing import load_model
     from patchforcing.report import study_report
-    from patchforcing.report.common import RowCache, class_ordered, machine_info, prepare_out, say, train_or_reuse, training_facts
+    from patchforcing.report.common import RowCache, class_ordered, machine_info, prepare_out, say, training_facts
     from patchforcing.report.study_mechanism import context_effect, mask_composition, mask_picture
     from patchforcing.viz import grid, save_image_grid
 
@@ -195,7 +195,7 @@ def run_study(out: str | Path, settings: StudySettings | None = None, *, log=Non
     training: dict[str, Any] = dict(cache.doc.get("training") or {})
     for name in settings.networks:
         config = settings.train_config(name, out)
-        summary = train_or_reuse(config, log)
+        summary = _train_or_reuse(config, log)
         previous = training.get(name, {})
         training[name] = {**training_facts(out / "runs" / name), "data": NETWORKS[name].data, "label": NETWORKS[name].label,
                           **_network_size(out / "runs" / name),
@@ -241,6 +241,17 @@ def run_study(out: str | Path, settings: StudySettings | None = None, *, log=Non
     study_report.write_markdown(out, results, settings)
     log(f"wrote {out / 'study.md'} ({results['minutes_this_run']:.1f} min, {results['cpu_minutes_this_run']:.1f} CPU min)")
     return results
+
+
+def _train_or_reuse(config, log) -> dict[str, Any]:
+    """A run whose newest checkpoint is its last step is loaded as it is (the trainer is not started,
+    so a run written by an older version of the package stays usable); any other run trains or resumes."""
+    from patchforcing.report.common import newest_step, train_or_reuse
+
+    if newest_step(Path(config.out)) == config.steps:
+        log(f"reusing the finished run {config.out} ({config.steps} steps)")
+        return {"reused": True, "wall_minutes": None}
+    return train_or_reuse(config, log)
 
 
 def _network_size(run_dir: Path) -> dict[str, Any]:
