@@ -33,13 +33,11 @@ def ckpt(tmp_path) -> Path:
 
 @pytest.fixture
 def no_sampling(monkeypatch):
-    """Fail the test if an image is drawn: errors must come before the work."""
-    import patchforcing.sampling as sampling
-
+    """Fail the test if the network is ever called: errors must come before the work."""
     def refuse(*args, **kwargs):
         raise AssertionError("sampling started before the error")
 
-    monkeypatch.setattr(sampling, "sample", refuse)
+    monkeypatch.setattr(pf.PatchForcingTransformer, "forward", refuse)
 
 
 def last_error_line(capsys) -> str:
@@ -62,6 +60,14 @@ def test_training_checkpoint_without_its_parts(tmp_path, drop):
     del obj[drop]
     torch.save(obj, tmp_path / "c.pt")
     with pytest.raises(CheckpointError, match=rf"without \['{drop}'\]"):
+        pf.load_model(tmp_path / "c.pt")
+
+
+def test_training_checkpoint_with_weights_that_are_not_tensors(tmp_path):
+    net = pf.create_model("PF-XS/2", depth=1, hidden_size=32, num_heads=2)
+    ema = {k: v.tolist() for k, v in net.state_dict().items()}
+    torch.save({"format": "patchforcing-train", "model_config": net.config.to_dict(), "ema": ema}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=r"weights \['blocks.0.adaLN_modulation.1.bias', .* are not tensors"):
         pf.load_model(tmp_path / "c.pt")
 
 
@@ -102,7 +108,7 @@ def test_corrupt_newest_checkpoint_names_the_previous_one(tmp_path, capsys, comm
 @pytest.mark.parametrize("field, value", [
     ("depth", -1), ("depth", 0), ("depth", 2.5), ("hidden_size", 0), ("patch_size", 0), ("num_heads", 0),
     ("input_size", 0), ("in_channels", 0), ("num_classes", -1), ("mlp_ratio", 0.0), ("mlp_ratio", -4.0),
-    ("mlp_ratio", float("nan")), ("class_dropout_prob", 1.0), ("class_dropout_prob", -0.1), ("learn_sigma", "yes"),
+    ("mlp_ratio", float("nan")), ("class_dropout_prob", 1.5), ("class_dropout_prob", -0.1), ("class_dropout_prob", float("nan")), ("learn_sigma", "yes"),
     ("kind", "dit"),
 ])
 def test_every_network_field_is_checked(field, value):

@@ -68,8 +68,6 @@ def load_model(source: str | os.PathLike, map_location: str | torch.device = "cp
         path = runs.newest_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {str(path)!r}: check the path (a file, or a run folder with checkpoints/)")
-    if path.is_dir():
-        raise CheckpointError(f"{str(path)!r} is a folder; pass a checkpoint file or a run folder")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         config, state = _read_safetensors(path)
     else:
@@ -198,6 +196,9 @@ def _config_from_dict(d: dict, path: Path) -> ModelConfig | T2IConfig:
 
 
 def _build(config: ModelConfig | T2IConfig, state: dict, path: Path) -> nn.Module:
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{str(path)!r}: weights {not_tensors[:5]} are not tensors; {runs.fallback_hint(path)}")
     model = build_model(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

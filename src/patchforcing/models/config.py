@@ -85,8 +85,9 @@ class ModelConfig:
         if not (math.isfinite(self.mlp_ratio) and int(self.hidden_size * self.mlp_ratio) >= 1):
             raise ConfigError(f"model mlp_ratio must be positive and give an MLP of at least one unit, got {self.mlp_ratio!r} "
                               f"(hidden_size {self.hidden_size}); the presets use 4.0")
-        if not 0 <= self.class_dropout_prob < 1:
-            raise ConfigError(f"model class_dropout_prob must be in [0, 1), got {self.class_dropout_prob!r}; the paper uses 0.1")
+        if not 0 <= self.class_dropout_prob <= 1:  # 1: every label dropped (an unconditional run; tests use it)
+            raise ConfigError(f"model class_dropout_prob must be a probability in [0, 1], got {self.class_dropout_prob!r}; "
+                              "the paper uses 0.1")
         if not isinstance(self.learn_sigma, bool):
             raise ConfigError(f"model learn_sigma must be true or false, got {self.learn_sigma!r}")
 
