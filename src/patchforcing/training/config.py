@@ -87,6 +87,7 @@ class TrainConfig:
     compile: bool = knob(False, "torch.compile the network (slow first steps, faster later on GPUs)")
     num_workers: int = knob(0, "DataLoader worker processes that draw batches (0: in the training process)")
     dist_timeout: float = knob(600.0, "seconds a process waits for the slowest one under torchrun before the job fails")
+    grad_accum: int = knob(1, "micro-batches per step and process, one backward each: the same update in less memory")
     # --- monitoring -------------------------------------------------------------------------------
     log_every: int = knob(25, "write a metrics.jsonl line every this many steps")
     ckpt_every: int = knob(1000, "checkpoint every this many steps (and always at the end; 0: only at the end)")
@@ -120,7 +121,7 @@ class TrainConfig:
         self.timestep_params()  # raises on a malformed --timestep-options
 
     def _check_ranges(self) -> None:
-        positive = ("steps", "batch_size", "keep_checkpoints", "val_size", "sample_count", "sample_steps", "log_every", "repa_projector_dim")
+        positive = ("steps", "batch_size", "grad_accum", "keep_checkpoints", "val_size", "sample_count", "sample_steps", "log_every", "repa_projector_dim")
         non_negative = ("warmup_steps", "ckpt_every", "val_every", "sample_every", "num_workers", "grad_clip", "weight_decay", "uncertainty_weight", "repa_weight")
         for name in positive:
             if getattr(self, name) <= 0:

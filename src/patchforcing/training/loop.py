@@ -31,7 +31,7 @@ from patchforcing.training.config import TrainConfig, data_info, network_config,
 from patchforcing.training.text import TextConditioner
 from patchforcing.training.ema import EMA
 from patchforcing.training.resume import changed_settings, check_resumable, write_config
-from patchforcing.training.step import LossTracker, make_optimizer, warmup_factor
+from patchforcing.training.step import LossTracker, make_optimizer, micro_batches, take_rows, warmup_factor
 
 DIGEST_ENV = "PATCHFORCING_PRINT_WEIGHTS_DIGEST"  # "1": every process prints a hash of its final weights
 
@@ -49,7 +49,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         TrainingError: the loss became NaN or infinite.
         DataError: the data set cannot be loaded.
     """
-    distributed.check_batch_split(config.batch_size)
+    distributed.check_batch_split(config.batch_size, config.grad_accum)
     procs = runtime.setup(config.device, config.dist_timeout)
     lock = None
     try:
@@ -190,11 +190,16 @@ class _Run:
         if self.text is not None:  # text states of this step's captions (some dropped to "")
             labels = self.text.states(self.text.step_captions(batch["step"], self.batches), device)
         target = self.repa.targets(batch, x1) if self.repa else None  # (b, N', z) of the clean images
-        with self.autocast():
-            out = training_loss(self.model, x1, x0=x0, t=t, labels=labels, uncertainty_weight=self.cfg.uncertainty_weight,
-                                label_dropout=False,  # dropped for the global batch in batches.py
-                                repa_target=target, repa_weight=self.cfg.repa_weight)
-        out["loss"].backward()
+        out = {}
+        for part, share, sync in micro_batches(x1.shape[0], self.cfg.grad_accum, self.model):
+            with sync():  # DDP all-reduces the gradients after the last micro-batch only
+                with self.autocast():
+                    loss = training_loss(self.model, x1[part], x0=x0[part], t=t[part], labels=take_rows(labels, part),
+                                         uncertainty_weight=self.cfg.uncertainty_weight,
+                                         label_dropout=False,  # dropped for the global batch in batches.py
+                                         repa_target=take_rows(target, part), repa_weight=self.cfg.repa_weight)
+                (loss["loss"] if share == 1 else loss["loss"] * share).backward()  # the mean over all rows
+            out = {k: v.detach() * share + out.get(k, 0) for k, v in loss.items() if torch.is_tensor(v) and v.ndim == 0}
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
         self.optimizer.step()

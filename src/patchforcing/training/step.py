@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +13,27 @@ from patchforcing import runtime
 from patchforcing.training.config import TrainConfig
 
 _NONE = 2**62  # "no bad step yet" (min-reduced over processes)
+
+
+def micro_batches(rows: int, parts: int, model: nn.Module):
+    """Split ``rows`` into ``parts`` equal micro-batches (``--grad-accum``).
+
+    Yields ``(rows slice, share of the batch, sync context)``: weighting each micro-batch's mean
+    loss by its share before ``backward`` accumulates the gradient of the whole batch's mean. The
+    context suspends DDP's gradient all-reduce (``no_sync``) for all but the last micro-batch.
+    """
+    size = rows // parts
+    for k in range(parts):
+        last = k == parts - 1
+        sync = contextlib.nullcontext if last or not hasattr(model, "no_sync") else model.no_sync
+        yield slice(k * size, rows if last else (k + 1) * size), (rows - k * size if last else size) / rows, sync
+
+
+def take_rows(value: Any, part: slice) -> Any:
+    """``value[part]`` for a tensor, element-wise for tuples/lists/dicts of tensors, else ``value``."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda v: v[part] if torch.is_tensor(v) and v.ndim > 0 else v, value)
 
 
 def warmup_factor(warmup_steps: int):

@@ -1,0 +1,120 @@
+"""GPU code paths checked on the CPU: SDPA attention, regional compilation with the shared-modulation
+fast path, bf16 autocast, gradient accumulation."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import randomize_, tiny_config
+from patchforcing.cli import main
+from patchforcing.errors import ConfigError
+from patchforcing.models import PatchForcingTransformer
+from patchforcing.models.layers import Attention
+from patchforcing.training.distributed import check_batch_split, compile_network
+
+B, N = 4, 16  # tiny network: 8x8 inputs, patch 2
+
+
+def explicit_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v written out, the textbook formula (SPEC 3)."""
+    b, n, d = x.shape
+    h = attn.num_heads
+    q, k, v = attn.qkv(x).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, h, N, d_head)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // h), dim=-1)  # (B, h, N, N)
+    return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+
+
+def test_sdpa_attention_equals_the_formula_in_float64():
+    torch.manual_seed(0)
+    attn = Attention(32, 4).double()
+    x = torch.randn(3, 10, 32, dtype=torch.float64)
+    assert torch.allclose(attn(x), explicit_attention(attn, x), atol=1e-12, rtol=0)
+
+
+def _times() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "global": torch.rand(B, generator=g),
+        "shared": torch.rand(B, 1, generator=g).expand(B, N).contiguous(),  # Euler: one time per sample
+        "two-valued": torch.where(torch.rand(B, N, generator=g) < 0.4, 0.3, 0.7),  # dual-loop, look-ahead
+        "per-patch": torch.rand(B, N, generator=g),  # training
+    }
+
+
+def _modulation_rows(net: PatchForcingTransformer, x, t, y) -> list[int]:
+    """Rows the first block's adaLN linear sees per forward: B*N without sharing, fewer with it."""
+    rows: list[int] = []
+    hook = net.blocks[0].adaLN_modulation[1].register_forward_hook(lambda _m, inp, _o: rows.append(inp[0].shape[0]))
+    try:
+        net(x, t, y)
+    finally:
+        hook.remove()
+    return rows
+
+
+def test_compiled_blocks_equal_eager_and_keep_the_fast_path():
+    torch.manual_seed(0)
+    net = randomize_(PatchForcingTransformer(tiny_config()))
+    x, y = torch.randn(B, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    eager = {k: net(x, t, y) for k, t in _times().items()}
+    compile_network(net, backend="aot_eager")  # the graphs inductor would compile, without a C++ toolchain
+    assert list(net.state_dict()) == list(PatchForcingTransformer(tiny_config()).state_dict())  # names unchanged
+    for kind, t in _times().items():
+        out = net(x, t, y)
+        assert torch.allclose(out.velocity, eager[kind].velocity, atol=1e-6), kind
+        assert torch.allclose(out.logvar, eager[kind].logvar, atol=1e-6), kind
+    assert _modulation_rows(net, x, _times()["shared"], y) == [B]  # one modulation row per sample
+    assert _modulation_rows(net, x, _times()["two-valued"], y) == [2 * B]
+    assert _modulation_rows(net, x, _times()["per-patch"], y) == [B * N]
+
+
+def test_bf16_autocast_keeps_the_fast_path():
+    net = randomize_(PatchForcingTransformer(tiny_config()))
+    x, y, t = torch.randn(B, 3, 8, 8), torch.tensor([0, 1, 2, 3]), _times()["shared"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _modulation_rows(net, x, t, y) == [B]
+        fast = net(x, t, y).velocity
+        net.share_modulation = False  # the per-token path, as the reference computes it
+        assert _modulation_rows(net, x, t, y) == [B * N]
+        per_token = net(x, t, y).velocity
+    assert fast.dtype == torch.bfloat16
+    assert (fast.float() - per_token.float()).abs().max() <= 0.02 * per_token.float().abs().max()
+
+
+@pytest.mark.slow
+def test_inductor_compiled_blocks_equal_eager():
+    """The real GPU setting's compiler (inductor), here on the CPU; about 1.5 minutes on 2 cores."""
+    net = randomize_(PatchForcingTransformer(tiny_config()))
+    x, y = torch.randn(B, 3, 8, 8), torch.tensor([0, 1, 2, 3])
+    eager = {k: net(x, t, y).velocity for k, t in _times().items()}
+    compile_network(net)
+    for kind, t in _times().items():
+        assert torch.allclose(net(x, t, y).velocity, eager[kind], atol=1e-5), kind
+
+
+TRAIN = ["--depth", "2", "--hidden-size", "32", "--num-heads", "2", "--device", "cpu", "--steps", "2",
+         "--val-every", "0", "--sample-every", "0", "--warmup-steps", "1", "--batch-size", "16"]
+
+
+def test_grad_accum_2_x_8_equals_batch_16(tmp_path, one_thread):
+    for accum in (1, 2):
+        assert main(["train", "--out", str(tmp_path / str(accum)), *TRAIN, "--grad-accum", str(accum)]) == 0
+    one, two = (torch.load(tmp_path / a / "checkpoints" / "step-00000002.pt", weights_only=True) for a in ("1", "2"))
+    assert one["model"].keys() == two["model"].keys()
+    for name in one["model"]:
+        assert torch.allclose(one["model"][name], two["model"][name], atol=1e-6, rtol=1e-5), name
+    assert any(not torch.equal(one["model"][k], two["model"][k]) for k in one["model"])  # really two code paths
+    logs = [json.loads(line) for line in (tmp_path / "2" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (tmp_path / "1" / "metrics.jsonl").read_text().splitlines()]
+    assert logs[-1]["loss"] == pytest.approx(ref[-1]["loss"], rel=1e-5)
+
+
+def test_grad_accum_must_split_the_batch(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="2 processes x 3 micro-batches"):
+        check_batch_split(16, 3)
+    check_batch_split(12, 3)
