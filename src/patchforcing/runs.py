@@ -111,9 +111,19 @@ def fallback_hint(path: str | os.PathLike) -> str:
 # --- durable atomic writes ----------------------------------------------------------------------
 def file_mode() -> int:
     """Permissions of a newly created file under the current umask (0644 under umask 022)."""
-    umask = os.umask(0)
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it without changing it (os.umask sets it, a race with other threads)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Path:
