@@ -70,7 +70,7 @@ def trainer_images_per_sec(cfg, steps: int, warmup: int) -> float:
 
 def extras_ms_per_step(cfg, repeats: int = 200) -> dict[str, float]:
     """The trainer's additions to a bare step, each timed alone (ms): robust on a busy machine."""
-    from patchforcing.training import distributed
+    from patchforcing import runtime
     from patchforcing.training.batches import StepBatches
     from patchforcing.training.ema import EMA
     from patchforcing.training.step import LossTracker
@@ -82,7 +82,7 @@ def extras_ms_per_step(cfg, repeats: int = 200) -> dict[str, float]:
                           timesteps=timestep_distribution(cfg.timestep_name), num_patches=mcfg.num_patches,
                           null_label=mcfg.null_label, drop_prob=mcfg.class_dropout_prob, global_time=not mcfg.has_difficulty_head)
     ema = EMA(net, cfg.ema_decay)
-    tracker = LossTracker(distributed.Processes(0, 1, 0, torch.device("cpu")))
+    tracker = LossTracker(runtime.Processes(0, 1, 0, torch.device("cpu")))
     one = torch.tensor(1.0)
     parts = {"batch draw": lambda: batches[12345], "EMA update": lambda: ema.update(net),
              "loss bookkeeping": lambda: tracker.add(7, one, one, one, one)}
