@@ -165,3 +165,21 @@ def test_a_killed_owner_releases_the_folder(tmp_path):
             assert time.time() < deadline
             time.sleep(0.05)
     assert json.loads((tmp_path / "run" / runs.LOCK_FILE).read_text())["pid"] == os.getpid()  # it names its last holder
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_all_stop_on_a_busy_folder(tmp_path):
+    """Rank 0 holds the lock for its job; when it cannot, every rank exits with the same error (none hangs)."""
+    out = tmp_path / "run"
+    holder = _holder(out)
+    try:
+        torchrun = Path(sys.executable).parent / "torchrun"
+        done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "patchforcing", "train",
+                               *TINY, "--steps", "2", "--out", str(out)],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode != 0
+    assert done.stderr.count(f"error: {out} is in use by another training (pid {holder.pid} on") == 2
+    assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_FILE]  # nothing was written
