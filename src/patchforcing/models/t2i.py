@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.models.config import Kind
 from patchforcing.models.t2i_layers import ImageBlock, TextBlock, TimestepEmbedder, TokenMerge2D, TokenSplitLast2D, image_positions
-from patchforcing.models.transformer import Conditioning, ModelOutput
+from patchforcing.models.transformer import ModelOutput
 
 ARCHITECTURE = "t2i"
 REFERENCE_TARGET = "patch_flow.models.pf_transformer_t2i.PatchForcingTransformerT2I"
@@ -161,6 +161,24 @@ def t2i_preset_config(preset: str, **overrides: Any) -> T2IConfig:
     return T2IConfig(**{**T2I_PRESETS[preset], **overrides})
 
 
+class TimeConditioning(NamedTuple):
+    """Time embeddings and how tokens map onto them; ``apply(linear)`` gives ``c W^T`` per token.
+
+    ``index`` None: ``vectors`` is (B, M), one per sample, broadcast over tokens; or (B, N, M),
+    one per token. Otherwise ``vectors`` (U, M) holds the distinct times and ``index`` (B, N)
+    picks each token's row.
+    """
+
+    vectors: Tensor
+    index: Tensor | None
+
+    def apply(self, layer: nn.Module) -> Tensor:
+        out = layer(self.vectors)
+        if self.index is not None:
+            return out[self.index]  # (B, N, D)
+        return out[:, None, :] if out.ndim == 2 else out  # (B, 1, D) or (B, N, D)
+
+
 class _TextCache:
     """The refined text and per-block text keys for the last ``y`` seen under no_grad."""
 
@@ -272,15 +290,22 @@ class PatchForcingT2I(nn.Module):
         c = self.config.in_channels
         return ModelOutput(out[:, :c], out[:, c:] if self.has_difficulty_head else None)
 
-    def _conditioning(self, t: Tensor) -> Conditioning:
-        """Time embeddings of the distinct times and the map of tokens onto them (c depends on t only)."""
+    def _conditioning(self, t: Tensor) -> TimeConditioning:
+        """Time embeddings of the distinct times and the map of tokens onto them (c depends on t only).
+
+        At inference a sample holds one or two distinct times (Euler; dual-loop, look-ahead), so the
+        time path and every AdaRMSNorm linear run once per distinct time; with mostly distinct
+        times (training) the per-token path of the reference is cheaper and is taken.
+        """
         b, n = t.shape
         if not self.share_modulation:
-            return Conditioning(self.t_embedder(t).reshape(b * n, -1), torch.arange(b * n, device=t.device).view(b, n))
+            return TimeConditioning(self.t_embedder(t), None)  # (B, N, M)
         if bool((t == t[:, :1]).all()):  # one time per sample
-            return Conditioning(self.t_embedder(t[:, 0]), None)
+            return TimeConditioning(self.t_embedder(t[:, 0]), None)
         times, index = torch.unique(t, return_inverse=True)  # (U,), (B, N)
-        return Conditioning(self.t_embedder(times), index)
+        if 2 * times.numel() > b * n:
+            return TimeConditioning(self.t_embedder(t), None)
+        return TimeConditioning(self.t_embedder(times), index)
 
     def _check_inputs(self, x: Tensor, t: Tensor, y: Tensor, text_mask: Tensor | None) -> int:
         cfg = self.config
