@@ -183,3 +183,20 @@ def test_torchrun_ranks_all_stop_on_a_busy_folder(tmp_path):
     assert done.returncode != 0
     assert done.stderr.count(f"error: {out} is in use by another training (pid {holder.pid} on") == 2
     assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_FILE]  # nothing was written
+
+
+def test_a_short_safetensors_write_is_an_error_and_keeps_the_old_file(tmp_path, monkeypatch, pf_model):
+    import safetensors.torch
+
+    path = pf.save_model(pf_model, tmp_path / "model.safetensors")
+    old = path.read_bytes()
+    real_save_file = safetensors.torch.save_file
+
+    def short(tensors, filename, metadata=None):  # a writer that lost its last buffer without an error
+        real_save_file(tensors, filename, metadata=metadata)
+        os.truncate(filename, os.path.getsize(filename) - 16)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", short)
+    with pytest.raises(OSError, match="short write"):
+        pf.save_model(pf_model, path)
+    assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]

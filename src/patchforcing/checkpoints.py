@@ -43,12 +43,10 @@ _IGNORED_PARAMS = ("compile", "return_sigma", "predict_uncertainty", "out_channe
 # --- writing -----------------------------------------------------------------------------------
 def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` as ``.safetensors`` with its config as JSON metadata (loads without pickle)."""
-    from safetensors.torch import save_file
-
     model = unwrap_model(model)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "version": "1", "config": json.dumps(model.config.to_dict())}
-    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    return runs.atomic_save_safetensors(state, path, metadata=meta)
 
 
 # --- reading -----------------------------------------------------------------------------------

@@ -160,10 +160,53 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     import torch
 
     def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: write errors surface as OSError with errno
-            torch.save(obj, f)
+        try:
+            with open(tmp, "wb") as f:  # a file object: write errors surface as OSError with errno
+                torch.save(obj, f)
+        except RuntimeError as err:  # torch's writer turns a failed write into RuntimeError on closing
+            cause = _os_error_in(err)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror, str(path)) from err
 
     return atomic_write(path, write)
+
+
+def atomic_save_safetensors(tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """``safetensors`` ``save_file`` through ``atomic_write``; a failed write is an ``OSError``.
+
+    The written size is checked too: the safetensors writer can lose the error of its last
+    buffered write (seen writing to ``/dev/full``), which would leave a short file.
+    """
+    from safetensors.torch import save_file
+
+    data_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except Exception as err:  # SafetensorError "I/O error: ... (os error 28)"
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
+        with open(tmp, "rb") as f:
+            expected = 8 + int.from_bytes(f.read(8), "little") + data_bytes
+        if os.path.getsize(tmp) != expected:
+            raise OSError(errno.EIO, f"short write ({os.path.getsize(tmp)} of {expected} bytes; is the disk full?)", str(path))
+
+    return atomic_write(path, write)
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError among ``err``'s causes and contexts, if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
