@@ -2,6 +2,8 @@
 
     patchforcing prepare-latents --data photos --vae stabilityai/sd-vae-ft-mse --out latents/photos-256
     patchforcing prepare-latents --data ~/imagenet/train --vae ./sd-vae --out latents/in256 --device cuda
+    torchrun --nproc_per_node 8 -m patchforcing prepare-latents --data ~/imagenet/train --vae ./sd-vae \
+        --out latents/in256 --device cuda      # each GPU encodes 1/8 of the images; one folder
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from patchforcing.data.latents import prepare_latents
+from patchforcing.runtime import DEFAULT_TIMEOUT_S
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=256, help="image side before encoding (default 256)")
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE call (default 32)")
     p.add_argument("--scale-factor", type=float, default=None, help="latent scale (default: the VAE config's scaling_factor)")
-    p.add_argument("--device", default="cpu", help="torch device for the VAE (default cpu)")
+    p.add_argument("--device", default="cpu", help="torch device for the VAE (default cpu; cuda under torchrun: one GPU per process)")
+    p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds a process waits for the slowest one under torchrun before the job fails")
     p.add_argument("--shard-size", type=int, default=4096, help="latents per safetensors shard (default 4096)")
     p.add_argument("--split", choices=("all", "train", "test"), default="all", help="which splits to encode (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the photos crop pool (default 0)")
@@ -37,11 +42,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand; errors are raised as DataError and printed by the dispatcher."""
-    out = prepare_latents(
-        args.data, args.vae, args.out, resolution=args.resolution, batch_size=args.batch_size,
-        scale_factor=args.scale_factor, device=args.device, shard_size=args.shard_size, split=args.split, seed=args.seed,
-        repa_encoder=args.repa_encoder,
-    )
+    from patchforcing import runtime
+
+    procs = runtime.setup(args.device, args.dist_timeout, command="prepare-latents")
+    ok = False
+    try:
+        out = prepare_latents(
+            args.data, args.vae, args.out, resolution=args.resolution, batch_size=args.batch_size,
+            scale_factor=args.scale_factor, device=str(procs.device), shard_size=args.shard_size, split=args.split,
+            seed=args.seed, repa_encoder=args.repa_encoder, procs=procs,
+        )
+        ok = True
+    finally:
+        runtime.teardown(procs, barrier=ok)
+    if not procs.is_main:
+        return 0
     from patchforcing.data.latents import read_meta
 
     meta = read_meta(out)

@@ -38,6 +38,7 @@ from patchforcing.data.datasets import (
 )
 from patchforcing.data.mapped import MappedLatents
 from patchforcing.errors import DataError
+from patchforcing.runtime import Processes, gather_to_main, run_on_main
 
 LATENT_FORMAT, LATENT_VERSION = "patchforcing-latents", 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -157,15 +158,18 @@ def load_vae(vae: str, device: str = "cpu"):
     )
 
 
-def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int):
+def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int, part: tuple[int, int] = (0, 1)):
     """Describe a split and stream it as ``(images (B, C, R, R) in [-1, 1], labels (B,))``.
 
     Folders of images are read file by file (never all in memory); built-in data sets are small.
+    ``part = (rank, world_size)`` keeps the rank's contiguous block of the items (in order, so the
+    ranks' shards concatenate to the single-process order).
     Returns ``(info, iterator)`` with info keys num_items, num_classes, class_names, channels.
     """
     path = Path(data).expanduser()
     if data not in BUILTIN_NAMES and path.is_dir() and not is_latent_folder(path):
         files, class_names = folder_split_files(path, split)  # a test split may be empty
+        files = files[_block(len(files), part)]
 
         def stream():
             skipped = []
@@ -183,8 +187,16 @@ def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int)
             f"{data} already holds latents; pass the image data (a folder of images or a built-in name) to prepare-latents"
         )
     ds = load_dataset(data, split=split, resolution=resolution, seed=seed)
-    info = {"num_items": len(ds), "num_classes": ds.num_classes, "class_names": ds.class_names, "channels": ds.channels}
-    return info, ((ds.images[i : i + batch_size], ds.labels[i : i + batch_size]) for i in range(0, len(ds), batch_size))
+    block = _block(len(ds), part)
+    images, labels = ds.images[block], ds.labels[block]
+    info = {"num_items": len(images), "num_classes": ds.num_classes, "class_names": ds.class_names, "channels": ds.channels}
+    return info, ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(images), batch_size))
+
+
+def _block(count: int, part: tuple[int, int]) -> slice:
+    """Rank ``part[0]``'s contiguous share of ``count`` items split over ``part[1]`` ranks."""
+    rank, world_size = part
+    return slice(rank * count // world_size, (rank + 1) * count // world_size)
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -222,8 +234,14 @@ def prepare_latents(
     split: str = "all",
     seed: int = 0,
     repa_encoder: str | None = None,
+    procs: Processes | None = None,
 ) -> Path:
     """Encode a data set with a VAE into a latent folder that :func:`load_dataset` reads.
+
+    Under ``torchrun`` (``procs`` from ``patchforcing.runtime.setup``) every process encodes a
+    contiguous block of each split into its own shards (``shard-rRRR-KKKKK``) and rank 0 writes
+    one ``meta.json`` that lists them in rank order: the same folder layout and image order as a
+    single process, produced W times faster.
 
     Args:
         data: a built-in name or a folder of images (see :func:`load_dataset`).
@@ -240,6 +258,7 @@ def prepare_latents(
         seed: seed of the ``photos`` crop pool.
         repa_encoder: also store this REPA encoder's features of the images (``digits-cnn``,
             ``dinov2-b``, ``dinov2:FOLDER``; see ``patchforcing.encoders``) beside the latents.
+        procs: this process among several (default: a single process on ``device``).
 
     Returns:
         The output folder.
@@ -264,19 +283,35 @@ def prepare_latents(
 
         encoder = load_encoder(repa_encoder, device)
     out_dir = Path(out).expanduser()
-    _prepare_out(out_dir)
+    procs = procs or Processes(device=torch.device(device))
+    run_on_main(lambda: _prepare_out(out_dir), procs)  # then every rank may write its shards
 
     meta_splits, info = {}, None
+    prefix = f"r{procs.rank:03d}-" if procs.distributed else ""
     for name in SPLITS if split == "all" else (split,):
-        info, batches = _batches(data, name, resolution, batch_size, seed)
-        meta_splits[name] = _encode_split(model, batches, info, out_dir, name, scale, shift, shard_size, encoder)
+        info, batches = _batches(data, name, resolution, batch_size, seed, (procs.rank, procs.world_size))
+        meta_splits[name] = _encode_split(model, batches, info, out_dir, name, scale, shift, shard_size, encoder, prefix)
+    parts = gather_to_main(meta_splits, procs)
+    return run_on_main(lambda: _write_meta(out_dir, parts, split, data, vae, scale, shift, cfg, resolution // factor,
+                                           resolution, info, repa_encoder), procs)
+
+
+def _write_meta(out_dir: Path, parts: list[dict], split: str, data: str, vae: str, scale: float, shift: float, cfg,
+                latent_size: int, resolution: int, info: dict, repa_encoder: str | None) -> Path:
+    """Rank 0: merge the ranks' shard lists (rank order), remove stale shards, write ``meta.json`` last."""
+    meta_splits = {name: {"num_images": sum(p[name]["num_images"] for p in parts),
+                          "shards": [s for p in parts for s in p[name]["shards"]]} for name in parts[0]}
+    for name, entry in meta_splits.items():
+        for stale in (out_dir / name).glob("shard-*.safetensors"):  # left over from an earlier, larger run
+            if f"{name}/{stale.name}" not in entry["shards"]:
+                stale.unlink()
     if split != "test" and meta_splits["train"]["num_images"] == 0:
         raise DataError(f"no training image of {data} could be read; check the files")
     vae_name = str(Path(vae).expanduser().resolve()) if Path(vae).expanduser().exists() else vae
     meta = {
         "format": LATENT_FORMAT, "version": LATENT_VERSION, "vae": vae_name, "source": data,
         "scale_factor": scale, "shift_factor": shift, "channels": int(cfg.latent_channels),
-        "resolution": resolution // factor, "image_resolution": resolution,
+        "resolution": latent_size, "image_resolution": resolution,
         "num_classes": info["num_classes"], "class_names": list(info["class_names"]),
         "num_images": {k: v["num_images"] for k, v in meta_splits.items()},
         "shards": {k: v["shards"] for k, v in meta_splits.items()},
@@ -299,9 +334,10 @@ def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> T
 
 
 def _encode_split(
-    model, batches, info: dict, out: Path, split: str, scale: float, shift: float, shard_size: int, encoder=None
+    model, batches, info: dict, out: Path, split: str, scale: float, shift: float, shard_size: int, encoder=None,
+    prefix: str = "",
 ) -> dict:
-    """Encode one split into ``out/split/shard-XXXXX.safetensors``; returns its meta entry."""
+    """Encode one split into ``out/split/shard-{prefix}XXXXX.safetensors``; returns its meta entry."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -313,7 +349,7 @@ def _encode_split(
         nonlocal buf_x, buf_y, buf_f
         while buf_x and (final or sum(len(x) for x in buf_x) >= shard_size):
             x, y = torch.cat(buf_x), torch.cat(buf_y)
-            name = f"{split}/shard-{len(shards):05d}.safetensors"
+            name = f"{split}/shard-{prefix}{len(shards):05d}.safetensors"
             tensors = {"latents": x[:shard_size].contiguous(), "labels": y[:shard_size].long().contiguous()}
             feats = torch.cat(buf_f) if buf_f else None
             if feats is not None:  # REPA targets of the same images, same order
@@ -333,7 +369,4 @@ def _encode_split(
             bar.update(len(images))
             flush(final=False)
     flush(final=True)
-    for stale in folder.glob("shard-*.safetensors"):  # left over from an earlier, larger run
-        if f"{split}/{stale.name}" not in shards:
-            stale.unlink()
     return {"num_images": count, "shards": shards}
