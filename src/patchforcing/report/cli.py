@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "ahead. Writes DIR/study.md, DIR/results.json and DIR/study/*.png. Rerunning resumes.")
     s.add_argument("--out", default="study", help="study folder (default: study)")
     s.add_argument("--tiny", action="store_true", help="a seconds-long configuration (tests, smoke runs)")
-    s.add_argument("--steps", type=_positive, default=UNSET, help="training steps of the digits and photos networks (default 3000)")
+    s.add_argument("--steps", type=_positive, default=UNSET, help="training steps of the digits network (default 3000)")
     s.add_argument("--num-samples", type=_positive, default=UNSET, help="images per row (default 500)")
     s.add_argument("--seeds", type=_positive, default=UNSET, help="evaluation seeds per row (default 3)")
     s.add_argument("--nfe", type=_ints, default=UNSET, help="equal-compute NFE budgets, comma separated (default 16)")

@@ -98,6 +98,12 @@ def plot_all(out: Path, results: dict[str, Any], settings) -> dict[str, str]:
                 if rs:
                     ys = [100 * (r[f"{field}_after"] / r[f"{field}_before"] - 1) for r in rs]
                     series.append((kind, [r["t"] for r in rs], ys, None, {"color": KIND_STYLE[kind], "marker": "o"}))
+                oracle = [r for r in results["mechanism"][network]["context"] if r["kind"] == kind and r["p"] == 0.4
+                          and r["context_ratio"] == 1.4 and r["context"] == "oracle"]
+                if oracle and field == "uncertain_real":  # the same, with the certain patches on the true path
+                    ys = [100 * (r[f"{field}_after"] / r[f"{field}_before"] - 1) for r in oracle]
+                    series.append((f"{kind}, true-path context", [r["t"] for r in oracle], ys, None,
+                                   {"color": KIND_STYLE[kind], "linestyle": "--"}))
             panels.append((title, series))
         path = panel_plot(out / f"study/context_{network}.png", panels, xlabel="t", ylabel="change after look-ahead (%)",
                           suptitle=f"{network}: the certain 40% run ahead to 1.4 t")
