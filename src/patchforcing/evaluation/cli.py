@@ -6,14 +6,19 @@
 
 Writes ``OUT/metrics.json`` (FID, precision, recall, accuracy, NFE used, steps, seconds, and with
 ``--val-loss`` / ``--calibration`` the held-out diagnostics), ``OUT/samples.png`` (the first 100
-samples) and, with ``--save-npz``, ``OUT/samples.npz`` (``arr_0`` uint8 NHWC, ``arr_1`` labels) for
-the ADM-style external evaluators. Compare samplers at equal ``--nfe``.
+samples) and, with ``--save-npz``, ``OUT/samples.npz`` (``arr_0`` uint8 NHWC RGB, ``arr_1`` labels)
+for the ADM-style external evaluators. Compare samplers at equal ``--nfe``.
+
+Resumable: the images are written to ``OUT/parts/`` as they are made (1000 per file); a killed
+evaluation, rerun with the same command (any number of processes), makes only the missing ones.
+The parts are removed once ``metrics.json`` is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import math
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from patchforcing.runs import atomic_write, ensure_writable_folder
 from patchforcing.runtime import DEFAULT_TIMEOUT_S
 
 GRID_IMAGES = 100
+PARTS_DIR = "parts"  # images in parts while sampling: a killed evaluation resumes (evaluation.parts)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_model(
             model, sampler=args.sampler, nfe=args.nfe, num_samples=args.num_samples, seed=args.seed,
             cfg_scale=args.cfg_scale, data=args.data, batch_size=args.batch_size, stats=args.stats,
-            rank=procs.rank, world_size=procs.world_size, return_images=True, inception_weights=args.inception_weights,
+            rank=procs.rank, world_size=procs.world_size, return_pixels=True, inception_weights=args.inception_weights,
+            parts_dir=Path(args.out) / PARTS_DIR,
             **guidance_from_args(args, model, procs.device),
             decoder=decoder, **options)
         if decoder is not None:
@@ -117,12 +124,12 @@ def _check_diagnostics(model, args: argparse.Namespace) -> None:
 
 def write_outputs(model, result: dict[str, Any], args: argparse.Namespace) -> Path:
     """Rank 0: add the held-out diagnostics and write metrics.json, samples.png, samples.npz."""
-    from patchforcing.evaluation.evaluate import calibration_report, save_samples_npz, validation_report
+    from patchforcing.evaluation.evaluate import calibration_report, pixels_to_float, save_samples_npz, validation_report
     from patchforcing.viz import save_image_grid
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    images, pixels, labels = result.pop("images"), result.pop("images_uint8"), result.pop("labels")
+    pixels, labels = result.pop("images_uint8"), result.pop("labels")
     metrics = {**result, "checkpoint": str(args.checkpoint), "model": model.config.to_dict(),
                "device": str(next(model.parameters()).device)}
     if args.val_loss:
@@ -131,13 +138,14 @@ def write_outputs(model, result: dict[str, Any], args: argparse.Namespace) -> Pa
                         if k.startswith(("val_loss", "segment_times"))})
     if args.calibration:
         metrics["calibration"] = calibration_report(model, args.data, "test", seed=args.seed)
-    save_image_grid(images[:GRID_IMAGES], out / "samples.png", ncols=10)
+    save_image_grid(pixels_to_float(pixels[:GRID_IMAGES]), out / "samples.png", ncols=10)
     if args.save_npz or "decoder" in metrics or metrics.get("not_computed"):
         save_samples_npz(out / "samples.npz", pixels, labels.numpy())
         metrics["samples_npz"] = str(out / "samples.npz")
     text = json.dumps(metrics, indent=2, default=_json_default)
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(text + "\n"))
     print(_summary(metrics, out))
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)  # kept only while the evaluation is unfinished
     return out
 
 

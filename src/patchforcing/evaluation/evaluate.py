@@ -126,8 +126,10 @@ def evaluate_model(
     rank: int = 0,
     world_size: int = 1,
     return_images: bool = False,
+    return_pixels: bool = False,
     inception_weights: str | os.PathLike | None = None,
     decoder: Callable[[Tensor], Tensor] | None = None,
+    parts_dir: str | os.PathLike | None = None,
     guidance_interval: tuple[float, float] | None = None,
     guide_model: nn.Module | None = None,
     **options: Any,
@@ -146,9 +148,13 @@ def evaluate_model(
         rank, world_size: this process among those of ``patchforcing.runtime.setup``.
         return_images: also return (on rank 0) ``images`` (num_samples, C, H, W) in [-1, 1],
             exactly the saved uint8 values, ``images_uint8`` (num_samples, H, W, C) and ``labels``.
+        return_pixels: return (on rank 0) only ``images_uint8`` and ``labels`` (4x less memory).
         inception_weights: FID Inception weights file (default: the torch hub cache).
         decoder: for latent networks, maps (B, c, h, w) latents to (B, 3, H, W) images in [-1, 1]
             (``patchforcing.autoencoder.latent_decoder``); each process decodes its own images.
+        parts_dir: write the images there in parts as they are made (``evaluation.parts``): a
+            killed evaluation rerun with the same arguments makes only the missing parts, and no
+            process holds more than one part of images (for FID-50k). None: gather in memory.
         guidance_interval: guide only the outer steps with ``lo <= t_k <= hi`` (see ``sample``).
         guide_model: autoguidance with this weaker network instead of CFG (see ``sample``).
         **options: sampler options (``p``, ``n_inner``, ``context_ratio``).
@@ -166,44 +172,67 @@ def evaluate_model(
                                   **options)
     procs = Processes(rank=rank, world_size=world_size)
     require_group(procs)  # before minutes of sampling
-    indices, images, labels, info = generate_images(
-        model, sampler=sampler, steps=steps, num_samples=num_samples, seed=seed, cfg_scale=cfg_scale,
-        guidance_interval=guidance_interval, guide_model=guide_model,
-        batch_size=batch_size, rank=rank, world_size=world_size, **options)
-    sampling = time.perf_counter() - start
-    if images.shape[0] and info["nfe"] != used:  # the budget must be what the sampler really spent
-        raise RuntimeError(f"{sampler} used {info['nfe']} NFE where {used} were expected")
-    if decoder is not None and images.shape[0]:
-        images = decoder(images)  # (b, 3, H, W) in [-1, 1]
-    parts = gather_to_main((indices.numpy(), to_uint8_nhwc(images), labels.numpy(), sampling), procs)
+    generate = dict(sampler=sampler, steps=steps, num_samples=num_samples, seed=seed, cfg_scale=cfg_scale,
+                    guidance_interval=guidance_interval, guide_model=guide_model, batch_size=batch_size, **options)
+    if parts_dir is not None:
+        from patchforcing.evaluation.parts import generate_parts, load_parts
+
+        plan = {k: v for k, v in generate.items() if k not in ("batch_size", "guide_model")}
+        plan.update(nfe=used, autoguidance=guide_model is not None, decoder=getattr(decoder, "vae_name", None))
+        mine = generate_parts(model, parts_dir, plan=plan, procs=procs, expected_nfe=used, decoder=decoder, **generate)
+        info = {"guide_nfe": mine["guide_nfe"]}
+        parts = gather_to_main(mine["seconds"], procs)
+        collect = lambda: (*load_parts(parts_dir, num_samples), max(parts))  # noqa: E731
+    else:
+        indices, images, labels, info = generate_images(model, rank=rank, world_size=world_size, **generate)
+        sampling = time.perf_counter() - start
+        if images.shape[0] and info["nfe"] != used:  # the budget must be what the sampler really spent
+            raise RuntimeError(f"{sampler} used {info['nfe']} NFE where {used} were expected")
+        if decoder is not None and images.shape[0]:
+            images = decoder(images)  # (b, 3, H, W) in [-1, 1]
+        parts = gather_to_main((indices.numpy(), to_uint8_nhwc(images), labels.numpy(), sampling), procs)
+        collect = lambda: _in_index_order(parts, num_samples)  # noqa: E731
     kept: dict[str, Any] = {}  # the images stay on rank 0; only the metrics go to every rank
 
     def score() -> dict[str, Any]:
-        idx = np.concatenate([p[0] for p in parts])
-        order = np.argsort(idx, kind="stable")
-        if not np.array_equal(idx[order], np.arange(num_samples)):
-            raise RuntimeError("the gathered images do not cover every index exactly once")
-        pixels = np.concatenate([p[1] for p in parts])[order]  # (M, H, W, C) uint8, index order
-        y = torch.from_numpy(np.concatenate([p[2] for p in parts])[order])  # (M,)
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # (M, C, H, W) in [-1, 1]
+        pixels, y, sampling_seconds = collect()  # (M, H, W, C) uint8 and (M,), index order
         if return_images:
-            kept.update(images=x, images_uint8=pixels, labels=y)
+            kept.update(images=pixels_to_float(pixels))
+        if return_images or return_pixels:
+            kept.update(images_uint8=pixels, labels=y)
         return {
-            **_metrics(x, y, data, stats, inception_weights, model, decoder),
+            **_metrics(pixels, y, data, stats, inception_weights, model, decoder),
             "nfe": used, "nfe_budget": int(nfe), "steps": steps, "num_samples": num_samples,
             "sampler": sampler, "options": _resolved_options(sampler, options), "cfg_scale": float(cfg_scale),
             "guidance_interval": None if guidance_interval is None else list(guidance_interval),
             "autoguidance": guide_model is not None, "guide_nfe": info.get("guide_nfe") or 0,
             "seed": seed, "data": data, "world_size": world_size,
-            "seconds_sampling": max(p[3] for p in parts), "seconds": time.perf_counter() - start,
+            "seconds_sampling": sampling_seconds, "seconds": time.perf_counter() - start,
         }
 
     return {**run_on_main(score, procs), **kept}
 
 
-def _metrics(images: Tensor, labels: Tensor, data: str, stats, inception_weights, model: nn.Module,
-             decoder: Callable | None = None) -> dict[str, Any]:
-    """FID, precision, recall and accuracy of (M, C, H, W) images in [-1, 1]."""
+def _in_index_order(parts: list[tuple], num_samples: int) -> tuple[np.ndarray, Tensor, float]:
+    """The ranks' ``(indices, pixels, labels, seconds)`` merged into index order."""
+    idx = np.concatenate([p[0] for p in parts])
+    order = np.argsort(idx, kind="stable")
+    if not np.array_equal(idx[order], np.arange(num_samples)):
+        raise RuntimeError("the gathered images do not cover every index exactly once")
+    pixels = np.concatenate([p[1] for p in parts])[order]  # (M, H, W, C) uint8
+    labels = torch.from_numpy(np.concatenate([p[2] for p in parts])[order])  # (M,)
+    return pixels, labels, max(p[3] for p in parts)
+
+
+def pixels_to_float(pixels: np.ndarray) -> Tensor:
+    """(M, H, W, C) uint8 -> (M, C, H, W) float32 in [-1, 1], exactly the values the uint8 encode."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_weights, model: nn.Module,
+             decoder: Callable | None = None, chunk: int = 5000) -> dict[str, Any]:
+    """FID, precision, recall and accuracy of (M, H, W, C) uint8 images (turned to floats ``chunk`` at a time
+    for Inception: 50k 256 px images as float32 would take 39 GB)."""
     conditional = bool((labels >= 0).all())
     kind, reason = scoring(model, data, stats, inception_weights, decoder)
     if kind is None:
@@ -212,7 +241,7 @@ def _metrics(images: Tensor, labels: Tensor, data: str, stats, inception_weights
     if kind == DIGITS:
         from patchforcing.evaluation.digits import digits_metrics
 
-        out = digits_metrics(images, labels if conditional else None, k=PR_NEIGHBOURS)
+        out = digits_metrics(pixels_to_float(pixels), labels if conditional else None, k=PR_NEIGHBOURS)
         return {"fid": out["fid"], "precision": out["precision"], "recall": out["recall"],
                 "accuracy": out.get("accuracy"), "feature_network": "digits-classifier"}
     from patchforcing.evaluation.frechet import feature_statistics, frechet_distance, load_statistics
@@ -220,7 +249,9 @@ def _metrics(images: Tensor, labels: Tensor, data: str, stats, inception_weights
 
     device = next(model.parameters()).device
     mu_r, sigma_r = load_statistics(stats)
-    mu_f, sigma_f = feature_statistics(inception_features(images, inception_weights, device=device))
+    features = [inception_features(pixels_to_float(pixels[i:i + chunk]), inception_weights, device=device)
+                for i in range(0, len(pixels), chunk)]
+    mu_f, sigma_f = feature_statistics(np.concatenate([np.asarray(f) for f in features]))
     missing = "the reference statistics hold no per-image features (precision/recall need them)"
     return {"fid": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), "precision": None, "recall": None,
             "accuracy": None, "feature_network": "inception-v3", "stats": str(stats),

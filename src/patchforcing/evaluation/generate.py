@@ -47,6 +47,7 @@ def generate_images(
     batch_size: int = 256,
     rank: int = 0,
     world_size: int = 1,
+    indices: Tensor | None = None,
     **options: Any,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
     """Generate this rank's share of ``num_samples`` images.
@@ -55,6 +56,7 @@ def generate_images(
         labels: (num_samples,) class per image (``-1`` or None: unconditional); default balanced.
         guidance_interval: guide only the outer steps with ``lo <= t_k <= hi`` (see ``sample``).
         guide_model: autoguidance with this weaker network instead of CFG (see ``sample``).
+        indices: generate exactly these image indices (instead of ``rank, rank + W, ...``).
     Returns:
         ``(indices (M,), images (M, C, H, W) float32 on the CPU, labels (M,), info)`` where
         ``info["nfe"]`` is the NFE per image and ``info["steps"]`` the outer steps.
@@ -66,7 +68,7 @@ def generate_images(
         labels = balanced_labels(num_samples, cfg.num_classes, seed)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    mine = torch.arange(rank, num_samples, world_size)
+    mine = torch.arange(rank, num_samples, world_size) if indices is None else indices
     out, nfe, guide_nfe = [], None, None
     for chunk in mine.split(batch_size):
         seeds = (chunk + seed).tolist()
