@@ -357,16 +357,30 @@ def report_skipped(root: Path, skipped: list[Path]) -> None:
     warnings.warn(f"skipped {len(skipped)} unreadable image file(s) under {root}: {shown}", stacklevel=3)
 
 
-def load_folder_dataset(root: str | Path, split: str = "train", resolution: int = FOLDER_RESOLUTION) -> ImageDataset:
-    """Load a split of a folder of images into memory as (M, 3, R, R) float32 in [-1, 1].
+def load_folder_dataset(root: str | Path, split: str = "train", resolution: int = FOLDER_RESOLUTION,
+                        stream: bool | None = None) -> ImageDataset:
+    """Load a split of a folder of images as (M, 3, R, R) float32 in [-1, 1].
 
-    For folders too large for memory at this resolution, encode them once with
-    :func:`patchforcing.data.prepare_latents`, which streams the files.
+    Args:
+        stream: decode the images per batch (``patchforcing.data.streamed``) instead of once
+            into memory; None streams folders of at least ``STREAM_MIN_IMAGES`` images. Both
+            give the same images. For repeated training at scale, encoding the folder once with
+            :func:`patchforcing.data.prepare_latents` is faster still.
     """
+    from patchforcing.data.streamed import STREAM_MIN_IMAGES, StreamedImages, readable_files
+
     root = Path(root).expanduser()
     files, class_names = folder_split_files(root, split)
     if not files:
         raise DataError(f"{root} has too few images for a held-out '{split}' split; add at least 2 images per class")
+    if stream or (stream is None and len(files) >= STREAM_MIN_IMAGES):
+        ok, skipped = readable_files([p for p, _ in files])
+        report_skipped(root, skipped)
+        if not ok:
+            raise DataError(f"none of the {len(files)} '{split}' image file(s) in {root} could be read; "
+                            "check that they are valid image files")
+        return ImageDataset(StreamedImages([files[i][0] for i in ok], resolution),
+                            torch.tensor([files[i][1] for i in ok], dtype=torch.int64), len(class_names), str(root), class_names)
     images, labels, skipped = [], [], []
     for path, label in files:
         img = read_image(path, resolution)

@@ -110,15 +110,7 @@ class MappedLatents:
         """Rows ``index`` as a float32 tensor ``(len(index), c, h, w)`` (``(c, h, w)`` for an int)."""
         if isinstance(index, (int, np.integer)):
             return self[np.asarray([index])][0]
-        if isinstance(index, slice):
-            rows = np.arange(len(self))[index]
-        else:
-            rows = torch.as_tensor(index).cpu().numpy() if not isinstance(index, np.ndarray) else index
-            if rows.ndim != 1 or not np.issubdtype(rows.dtype, np.integer):
-                raise IndexError(f"MappedLatents takes an int, a slice or a 1-D integer index, got {rows.dtype} {rows.shape}")
-            rows = np.where(rows < 0, rows + len(self), rows)
-            if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
-                raise IndexError(f"row index out of range for {len(self)} latents")
+        rows = row_numbers(index, len(self))
         out = torch.empty((len(rows), *self.shape[1:]), dtype=torch.float32)
         shard = np.searchsorted(self.ends, rows, side="right")  # (R,)
         local = rows - self.starts[shard]
@@ -141,6 +133,19 @@ class MappedLatents:
         if len(data) != size:
             raise DataError(f"latent shard {self.paths[shard]} is shorter than its header says; re-run prepare-latents")
         return torch.frombuffer(bytearray(data), dtype=self.dtype).view(count, *self.shape[1:]).float()
+
+
+def row_numbers(index: slice | Tensor | np.ndarray | list[int], length: int) -> np.ndarray:
+    """The row numbers (R,) that a slice or a 1-D integer index selects among ``length`` rows."""
+    if isinstance(index, slice):
+        return np.arange(length)[index]
+    rows = torch.as_tensor(index).cpu().numpy() if not isinstance(index, np.ndarray) else index
+    if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
+        raise IndexError(f"rows are selected by an int, a slice or a 1-D integer index, got {rows.dtype} {rows.shape}")
+    rows = np.where(rows < 0, rows + length, rows).astype(np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= length):
+        raise IndexError(f"row index out of range for {length} rows")
+    return rows
 
 
 def _runs(shard: np.ndarray, local: np.ndarray) -> list[tuple[int, int]]:

@@ -1,0 +1,97 @@
+"""Image folders decoded per batch: training on folders too large to hold in memory.
+
+:class:`StreamedImages` stands in for the ``(M, 3, R, R)`` tensor ``ImageDataset.images`` of a
+folder: ``x[index]`` decodes just those files (resized and centre-cropped exactly as the eager
+loader does) and returns float32 in [-1, 1]. With ``train --num-workers K`` the training batches,
+and so the decoding, are drawn by K DataLoader processes ahead of the GPU. Folders of at least
+``STREAM_MIN_IMAGES`` images stream by default; smaller ones are decoded once into memory.
+Unreadable files are found when the folder is opened (by reading each file's header) and
+skipped, as in the eager loader; a file that fails later, while decoding, stops with its name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from patchforcing.data.mapped import row_numbers
+from patchforcing.errors import DataError
+
+STREAM_MIN_IMAGES = 20_000  # about 3 GB as float32 at 64 px, 47 GB at 256 px
+
+
+def readable_files(paths: list[Path]) -> tuple[list[int], list[Path]]:
+    """Positions of the files whose image header opens, and the paths of those that do not."""
+    from PIL import Image
+
+    ok, skipped = [], []
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                img.size  # noqa: B018 - the header parses
+            ok.append(i)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            skipped.append(path)
+    return ok, skipped
+
+
+class StreamedImages:
+    """An ``(M, 3, R, R)`` float32 view of image files, decoded when indexed.
+
+    Args:
+        paths: the image files, in data set order.
+        resolution: the side R every image is resized (short side) and centre-cropped to.
+    """
+
+    def __init__(self, paths: list[Path], resolution: int):
+        self.paths = [Path(p) for p in paths]
+        self.resolution = resolution
+        self.shape = torch.Size((len(self.paths), 3, resolution, resolution))
+        self.dtype = torch.float32
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def float(self) -> "StreamedImages":
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> Tensor:
+        """Decode EVERY image and move the result (for small sets only)."""
+        return self[:].to(*args, **kwargs)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        """Any other torch operation sees EVERY image decoded."""
+        from torch.utils._pytree import tree_map
+
+        def load(a: Any) -> Any:
+            return a[:] if isinstance(a, StreamedImages) else a
+
+        return func(*tree_map(load, args), **tree_map(load, kwargs or {}))
+
+    def __repr__(self) -> str:
+        return f"StreamedImages(shape={tuple(self.shape)})"
+
+    def __getitem__(self, index: int | slice | Tensor | np.ndarray | list[int]) -> Tensor:
+        """Images ``index`` as float32 ``(len(index), 3, R, R)`` in [-1, 1] (``(3, R, R)`` for an int)."""
+        from patchforcing.data.datasets import read_image
+
+        if isinstance(index, (int, np.integer)):
+            return self[np.asarray([index])][0]
+        rows = row_numbers(index, len(self))
+        out = torch.empty((len(rows), 3, self.resolution, self.resolution), dtype=torch.float32)
+        for k, row in enumerate(rows.tolist()):
+            img = read_image(self.paths[row], self.resolution)  # (3, R, R) uint8
+            if img is None:
+                raise DataError(f"cannot decode {self.paths[row]} (its header read when the folder was opened); "
+                                "replace or delete the file and rerun the same command to resume")
+            out[k] = img.float() / 127.5 - 1
+        return out
