@@ -52,7 +52,7 @@ def compile_network(net: nn.Module, **options: Any) -> nn.Module:
 
 def wrap(net: nn.Module, procs: runtime.Processes, compile: bool) -> nn.Module:  # noqa: A002
     """The module the training step calls: the network (its blocks compiled with ``compile``),
-    in DistributedDataParallel when distributed."""
+    wrapped for data parallelism (``runtime.data_parallel``) when distributed."""
     if compile:
         compile_network(net)
     return runtime.data_parallel(net, procs)
