@@ -49,6 +49,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--cfg-scale", type=float, default=2.0)
     p.add_argument("--interval", default="0.25,0.75", help="guidance interval LO,HI")
     p.add_argument("--weak-step", type=int, default=500, help="checkpoint of the same run used as the weak network")
+    p.add_argument("--tables-only", action="store_true", help="rewrite OUT/results.md from OUT/results.json and stop")
     return p.parse_args()
 
 
@@ -102,7 +103,7 @@ def learning_curve(folder: Path, args: argparse.Namespace) -> list[dict[str, Any
 
 def fmt(row: dict[str, Any], k: str) -> str:
     std = row.get(k + "_std")
-    return f"{row[k]:.3f}" + (f" ± {std:.3f}" if std else "")
+    return f"{row[k]:.3f}" + (f" ± {std:.3f}" if row.get("seeds", 1) > 1 and std is not None else "")
 
 
 def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
@@ -129,6 +130,10 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
 def main() -> None:
     args = parse()
     out = Path(args.out)
+    if args.tables_only:
+        results = json.loads((out / "results.json").read_text())
+        (out / "results.md").write_text(markdown(results, argparse.Namespace(**results["args"])))
+        return
     t_all = time.perf_counter()
     runs = train_runs(args, out)
     results: dict[str, Any] = {"args": vars(args), "repa": {}, "curve": {}, "guidance": {}}
