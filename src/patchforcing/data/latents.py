@@ -7,6 +7,10 @@ into place, ``meta.json`` last, so a folder with ``meta.json`` is complete)::
     out/train/shard-00000.safetensors    latents (M, c, h, w) float32, labels (M,) int64
     out/test/shard-00000.safetensors     the held-out split of the source data
 
+Captioned data (``digits-captions``, folders with captions) keep their captions: beside every
+shard a ``shard-XXXXX.captions.json`` lists the shard's captions in row order, ``meta.json`` says
+``"captions": true`` and the split loads as a ``CaptionedDataset``.
+
 With ``repa_encoder`` every shard also holds ``repa_features`` (M, N', z) float32: the REPA
 encoder's features of the same images, in the same order (``meta.json`` names the encoder), so
 REPA training on latents never decodes.
@@ -111,6 +115,15 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
         except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
             raise DataError(f"cannot read latent shard {root / name} ({err}); re-run prepare-latents") from err
     images = MappedLatents([root / name for name in shards]) if lazy else torch.cat(latents)
+    if meta.get("captions"):  # text-to-image data: the captions of every shard, in row order
+        from patchforcing.data.captions import CaptionedDataset
+
+        captions = [c for name in shards for c in _read_captions(root / name)]
+        return CaptionedDataset(
+            images, torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
+            vae=meta["vae"], scale_factor=meta["scale_factor"], shift_factor=meta["shift_factor"],
+            image_resolution=meta["image_resolution"], captions=captions,
+        )
     repa = {}
     if meta.get("repa_encoder"):
         repa = {"repa_encoder": meta["repa_encoder"], "repa_features": MappedLatents([root / n for n in shards], "repa_features")}
@@ -119,6 +132,17 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
         vae=meta["vae"], scale_factor=meta["scale_factor"], shift_factor=meta["shift_factor"],
         image_resolution=meta["image_resolution"], **repa,
     )
+
+
+def _captions_file(shard: Path) -> Path:
+    return shard.with_name(shard.name.replace(".safetensors", ".captions.json"))
+
+
+def _read_captions(shard: Path) -> list[str]:
+    try:
+        return list(json.loads(_captions_file(shard).read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"cannot read the captions of latent shard {shard} ({err}); re-run prepare-latents") from err
 
 
 def load_vae(vae: str, device: str = "cpu"):
@@ -159,7 +183,8 @@ def load_vae(vae: str, device: str = "cpu"):
 
 
 def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int, part: tuple[int, int] = (0, 1)):
-    """Describe a split and stream it as ``(images (B, C, R, R) in [-1, 1], labels (B,))``.
+    """Describe a split and stream it as ``(images (B, C, R, R) in [-1, 1], labels (B,), captions)``
+    (captions: a list of B strings for captioned data, else None).
 
     Folders of images are read file by file (never all in memory); built-in data sets are small.
     ``part = (rank, world_size)`` keeps the rank's contiguous block of the items (in order, so the
@@ -167,7 +192,10 @@ def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int,
     Returns ``(info, iterator)`` with info keys num_items, num_classes, class_names, channels.
     """
     path = Path(data).expanduser()
-    if data not in BUILTIN_NAMES and path.is_dir() and not is_latent_folder(path):
+    from patchforcing.data.captions import is_captioned_folder
+
+    captioned_folder = path.is_dir() and not is_latent_folder(path) and is_captioned_folder(path)  # read in memory below
+    if data not in BUILTIN_NAMES and path.is_dir() and not is_latent_folder(path) and not captioned_folder:
         files, class_names = folder_split_files(path, split)  # a test split may be empty
         files = files[_block(len(files), part)]
 
@@ -178,7 +206,7 @@ def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int,
                 skipped += [p for img, _, p in chunk if img is None]
                 ok = [(img, label) for img, label, _ in chunk if img is not None]
                 if ok:
-                    yield torch.stack([i for i, _ in ok]).float() / 127.5 - 1, torch.tensor([lab for _, lab in ok])
+                    yield torch.stack([i for i, _ in ok]).float() / 127.5 - 1, torch.tensor([lab for _, lab in ok]), None
             report_skipped(path, skipped)
 
         return {"num_items": len(files), "num_classes": len(class_names), "class_names": class_names, "channels": 3}, stream()
@@ -189,8 +217,12 @@ def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int,
     ds = load_dataset(data, split=split, resolution=resolution, seed=seed)
     block = _block(len(ds), part)
     images, labels = ds.images[block], ds.labels[block]
-    info = {"num_items": len(images), "num_classes": ds.num_classes, "class_names": ds.class_names, "channels": ds.channels}
-    return info, ((images[i : i + batch_size], labels[i : i + batch_size]) for i in range(0, len(images), batch_size))
+    captions = getattr(ds, "captions", None)
+    captions = captions[block] if captions else None
+    info = {"num_items": len(images), "num_classes": ds.num_classes, "class_names": ds.class_names, "channels": ds.channels,
+            "captioned": captions is not None}
+    return info, ((images[i : i + batch_size], labels[i : i + batch_size], captions[i : i + batch_size] if captions else None)
+                  for i in range(0, len(images), batch_size))
 
 
 def _block(count: int, part: tuple[int, int]) -> slice:
@@ -305,6 +337,7 @@ def _write_meta(out_dir: Path, parts: list[dict], split: str, data: str, vae: st
         for stale in (out_dir / name).glob("shard-*.safetensors"):  # left over from an earlier, larger run
             if f"{name}/{stale.name}" not in entry["shards"]:
                 stale.unlink()
+                _captions_file(stale).unlink(missing_ok=True)
     if split != "test" and meta_splits["train"]["num_images"] == 0:
         raise DataError(f"no training image of {data} could be read; check the files")
     vae_name = str(Path(vae).expanduser().resolve()) if Path(vae).expanduser().exists() else vae
@@ -316,6 +349,7 @@ def _write_meta(out_dir: Path, parts: list[dict], split: str, data: str, vae: st
         "num_images": {k: v["num_images"] for k, v in meta_splits.items()},
         "shards": {k: v["shards"] for k, v in meta_splits.items()},
         "repa_encoder": repa_encoder,
+        "captions": bool(info.get("captioned", False)),
     }
     _atomic_write(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return out_dir
@@ -343,10 +377,10 @@ def _encode_split(
 
     folder = out / split
     folder.mkdir(exist_ok=True)
-    shards, buf_x, buf_y, buf_f, count = [], [], [], [], 0
+    shards, buf_x, buf_y, buf_f, buf_c, count = [], [], [], [], [], 0
 
     def flush(final: bool) -> None:
-        nonlocal buf_x, buf_y, buf_f
+        nonlocal buf_x, buf_y, buf_f, buf_c
         while buf_x and (final or sum(len(x) for x in buf_x) >= shard_size):
             x, y = torch.cat(buf_x), torch.cat(buf_y)
             name = f"{split}/shard-{prefix}{len(shards):05d}.safetensors"
@@ -354,15 +388,20 @@ def _encode_split(
             feats = torch.cat(buf_f) if buf_f else None
             if feats is not None:  # REPA targets of the same images, same order
                 tensors["repa_features"] = feats[:shard_size].contiguous()
+            if buf_c:  # captions of the same rows, written before the shard is listed anywhere
+                text = json.dumps(buf_c[:shard_size], ensure_ascii=False)
+                _atomic_write(_captions_file(out / name), lambda p: p.write_text(text, encoding="utf-8"))
+                buf_c = buf_c[shard_size:]
             _atomic_write(out / name, lambda p: save_file(tensors, str(p)))
             shards.append(name)
             buf_x, buf_y = ([x[shard_size:]], [y[shard_size:]]) if len(x) > shard_size else ([], [])
             buf_f = [feats[shard_size:]] if feats is not None and len(feats) > shard_size else []
 
     with tqdm(total=info["num_items"], desc=f"encode {split}", unit="img", disable=None) as bar:
-        for images, labels in batches:
+        for images, labels, captions in batches:
             buf_x.append(encode_latents(model, images, scale, shift))
             buf_y.append(labels)
+            buf_c.extend(captions or [])
             if encoder is not None:
                 buf_f.append(encoder(images).cpu())  # (B, N', z) of the clean images
             count += len(images)
