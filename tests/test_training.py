@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -269,7 +270,8 @@ def test_two_processes_train_like_one(tmp_path):
     done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "patchforcing", *args, "--out", str(tmp_path / "two")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    digests = sorted(line.split()[-1] for line in done.stdout.splitlines() if "weights sha256" in line)
+    # the two ranks share one stdout pipe, so their lines may run together: match the digests, not lines
+    digests = re.findall(r"weights sha256 ([0-9a-f]{64})", done.stdout)
     assert len(digests) == 2 and digests[0] == digests[1]  # both processes hold the same weights
     assert main([*args, "--out", str(tmp_path / "one")]) == 0
     two, one = checkpoint(tmp_path / "two", 4), checkpoint(tmp_path / "one", 4)
