@@ -42,6 +42,7 @@ from patchforcing.data.datasets import (
 )
 from patchforcing.data.mapped import MappedLatents
 from patchforcing.errors import DataError
+from patchforcing.runs import atomic_save_safetensors, atomic_write_text, remove_stale_temporaries
 from patchforcing.runtime import Processes, gather_to_main, run_on_main
 
 LATENT_FORMAT, LATENT_VERSION = "patchforcing-latents", 1
@@ -231,16 +232,6 @@ def _block(count: int, part: tuple[int, int]) -> slice:
     return slice(rank * count // world_size, (rank + 1) * count // world_size)
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(tmp_path)`` then move into place, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _prepare_out(out: Path) -> None:
     """Create ``out``; an existing latent folder is overwritten, any other non-empty folder refused."""
     if out.exists() and not out.is_dir():
@@ -249,6 +240,7 @@ def _prepare_out(out: Path) -> None:
         if not is_latent_folder(out):
             raise DataError(f"--out {out} exists, is not empty and is not a latent folder; choose a new --out folder")
         read_meta(out)  # refuse to overwrite a foreign meta.json
+        remove_stale_temporaries(out)  # left by a killed earlier preparation of this folder
         (out / "meta.json").unlink()  # the folder is incomplete until the new meta.json lands
     out.mkdir(parents=True, exist_ok=True)
 
@@ -351,7 +343,7 @@ def _write_meta(out_dir: Path, parts: list[dict], split: str, data: str, vae: st
         "repa_encoder": repa_encoder,
         "captions": bool(info.get("captioned", False)),
     }
-    _atomic_write(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
     return out_dir
 
 
@@ -372,7 +364,6 @@ def _encode_split(
     prefix: str = "",
 ) -> dict:
     """Encode one split into ``out/split/shard-{prefix}XXXXX.safetensors``; returns its meta entry."""
-    from safetensors.torch import save_file
     from tqdm import tqdm
 
     folder = out / split
@@ -390,9 +381,9 @@ def _encode_split(
                 tensors["repa_features"] = feats[:shard_size].contiguous()
             if buf_c:  # captions of the same rows, written before the shard is listed anywhere
                 text = json.dumps(buf_c[:shard_size], ensure_ascii=False)
-                _atomic_write(_captions_file(out / name), lambda p: p.write_text(text, encoding="utf-8"))
+                atomic_write_text(_captions_file(out / name), text)
                 buf_c = buf_c[shard_size:]
-            _atomic_write(out / name, lambda p: save_file(tensors, str(p)))
+            atomic_save_safetensors(tensors, out / name)
             shards.append(name)
             buf_x, buf_y = ([x[shard_size:]], [y[shard_size:]]) if len(x) > shard_size else ([], [])
             buf_f = [feats[shard_size:]] if feats is not None and len(feats) > shard_size else []
