@@ -23,7 +23,6 @@ from patchforcing import runs
 from patchforcing.errors import CheckpointError, ConfigError
 from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer, T2IConfig, build_model, config_from_dict, unwrap_model
 from patchforcing.models.t2i import REFERENCE_TARGET as T2I_TARGET
-from patchforcing.runs import atomic_save, atomic_write  # noqa: F401 - re-exported for older imports
 
 FORMAT = "patchforcing-model"
 TRAIN_FORMAT = "patchforcing-train"

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError, DataError, ShapeError
 from patchforcing.evaluation.generate import generate_images, sampler_steps, to_uint8_nhwc
+from patchforcing.runs import atomic_write
 from patchforcing.runtime import Processes, gather_to_main, require_group, run_on_main
 
 DIGITS = "digits"
@@ -337,8 +338,6 @@ def calibration_report(model: nn.Module, data: str = DIGITS, split: str = "test"
 def save_samples_npz(path: str | os.PathLike, images_uint8: np.ndarray, labels: np.ndarray | Tensor | None) -> Path:
     """Write ADM-style samples: ``arr_0`` (M, H, W, 3) uint8 RGB (gray images replicated to three
     channels, as the ADM evaluator expects) and, when conditional, ``arr_1`` (M,) labels."""
-    from patchforcing.checkpoints import atomic_write
-
     pixels = np.asarray(images_uint8, dtype=np.uint8)  # (M, H, W, C)
     if pixels.ndim != 4 or pixels.shape[-1] not in (1, 3):
         raise ShapeError(f"samples must be (M, H, W, 1 or 3) uint8, got {pixels.shape}")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from patchforcing.checkpoints import atomic_write
 from patchforcing.report.bench import NETWORKS
 from patchforcing.report.common import fmt, machine_line
 from patchforcing.report.plots import PALETTE, panel_plot
+from patchforcing.runs import atomic_write
 
 SAMPLER_COLORS = {"euler": "#000000", "euler-pf": PALETTE[0], "dual-loop": PALETTE[2], "look-ahead": PALETTE[1],
                   "random-dual-loop": PALETTE[4], "random-look-ahead": PALETTE[3]}

@@ -7,8 +7,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from patchforcing.checkpoints import atomic_write
 from patchforcing.report.common import fmt, machine_line
+from patchforcing.runs import atomic_write
 
 # What each sampler does, in a sentence or three (SPEC 5).
 SAMPLER_TEXT = {
