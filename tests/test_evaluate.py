@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import patchforcing as pf
+from patchforcing import runs
 from patchforcing.cli import main
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.evaluation.evaluate import evaluate_model, plan_evaluation, validation_report
@@ -187,6 +188,33 @@ def test_calibration_and_validation_loss(ckpt, net, tmp_path, one_thread):
     mean, per_segment = pf.validation_loss(net, test.images.double(), x0=x0, labels=test.labels)
     assert metrics["val_loss_segments"] == pytest.approx(per_segment.tolist(), rel=1e-9)
     assert validation_report(net, batch_size=50)["val_loss"] == pytest.approx(float(mean), rel=1e-9)
+
+
+# --- one evaluation per output folder ----------------------------------------------------------
+def test_a_second_evaluation_into_a_busy_folder_stops_before_writing(ckpt, tmp_path, capsys):
+    out = tmp_path / "eval"
+    with runs.lock_run_folder(out):  # a first evaluation (flock: a second open file conflicts even in one process)
+        assert _run("--checkpoint", ckpt, "--sampler", "euler-pf", "--nfe", 3, "--num-samples", 20,
+                    "--device", "cpu", "--out", out) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{out} is in use by another run (pid {os.getpid()} on" in last and "choose another --out" in last
+    assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_FILE]  # nothing was written
+
+
+def test_an_evaluation_removes_stale_temporaries_and_releases_its_folder(ckpt, tmp_path, capsys, one_thread):
+    out = tmp_path / "eval"
+    stale = [out / ".metrics.json.k1x2.tmp", out / "parts" / ".part-000000.npz.zz9.tmp"]
+    inner = out / "inner"  # another output folder inside this one: its own owner cleans it
+    kept = [inner / ".metrics.json.a1b2.tmp", out / ".hidden-but-not-ours"]
+    for path in stale + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    (inner / runs.LOCK_FILE).touch()
+    assert _run("--checkpoint", ckpt, "--sampler", "euler-pf", "--nfe", 3, "--num-samples", 20,
+                "--device", "cpu", "--out", out) == 0
+    assert "removed 2 temporary file(s) of interrupted writes" in capsys.readouterr().out
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    runs.lock_run_folder(out).release()  # the command let go of the folder
 
 
 # --- errors ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from patchforcing import runs
 from patchforcing.cli import main
 from patchforcing.errors import ConfigError
 from patchforcing.report import BenchSettings, DemoSettings, run_bench, run_demo
@@ -100,8 +102,13 @@ def test_bench_rerun_reuses_networks_and_rows(bench, tmp_path):
     for key in list(doc["cache"])[-2:]:
         del doc["cache"][key]
     (copy / "results.json").write_text(json.dumps(doc))
+    stale = [copy / ".results.json.k1x2.tmp", copy / "runs" / "pf-ltg" / "checkpoints" / ".step-00000009.pt.zz9.tmp"]
+    for path in stale:  # left by killed writes: the bench cleans its folder, each training its own
+        path.write_bytes(b"half a file")
     lines: list[str] = []
     run_bench(copy, settings, log=lines.append)
+    assert not any(p.exists() for p in stale)
+    assert any("removed 1 temporary file(s) of interrupted writes" in line for line in lines)
     assert _checkpoint_mtimes(copy) == before  # no network was retrained
     assert sum("reusing the finished run" in line for line in lines) == len(settings.networks)
     total = len(settings.rows())
@@ -129,6 +136,22 @@ def test_bench_cli_subset_reuses_and_rejects_bad_options(bench, tmp_path, capsys
     assert main(["bench", "--out", str(copy), "--tiny", "--networks", "pf-nope"]) == 1
     assert "unknown network" in capsys.readouterr().err
     assert _checkpoint_mtimes(copy) == before
+
+
+def test_bench_and_demo_hold_their_folder_only_while_they_run(bench, demo, tmp_path, capsys):
+    bench_out, settings = bench[0], bench[1]
+    demo_out = demo[0]
+    run_folders = [bench_out / "runs" / n for n in settings.networks] + [demo_out / "run"]
+    for folder in [bench_out, demo_out, *run_folders]:  # each training locked its own folder inside
+        assert (folder / runs.LOCK_FILE).is_file()
+        runs.lock_run_folder(folder).release()  # and every lock was let go at the end
+    busy = tmp_path / "busy"
+    with runs.lock_run_folder(busy):
+        for command in ("bench", "demo"):
+            assert main([command, "--out", str(busy), "--tiny"]) == 1
+            last = capsys.readouterr().err.strip().splitlines()[-1]
+            assert f"{busy} is in use by another run (pid {os.getpid()} on" in last
+    assert sorted(p.name for p in busy.iterdir()) == [runs.LOCK_FILE]  # nothing was trained or written
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -116,7 +116,7 @@ def test_stale_temporaries_are_removed_at_the_next_start(tmp_path, capsys):
 # --- one owner per run folder -----------------------------------------------------------------------
 def test_a_locked_folder_refuses_a_second_owner_until_released(tmp_path):
     first = runs.lock_run_folder(tmp_path / "run")
-    with pytest.raises(RunFolderError, match=rf"in use by another training \(pid {os.getpid()} on "):
+    with pytest.raises(RunFolderError, match=rf"in use by another run \(pid {os.getpid()} on "):
         runs.lock_run_folder(tmp_path / "run")
     first.release()
     runs.lock_run_folder(tmp_path / "run").release()
@@ -142,7 +142,7 @@ def test_a_second_training_into_a_busy_folder_stops_and_loses_nothing(tmp_path, 
     try:
         assert main(["train", "--out", str(out), *TINY, "--steps", "4", "--log-every", "1"]) == 1
         last = capsys.readouterr().err.strip().splitlines()[-1]
-        assert f"{out} is in use by another training (pid {holder.pid} on" in last and "choose another --out" in last
+        assert f"{out} is in use by another run (pid {holder.pid} on" in last and "choose another --out" in last
         after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != runs.LOCK_FILE}
         assert after == before  # no metrics line, checkpoint or config was touched
     finally:
@@ -181,7 +181,7 @@ def test_torchrun_ranks_all_stop_on_a_busy_folder(tmp_path):
         holder.kill()
         holder.wait()
     assert done.returncode != 0
-    assert done.stderr.count(f"error: {out} is in use by another training (pid {holder.pid} on") == 2
+    assert done.stderr.count(f"error: {out} is in use by another run (pid {holder.pid} on") == 2
     assert sorted(p.name for p in out.iterdir()) == [runs.LOCK_FILE]  # nothing was written
 
 

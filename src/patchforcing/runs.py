@@ -8,9 +8,12 @@ A run folder (``patchforcing train --out DIR``) holds::
     DIR/samples/step-XXXXXXXX.png         sample grids
     DIR/run.lock                          locked (``flock``) by the one process group training into DIR
 
-One process group per run folder: ``lock_run_folder`` takes an exclusive OS lock on ``run.lock``;
-the kernel releases it when the process ends, however it ends (``kill -9`` included), so a stale
-lock never blocks a restart. Under ``torchrun`` only rank 0 takes it, for all ranks of its job.
+One process group per output folder: ``lock_run_folder`` takes an exclusive OS lock on
+``run.lock``; the kernel releases it when the process ends, however it ends (``kill -9``
+included), so a stale lock never blocks a restart. Under ``torchrun`` only rank 0 takes it, for
+all ranks of its job (``runtime.own_folder``). ``train``, ``evaluate``, ``bench`` and ``demo`` all
+lock their ``--out``; the lock is per folder, so a bench holds its folder while each training
+holds its own subfolder.
 
 Every file is written with ``atomic_write``: into a temporary ``.NAME.XXXX.tmp`` beside the
 target, flushed and fsynced, renamed over the target, then the folder is fsynced. A kill at any
@@ -243,19 +246,21 @@ def is_temporary(path: str | os.PathLike) -> bool:
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Delete temporaries that killed writers left in ``run_dir`` and its subfolders.
 
-    Call it only while holding the folder's lock: then no live writer owns them.
+    Call it only while holding the folder's lock: then no live writer owns them. A subfolder with
+    a ``run.lock`` of its own is another output folder (a bench's training runs, an evaluation
+    inside a run folder): its own owner cleans it, so it is left alone here.
 
     Returns:
         The removed files.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
     removed = []
-    for path in sorted(run_dir.rglob(".*.tmp")):
-        if path.is_file() and is_temporary(path):
-            path.unlink(missing_ok=True)
-            removed.append(path)
+    for folder, subfolders, files in os.walk(run_dir):
+        subfolders[:] = sorted(d for d in subfolders if not os.path.exists(os.path.join(folder, d, LOCK_FILE)))
+        for name in sorted(files):
+            path = Path(folder, name)
+            if is_temporary(path) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path)
     return removed
 
 
@@ -296,8 +301,8 @@ class RunLock:
     the run (deleting it would let two processes lock two different files).
     """
 
-    def __init__(self, run_dir: Path, fd: int):
-        self.run_dir, self._fd = run_dir, fd
+    def __init__(self, run_dir: Path, fd: int | None):
+        self.run_dir, self._fd = run_dir, fd  # fd None: held for this process by another (rank 0)
 
     def release(self) -> None:
         if self._fd is not None:
@@ -332,8 +337,8 @@ def lock_run_folder(run_dir: str | os.PathLike) -> RunLock:
         if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise ConfigError(f"--out: cannot lock {path} ({describe_os_error(err)}); choose another --out") from None
         raise RunFolderError(
-            f"{run_dir} is in use by another training ({_holder(path)}); wait for it to end or stop it, "
-            "or choose another --out (one process group per run folder)"
+            f"{run_dir} is in use by another run ({_holder(path)}); wait for it to end or stop it, "
+            "or choose another --out (one process group per output folder)"
         ) from None
     holder = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "command": " ".join(sys.argv)[:500]}

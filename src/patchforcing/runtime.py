@@ -18,13 +18,16 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from patchforcing import runs
 from patchforcing.errors import ConfigError
+from patchforcing.runs import RunLock
 
 DEFAULT_TIMEOUT_S = 600.0  # a hung rank fails the job after 10 minutes instead of 30
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
@@ -196,6 +199,41 @@ def run_on_main(fn: Callable[[], T], procs: Processes) -> T:
     if status == "error":
         raise value
     return value
+
+
+def own_folder(folder: str | os.PathLike, procs: Processes | None = None,
+               log: Callable[[str], Any] | None = None) -> RunLock:
+    """Lock output ``folder`` for the whole command, before anything is written, and remove the
+    temporary files of writes a kill interrupted (``patchforcing.runs``).
+
+    Rank 0 takes the lock for every rank of its job; an error there (the folder is in use, is a
+    file, cannot be written) is raised on every rank. Release the returned lock when done (it is
+    a context manager; on the other ranks releasing it does nothing).
+
+    Raises:
+        RunFolderError: another live process holds ``folder``; the message names it.
+        ConfigError: ``folder`` is a file or cannot be created or written.
+    """
+    procs = procs or Processes()
+    held: list[RunLock] = []
+
+    def take() -> list[str]:
+        held.append(runs.lock_run_folder(folder))
+        try:
+            return [str(p) for p in runs.remove_stale_temporaries(folder)]
+        except BaseException:
+            held.pop().release()
+            raise
+
+    removed = run_on_main(take, procs)
+    if removed and procs.is_main:
+        (log or _say)(f"removed {len(removed)} temporary file(s) of interrupted writes: "
+                      f"{', '.join(removed[:3])}{' ...' if len(removed) > 3 else ''}")
+    return held[0] if held else RunLock(Path(folder), None)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def require_group(procs: Processes) -> None:

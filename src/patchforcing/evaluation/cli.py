@@ -11,7 +11,8 @@ for the ADM-style external evaluators. Compare samplers at equal ``--nfe``.
 
 Resumable: the images are written to ``OUT/parts/`` as they are made (1000 per file); a killed
 evaluation, rerun with the same command (any number of processes), makes only the missing ones.
-The parts are removed once ``metrics.json`` is written.
+The parts are removed once ``metrics.json`` is written. One evaluation at a time per ``--out``:
+a second one stops at once with an error naming the first (``OUT/run.lock``).
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
     ensure_writable_folder(args.out)  # before any work: a full disk or a bad --out never costs a sampling run
     procs = runtime.setup(args.device, args.dist_timeout, command="evaluate")
-    ok = False
+    ok, lock = False, None
     try:
+        lock = runtime.own_folder(args.out, procs)  # one evaluation per --out: the parts of two would mix
         model = load_model(args.checkpoint, map_location=procs.device)
         if getattr(model.config, "is_text", False):  # text-to-image: digits-captions metrics (evaluation/t2i.py)
             from patchforcing.evaluation.t2i import run_text_evaluation
@@ -108,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         ok = True
     finally:
         runtime.teardown(procs, barrier=ok)  # after an error every rank raised together: no barrier
+        if lock is not None:
+            lock.release()
     return 0
 
 

@@ -14,6 +14,7 @@ Patch Forcing), over several evaluation seeds. Writes into ``out``::
     results.md              the tables, the exact command and an automatic reading of the orderings
     fid_vs_nfe.png          FID against NFE, one line per network and sampler
     samples/*.png           one grid per (network, sampler, budget), evaluation seed 0
+    run.lock                held by the one bench running here (each training holds runs/<network>/run.lock)
 
 An interrupted bench resumes: finished rows are read back from ``results.json``.
 """
@@ -34,7 +35,6 @@ from patchforcing.report.common import (
     class_ordered,
     evaluate_row,
     machine_info,
-    prepare_out,
     mean_std,
     say,
     train_or_reuse,
@@ -179,13 +179,22 @@ def run_bench(out: str | Path, settings: BenchSettings | None = None, *, log=say
         command: the command line to record (default: the equivalent ``patchforcing bench`` command).
     Returns:
         The contents of ``results.json`` (``rows``, ``summary``, ``reading``, ``training``, ...).
+
+    Raises:
+        RunFolderError: another bench runs in ``out`` (one per folder; each training locks its own
+            ``runs/<network>`` folder).
     """
+    from patchforcing.runtime import own_folder
+
+    with own_folder(out, log=log):
+        return _bench(Path(out), settings or BenchSettings(), log, command)
+
+
+def _bench(out: Path, settings: BenchSettings, log, command: str | None) -> dict[str, Any]:
     from patchforcing import load_model
     from patchforcing.report import bench_report
     from patchforcing.viz import save_image_grid
 
-    settings = settings or BenchSettings()
-    out = prepare_out(out)
     t0 = time.perf_counter()
     cache = RowCache(out / "results.json", settings.fingerprint(), log)
     training: dict[str, Any] = dict(cache.doc.get("training") or {})

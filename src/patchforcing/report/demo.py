@@ -10,6 +10,7 @@ Writes into ``out``::
     index.html           the report (self-contained HTML + the local files below)
     samples/<sampler>.png, animations/<sampler>.gif, training_curve.png
     results.json         metrics per sampler, calibration, settings, machine (finished rows are reused)
+    run.lock             held by the one demo running here (the training holds run/run.lock)
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from patchforcing.report.common import (
     class_ordered,
     evaluate_row,
     machine_info,
-    prepare_out,
     read_metrics,
     say,
     train_or_reuse,
@@ -94,14 +94,22 @@ def run_demo(out: str | Path = "demo", settings: DemoSettings | None = None, *, 
 
     Returns:
         The contents of ``results.json`` plus ``index`` (the report's path) and ``minutes``.
+
+    Raises:
+        RunFolderError: another demo runs in ``out`` (one per folder; the training locks ``run/``).
     """
+    from patchforcing.runtime import own_folder
+
+    with own_folder(out, log=log):
+        return _demo(Path(out), settings or DemoSettings(), log)
+
+
+def _demo(out: Path, settings: DemoSettings, log) -> dict[str, Any]:
     from patchforcing import load_model
     from patchforcing.report import animation, html
     from patchforcing.report.plots import training_curve
     from patchforcing.viz import save_image_grid
 
-    settings = settings or DemoSettings()
-    out = prepare_out(out)
     t0 = time.perf_counter()
     config = settings.train_config(out)
     trained = train_or_reuse(config, log)

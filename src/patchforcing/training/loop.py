@@ -24,7 +24,7 @@ from patchforcing.errors import ConfigError, DataError, TrainingError
 from patchforcing.flow import training_loss
 from patchforcing.models import Kind, build_model
 from patchforcing.timesteps import timestep_distribution
-from patchforcing import runs, runtime
+from patchforcing import runtime
 from patchforcing.training import distributed, evaluate, monitor, repa, state
 from patchforcing.training.batches import StepBatches, iterate
 from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
@@ -53,28 +53,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     procs = runtime.setup(config.device, config.dist_timeout)
     lock = None
     try:
-        lock = _own_run_folder(Path(config.out), procs)
+        lock = runtime.own_folder(config.out, procs)
         return _Run(config, procs).fit()
     finally:
         if lock is not None:
             lock.release()
         runtime.teardown(procs, barrier=False)
-
-
-def _own_run_folder(run_dir: Path, procs: runtime.Processes) -> runs.RunLock | None:
-    """Rank 0 locks the run folder for the whole job (before anything is written) and removes the
-    temporary files of writes a kill interrupted; an error there is raised on every rank."""
-    held: list[runs.RunLock] = []
-
-    def take() -> list[str]:
-        held.append(runs.lock_run_folder(run_dir))
-        return [str(p) for p in runs.remove_stale_temporaries(run_dir)]
-
-    removed = runtime.run_on_main(take, procs)
-    if removed and procs.is_main:
-        print(f"removed {len(removed)} temporary file(s) of interrupted writes: {', '.join(removed[:3])}"
-              f"{' ...' if len(removed) > 3 else ''}", flush=True)
-    return held[0] if held else None
 
 
 class _Run:
