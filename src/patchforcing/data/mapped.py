@@ -9,9 +9,9 @@ shard and large page-cache folios land in the process's resident set, about 1 MB
 over an epoch that is the whole folder again, so rows are read with ``os.pread`` instead.)
 
 It stands in for the ``(M, c, h, w)`` tensor ``ImageDataset.images`` wherever the code indexes
-it: ``x[index]`` with an integer, a slice, or a 1-D integer tensor returns an ordinary tensor,
-equal to indexing the eagerly loaded latents. Any other torch operation on it reads every row
-first (meant for small held-out sets, not for the training split).
+it (a ``LazyRows``): ``x[index]`` with an integer, a slice, or a 1-D integer tensor returns an
+ordinary tensor, equal to indexing the eagerly loaded latents. Any other torch operation on it
+reads every row first (meant for small held-out sets, not for the training split).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import json
 import os
 import struct
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from patchforcing.data.rows import LazyRows
 from patchforcing.errors import DataError
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
@@ -39,7 +39,7 @@ def _data_offset(path: Path, name: str) -> int:
     return 8 + size + int(header[name]["data_offsets"][0])
 
 
-class MappedLatents:
+class MappedLatents(LazyRows):
     """An ``(M, c, h, w)`` read-only view of the ``latents`` tensors of several shards.
 
     Args:
@@ -76,41 +76,11 @@ class MappedLatents:
         self.offsets = offsets  # (S,) byte offset of each shard's latents
         self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
 
-    # --- what code that expects a tensor asks of it ----------------------------------------------
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def float(self) -> "MappedLatents":
-        """Rows come out as float32 (the dtype conversion happens per read)."""
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> Tensor:
-        """Read EVERY row into memory and move it (for small held-out sets only)."""
-        return self[:].to(*args, **kwargs)
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        """Any other torch operation (``torch.allclose(x, ...)``) sees EVERY row read into memory."""
-        from torch.utils._pytree import tree_map
-
-        def load(a: Any) -> Any:
-            return a[:] if isinstance(a, MappedLatents) else a
-
-        return func(*tree_map(load, args), **tree_map(load, kwargs or {}))
-
     def __repr__(self) -> str:
         return f"MappedLatents(shape={tuple(self.shape)}, shards={len(self.paths)})"
 
-    # --- reading ---------------------------------------------------------------------------------
-    def __getitem__(self, index: int | slice | Tensor | np.ndarray | list[int]) -> Tensor:
-        """Rows ``index`` as a float32 tensor ``(len(index), c, h, w)`` (``(c, h, w)`` for an int)."""
-        if isinstance(index, (int, np.integer)):
-            return self[np.asarray([index])][0]
-        rows = row_numbers(index, len(self))
+    def _read_rows(self, rows: np.ndarray) -> Tensor:
+        """Rows ``rows`` (R,) as float32 ``(R, c, h, w)``: one positioned read per run of consecutive rows."""
         out = torch.empty((len(rows), *self.shape[1:]), dtype=torch.float32)
         shard = np.searchsorted(self.ends, rows, side="right")  # (R,)
         local = rows - self.starts[shard]
@@ -133,19 +103,6 @@ class MappedLatents:
         if len(data) != size:
             raise DataError(f"latent shard {self.paths[shard]} is shorter than its header says; re-run prepare-latents")
         return torch.frombuffer(bytearray(data), dtype=self.dtype).view(count, *self.shape[1:]).float()
-
-
-def row_numbers(index: slice | Tensor | np.ndarray | list[int], length: int) -> np.ndarray:
-    """The row numbers (R,) that a slice or a 1-D integer index selects among ``length`` rows."""
-    if isinstance(index, slice):
-        return np.arange(length)[index]
-    rows = torch.as_tensor(index).cpu().numpy() if not isinstance(index, np.ndarray) else index
-    if rows.ndim != 1 or not (np.issubdtype(rows.dtype, np.integer) or rows.size == 0):
-        raise IndexError(f"rows are selected by an int, a slice or a 1-D integer index, got {rows.dtype} {rows.shape}")
-    rows = np.where(rows < 0, rows + length, rows).astype(np.int64)
-    if rows.size and (rows.min() < 0 or rows.max() >= length):
-        raise IndexError(f"row index out of range for {length} rows")
-    return rows
 
 
 def _runs(shard: np.ndarray, local: np.ndarray) -> list[tuple[int, int]]:

@@ -12,13 +12,12 @@ skipped, as in the eager loader; a file that fails later, while decoding, stops 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from patchforcing.data.mapped import row_numbers
+from patchforcing.data.rows import LazyRows
 from patchforcing.errors import DataError
 
 STREAM_MIN_IMAGES = 20_000  # about 3 GB as float32 at 64 px, 47 GB at 256 px
@@ -39,8 +38,8 @@ def readable_files(paths: list[Path]) -> tuple[list[int], list[Path]]:
     return ok, skipped
 
 
-class StreamedImages:
-    """An ``(M, 3, R, R)`` float32 view of image files, decoded when indexed.
+class StreamedImages(LazyRows):
+    """An ``(M, 3, R, R)`` float32 view of image files, decoded when indexed (``x[index]`` is in [-1, 1]).
 
     Args:
         paths: the image files, in data set order.
@@ -53,40 +52,13 @@ class StreamedImages:
         self.shape = torch.Size((len(self.paths), 3, resolution, resolution))
         self.dtype = torch.float32
 
-    @property
-    def ndim(self) -> int:
-        return 4
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def float(self) -> "StreamedImages":
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> Tensor:
-        """Decode EVERY image and move the result (for small sets only)."""
-        return self[:].to(*args, **kwargs)
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        """Any other torch operation sees EVERY image decoded."""
-        from torch.utils._pytree import tree_map
-
-        def load(a: Any) -> Any:
-            return a[:] if isinstance(a, StreamedImages) else a
-
-        return func(*tree_map(load, args), **tree_map(load, kwargs or {}))
-
     def __repr__(self) -> str:
         return f"StreamedImages(shape={tuple(self.shape)})"
 
-    def __getitem__(self, index: int | slice | Tensor | np.ndarray | list[int]) -> Tensor:
-        """Images ``index`` as float32 ``(len(index), 3, R, R)`` in [-1, 1] (``(3, R, R)`` for an int)."""
+    def _read_rows(self, rows: np.ndarray) -> Tensor:
+        """Images ``rows`` (R,) decoded as float32 ``(R, 3, R, R)`` in [-1, 1]."""
         from patchforcing.data.datasets import read_image
 
-        if isinstance(index, (int, np.integer)):
-            return self[np.asarray([index])][0]
-        rows = row_numbers(index, len(self))
         out = torch.empty((len(rows), 3, self.resolution, self.resolution), dtype=torch.float32)
         for k, row in enumerate(rows.tolist()):
             img = read_image(self.paths[row], self.resolution)  # (3, R, R) uint8
