@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny networks (depth 2, width 32, 8x8 inputs) with randomised weights.
+"""Shared fixtures: tiny networks (depth 2, width 32, 8x8 inputs) with randomised weights, a tiny
+VAE and folders of random images.
 
 The adaLN and output layers of a fresh network are zero (SPEC 3), so a fresh network outputs
 exactly zero and every comparison against it is trivial. ``make_model`` therefore perturbs every
@@ -10,6 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -56,6 +58,39 @@ def make_model(
     if randomize:
         randomize_(model, seed)
     return model.eval()
+
+
+def make_vae(folder: Path | None = None, blocks: int = 2):
+    """A seeded ``AutoencoderKL`` of 16 px RGB images and 4-channel latents (8x8 with 2 blocks, 16x16
+    with 1), saved to ``folder`` when given. Needs diffusers (``pytest.importorskip`` it first)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(8, 16)[:blocks],
+    ).eval()
+    if folder is not None:
+        vae.save_pretrained(folder)
+    return vae
+
+
+def image_folder_of_noise(root: Path, classes: tuple[str, ...] = ("a", "b"), per_class: int = 6,
+                          size: tuple[int, int] | None = (20, 20), broken: str | None = None) -> Path:
+    """``root/<class>/<i>.png``: seeded random RGB images of ``size`` (H, W), or of random sizes in
+    [12, 30) when None; with ``broken``, also ``root/<broken>/broken.png``, a file that is not an image."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = size or (int(rng.integers(12, 30)), int(rng.integers(12, 30)))
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    if broken is not None:
+        (root / broken / "broken.png").write_bytes(b"not an image")
+    return root
 
 
 @pytest.fixture

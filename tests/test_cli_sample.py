@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import make_vae
 
 import patchforcing as pf
 from patchforcing.cli import main
@@ -49,13 +50,8 @@ def test_sample_show_difficulty_adds_maps(tmp_path):
 
 
 def test_sample_decodes_with_tiny_vae(tmp_path):
-    diffusers = pytest.importorskip("diffusers")
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-    )
-    vae.save_pretrained(tmp_path / "vae")
+    pytest.importorskip("diffusers")
+    make_vae(tmp_path / "vae")
     _, ckpt = _tiny(tmp_path, in_channels=4)
     out = tmp_path / "decoded.png"
     assert main(["sample", "--checkpoint", str(ckpt), "--sampler", "euler-pf", "--steps", "2", "--labels", "3,4",

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from conftest import make_vae
 
 from patchforcing.data import ImageDataset, digits_split_indices, load_dataset, prepare_latents, split_image_files
 from patchforcing.data.datasets import PHOTOS_TEST_FRACTION, photo_crop_plan, photo_regions
@@ -210,17 +211,8 @@ def test_folder_errors_name_the_fix(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory) -> tuple[Path, object]:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-    ).eval()
     path = tmp_path_factory.mktemp("vae")
-    vae.save_pretrained(path)
-    return path, vae
+    return path, make_vae(path)
 
 
 @pytest.mark.filterwarnings("ignore:skipped 1 unreadable")

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import make_vae
 
 from patchforcing import load_model
 from patchforcing.autoencoder import latent_decoder, recorded_latents
@@ -23,16 +24,8 @@ TINY = ["--depth", "2", "--hidden-size", "32", "--num-heads", "2", "--batch-size
 @pytest.fixture(scope="module")
 def latent_run(tmp_path_factory):
     """A tiny VAE (16 px images, 4x8x8 latents), a latent folder recording it, a 2-step run on it."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-    ).eval()
     root = tmp_path_factory.mktemp("latent-eval")
-    vae.save_pretrained(root / "vae")
+    vae = make_vae(root / "vae")
     data = write_folder(root / "latents", {"train": [24], "test": [8]}, vae=str(root / "vae"), scale_factor=SCALE,
                         image_resolution=16)
     torch.set_num_threads(1)

@@ -8,10 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import image_folder_of_noise, make_vae
 
 from patchforcing.data import load_dataset, prepare_latents
 from patchforcing.data.latents import load_latent_dataset
@@ -20,20 +19,8 @@ from patchforcing.data.latents import load_latent_dataset
 @pytest.fixture
 def images_and_vae(tmp_path):
     """An image folder of 2 classes x 7 images and a tiny AutoencoderKL saved offline."""
-    from diffusers import AutoencoderKL
-
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (tmp_path / "images" / cls).mkdir(parents=True)
-        for i in range(7):
-            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "images" / cls / f"{i}.png")
-    torch.manual_seed(0)
-    AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-    ).save_pretrained(tmp_path / "vae")
-    return tmp_path / "images", tmp_path / "vae"
+    make_vae(tmp_path / "vae")
+    return image_folder_of_noise(tmp_path / "images", per_class=7), tmp_path / "vae"
 
 
 @pytest.mark.slow  # two torchrun processes importing diffusers: about a minute on a busy 2-core machine

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_vae
 
 import patchforcing as pf
 from patchforcing.cli import main
@@ -74,16 +75,10 @@ def test_repa_flag_errors():
 # --- latent data: features stored beside the latents --------------------------------------------
 def test_prepare_latents_stores_repa_features_and_trains_on_them(tmp_path):
     pytest.importorskip("diffusers")
-    from diffusers import AutoencoderKL
-
     from patchforcing.data import load_dataset, prepare_latents
     from patchforcing.encoders import load_encoder
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16))
-    vae.save_pretrained(tmp_path / "vae")
+    vae = make_vae(tmp_path / "vae")
     with_repa = tmp_path / "lat"
     assert main(["prepare-latents", "--data", "digits", "--vae", str(tmp_path / "vae"), "--out", str(with_repa),
                  "--resolution", "16", "--batch-size", "100", "--shard-size", "500", "--repa-encoder", "digits-cnn"]) == 0
@@ -100,14 +95,9 @@ def test_prepare_latents_stores_repa_features_and_trains_on_them(tmp_path):
 
 def test_latents_without_features_name_the_fix(tmp_path, capsys):
     pytest.importorskip("diffusers")
-    from diffusers import AutoencoderKL
-
     from patchforcing.data import prepare_latents
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-                        down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",), block_out_channels=(8,))
-    vae.save_pretrained(tmp_path / "vae")
+    make_vae(tmp_path / "vae", blocks=1)
     plain = prepare_latents("digits", str(tmp_path / "vae"), str(tmp_path / "lat"), resolution=16, batch_size=500, split="train")
     assert main(["train", "--out", str(tmp_path / "run"), *TINY, *REPA, "--data", str(plain), "--steps", "1"]) == 1
     err = capsys.readouterr().err

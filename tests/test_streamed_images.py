@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import image_folder_of_noise
 
 from patchforcing.data.datasets import load_folder_dataset
 from patchforcing.data.streamed import StreamedImages
@@ -16,15 +15,8 @@ from patchforcing.training.batches import StepBatches, iterate
 
 @pytest.fixture
 def folder(tmp_path):
-    """2 classes x 6 images of several sizes and modes, and one file that is not an image."""
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (tmp_path / "img" / cls).mkdir(parents=True)
-        for i in range(6):
-            h, w = int(rng.integers(12, 30)), int(rng.integers(12, 30))
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / "img" / cls / f"{i}.png")
-    (tmp_path / "img" / "a" / "broken.png").write_bytes(b"not an image")
-    return tmp_path / "img"
+    """2 classes x 6 images of several sizes, and one file that is not an image."""
+    return image_folder_of_noise(tmp_path / "img", per_class=6, size=None, broken="a")
 
 
 @pytest.mark.filterwarnings("ignore:skipped")

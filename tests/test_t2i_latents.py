@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import make_vae
 
 import patchforcing as pf
 from patchforcing.data import load_dataset, prepare_latents
@@ -17,15 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def caption_latents(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-    ).eval()
+    pytest.importorskip("diffusers")
     root = tmp_path_factory.mktemp("lat")
-    vae.save_pretrained(root / "vae")
+    make_vae(root / "vae")
     out = prepare_latents("digits-captions", str(root / "vae"), str(root / "latents"), resolution=16, batch_size=256, shard_size=700)
     return out
 

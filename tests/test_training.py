@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import image_folder_of_noise, make_vae
 
 import patchforcing as pf
 from patchforcing.cli import main
@@ -285,13 +286,7 @@ def test_two_processes_train_like_one(tmp_path):
 
 # --- other data -----------------------------------------------------------------------------------
 def _image_folder(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for cls in ("cats", "dogs"):
-        (root / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
-    (root / "cats" / "broken.png").write_bytes(rng.bytes(300))
-    return root
+    return image_folder_of_noise(root, ("cats", "dogs"), per_class=4, size=(20, 24), broken="cats")
 
 
 @pytest.mark.filterwarnings("ignore:skipped 1 unreadable")
@@ -316,15 +311,9 @@ def test_sit_baseline_trains_with_uniform_times(tmp_path):
 @pytest.mark.filterwarnings("ignore:skipped 1 unreadable")
 def test_latent_folder_trains(tmp_path, capsys):
     pytest.importorskip("diffusers")
-    from diffusers import AutoencoderKL
-
     from patchforcing.data import prepare_latents
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=16,
-                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16))
-    vae.save_pretrained(tmp_path / "vae")
+    make_vae(tmp_path / "vae")
     latents = prepare_latents(str(_image_folder(tmp_path / "pets")), str(tmp_path / "vae"), str(tmp_path / "lat"), resolution=16, batch_size=4)
     out = tmp_path / "run"
     assert run_train(out, "--data", str(latents), "--steps", "2", "--batch-size", "4", "--sample-every", "1", "--val-every", "2") == 0
