@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--num-samples", type=_positive, default=UNSET, help="images per row (default 500)")
     s.add_argument("--seeds", type=_positive, default=UNSET, help="evaluation seeds per row (default 3)")
     s.add_argument("--nfe", type=_ints, default=UNSET, help="equal-compute NFE budgets, comma separated (default 16)")
-    s.add_argument("--networks", type=_names, default=UNSET, help="comma-separated subset of: digits, photos, digits-wide")
+    s.add_argument("--networks", type=_names, default=UNSET, help="comma-separated subset of: digits, photos, digits-wide, digits-1000")
 
 
 def _values(args: argparse.Namespace) -> dict:

@@ -45,6 +45,9 @@ NETWORKS: dict[str, StudyNetwork] = {
     "digits": StudyNetwork("digits", "digits, PF width 64", {}),
     "photos": StudyNetwork("photos-labeled", "photos 32x32, PF width 64, 4x4 patches", {"patch_size": 4, "steps": 2000}),
     "digits-wide": StudyNetwork("digits", "digits, PF width 128", {"hidden_size": 128, "num_heads": 4, "steps": 1000}),
+    # The control for digits-wide: the digits network at the same 1000 steps (the same seed and data order, so
+    # its weights are those of the digits run's step-1000 checkpoint).
+    "digits-1000": StudyNetwork("digits", "digits, PF width 64, 1000 steps", {"steps": 1000}),
 }
 
 # Samplers compared at equal NFE. inverted-look-ahead and spread-look-ahead live in the study's registry.

@@ -55,9 +55,12 @@ def verdict(summary: list[dict], rows: list[dict], settings) -> dict[str, Any]:
     """The paired claims per network and budget, and whether the new sampler earns a registry place.
 
     The new sampler WINS on a network at a budget when its mean FID is below that of every rival and
-    it beats the best rival in a majority of the paired seeds. It is kept in the public registry only
-    if it wins on at least two of the networks (at every budget).
+    it beats the best rival in a majority of the paired seeds; it wins a DATA SET when it wins on every
+    network trained on it, at every budget. It is kept in the public registry only if it wins at least
+    two data sets (several networks on one data set count once).
     """
+    from patchforcing.report.study import NETWORKS
+
     claims, wins = [], {}
     for network in settings.networks:
         for budget in settings.nfe:
@@ -73,7 +76,12 @@ def verdict(summary: list[dict], rows: list[dict], settings) -> dict[str, Any]:
                                                      "fid_new": best["fid_a"], "fid_best_rival": best["fid_b"],
                                                      "seeds_won": best["seeds_won"], "seeds": best["seeds"]})
     networks_won = [n for n, ws in wins.items() if all(w["wins"] for w in ws)]
-    return {"claims": claims, "new_sampler": wins, "networks_won": networks_won, "keep_in_registry": len(networks_won) >= 2}
+    datasets = {NETWORKS[n].data: [] for n in wins}
+    for n in wins:
+        datasets[NETWORKS[n].data].append(n in networks_won)
+    data_won = [d for d, won in datasets.items() if all(won)]
+    return {"claims": claims, "new_sampler": wins, "networks_won": networks_won, "data_sets_won": data_won,
+            "keep_in_registry": len(data_won) >= 2}
 
 
 def _mechanism(results: dict[str, Any], network: str) -> dict[tuple, dict[str, float]]:
@@ -146,8 +154,9 @@ def write_markdown(out: Path, results: dict[str, Any], settings) -> Path:
             lines.append(f"- {network}, NFE {w['budget']}: **{'wins' if w['wins'] else 'does not win'}**; FID {fmt(w['fid_new'])} "
                          f"vs {fmt(w['fid_best_rival'])} ({w['best_rival']}), better in {w['seeds_won']} of {w['seeds']} seeds")
     keep = results["verdict"]["keep_in_registry"]
-    lines += ["", f"Networks won: {', '.join(results['verdict']['networks_won']) or 'none'}; the rule (win on at least two) "
-              f"says: **{'register it' if keep else 'keep it out of the public registry'}**."]
+    lines += ["", f"Networks won: {', '.join(results['verdict']['networks_won']) or 'none'}; data sets won (every network "
+              f"trained on it): {', '.join(results['verdict']['data_sets_won']) or 'none'}. The rule (win at least two data "
+              f"sets) says: **{'register it' if keep else 'keep it out of the public registry'}**."]
     lines += _mechanism_tables(results, settings) + _composition_table(results, settings)
     lines += ["", "## Figures", ""]
     for network, path in results["figures"].items():
