@@ -182,3 +182,18 @@ def test_study_tiny_run_writes_every_table(tmp_path):
     assert main(["study", "--out", str(tmp_path), "--tiny", "--seeds", "1", "--networks", "digits"]) == 0  # resumes
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == doc["rows"]
     assert (tmp_path / "results.json").stat().st_mtime_ns > mtime
+
+
+def test_a_second_study_in_the_same_folder_is_refused(tmp_path):
+    """Two studies in one folder would rewrite each other's results.json."""
+    from patchforcing import runs
+    from patchforcing.errors import RunFolderError
+    from patchforcing.report.study import StudySettings, run_study
+
+    held = runs.lock_run_folder(tmp_path)
+    try:
+        with pytest.raises(RunFolderError, match="in use"):
+            run_study(tmp_path, StudySettings.create(tiny=True, networks=("digits",)), log=lambda _: None)
+    finally:
+        held.release()
+    assert not (tmp_path / "results.json").exists()

@@ -13,7 +13,8 @@ bundled photographs, and a wider digits network. For each, four questions get nu
 3. which patches the difficulty mask advances (background vs strokes or texture), counted and drawn.
 
 Writes into ``out``: ``runs/<network>/`` (training runs; a finished one is reused), ``results.json``
-(every row, cached so that a rerun continues), ``study.md`` and the figures under ``study/``.
+(every row, cached so that a rerun continues), ``study.md``, the figures under ``study/`` and
+``run.lock`` (held by the one study running there).
 """
 
 from __future__ import annotations
@@ -184,16 +185,25 @@ def run_study(out: str | Path, settings: StudySettings | None = None, *, log=Non
         command: the command line to record (default: the equivalent ``patchforcing study`` command).
     Returns:
         The contents of ``results.json``.
+
+    Raises:
+        RunFolderError: another study runs in ``out`` (one per folder: both would rewrite ``results.json``).
     """
+    from patchforcing.report.common import say
+    from patchforcing.runtime import own_folder
+
+    log = log or say
+    with own_folder(out, log=log):
+        return _study(Path(out), settings or StudySettings(), log, command)
+
+
+def _study(out: Path, settings: StudySettings, log, command: str | None) -> dict[str, Any]:
     from patchforcing import load_model
     from patchforcing.report import study_report
-    from patchforcing.report.common import RowCache, class_ordered, machine_info, prepare_out, say, training_facts
+    from patchforcing.report.common import RowCache, class_ordered, machine_info, training_facts
     from patchforcing.report.study_mechanism import context_effect, mask_composition, mask_picture
     from patchforcing.viz import grid, save_image_grid
 
-    log = log or say
-    settings = settings or StudySettings()
-    out = prepare_out(out)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     cache = RowCache(out / "results.json", settings.fingerprint(), log)
     training: dict[str, Any] = dict(cache.doc.get("training") or {})
