@@ -16,18 +16,40 @@ def command_line() -> str:
     return "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median wall seconds per call of each function, alternating them round by round."""
+def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,
+                      clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Seconds of every call of each function, alternating them round by round (round ``i`` of
+    every function is entry ``i``, so two functions' times pair up round by round). Every other
+    round runs them in reverse order, so no function always runs first.
+
+    ``clock``: wall time by default; ``time.process_time`` counts only the CPU time of this
+    process, which other jobs on a shared machine do not inflate (use it with one thread)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
+    for r in range(repeats):
+        for name, fn in list(fns.items())[:: 1 if r % 2 == 0 else -1]:
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            times[name].append(clock() - t0)
+    return times
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall seconds per call of each function, alternating them round by round."""
+    return {k: statistics.median(v) for k, v in interleaved_times(fns, repeats, warmup).items()}
+
+
+def paired_ratios(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles (q1, median, q3) of the round-by-round ratios ``num[i] / den[i]``.
+
+    Calls of one round run back to back, so a load that comes and goes on a shared machine hits
+    both sides of a pair; the spread of the pairs says how far a single ratio can be trusted.
+    """
+    ratios = sorted(a / b for a, b in zip(num, den))
+    q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q1, med, q3
 
 
 def describe_machine() -> str:

@@ -10,8 +10,12 @@ TOKEN, the text keys and values of every block, RoPE tables from the positions. 
 the same numbers (checked in float64 first) but reuses the refined text and the text keys while
 the prompt does not change (sampling) and evaluates the time path once per distinct time.
 
-Cases (each reported as seconds per call and as a ratio to the reference-style forward):
-  * train: per-patch times all distinct, a new text at every call (nothing to reuse);
+Cases (each reported as median seconds per call, and as the median and quartiles of the
+round-by-round ratios to the reference-style forward; every round runs all calls back to back,
+every other round in reverse order, so load on a shared machine hits both sides of a pair). The
+seconds are this process's CPU time by default (``--clock cpu``; with one thread the compute time,
+which other jobs on a shared machine do not inflate), or wall time with ``--clock wall``:
+  * train: per-patch times all distinct, a new text at every call for both (nothing to reuse);
   * euler: one time per sample, the same text at every call (a sampling step);
   * look-ahead: two times per sample, the same text (look-ahead / dual-loop steps).
 Text encoding itself is not part of a forward; see benchmarks/t2i_text_cost.py.
@@ -22,13 +26,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import command_line, describe_machine, interleaved_medians  # noqa: E402
+from common import command_line, describe_machine, interleaved_times, paired_ratios  # noqa: E402
 
 from patchforcing.models import create_model  # noqa: E402
 
@@ -123,7 +129,8 @@ def main() -> None:
     ap.add_argument("--text-length", type=int, default=64)
     ap.add_argument("--input-size", type=int, default=32, help="32 with patch 2 gives 256 tokens")
     ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="cpu: process CPU time (robust to other jobs); wall: elapsed time")
     ap.add_argument("--full-size", action="store_true", help="the preset's own sizes (ignore --depth/--hidden-dim/...)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -155,7 +162,7 @@ def main() -> None:
     print(f"float64 agreement with the reference-style forward: max |diff| = {err:.2e}")
 
     sd = dict(net.state_dict())
-    ys = [y + 1e-3 * i for i in range(args.repeats + 3)]  # a new text per call for the training case
+    ys = [y + 1e-3 * (i + 1) for i in range(args.repeats + 3)]  # a new text per call for the training case, never y
     counter = {"i": 0}
 
     def ours_fn(t, same_text):
@@ -165,25 +172,28 @@ def main() -> None:
             counter["i"] += 1
         return fn
 
-    def ref_fn(t):
+    def ref_fn(t, same_text):
         def fn():
             with torch.no_grad():
-                reference_style_forward(sd, x, t, y, **kw)
+                reference_style_forward(sd, x, t, y if same_text else ys[counter["i"] % len(ys)], **kw)
         return fn
 
     cases = {"train": (t_all, False), "euler": (t_one, True), "look-ahead": (t_two, True)}
     fns = {}
     for name, (t, same) in cases.items():
-        fns[f"{name}/reference-style"] = ref_fn(t)
+        fns[f"{name}/reference-style"] = ref_fn(t, same)
         fns[f"{name}/ours"] = ours_fn(t, same)
-    med = interleaved_medians(fns, repeats=args.repeats)
+    times = interleaved_times(fns, repeats=args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+    med = {k: statistics.median(v) for k, v in times.items()}
     print(f"# {command_line()}")
     print(f"# {describe_machine()}; {args.preset} depth {cfg.depth}, width {cfg.hidden_dim}, head {cfg.head_dim}, "
           f"{n} image tokens, {args.text_length} text tokens of width {cfg.txt_in_dim}, batch {b}")
-    print(f"{'case':<12} {'reference-style s':>18} {'ours s':>10} {'ours / ref':>11}")
+    print(f"# {args.clock} seconds per call (medians of {args.repeats} interleaved rounds); ours / ref: median and quartiles of the per-round ratios")
+    print(f"{'case':<12} {'reference-style s':>18} {'ours s':>10} {'ours / ref':>11} {'quartiles':>14}")
     for name in cases:
-        r, o = med[f"{name}/reference-style"], med[f"{name}/ours"]
-        print(f"{name:<12} {r:>18.4f} {o:>10.4f} {o / r:>11.3f}")
+        ref_s, ours_s = times[f"{name}/reference-style"], times[f"{name}/ours"]
+        q1, ratio, q3 = paired_ratios(ours_s, ref_s)
+        print(f"{name:<12} {med[f'{name}/reference-style']:>18.4f} {med[f'{name}/ours']:>10.4f} {ratio:>11.3f} {q1:>6.3f}-{q3:.3f}")
 
 
 if __name__ == "__main__":

@@ -143,6 +143,21 @@ def test_fresh_network_outputs_zero_and_positions_are_patch_centres():
     assert torch.equal(image_positions(8, 8, 2)[:4, 1], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
 
 
+def test_rope_tables_are_shared_only_while_equal():
+    """Each distinct frozen RoPE table is evaluated once per forward; a changed table is noticed."""
+    model = make_t2i(seed=7)
+    x, t, y = _inputs(model)
+    with torch.no_grad():
+        model(x, t, y)
+        assert model._rope_first == [0] * 2 * model.config.depth  # the reference's tables are all equal
+        model.blocks[1].cross_attn.pos_emb.freqs.mul_(1.5)
+        out = model(x, t, y)
+    assert model._rope_first == [0, 0, 0, 3]
+    v_ref, l_ref = _reference(model, x, t, y)
+    torch.testing.assert_close(out.velocity, v_ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.logvar, l_ref, atol=1e-6, rtol=0)
+
+
 def test_refined_text_is_computed_once_per_prompt_under_no_grad(monkeypatch):
     model = make_t2i(seed=6)
     x, t, y = _inputs(model)

@@ -25,8 +25,44 @@ class Kind(str, enum.Enum):
     SIT = "sit"  # global-time baseline of the same layout, no head
 
 
+class NetworkConfig:
+    """What every network config shares (the class-conditional ``ModelConfig`` and ``T2IConfig``):
+    the token grid and the difficulty head the loss and the samplers read, and the JSON form.
+
+    Subclasses are frozen dataclasses with the fields ``kind``, ``input_size`` and ``patch_size``;
+    ``_NAME`` words their error messages.
+    """
+
+    _NAME = "model"
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def has_difficulty_head(self) -> bool:
+        return self.kind is Kind.PATCH_FORCING
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["kind"] = self.kind.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls._NAME} config field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**d)
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(NetworkConfig):
     """Everything that decides a network's shape. Written as JSON beside every checkpoint."""
 
     kind: Kind = Kind.PATCH_FORCING
@@ -91,19 +127,7 @@ class ModelConfig:
         if not isinstance(self.learn_sigma, bool):
             raise ConfigError(f"model learn_sigma must be true or false, got {self.learn_sigma!r}")
 
-    # --- derived quantities --------------------------------------------------------------------
-    @property
-    def grid_size(self) -> int:
-        return self.input_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size**2
-
-    @property
-    def has_difficulty_head(self) -> bool:
-        return self.kind is Kind.PATCH_FORCING
-
+    # --- derived quantities (grid_size, num_patches, has_difficulty_head: NetworkConfig) -----------
     @property
     def out_channels(self) -> int:
         """Channels of the final linear layer (velocity + head, or the legacy sigma)."""
@@ -124,20 +148,6 @@ class ModelConfig:
     def null_label(self) -> int | None:
         """Index of the null (unconditional) class, or None when the table has no such row."""
         return self.num_classes if self.has_null_class else None
-
-    # --- serialisation -------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["kind"] = self.kind.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
 
 
 # Sizes of SPEC 3 (depth, width, heads); XS is this project's CPU size.

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError, ShapeError
-from patchforcing.models.config import Kind
-from patchforcing.models.t2i_layers import ImageBlock, TextBlock, TimestepEmbedder, TokenMerge2D, TokenSplitLast2D, image_positions
-from patchforcing.models.transformer import ModelOutput
+from patchforcing.models.config import Kind, NetworkConfig
+from patchforcing.models.t2i_layers import ImageBlock, Rotation, TextBlock, TimestepEmbedder, TokenMerge2D, TokenSplitLast2D, image_positions
+from patchforcing.models.transformer import ModelOutput, Network
 
 ARCHITECTURE = "t2i"
 REFERENCE_TARGET = "patch_flow.models.pf_transformer_t2i.PatchForcingTransformerT2I"
@@ -34,12 +34,14 @@ _REFERENCE_IGNORED = ("compile",)
 
 
 @dataclass(frozen=True)
-class T2IConfig:
+class T2IConfig(NetworkConfig):
     """Everything that decides the shape of a text-to-image network (names as in the reference).
 
     ``text_encoder`` and ``text_length`` name the encoder (a preset of ``patchforcing.text`` or a
     Hugging Face name/path) and its padded token count; they are recorded with every checkpoint.
     """
+
+    _NAME = "text-to-image"  # in error messages
 
     kind: Kind = Kind.PATCH_FORCING  # "sit": the same network trained with one global time
     input_size: int = 32  # H == W of the latent
@@ -74,15 +76,7 @@ class T2IConfig:
             if not ok:
                 raise ConfigError(message + "; choose sizes that fit (see the T2I presets)")
 
-    # --- what the loss, samplers and tools read (shared with ModelConfig) -------------------------
-    @property
-    def grid_size(self) -> int:
-        return self.input_size // self.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.grid_size**2
-
+    # --- what the loss, samplers and tools read (grid_size, num_patches, has_difficulty_head: NetworkConfig)
     @property
     def num_heads(self) -> int:
         return self.hidden_dim // self.head_dim
@@ -90,10 +84,6 @@ class T2IConfig:
     @property
     def hidden_size(self) -> int:
         return self.hidden_dim
-
-    @property
-    def has_difficulty_head(self) -> bool:
-        return self.kind is Kind.PATCH_FORCING
 
     @property
     def out_channels(self) -> int:
@@ -107,9 +97,7 @@ class T2IConfig:
 
     # --- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["kind"] = self.kind.value
-        return {"architecture": ARCHITECTURE, **d}
+        return {"architecture": ARCHITECTURE, **super().to_dict()}
 
     @classmethod
     def from_reference(cls, params: dict[str, Any]) -> "T2IConfig":
@@ -127,12 +115,7 @@ class T2IConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "T2IConfig":
-        d = {k: v for k, v in d.items() if k != "architecture"}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown text-to-image config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
+        return super().from_dict({k: v for k, v in d.items() if k != "architecture"})
 
 
 # Presets. 1.2B: the paper's network (SPEC_T2I 7.1, in_channels 32 for FLUX.2 latents).
@@ -201,7 +184,7 @@ class _TextCache:
         self.y, self.mask, self.key, self.value = y.detach().clone(), None if mask is None else mask.clone(), key, value
 
 
-class PatchForcingT2I(nn.Module):
+class PatchForcingT2I(Network):
     """SPEC_T2I 7.5. State-dict names and order as in the reference (7.7)."""
 
     def __init__(self, config: T2IConfig):
@@ -219,23 +202,8 @@ class PatchForcingT2I(nn.Module):
         self.share_modulation = True  # False: one time embedding per token (the reference's path)
         self.cache_text = True  # False: refine the text at every call (the reference's path)
         self._cache = _TextCache()
-
-    # --- what samplers and tools read ---------------------------------------------------------
-    @property
-    def patch_size(self) -> int:
-        return self.config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.config.num_patches
-
-    @property
-    def has_difficulty_head(self) -> bool:
-        return self.config.has_difficulty_head
-
-    @property
-    def null_label(self) -> None:
-        return None
+        self._rope_key: tuple | None = None  # the frozen RoPE tables the grouping below was read from
+        self._rope_first: list[int] = []  # per table, the index of the first table holding the same values
 
     # --- text ---------------------------------------------------------------------------------
     def refine_text(self, y: Tensor, text_mask: Tensor | None = None) -> Tensor:
@@ -281,14 +249,32 @@ class PatchForcingT2I(nn.Module):
         cond = self._conditioning(t if t.ndim == 2 else t[:, None].expand(b, self.num_patches))
         pos = image_positions(x.shape[2], x.shape[3], self.patch_size, x.device)  # (N, 2) float32
         z = self.merge(x)  # (B, N, D)
-        for block, block_keys in zip(self.blocks, keys):
-            z = block.self_attn(z, pos, cond.apply(block.self_attn.norm.linear))
-            z = block.cross_attn(z, pos, cond.apply(block.cross_attn.norm.linear), block_keys, text_mask)
+        rots = self._rotations(pos, z.dtype)
+        for block, block_keys, (self_rot, cross_rot) in zip(self.blocks, keys, zip(rots[::2], rots[1::2])):
+            z = block.self_attn(z, self_rot, cond.apply(block.self_attn.norm.linear))
+            z = block.cross_attn(z, cross_rot, cond.apply(block.cross_attn.norm.linear), block_keys, text_mask)
             z = block.ff(z, cond.apply(block.ff.norm.linear))
         grid = (x.shape[2] // self.patch_size, x.shape[3] // self.patch_size)
         out = self.split(z, grid)  # (B, C + 1, H, W)
         c = self.config.in_channels
         return ModelOutput(out[:, :c], out[:, c:] if self.has_difficulty_head else None)
+
+    def _rotations(self, pos: Tensor, dtype: torch.dtype) -> list[Rotation]:
+        """The image RoPE of every block's self- then cross-attention (SPEC_T2I 7.3), for pos (N, 2).
+
+        The frozen tables normally all hold the same values: each distinct table is evaluated once
+        per forward. Which tables are equal is read again only when one of them changes.
+        """
+        attns = [attn for block in self.blocks for attn in (block.self_attn, block.cross_attn)]
+        if torch.compiler.is_compiling():  # no value comparisons inside a compiled graph
+            return [Rotation.of(attn.pos_emb.angles(pos, dtype), dtype) for attn in attns]
+        tables = [attn.pos_emb.freqs for attn in attns]
+        key = tuple((f.data_ptr(), f._version, f.device, f.dtype) for f in tables)
+        if key != self._rope_key:
+            self._rope_first = [next(j for j in range(i + 1) if j == i or torch.equal(tables[j], f)) for i, f in enumerate(tables)]
+            self._rope_key = key
+        built = {i: Rotation.of(attns[i].pos_emb.angles(pos, dtype), dtype) for i in set(self._rope_first)}
+        return [built[i] for i in self._rope_first]
 
     def _conditioning(self, t: Tensor) -> TimeConditioning:
         """Time embeddings of the distinct times and the map of tokens onto them (c depends on t only).

@@ -8,6 +8,7 @@ input projection, which lives in the network module.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,10 +41,24 @@ class RMSNorm(nn.Module):
         return rms_normalize(x, self.scale)
 
 
+def ada_rms_normalize(x: Tensor, cond_out: Tensor) -> Tensor:
+    """``rms_normalize(x, 1 + cond_out)``, computed as ``(x + x * cond_out) / rms(x)`` (one pass fewer).
+
+    A ``cond_out`` of lower precision than the statistics (bf16 autocast) is first turned into the
+    gain ``1 + cond_out`` in its own dtype, as the reference rounds it.
+    """
+    dtype = _stat_dtype(x)
+    xs = x.to(dtype)
+    inv = torch.rsqrt(xs.pow(2).mean(dim=-1, keepdim=True) + EPS)
+    if cond_out.dtype != dtype:
+        return (xs * inv * (1 + cond_out).to(dtype)).to(x.dtype)
+    return (torch.addcmul(xs, xs, cond_out) * inv).to(x.dtype)
+
+
 class AdaRMSNorm(nn.Module):
     """RMSNorm whose gain is ``1 + c W^T`` per token (``linear`` (D, M), zero-initialised).
 
-    The gain arrives precomputed (``Conditioning.apply(self.linear)``), so tokens that share a
+    The gain arrives precomputed (``TimeConditioning.apply(self.linear)``), so tokens that share a
     time share one evaluation of ``linear``.
     """
 
@@ -54,7 +69,7 @@ class AdaRMSNorm(nn.Module):
 
     def forward(self, x: Tensor, cond_out: Tensor) -> Tensor:
         """x (B, N, D); cond_out (B, N, D) or (B, 1, D) = ``c W^T``."""
-        return rms_normalize(x, 1 + cond_out)
+        return ada_rms_normalize(x, cond_out)
 
 
 class LinearSwiGLU(nn.Linear):
@@ -178,13 +193,24 @@ class AxialRoPETime(nn.Module):
         return pos.to(dtype)[None, :, None] * self.freqs.to(dtype)[:, None, :]
 
 
-def rotate(x: Tensor, theta: Tensor) -> Tensor:
-    """RoPE: x (B, H, N, d_h), angles theta (H, N, m); pairs (i, i + m) for i < m are rotated,
+class Rotation(NamedTuple):
+    """cos and sin (H, N, m) of RoPE angles, in the activation dtype; built once per forward and
+    shared by every attention whose frozen frequency table holds the same values."""
+
+    cos: Tensor
+    sin: Tensor
+
+    @classmethod
+    def of(cls, theta: Tensor, dtype: torch.dtype) -> "Rotation":
+        return cls(theta.cos().to(dtype), theta.sin().to(dtype))
+
+
+def rotate(x: Tensor, rot: Rotation) -> Tensor:
+    """RoPE: x (B, H, N, d_h), ``rot`` of angles (H, N, m); pairs (i, i + m) for i < m are rotated,
     features ``[2m, d_h)`` pass unchanged."""
-    m = theta.shape[-1]
+    m = rot.cos.shape[-1]
     x1, x2, rest = x[..., :m], x[..., m : 2 * m], x[..., 2 * m :]
-    cos, sin = theta.cos().to(x.dtype), theta.sin().to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+    return torch.cat([x1 * rot.cos - x2 * rot.sin, x2 * rot.cos + x1 * rot.sin, rest], dim=-1)
 
 
 # --- attention (7.2, 7.4) -----------------------------------------------------------------------
@@ -227,12 +253,11 @@ class SelfAttention(nn.Module):
         self.out_proj = _zero_linear(dim, dim)
         self.pos_emb = rope(head_dim, heads)
 
-    def forward(self, x: Tensor, pos: Tensor, cond_out: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
-        """x (B, N, D); pos (N, 2) image or (N,) text positions; cond_out (B, N|1, D) in image blocks."""
+    def forward(self, x: Tensor, rot: Rotation, cond_out: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        """x (B, N, D); ``rot`` of this module's angles (``pos_emb.angles``); cond_out (B, N|1, D) in image blocks."""
         u = self.norm(x) if cond_out is None else self.norm(x, cond_out)
         q, k, v = (split_heads(part, self.head_dim) for part in self.qkv_proj(u).chunk(3, dim=-1))  # (B, H, N, d)
-        theta = self.pos_emb.angles(pos, x.dtype)  # (H, N, d/4)
-        q, k = rotate(cosine_scale(q, self.scale), theta), rotate(cosine_scale(k, self.scale), theta)
+        q, k = rotate(cosine_scale(q, self.scale), rot), rotate(cosine_scale(k, self.scale), rot)
         return x + self.out_proj(merge_heads(attend(q, k, v, key_mask)))
 
 
@@ -259,10 +284,10 @@ class CrossAttention(nn.Module):
         k, v = (split_heads(part, self.head_dim) for part in self.kv_proj(self.norm_cross(text)).chunk(2, dim=-1))
         return cosine_scale(k, self.scale), v
 
-    def forward(self, x: Tensor, pos: Tensor, cond_out: Tensor, keys: tuple[Tensor, Tensor], key_mask: Tensor | None = None) -> Tensor:
-        """x (B, N, D); pos (N, 2); keys from ``text_keys`` (B or 1, H, L, d)."""
+    def forward(self, x: Tensor, rot: Rotation, cond_out: Tensor, keys: tuple[Tensor, Tensor], key_mask: Tensor | None = None) -> Tensor:
+        """x (B, N, D); ``rot`` of this module's image angles; keys from ``text_keys`` (B or 1, H, L, d)."""
         q = split_heads(self.q_proj(self.norm(x, cond_out)), self.head_dim)
-        q = rotate(cosine_scale(q, self.scale), self.pos_emb.angles(pos, x.dtype))
+        q = rotate(cosine_scale(q, self.scale), rot)
         k, v = keys
         if k.shape[0] != q.shape[0]:  # one text for the whole batch
             k, v = k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1)
@@ -302,7 +327,9 @@ class TextBlock(nn.Module):
         self.ff = FeedForward(dim, None)
 
     def forward(self, x: Tensor, pos: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        return self.ff(self.self_attn(x, pos, key_mask=key_mask))
+        """x (B, L, D_t); pos (L,) token indices."""
+        rot = Rotation.of(self.self_attn.pos_emb.angles(pos, x.dtype), x.dtype)  # (H_t, L, d_t/4), shared by q and k
+        return self.ff(self.self_attn(x, rot, key_mask=key_mask))
 
 
 # --- token layouts (7.4) ------------------------------------------------------------------------

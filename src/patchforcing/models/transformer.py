@@ -67,7 +67,30 @@ class Conditioning(NamedTuple):
         return torch.index_select(out, 0, self.index.reshape(-1)).view(b, n, -1)  # (B, N, k*D)
 
 
-class PatchForcingTransformer(nn.Module):
+class Network(nn.Module):
+    """What samplers and tools read from every network (class-conditional or text-to-image), all
+    taken from ``self.config``."""
+
+    config: ModelConfig  # or T2IConfig; both are NetworkConfigs
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.config.num_patches
+
+    @property
+    def has_difficulty_head(self) -> bool:
+        return self.config.has_difficulty_head
+
+    @property
+    def null_label(self) -> int | None:
+        return self.config.null_label
+
+
+class PatchForcingTransformer(Network):
     """DiT/SiT layout with per-patch time; ``config.kind`` chooses Patch Forcing or SiT."""
 
     def __init__(self, config: ModelConfig):
@@ -87,23 +110,6 @@ class PatchForcingTransformer(nn.Module):
             z, hidden = config.repa_dim, config.repa_projector_dim
             self.projector = nn.Sequential(nn.Linear(d, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, z))
             self._initialize_projector()
-
-    # --- convenience ---------------------------------------------------------------------------
-    @property
-    def patch_size(self) -> int:
-        return self.config.patch_size
-
-    @property
-    def num_patches(self) -> int:
-        return self.config.num_patches
-
-    @property
-    def has_difficulty_head(self) -> bool:
-        return self.config.has_difficulty_head
-
-    @property
-    def null_label(self) -> int | None:
-        return self.config.null_label
 
     def initialize_weights(self) -> None:
         """SPEC 3: Xavier linears, zero biases, zero adaLN and output layers, N(0, 0.02) embeddings.
