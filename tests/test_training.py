@@ -321,3 +321,19 @@ def test_latent_folder_trains(tmp_path, capsys):
     net = pf.load_model(out)
     assert (net.config.in_channels, net.config.input_size, net.config.num_classes) == (4, 8, 2)
     assert any("val_loss" in m for m in metrics(out))
+
+
+def test_run_folder_of_an_older_version_resumes(tmp_path):
+    """A checkpoint written before a model-config field existed (here the REPA fields) still resumes."""
+    out = tmp_path / "run"
+    assert run_train(out, *QUIET, "--steps", "2", "--ckpt-every", "2") == 0
+    path = out / "checkpoints" / "step-00000002.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("repa_dim", "repa_depth", "repa_projector_dim"):
+        assert key in ckpt["model_config"]
+        del ckpt["model_config"][key]
+    torch.save(ckpt, path)
+    assert run_train(out, *QUIET, "--steps", "4", "--ckpt-every", "2") == 0
+    assert checkpoint(out, 4)["step"] == 4
+    # a real difference is still refused
+    assert run_train(out, *QUIET, "--steps", "6", "--hidden-size", "64") == 1

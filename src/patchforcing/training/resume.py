@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from patchforcing.runs import atomic_write
-from patchforcing.errors import ConfigError
+from patchforcing.errors import ConfigError, PatchForcingError
+from patchforcing.models import config_from_dict
 from patchforcing.training import state
 from patchforcing.training.config import TrainConfig, config_json
 
@@ -31,7 +32,7 @@ def check_resumable(run_dir: Path, cfg: TrainConfig, model_config: dict[str, Any
     if not found:
         return None
     ckpt = state.load_checkpoint(found[-1], map_location=device)
-    old_train, old_model = ckpt.get("train_config") or {}, ckpt["model_config"]
+    old_train, old_model = ckpt.get("train_config") or {}, _with_defaults(ckpt["model_config"])
     diffs = [f"{k}: {old_train.get(k)!r} in the run folder, {getattr(cfg, k)!r} now" for k in MUST_MATCH if k in old_train and old_train[k] != getattr(cfg, k)]
     diffs += [f"model {k}: {old_model.get(k)!r} in the run folder, {v!r} now" for k, v in model_config.items() if old_model.get(k) != v]
     if diffs:
@@ -40,6 +41,15 @@ def check_resumable(run_dir: Path, cfg: TrainConfig, model_config: dict[str, Any
             "choose a new --out, or rerun with the run's own settings (see its config.json) to resume it"
         )
     return ckpt
+
+
+def _with_defaults(model_config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model config with fields added since it was written set to their defaults,
+    so a run folder from an older version of the package still resumes."""
+    try:
+        return {**config_from_dict(model_config).to_dict(), **model_config}
+    except (PatchForcingError, TypeError, ValueError):  # compared field by field below instead
+        return model_config
 
 
 def changed_settings(run_dir: Path, cfg: TrainConfig) -> list[str]:
