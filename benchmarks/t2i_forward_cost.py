@@ -132,6 +132,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="cpu: process CPU time (robust to other jobs); wall: elapsed time")
     ap.add_argument("--full-size", action="store_true", help="the preset's own sizes (ignore --depth/--hidden-dim/...)")
+    ap.add_argument("--profile", type=int, default=0, metavar="CALLS",
+                    help="also profile CALLS training-case calls of each (torch.profiler): CPU time and the matrix products' share")
     args = ap.parse_args()
     torch.manual_seed(0)
     sizes = {} if args.full_size else dict(depth=args.depth, hidden_dim=args.hidden_dim, head_dim=args.head_dim, txt_in_dim=args.txt_in_dim,
@@ -194,6 +196,23 @@ def main() -> None:
         ref_s, ours_s = times[f"{name}/reference-style"], times[f"{name}/ours"]
         q1, ratio, q3 = paired_ratios(ours_s, ref_s)
         print(f"{name:<12} {med[f'{name}/reference-style']:>18.4f} {med[f'{name}/ours']:>10.4f} {ratio:>11.3f} {q1:>6.3f}-{q3:.3f}")
+    if args.profile:
+        for name in ("train/reference-style", "train/ours"):
+            total, mm = profile_cpu(fns[name], args.profile)
+            print(f"# profile {name}: {total / args.profile:.4f} s of CPU per call, matrix products {mm / total:.0%} of it")
+
+
+def profile_cpu(fn, calls: int) -> tuple[float, float]:
+    """CPU seconds of ``calls`` calls of ``fn`` under torch.profiler, in all and in matrix products."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e6
+    mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")) / 1e6
+    return total, mm
 
 
 if __name__ == "__main__":
