@@ -77,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "sampler at one equal NFE budget, and write DIR/index.html: sample grids, metrics, the training curve, the "
         "difficulty-head calibration and animations of adaptive sampling. Rerunning reuses the trained network.")
     d.add_argument("--steps", type=_positive, default=UNSET, help="training steps (default: the digits preset's)")
-    d.add_argument("--num-samples", type=_positive, default=UNSET, help="images per sampler (default 2000)")
+    d.add_argument("--num-samples", type=_positive, default=UNSET, help="images per sampler (default 1000)")
     d.add_argument("--nfe", type=_positive, default=UNSET, help="the NFE budget every sampler gets (default 32)")
     d.add_argument("--animation-samples", type=_positive, default=UNSET, help="digits per animation (default 6)")
     d.add_argument("--samplers", type=_names, default=UNSET, help="comma-separated samplers (default: all)")
