@@ -35,7 +35,7 @@ from patchforcing.report.common import (
     class_ordered,
     evaluate_row,
     machine_info,
-    mean_std,
+    mean_over_seeds,
     say,
     train_or_reuse,
     training_facts,
@@ -240,15 +240,5 @@ def _bench(out: Path, settings: BenchSettings, log, command: str | None) -> dict
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std over seeds per (network, sampler, budget), in first-seen order."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["network"], r["sampler"], r["budget"]), []).append(r)
-    summary = []
-    for (network, sampler, budget), rs in groups.items():
-        entry: dict[str, Any] = {"network": network, "sampler": sampler, "budget": budget, "nfe": rs[0]["nfe"],
-                                 "steps": rs[0]["steps"], "seeds": len(rs), "grid": grid_path(network, sampler, budget)}
-        for m in (*METRICS, "sec_per_1000"):
-            entry[m], entry[f"{m}_std"] = mean_std([r.get(m) for r in rs])
-        summary.append(entry)
-    return summary
+    """Mean and std over seeds per (network, sampler, budget), in first-seen order, with its grid."""
+    return mean_over_seeds(rows, (*METRICS, "sec_per_1000"), grid=grid_path)

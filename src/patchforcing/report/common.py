@@ -188,6 +188,26 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def mean_over_seeds(rows: list[dict[str, Any]], metrics: tuple[str, ...], **extra: Any) -> list[dict[str, Any]]:
+    """One entry per (network, sampler, budget), in first-seen order: its ``nfe``, ``steps``, the
+    number of seeds, and ``m``/``m_std`` (mean and std over seeds) for every name in ``metrics``.
+
+    ``extra`` maps a field name to ``fn(network, sampler, budget)`` for per-entry additions.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["network"], r["sampler"], r["budget"]), []).append(r)
+    summary = []
+    for (network, sampler, budget), rs in groups.items():
+        entry: dict[str, Any] = {"network": network, "sampler": sampler, "budget": budget, "nfe": rs[0]["nfe"],
+                                 "steps": rs[0]["steps"], "seeds": len(rs)}
+        entry.update({name: fn(network, sampler, budget) for name, fn in extra.items()})
+        for m in metrics:
+            entry[m], entry[f"{m}_std"] = mean_std([r.get(m) for r in rs])
+        summary.append(entry)
+    return summary
+
+
 # --- machine and formatting -------------------------------------------------------------------------
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or ""

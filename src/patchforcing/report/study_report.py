@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from patchforcing.report.common import fmt, machine_line, mean_std
+from patchforcing.report.common import fmt, machine_line, mean_over_seeds, mean_std
 from patchforcing.report.study_mechanism import MASK_KINDS, summarize
 
 METRICS = ("fid", "precision", "recall", "accuracy")
@@ -23,17 +23,7 @@ CLAIMS = (
 
 def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and std over seeds per (network, sampler, budget), in first-seen order."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["network"], r["sampler"], r["budget"]), []).append(r)
-    summary = []
-    for (network, sampler, budget), rs in groups.items():
-        entry: dict[str, Any] = {"network": network, "sampler": sampler, "budget": budget, "nfe": rs[0]["nfe"],
-                                 "steps": rs[0]["steps"], "seeds": len(rs)}
-        for m in (*METRICS, "seconds"):
-            entry[m], entry[f"{m}_std"] = mean_std([r.get(m) for r in rs])
-        summary.append(entry)
-    return summary
+    return mean_over_seeds(rows, (*METRICS, "seconds"))
 
 
 def _fids(rows: list[dict], network: str, sampler: str, budget: int) -> dict[int, float]:
