@@ -29,6 +29,13 @@ from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_m
 MASK_KINDS = ("difficulty", "random", "inverted", "spread")
 
 
+def _noised(x1: Tensor, t: float, num_patches: int, patch_size: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Seeded noise x0, the global time map (B, N) and ``x_t`` for clean images ``x1`` at time ``t``."""
+    x0 = torch.randn(x1.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float32).to(x1)
+    tt = torch.full((x1.shape[0], num_patches), t, device=x1.device, dtype=x1.dtype)
+    return x0, tt, interpolate(x0, x1, tt, patch_size)
+
+
 def study_mask(kind: str, logvar: Tensor, patch_size: int, p_frac: float, generator: torch.Generator) -> Tensor:
     """The certain-pixel map (B, 1, H, W) of one mask kind (True = certain, runs ahead)."""
     if kind == "difficulty":
@@ -72,10 +79,7 @@ def context_effect(model: nn.Module, x1: Tensor, labels: Tensor | None, *, times
     y = None if labels is None else labels.to(param.device)
     rows = []
     for ti, t in enumerate(times):
-        gen = torch.Generator().manual_seed(seed * 1000 + ti)
-        x0 = torch.randn(x1.shape, generator=gen, dtype=torch.float32).to(x1)
-        tt = torch.full((x1.shape[0], cfg.num_patches), float(t), device=x1.device, dtype=x1.dtype)
-        xt = interpolate(x0, x1, tt, p)
+        x0, tt, xt = _noised(x1, float(t), cfg.num_patches, p, seed * 1000 + ti)
         u = x1 - x0
         v, logvar = model(xt, tt, y)
         err = (v - u).pow(2).mean(dim=1, keepdim=True)  # (B, 1, H, W)
@@ -135,10 +139,8 @@ def mask_composition(model: nn.Module, x1: Tensor, labels: Tensor | None, data: 
     busy = busy_patches(x1, p, data)  # (B, N)
     rows = []
     for ti, t in enumerate(times):
-        gen = torch.Generator().manual_seed(seed * 1000 + ti)
-        x0 = torch.randn(x1.shape, generator=gen, dtype=torch.float32).to(x1)
-        tt = torch.full((x1.shape[0], cfg.num_patches), float(t), device=x1.device, dtype=x1.dtype)
-        _, logvar = model(interpolate(x0, x1, tt, p), tt, y)
+        _, tt, xt = _noised(x1, float(t), cfg.num_patches, p, seed * 1000 + ti)
+        _, logvar = model(xt, tt, y)
         for kind in kinds:
             certain = study_mask(kind, logvar, p, p_frac, torch.Generator().manual_seed(seed * 1000 + ti))
             certain_patch = pixels_to_patch_mean(certain.float(), p) > 0.5
@@ -164,10 +166,7 @@ def mask_picture(model: nn.Module, x1: Tensor, labels: Tensor | None, *, times: 
     y = None if labels is None else labels.to(param.device)
     out = []
     for ti, t in enumerate(times):
-        gen = torch.Generator().manual_seed(seed * 1000 + ti)
-        x0 = torch.randn(x1.shape, generator=gen, dtype=torch.float32).to(x1)
-        tt = torch.full((x1.shape[0], cfg.num_patches), float(t), device=x1.device, dtype=x1.dtype)
-        xt = interpolate(x0, x1, tt, p)
+        x0, tt, xt = _noised(x1, float(t), cfg.num_patches, p, seed * 1000 + ti)
         _, logvar = model(xt, tt, y)
         d = pixels_to_patch_mean(logvar.float(), p)  # (B, N) patch-mean log-variance
         h, w = x1.shape[-2:]
