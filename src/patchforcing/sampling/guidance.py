@@ -66,19 +66,18 @@ class Guide:
         self.guide_model = guide_model
         self.nfe = 0
         self.guide_nfe = 0
+        cfg_guided = self.cfg_scale != 1.0 and guide_model is None
         if condition is not None and not isinstance(condition, Condition):
             null = model.config.null_label if null_label is None else int(null_label)
-            if null is None and self.cfg_scale != 1.0 and guide_model is None:
-                raise ConfigError("cfg_scale != 1 needs a null class, but this network has none (class_dropout_prob=0)")
             condition = Condition.from_labels(condition, -1 if null is None else null)
         self.condition = condition
-        if self.cfg_scale != 1.0 and guide_model is None:
-            if condition is None:
-                if model.config.null_label is None:
-                    raise ConfigError("cfg_scale != 1 needs a null class, but this network has none (class_dropout_prob=0)")
+        if cfg_guided:
+            if condition is None and model.config.null_label is not None:
                 raise ConfigError("cfg_scale != 1 needs class labels; pass labels=... or use cfg_scale=1")
-            if not condition.is_text and condition.null.numel() and int(condition.null.min()) < 0:
+            if condition is None or (not condition.is_text and condition.null.numel() and int(condition.null.min()) < 0):
                 raise ConfigError("cfg_scale != 1 needs a null class, but this network has none (class_dropout_prob=0)")
+        # [null; value], built once: every guided call of the run feeds the same doubled condition
+        self._doubled = condition.doubled() if cfg_guided else None
         if guide_model is not None:
             check_guide_model(model, guide_model)
         self.interval = None if guidance_interval is None else check_interval(guidance_interval)
@@ -111,7 +110,7 @@ class Guide:
             return Guided(v, logvar, v)
         if self.guide_model is not None:
             return self._autoguided(x, t, value)
-        v, logvar = self.model(torch.cat([x, x]), torch.cat([t, t]), self.condition.doubled())
+        v, logvar = self.model(torch.cat([x, x]), torch.cat([t, t]), self._doubled)
         v_u, v_c = v.chunk(2)
         l_u, l_c = (None, None) if logvar is None else logvar.chunk(2)
         return Guided(_mix(v_u, v_c, self.cfg_scale), _mix(l_u, l_c, self.cfg_scale), v_c)
