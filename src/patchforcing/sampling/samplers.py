@@ -1,8 +1,8 @@
 """Inference samplers (SPEC 5). Each integrates ``t: 0 -> 1`` on the grid ``t_k = k / S``.
 
 A sampler is a function ``(guide, x, grid, ctx) -> x`` that sees the network only through
-``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. At the start of every outer step it
-calls ``guide.begin_step(t_k)`` with the step's float32 grid time: the guide decides there whether
+``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. At the start of every outer step
+``_steps`` calls ``guide.begin_step(t_k)`` with the step's float32 grid time: the guide decides there whether
 the step is guided (guidance interval), and every evaluation of the step follows that decision.
 ``ctx`` carries the patch size, the options and an optional recorder (None unless trajectories
 are asked for).
@@ -49,10 +49,12 @@ def time_grid(steps: int) -> Tensor:
     return torch.linspace(0, 1, steps + 1, dtype=torch.float32)
 
 
-def _steps(grid: Tensor, x: Tensor):
-    """Yield ``(t_k, t_{k+1}, t_k as a float32 Python number)`` with tensors in x's dtype/device."""
+def _steps(grid: Tensor, x: Tensor, guide: Guide):
+    """Yield ``(t_k, t_{k+1}, t_k as a float32 Python number)`` with tensors in x's dtype/device,
+    announcing each outer step to the guide first (it decides guidance for the whole step)."""
     cast = grid.to(device=x.device, dtype=x.dtype)
     for k, t32 in enumerate(grid[:-1].tolist()):
+        guide.begin_step(t32)
         yield cast[k], cast[k + 1], t32
 
 
@@ -64,8 +66,7 @@ def _per_patch(value: Tensor, b: int, n: int) -> Tensor:
 def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Global-time Euler: ``x += (t_{k+1} - t_k) v``, ``t`` passed as (B,). NFE = S."""
     b = x.shape[0]
-    for t_cur, t_next, t32 in _steps(grid, x):
-        guide.begin_step(t32)  # decides guidance for every evaluation of this outer step
+    for t_cur, t_next, t32 in _steps(grid, x, guide):
         out = guide(x, t_cur.expand(b))
         ctx.record(x=x, t=t_cur.expand(b, ctx.num_patches), logvar=out.logvar)
         x = x + (t_next - t_cur) * out.velocity
@@ -75,8 +76,7 @@ def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
 def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Euler for Patch Forcing networks: the same step, ``t`` passed as (B, N), all equal. NFE = S."""
     b, n = x.shape[0], ctx.num_patches
-    for t_cur, t_next, t32 in _steps(grid, x):
-        guide.begin_step(t32)  # decides guidance for every evaluation of this outer step
+    for t_cur, t_next, t32 in _steps(grid, x, guide):
         t = t_cur.expand(b, n)
         out = guide(x, t)
         ctx.record(x=x, t=t, logvar=out.logvar)
@@ -91,8 +91,7 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     NFE = S * K."""
     k_inner = int(ctx.options["n_inner"])
     b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
-    for t_cur, t_next, t32 in _steps(grid, x):
-        guide.begin_step(t32)  # decides guidance for every evaluation of this outer step
+    for t_cur, t_next, t32 in _steps(grid, x, guide):
         dt = t_next - t_cur
         small = dt / k_inner
         out = guide(x, t_cur.expand(b, n))
@@ -118,8 +117,7 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     rho = float(ctx.options["context_ratio"])
     b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
     h, w = x.shape[-2:]
-    for t_cur, t_next, t32 in _steps(grid, x):
-        guide.begin_step(t32)  # decides guidance for every evaluation of this outer step
+    for t_cur, t_next, t32 in _steps(grid, x, guide):
         dt = t_next - t_cur
         t = t_cur.expand(b, n)
         out = guide(x, t)
