@@ -52,3 +52,12 @@ __all__ = [
     "training_loss",
     "validation_loss",
 ]
+
+
+def __getattr__(name: str):
+    """``pf.PatchForcingPipeline``: imported on first use (it needs diffusers, extra ``[vae]``)."""
+    if name == "PatchForcingPipeline":
+        from patchforcing.hub.pipeline import PatchForcingPipeline
+
+        return PatchForcingPipeline
+    raise AttributeError(f"module 'patchforcing' has no attribute {name!r}")
