@@ -123,3 +123,11 @@ def test_page_in_a_headless_browser_shows_the_image_and_the_step_slider(served, 
     assert _find(grey, _expected(net, 0, 0, "look-ahead", 8, 1.0))  # the page's default image, pixel for pixel
     orange = (pixels[..., 0] > 200) & (pixels[..., 1] > 80) & (pixels[..., 1] < 180) & (pixels[..., 2] < 80)
     assert orange[750:850].sum() > 3000  # the step slider's filled track, below the Generate button (690-730)
+
+
+def test_app_command_with_a_missing_checkpoint_is_one_line(tmp_path, capsys):
+    from patchforcing.cli import main
+
+    assert main(["app", "--checkpoint", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no checkpoint at") and len(err.strip().splitlines()) == 1
