@@ -97,3 +97,31 @@ def test_bad_export_flags_are_one_line_errors(exported, tmp_path, capsys):
     assert "no readable metrics.json" in capsys.readouterr().err
     assert main(["export", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_text_network_file_exports_with_its_encoder_and_a_prompt_snippet(tmp_path, monkeypatch):
+    from patchforcing.models import T2IConfig, create_model
+    from patchforcing.text import load_text_encoder, text_condition
+
+    torch.manual_seed(0)
+    net = create_model(T2IConfig(input_size=8, in_channels=1, depth=2, hidden_dim=32, head_dim=16, mapping_dim=16, mapping_depth=1,
+                                 txt_in_dim=64, txt_refiner_dim=32, txt_refiner_head_dim=16, txt_refiner_depth=1,
+                                 text_encoder="byte-toy", text_length=16)).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn(p.shape))
+    file = pf.save_model(net, tmp_path / "t2i.safetensors")
+    assert main(["export", "--checkpoint", str(file), "--out", str(tmp_path / "out"), "--nfe", "6"]) == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "| text encoder | byte-toy |" in card and "No run folder was found" in card and "- text-to-image" in card
+    monkeypatch.chdir(tmp_path)
+    exec(compile(re.search(r"```python\n(.*?)```", card, re.S).group(1), "README.md", "exec"), {})
+    assert (tmp_path / "sample.png").is_file()
+    pipe = pf.PatchForcingPipeline.from_pretrained(tmp_path / "out")
+    pipe.set_progress_bar_config(disable=True)
+    got = pipe(prompt=["a bold seven"], guidance_scale=2.0, generator=torch.Generator().manual_seed(0), output_type="latent").images
+    g = torch.Generator().manual_seed(0)
+    cond = text_condition(load_text_encoder("byte-toy", max_length=16), ["a bold seven"])
+    want = pf.sample(net, randn_tensor((1, 1, 8, 8), generator=g), sampler="look-ahead", steps=pf.steps_for_nfe("look-ahead", 6),
+                     condition=cond, cfg_scale=2.0, generator=g)
+    assert torch.equal(got, want)

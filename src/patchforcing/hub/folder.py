@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
+
 from patchforcing.errors import CheckpointError
 
 PIPELINE_INDEX = "model_index.json"
@@ -40,8 +42,6 @@ def read_pipeline_network(folder: str | os.PathLike) -> tuple[dict[str, Any], di
     Raises:
         CheckpointError: ``transformer/`` lacks its config or weights, or they are unreadable.
     """
-    from safetensors.torch import load_file
-
     sub = Path(folder) / TRANSFORMER
     try:
         config = json.loads((sub / "config.json").read_text())[CONFIG_KEY]
@@ -51,7 +51,7 @@ def read_pipeline_network(folder: str | os.PathLike) -> tuple[dict[str, Any], di
             f"{str(folder)!r} looks like an exported pipeline but its {TRANSFORMER}/ folder could not be read "
             f"({type(err).__name__}: {str(err)[:160]}); export it again with `patchforcing export`"
         ) from None
-    return config, {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state.items()}
+    return config, {k.removeprefix(PREFIX): v for k, v in state.items()}
 
 
 def looks_like_hub_id(source: str) -> bool:

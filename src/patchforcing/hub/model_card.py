@@ -128,19 +128,20 @@ def model_card(*, name: str, repo: str, source: str, network: Any, parameters: i
     """
     cfg = network.to_dict()
     is_text = bool(getattr(network, "is_text", False))
-    tags = ["patch-forcing", "diffusion", "image-generation", "diffusers", "text-to-image" if is_text else "class-conditional"]
+    kind = "text-to-image" if is_text else ("class-conditional" if network.num_classes > 0 else "unconditional")
+    tags = ["patch-forcing", "diffusion", "image-generation", "diffusers", kind]
     header = ["---", "library_name: patchforcing",
               "# license: left for the owner to set before publishing (for example mit, apache-2.0 or other)",
               f"pipeline_tag: {'text-to-image' if is_text else 'unconditional-image-generation'}", "tags:",
               *[f"- {t}" for t in tags], "---"]
     parts = ["\n".join(header), f"# {name}",
-             f"A Patch Forcing network: every image patch has its own diffusion time, a small head predicts how hard each "
-             f"patch is, and adaptive samplers let easy patches run ahead ({PAPER}). Exported with `patchforcing export` "
-             f"from `{source}`.",
+             (f"A Patch Forcing network: every image patch has its own diffusion time, a small head predicts how hard each "
+              f"patch is, and adaptive samplers let easy patches run ahead ({PAPER}). Exported with `patchforcing export` "
+              f"from `{source}`."),
              "## Sampling", "```python\n" + sampling_snippet(repo, network, sampler, nfe) + "\n```",
-             "`pip install 'patchforcing[vae]'` gives the pipeline (diffusers). The network alone: "
-             f'`net = pf.load_model("{repo}")`, then `pf.sample(net, noise, sampler=..., steps=...)`. A Hub id is read '
-             "from the local Hugging Face cache (`huggingface-cli download ID` first).",
+             ("`pip install 'patchforcing[vae]'` gives the pipeline (diffusers). The network alone: "
+              f'`net = pf.load_model("{repo}")`, then `pf.sample(net, noise, sampler=..., steps=...)`. A Hub id is read '
+              "from the local Hugging Face cache (`huggingface-cli download ID` first)."),
              "## Network", _table([("parameters", f"{parameters:,}"), *cfg.items()])]
     extra = [("VAE", vae)] if vae else []
     extra += [("text encoder", text_encoder)] if text_encoder else []

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -37,7 +38,7 @@ from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.hub.folder import is_pipeline_folder, resolve_source
 from patchforcing.hub.transformer import PatchForcingTransformerModel
 from patchforcing.sampling import SAMPLERS, expected_nfe, sample, steps_for_nfe
-from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder, text_condition
+from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
