@@ -131,3 +131,26 @@ def test_app_command_with_a_missing_checkpoint_is_one_line(tmp_path, capsys):
     assert main(["app", "--checkpoint", str(tmp_path / "missing")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no checkpoint at") and len(err.strip().splitlines()) == 1
+
+
+def test_text_network_page_samples_the_prompt_and_renders_every_frame():
+    from patchforcing.app import check_request, run_request
+    from patchforcing.models import T2IConfig, create_model
+    from patchforcing.text import load_text_encoder, text_condition
+
+    torch.manual_seed(0)
+    net = create_model(T2IConfig(input_size=8, in_channels=1, depth=2, hidden_dim=32, head_dim=16, mapping_dim=16, mapping_depth=1,
+                                 txt_in_dim=64, txt_refiner_dim=32, txt_refiner_head_dim=16, txt_refiner_depth=1,
+                                 text_encoder="byte-toy", text_length=16)).eval()
+    pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net))
+    request = check_request(pipe, "a thin two", "dual-loop", 8, 2.0, 0.25, 0.75, 5)
+    image, frames, info = run_request(pipe, request)
+    g = torch.Generator().manual_seed(5)
+    cond = text_condition(load_text_encoder("byte-toy", max_length=16), ["a thin two"])
+    want = pf.sample(net, randn_tensor((1, 1, 8, 8), generator=g), sampler="dual-loop", steps=2, condition=cond, cfg_scale=2.0,
+                     guidance_interval=(0.25, 0.75), generator=g)
+    assert torch.equal(image, want.clamp(-1, 1)) and info["nfe"] == 8
+    assert len(frames) == 9 and frames[-1]["caption"].startswith("result")  # 8 evaluations, then the result
+    assert all(f["panels"]["state"].size == (256, 256) for f in frames)
+    with pytest.raises(gr.Error, match="prompt"):
+        check_request(pipe, "  ", "dual-loop", 8, 2.0, 0.0, 1.0, 5)

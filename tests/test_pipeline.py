@@ -192,3 +192,15 @@ def test_hub_id_from_the_local_cache_or_one_error(tmp_path, monkeypatch):
     loaded = pf.PatchForcingPipeline.from_pretrained("someone/pf-digits")
     assert all(torch.equal(a, b) for a, b in zip(loaded.network.state_dict().values(), net.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in zip(pf.load_model("someone/pf-digits").state_dict().values(), net.state_dict().values()))
+
+
+def test_only_owner_slash_name_is_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from patchforcing.hub.folder import looks_like_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    assert looks_like_hub_id("someone/pf-digits") and not looks_like_hub_id("runs/digits")  # an existing folder is a path
+    assert not looks_like_hub_id("runs/model.pt") and not looks_like_hub_id("a/b/c") and not looks_like_hub_id("model")
+    with pytest.raises(CheckpointError, match="no checkpoint at 'runs/model.pt'") as err:
+        pf.load_model("runs/model.pt")
+    assert "huggingface-cli" not in str(err.value)

@@ -54,9 +54,13 @@ def read_pipeline_network(folder: str | os.PathLike) -> tuple[dict[str, Any], di
     return config, {k.removeprefix(PREFIX): v for k, v in state.items()}
 
 
+_FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
+
+
 def looks_like_hub_id(source: str) -> bool:
-    """``owner/name`` with nothing else (a local path that exists is never taken for an id)."""
-    return bool(_HUB_ID.match(source)) and not Path(source).exists()
+    """``owner/name`` with nothing else; a local path that exists, or a missing checkpoint file
+    (``runs/model.pt``), is never taken for an id."""
+    return bool(_HUB_ID.match(source)) and not Path(source).exists() and Path(source).suffix not in _FILE_SUFFIXES
 
 
 def resolve_source(source: str | os.PathLike) -> Path:

@@ -207,7 +207,8 @@ class PatchForcingPipeline(DiffusionPipeline):
                  sampler: str | None = None, guidance_scale: float | None = None, guidance_interval: Sequence[float] | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
                  return_dict: bool = True, num_images_per_prompt: int = 1, **sampler_options: Any):
-        """Generate images.
+        """Generate images. Settings left at None take the pipeline's saved configuration
+        (``look-ahead``, NFE 32 and guidance 1 unless saved otherwise).
 
         Args:
             class_labels: class networks: an integer or a list (B,).
