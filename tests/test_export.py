@@ -86,6 +86,13 @@ def test_latent_run_exports_its_vae(latent_run, tmp_path):  # noqa: F811
     x = pf.sample(pf.load_model(root / "run"), randn_tensor((1, 4, 8, 8), generator=g), sampler="look-ahead",
                   steps=pf.steps_for_nfe("look-ahead", 4), labels=torch.tensor([1]), generator=g)
     assert torch.equal(got, (decode_latents(vae, x, SCALE, 0.0) + 1) / 2)
+    # `patchforcing sample` decodes an exported folder through its vae/ with the saved scale
+    assert main(["sample", "--checkpoint", str(tmp_path / "out"), "--labels", "1", "--steps", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "grid.png")]) == 0
+    from patchforcing.autoencoder import latent_decoder
+
+    decoder = latent_decoder(tmp_path / "out")
+    assert decoder.scale_factor == SCALE and decoder.vae_name == str(tmp_path / "out" / "vae")
 
 
 def test_bad_export_flags_are_one_line_errors(exported, tmp_path, capsys):
@@ -114,6 +121,7 @@ def test_text_network_file_exports_with_its_encoder_and_a_prompt_snippet(tmp_pat
     assert main(["export", "--checkpoint", str(file), "--out", str(tmp_path / "out"), "--nfe", "6"]) == 0
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| text encoder | byte-toy |" in card and "No run folder was found" in card and "- text-to-image" in card
+    assert json.loads((tmp_path / "out" / "model_index.json").read_text())["text_encoder"] == "byte-toy"
     monkeypatch.chdir(tmp_path)
     exec(compile(re.search(r"```python\n(.*?)```", card, re.S).group(1), "README.md", "exec"), {})
     assert (tmp_path / "sample.png").is_file()

@@ -45,6 +45,8 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
     record = read_run(source, eval_dirs)  # before the network loads: a bad --eval costs nothing
     pipe = PatchForcingPipeline.from_checkpoint(source, vae=vae, sampler=sampler, nfe=nfe)
     pipe.plan()  # the default sampler and budget must fit the network
+    if getattr(pipe.network.config, "is_text", False) and pipe.config.text_encoder is None:
+        pipe.register_to_config(text_encoder=pipe.network.config.text_encoder)  # the encoder's id in model_index.json
     ensure_writable_folder(out)
     pipe.save_pretrained(out)
     network = pipe.network

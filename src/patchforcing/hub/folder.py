@@ -57,6 +57,19 @@ def read_pipeline_network(folder: str | os.PathLike) -> tuple[dict[str, Any], di
 _FILE_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
 
 
+def pipeline_latents(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """``{"vae", "scale_factor", "shift_factor"}`` of an exported folder with a ``vae/``, else None
+    (the form of ``patchforcing.autoencoder.recorded_latents``)."""
+    folder = Path(folder)
+    if not is_pipeline_folder(folder) or not (folder / "vae" / "config.json").is_file():
+        return None
+    try:
+        index = json.loads((folder / PIPELINE_INDEX).read_text())
+    except (OSError, ValueError):
+        return None
+    return {"vae": str(folder / "vae"), "scale_factor": index.get("latent_scale"), "shift_factor": index.get("latent_shift")}
+
+
 def looks_like_hub_id(source: str) -> bool:
     """``owner/name`` with nothing else; a local path that exists, or a missing checkpoint file
     (``runs/model.pt``), is never taken for an id."""
