@@ -133,3 +133,14 @@ def test_text_network_file_exports_with_its_encoder_and_a_prompt_snippet(tmp_pat
     want = pf.sample(net, randn_tensor((1, 1, 8, 8), generator=g), sampler="look-ahead", steps=pf.steps_for_nfe("look-ahead", 6),
                      condition=cond, cfg_scale=2.0, generator=g)
     assert torch.equal(got, want)
+
+
+def test_global_time_network_exports_with_euler(tmp_path):
+    from conftest import make_model
+
+    file = pf.save_model(make_model("sit", dtype=torch.float32), tmp_path / "sit.safetensors")
+    assert main(["export", "--checkpoint", str(file), "--out", str(tmp_path / "out"), "--nfe", "4"]) == 0
+    assert json.loads((tmp_path / "out" / "model_index.json").read_text())["sampler"] == "euler"
+    assert 'sampler="euler", nfe=4' in (tmp_path / "out" / "README.md").read_text()
+    pipe = pf.PatchForcingPipeline.from_pretrained(tmp_path / "out")
+    assert pipe(class_labels=[0], output_type="latent").steps == 4

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an output folder of `patchforcing evaluate` whose metrics.json goes into the card (repeatable)")
     p.add_argument("--vae", default=None, help="latent networks: the AutoencoderKL (folder or cached id) when the run records none")
     p.add_argument("--repo-id", default=None, help="the Hub id the card's snippet loads (default: the --out folder)")
-    p.add_argument("--sampler", default="look-ahead", help="the pipeline's default sampler")
+    p.add_argument("--sampler", default=None, help="the pipeline's default sampler (default: look-ahead; euler for a SiT network)")
     p.add_argument("--nfe", type=int, default=32, help="the pipeline's default budget of network evaluations")
     p.set_defaults(func=run_export)
 

@@ -22,7 +22,7 @@ from patchforcing.runs import atomic_write_text, ensure_writable_folder
 
 
 def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_dirs: list[str | os.PathLike] = (),
-                    vae: str | None = None, repo_id: str | None = None, sampler: str = "look-ahead", nfe: int = 32) -> Path:
+                    vae: str | None = None, repo_id: str | None = None, sampler: str | None = None, nfe: int = 32) -> Path:
     """Write the pipeline folder of ``source`` and its model card to ``out``.
 
     Args:
@@ -31,7 +31,8 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
         eval_dirs: ``--out`` folders of ``patchforcing evaluate`` whose ``metrics.json`` the card shows.
         vae: the VAE of a latent network when the run records none (a folder or a cached id).
         repo_id: the Hub id the card's snippet loads (default: ``out`` as given).
-        sampler, nfe: the pipeline's default sampler and budget.
+        sampler, nfe: the pipeline's default sampler (None: ``look-ahead``, ``euler`` for a global-time
+            network) and budget.
 
     Returns:
         The folder.
@@ -43,7 +44,8 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
     if out.is_dir() and any(out.iterdir()) and not (out / PIPELINE_INDEX).is_file():
         raise ConfigError(f"--out {str(out)!r} is a folder with other files; choose a new or empty folder (an earlier export is replaced)")
     record = read_run(source, eval_dirs)  # before the network loads: a bad --eval costs nothing
-    pipe = PatchForcingPipeline.from_checkpoint(source, vae=vae, sampler=sampler, nfe=nfe)
+    settings = {"nfe": nfe} if sampler is None else {"nfe": nfe, "sampler": sampler}
+    pipe = PatchForcingPipeline.from_checkpoint(source, vae=vae, **settings)
     pipe.plan()  # the default sampler and budget must fit the network
     if getattr(pipe.network.config, "is_text", False) and pipe.config.text_encoder is None:
         pipe.register_to_config(text_encoder=pipe.network.config.text_encoder)  # the encoder's id in model_index.json
@@ -53,7 +55,7 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
     card = model_card(
         name=f"Patch Forcing: {Path(repo_id or out.resolve()).name}", repo=repo_id or str(out), source=str(source),
         network=network.config, parameters=sum(p.numel() for p in network.parameters()), record=record,
-        sampler=sampler, nfe=nfe, vae=vae or (record.config.get("data_info") or {}).get("vae"),
+        sampler=pipe.config.sampler, nfe=nfe, vae=vae or (record.config.get("data_info") or {}).get("vae"),
         text_encoder=pipe.config.text_encoder or getattr(network.config, "text_encoder", None))
     atomic_write_text(out / "README.md", card)
     return out

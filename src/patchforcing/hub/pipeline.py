@@ -99,11 +99,13 @@ class PatchForcingPipeline(DiffusionPipeline):
             source: a run folder, a checkpoint file, an exported folder or a cached Hub id.
             vae: an ``AutoencoderKL`` folder or cached id for a latent network.
             device: where the network and VAE run.
-            **settings: sampler settings of ``__init__`` (``sampler``, ``nfe``, ``guidance_scale`` ...).
+            **settings: sampler settings of ``__init__`` (``sampler``, ``nfe``, ``guidance_scale`` ...); the
+                sampler defaults to ``look-ahead``, for a global-time (SiT) network to ``euler``.
         """
         if is_pipeline_folder(resolve_source(source)) and vae is None:
             return cls.from_pretrained(str(source), **settings).to(device)
         network = load_model(source, map_location=device)
+        settings.setdefault("sampler", "look-ahead" if network.config.has_difficulty_head else "euler")  # SiT: global time only
         decoder = latent_decoder(source, vae=vae, device=device)
         latents = {} if decoder is None else {"vae": decoder.vae, "latent_scale": decoder.scale_factor,
                                                "latent_shift": decoder.shift_factor}
