@@ -204,3 +204,9 @@ def test_only_owner_slash_name_is_taken_for_a_hub_id(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="no checkpoint at 'runs/model.pt'") as err:
         pf.load_model("runs/model.pt")
     assert "huggingface-cli" not in str(err.value)
+
+
+def test_unconditional_network_takes_a_count():
+    net = make_model(dtype=torch.float32, num_classes=0)
+    out = pipeline(net)(num_images_per_prompt=2, nfe=6, generator=torch.Generator().manual_seed(1), output_type="latent")
+    assert torch.equal(out.images, reference(net, 2, 1, "look-ahead", pf.steps_for_nfe("look-ahead", 6)))

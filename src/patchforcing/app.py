@@ -110,8 +110,10 @@ def render_frames(pipe: PatchForcingPipeline, trajectory: list[dict], final: Ten
     clean image the network predicts from it (conditional, for display; not counted as NFE), the
     difficulty map (log scale, relative per frame) and the per-patch time map (0 noise, 1 clean)."""
     net = pipe.network
-    y = given.get("labels") if "labels" in given else given["condition"].value
     weight = next(net.parameters())
+    y = given["condition"].value if "condition" in given else given["labels"]
+    if y is None:  # an unconditional network samples its null class
+        y = torch.full((final.shape[0],), net.config.null_label, dtype=torch.long, device=weight.device)
     frames, difficulty = [], None
     for k, frame in enumerate(trajectory):
         x, t = frame["x"].to(weight.device, weight.dtype), frame["t"].to(weight.device)
@@ -119,7 +121,8 @@ def render_frames(pipe: PatchForcingPipeline, trajectory: list[dict], final: Ten
             t = t[:, None].expand(-1, net.config.num_patches)
         difficulty = frame["difficulty"] if frame["difficulty"] is not None else difficulty  # fixed in inner steps
         t_state = t.min(dim=1, keepdim=True).values.expand_as(t) if look_ahead else t  # look-ahead records its context times
-        v = net(x, t_state.to(weight.dtype), y).velocity
+        t_in = t_state if net.config.has_difficulty_head else t_state[:, 0]  # a global-time network takes (B,)
+        v = net(x, t_in.to(weight.dtype), y).velocity
         prediction = x + (1 - patch_time_to_pixels(t_state.to(weight.dtype), net.config.patch_size, *x.shape[-2:])) * v
         state_img, pred_img = pipe.decode(x), pipe.decode(prediction)
         h, w = state_img.shape[-2:]
