@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)" -e ".[test,vae,multi,config,plot,hf]"
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[test,vae,multi,config,plot,hf,app]"
 	touch $@
 
 setup: $(VENV)/.installed

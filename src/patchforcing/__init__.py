@@ -6,6 +6,9 @@ Five lines from a checkpoint to samples::
     net = pf.load_model("PF-B-2.pt")
     noise = torch.randn(4, 4, 32, 32)
     x = pf.sample(net, noise, sampler="look-ahead", steps=32, labels=torch.tensor([207, 360, 387, 974]))
+
+With diffusers (extra ``[vae]``): ``pipe = pf.PatchForcingPipeline.from_pretrained(folder_or_cached_id)``,
+then ``pipe(class_labels=[...], nfe=32, generator=g).images``.
 """
 
 from patchforcing.checkpoints import load_model, save_model
@@ -52,3 +55,12 @@ __all__ = [
     "training_loss",
     "validation_loss",
 ]
+
+
+def __getattr__(name: str):
+    """``pf.PatchForcingPipeline``: imported on first use (it needs diffusers, extra ``[vae]``)."""
+    if name == "PatchForcingPipeline":
+        from patchforcing.hub.pipeline import PatchForcingPipeline
+
+        return PatchForcingPipeline
+    raise AttributeError(f"module 'patchforcing' has no attribute {name!r}")

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from patchforcing.hub.folder import is_pipeline_folder, pipeline_latents
+
 SD_VAE_SCALE = 0.18215
 
 
@@ -62,6 +64,8 @@ def recorded_latents(checkpoint: str | os.PathLike) -> dict | None:
         (a released checkpoint, or a run on pixels).
     """
     path = Path(checkpoint)
+    if path.is_dir() and is_pipeline_folder(path):  # an exported folder: its vae/ and saved scale
+        return pipeline_latents(path)
     for folder in (path, path.parent, path.parent.parent) if path.is_dir() else (path.parent, path.parent.parent):
         config = folder / "config.json"
         if config.is_file():

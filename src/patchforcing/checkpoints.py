@@ -6,7 +6,9 @@ Formats ``load_model`` understands:
         or ``patch_flow.models.pf_transformer_repa.REPAPatchForcingDiT`` (with its REPA projector);
     (b) the reference's Lightning training checkpoints (the ``ema_model.`` weights are taken);
     (c) this project's ``.safetensors`` files (config as JSON in the metadata, no pickle);
-    (d) this project's training checkpoints (``.pt``, the EMA weights) and run folders (newest one).
+    (d) this project's training checkpoints (``.pt``, the EMA weights) and run folders (newest one);
+    (e) pipeline folders written by ``patchforcing export``, also by a Hugging Face id already in the
+        local cache (``patchforcing.hub.folder``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 
 from patchforcing import runs
 from patchforcing.errors import CheckpointError, ConfigError
+from patchforcing.hub.folder import is_pipeline_folder, read_pipeline_network, resolve_source
 from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer, T2IConfig, build_model, config_from_dict, unwrap_model
 from patchforcing.models.t2i import REFERENCE_TARGET as T2I_TARGET
 
@@ -60,7 +63,10 @@ def load_model(source: str | os.PathLike, map_location: str | torch.device = "cp
             f"{source!r} is a URL; checkpoints are not fetched from the network: download the file first "
             "(for example `curl -LO URL` or `huggingface-cli download REPO FILE`) and pass its local path"
         )
-    path = Path(source)
+    path = resolve_source(source)  # a Hugging Face id already in the local cache -> its folder
+    if is_pipeline_folder(path):  # (e)
+        config_dict, state = read_pipeline_network(path)
+        return _build(_config_from_dict(config_dict, path), state, path).to(map_location).eval()
     if path.is_dir():
         path = runs.newest_checkpoint(path)
     if not path.exists():

@@ -9,6 +9,8 @@ this file only collects them, so changing one command never touches another.
     patchforcing evaluate --checkpoint PATH --sampler euler-pf --nfe 32 --num-samples 1000 --out DIR
     patchforcing bench    --out DIR
     patchforcing demo     --out demo
+    patchforcing export   --checkpoint runs/digits --out exported/digits
+    patchforcing app      --checkpoint runs/digits
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _COMMAND_MODULES = (
     "patchforcing.data.cli",
     "patchforcing.evaluation.cli",
     "patchforcing.report.cli",
+    "patchforcing.hub.cli",  # export, app
 )
 
 

@@ -1,0 +1,175 @@
+"""The model card (``README.md``) of an exported pipeline folder, from what the run recorded.
+
+The Hub reads the YAML header (library, tags; the license is left for the owner); the body names
+the network, the training data and steps (the run's ``config.json``), the metrics the run has
+(its ``metrics.jsonl`` and ``metrics.json`` of ``patchforcing evaluate``) and a sampling snippet.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patchforcing.errors import ConfigError
+
+PAPER = ("Schusterbauer, Gui, Li, Ma, Krause, Ommer, \"Denoising, Fast and Slow: Difficulty-Aware Adaptive Sampling for "
+         "Image Generation\", CVPR 2026, arXiv 2604.19141")
+# The training settings shown in the card, in this order (fields of the run's config.json).
+TRAINING_FIELDS = ("preset", "data", "model", "steps", "batch_size", "lr", "warmup_steps", "ema_decay", "timesteps_resolved",
+                   "uncertainty_weight", "class_dropout_prob", "repa_encoder", "precision", "seed")
+EVAL_FIELDS = ("sampler", "nfe", "steps", "cfg_scale", "num_samples", "fid", "precision", "recall", "accuracy", "feature_network")
+
+
+@dataclass
+class RunRecord:
+    """What a run folder recorded: ``config`` (config.json), ``train`` and ``val`` (the last
+    training and validation lines of metrics.jsonl) and ``evaluations`` (metrics.json files)."""
+
+    folder: Path | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] | None = None
+    val: dict[str, Any] | None = None
+    evaluations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def read_run(source: str | Path, eval_dirs: list[str | Path] = ()) -> RunRecord:
+    """The record of the run ``source`` belongs to (a run folder, or a checkpoint inside one), plus
+    the ``metrics.json`` of each evaluation folder in ``eval_dirs``.
+
+    Raises:
+        ConfigError: an ``eval_dirs`` entry without a readable ``metrics.json``.
+    """
+    record = RunRecord()
+    path = Path(source)
+    candidates = (path, path.parent, path.parent.parent) if path.is_dir() else (path.parent, path.parent.parent)
+    for folder in candidates:
+        if (folder / "config.json").is_file() and ((folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir()):
+            record.folder = folder
+            record.config = _read_json(folder / "config.json") or {}
+            lines = _read_jsonl(folder / "metrics.jsonl")
+            record.train = next((m for m in reversed(lines) if "loss" in m), None)
+            record.val = next((m for m in reversed(lines) if "val_loss" in m), None)
+            break
+    for eval_dir in eval_dirs:
+        metrics = _read_json(Path(eval_dir) / "metrics.json")
+        if not isinstance(metrics, dict):
+            raise ConfigError(f"--eval {str(eval_dir)!r} has no readable metrics.json: pass the --out folder of `patchforcing evaluate`")
+        record.evaluations.append((str(eval_dir), metrics))
+    return record
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The readable lines of ``metrics.jsonl`` (a half-written last line is skipped)."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def _value(v: Any, none: str = "none") -> str:
+    if v is None:
+        return none
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_value(x, none) for x in v)
+    return str(v)
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    return "\n".join(["| field | value |", "| --- | --- |", *[f"| {k} | {_value(v)} |" for k, v in rows]])
+
+
+def sampling_snippet(repo: str, network_config: Any, sampler: str, nfe: int) -> str:
+    """Python that loads the folder (or its Hub id) and samples four images."""
+    if getattr(network_config, "is_text", False):
+        condition = 'prompt=["a bold seven, upright", "the digit 2, thin"]'
+    elif network_config.num_classes > 0:
+        labels = [i % network_config.num_classes for i in range(4)]
+        condition = f"class_labels={labels}"
+    else:
+        condition = "num_images_per_prompt=4"
+    return "\n".join([
+        "import torch, patchforcing as pf",
+        "",
+        f'pipe = pf.PatchForcingPipeline.from_pretrained("{repo}")',
+        f'images = pipe({condition}, sampler="{sampler}", nfe={nfe}, generator=torch.Generator().manual_seed(0)).images',
+        'images[0].save("sample.png")',
+    ])
+
+
+def model_card(*, name: str, repo: str, source: str, network: Any, parameters: int, record: RunRecord, sampler: str, nfe: int,
+               vae: str | None, text_encoder: str | None) -> str:
+    """The text of ``README.md``.
+
+    Args:
+        name: the title. repo: the id or folder the snippet loads. source: what was exported.
+        network: the network's config. parameters: its parameter count.
+        record: what the run recorded (``read_run``). sampler, nfe: the pipeline's default plan.
+        vae: the VAE the run recorded (latent networks). text_encoder: a text network's encoder.
+    """
+    cfg = network.to_dict()
+    is_text = bool(getattr(network, "is_text", False))
+    kind = "text-to-image" if is_text else ("class-conditional" if network.num_classes > 0 else "unconditional")
+    tags = ["patch-forcing", "diffusion", "image-generation", "diffusers", kind]
+    header = ["---", "library_name: patchforcing",
+              "# license: left for the owner to set before publishing (for example mit, apache-2.0 or other)",
+              f"pipeline_tag: {'text-to-image' if is_text else 'unconditional-image-generation'}", "tags:",
+              *[f"- {t}" for t in tags], "---"]
+    parts = ["\n".join(header), f"# {name}",
+             (f"A Patch Forcing network: every image patch has its own diffusion time, a small head predicts how hard each "
+              f"patch is, and adaptive samplers let easy patches run ahead ({PAPER}). Exported with `patchforcing export` "
+              f"from `{source}`."),
+             "## Sampling", "```python\n" + sampling_snippet(repo, network, sampler, nfe) + "\n```",
+             ("`pip install 'patchforcing[vae]'` gives the pipeline (diffusers). The network alone: "
+              f'`net = pf.load_model("{repo}")`, then `pf.sample(net, noise, sampler=..., steps=...)`. A Hub id is read '
+              "from the local Hugging Face cache (`huggingface-cli download ID` first)."),
+             "## Network", _table([("parameters", f"{parameters:,}"), *cfg.items()])]
+    extra = [("VAE", vae)] if vae else []
+    extra += [("text encoder", text_encoder)] if text_encoder else []
+    if extra:
+        parts.append(_table(extra))
+    parts.append("## Training")
+    if record.folder is None:
+        parts.append("No run folder was found beside the checkpoint, so its training data and steps are not known here.")
+    else:
+        data = record.config.get("data_info") or {}
+        rows = [(k, record.config[k]) for k in TRAINING_FIELDS if record.config.get(k) is not None]
+        rows += [(f"data: {k}", v) for k, v in data.items() if k in ("name", "num_images", "resolution", "channels", "num_classes", "vae")]
+        if record.train:
+            rows += [("steps trained", record.train.get("step")), ("images seen", record.train.get("images_seen"))]
+        parts.append(_table(rows))
+    parts.append("## Metrics")
+    metric_rows = []
+    if record.train:
+        metric_rows += [(f"training loss (step {record.train.get('step')})", record.train.get("loss"))]
+    if record.val:
+        metric_rows += [(f"validation loss, EMA network (step {record.val.get('step')})", record.val.get("val_loss"))]
+    parts.append(_table(metric_rows) if metric_rows else "The run recorded no training metrics.")
+    if record.evaluations:
+        head = "| " + " | ".join(EVAL_FIELDS) + " |"
+        rows = ["| " + " | ".join(_value(m.get(k), "not computed") for k in EVAL_FIELDS) + " |" for _, m in record.evaluations]
+        parts.append("`patchforcing evaluate` (lower FID is better):\n\n" + "\n".join([head, "| " + " | ".join("---" for _ in EVAL_FIELDS) + " |", *rows]))
+        notes = sorted({f"{k}: {why}" for _, m in record.evaluations for k, why in (m.get("not_computed") or {}).items()})
+        if notes:
+            parts.append("Not computed: " + "; ".join(notes) + ".")
+    parts.append("## Publishing\n\n```bash\nhuggingface-cli upload OWNER/NAME THIS_FOLDER .\n```\n\nSet the license in the header first.")
+    return "\n\n".join(parts) + "\n"

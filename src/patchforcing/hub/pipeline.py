@@ -1,0 +1,273 @@
+"""``PatchForcingPipeline``: Patch Forcing sampling the way diffusers users already generate images.
+
+    >>> import torch, patchforcing as pf
+    >>> pipe = pf.PatchForcingPipeline.from_pretrained("exported/digits")   # a folder or a cached Hub id
+    >>> images = pipe(class_labels=[0, 1, 2, 3], nfe=32, generator=torch.Generator().manual_seed(0)).images
+
+The images equal ``pf.sample`` on the same noise, then the VAE decode: the noise is one diffusers
+``randn_tensor`` of the whole batch drawn from ``generator`` (a list of generators: one per
+image), and the same ``generator`` then draws the random masks of the ``random-*`` samplers.
+Components: ``transformer`` (the network, ``PatchForcingTransformerModel``) and ``vae`` (a
+diffusers ``AutoencoderKL`` for latent networks, else None). The sampler settings (sampler, NFE
+budget, guidance, sampler options), the latent scale and shift, and the text encoder's name are
+saved configuration (``model_index.json``).
+
+diffusers' generic ``DiffusionPipeline.from_pretrained(folder)`` looks the pipeline class up in
+the diffusers package only; for this package's class the one line is
+``pf.PatchForcingPipeline.from_pretrained(folder)``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+from torch import Tensor
+
+from patchforcing.autoencoder import decode_latents, latent_decoder, vae_scale_factor, vae_shift_factor
+from patchforcing.checkpoints import load_model
+from patchforcing.conditioning import Condition
+from patchforcing.errors import ConfigError, ShapeError
+from patchforcing.hub.folder import is_pipeline_folder, resolve_source
+from patchforcing.hub.transformer import PatchForcingTransformerModel
+from patchforcing.sampling import SAMPLERS, expected_nfe, sample, steps_for_nfe
+from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+@dataclass
+class PatchForcingPipelineOutput(ImagePipelineOutput):
+    """``images`` as diffusers returns them, plus the sampling run's ``nfe`` and outer ``steps``."""
+
+    nfe: int = 0
+    steps: int = 0
+
+
+class PatchForcingPipeline(DiffusionPipeline):
+    """Sample a Patch Forcing network with any of its samplers (``docs/method.md``, section 5).
+
+    Args:
+        transformer: the network as a diffusers component.
+        vae: the autoencoder of a latent network (None: the network samples pixels in [-1, 1]).
+        sampler: default sampler (``pf.SAMPLERS``).
+        nfe: default budget of network evaluations; the outer steps are ``steps_for_nfe(sampler, nfe)``.
+        guidance_scale: default classifier-free guidance weight (1 = off).
+        guidance_interval: default ``(lo, hi)``: guide only outer steps with ``lo <= t_k <= hi``.
+        sampler_options: default options (``p``, ``n_inner``, ``context_ratio``) of the samplers that take them.
+        latent_scale, latent_shift: latents are stored as ``(z - shift) * scale`` (None: the VAE's config).
+        text_encoder: text networks: the encoder's name, Hub id or folder (None: the one the network records).
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _optional_components = ["vae"]
+
+    def __init__(self, transformer: PatchForcingTransformerModel, vae: AutoencoderKL | None = None, sampler: str = "look-ahead",
+                 nfe: int = 32, guidance_scale: float = 1.0, guidance_interval: Sequence[float] | None = None,
+                 sampler_options: dict[str, Any] | None = None, latent_scale: float | None = None,
+                 latent_shift: float | None = None, text_encoder: str | None = None):
+        super().__init__()
+        self.register_modules(transformer=transformer, vae=vae)
+        interval = None if guidance_interval is None else [float(v) for v in guidance_interval]
+        self.register_to_config(sampler=sampler, nfe=int(nfe), guidance_scale=float(guidance_scale), guidance_interval=interval,
+                                sampler_options=dict(sampler_options or {}), latent_scale=latent_scale,
+                                latent_shift=latent_shift, text_encoder=text_encoder)
+        self._encoder: TextEncoder | None = None
+
+    # --- building -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "PatchForcingPipeline":
+        """Load a saved pipeline from a folder or a Hub id already in the local Hugging Face cache
+        (an id that is not cached raises ``CheckpointError`` naming ``huggingface-cli download``)."""
+        folder = resolve_source(str(pretrained_model_name_or_path))
+        return super().from_pretrained(str(folder), **kwargs)
+
+    @classmethod
+    def from_checkpoint(cls, source: str | os.PathLike, *, vae: str | None = None, device: str | torch.device = "cpu",
+                        **settings: Any) -> "PatchForcingPipeline":
+        """A pipeline around a checkpoint ``load_model`` reads (a run folder records its VAE and
+        latent scale; ``vae`` overrides it); an exported folder or cached id loads as saved.
+
+        Args:
+            source: a run folder, a checkpoint file, an exported folder or a cached Hub id.
+            vae: an ``AutoencoderKL`` folder or cached id for a latent network.
+            device: where the network and VAE run.
+            **settings: sampler settings of ``__init__`` (``sampler``, ``nfe``, ``guidance_scale`` ...); the
+                sampler defaults to ``look-ahead``, for a global-time (SiT) network to ``euler``.
+        """
+        if is_pipeline_folder(resolve_source(source)) and vae is None:
+            return cls.from_pretrained(str(source), **settings).to(device)
+        network = load_model(source, map_location=device)
+        settings.setdefault("sampler", "look-ahead" if network.config.has_difficulty_head else "euler")  # SiT: global time only
+        decoder = latent_decoder(source, vae=vae, device=device)
+        latents = {} if decoder is None else {"vae": decoder.vae, "latent_scale": decoder.scale_factor,
+                                               "latent_shift": decoder.shift_factor}
+        return cls(PatchForcingTransformerModel.from_network(network), **latents, **settings)
+
+    # --- the pieces of a call (also used by the app) ----------------------------------------------
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network itself, as ``pf.sample`` takes it."""
+        return self.transformer.network
+
+    def plan(self, sampler: str | None = None, num_inference_steps: int | None = None, nfe: int | None = None,
+             options: dict[str, Any] | None = None) -> tuple[str, int, dict[str, Any]]:
+        """``(sampler, outer steps, options)`` of a call: ``num_inference_steps`` outer steps, or the
+        most that fit ``nfe`` network evaluations (default: the saved budget)."""
+        sampler = sampler or self.config.sampler
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
+        takes = getattr(SAMPLERS[sampler], "defaults", {})  # the saved options this sampler takes, then the call's
+        options = {**{k: v for k, v in self.config.sampler_options.items() if k in takes}, **(options or {})}
+        if num_inference_steps is not None and nfe is not None:
+            raise ConfigError("pass num_inference_steps (outer steps) or nfe (a budget of network evaluations), not both")
+        if num_inference_steps is not None:
+            if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+                raise ConfigError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+            return sampler, num_inference_steps, options
+        budget = self.config.nfe if nfe is None else nfe
+        if isinstance(budget, bool) or not isinstance(budget, int):
+            raise ConfigError(f"nfe must be a positive integer, got {budget!r}")
+        return sampler, steps_for_nfe(sampler, budget, **options), options
+
+    def text_encoder_for_prompts(self) -> TextEncoder:
+        """The text encoder of a text network (loaded once, from a local folder or the cache)."""
+        cfg = self.network.config
+        if self._encoder is None:
+            encoder = load_text_encoder(self.config.text_encoder or cfg.text_encoder, max_length=cfg.text_length, device=self._execution_device)
+            check_encoder_fits(encoder, self.network)
+            self._encoder = encoder
+        return self._encoder
+
+    def condition(self, class_labels: int | Sequence[int] | Tensor | None = None, prompt: str | Sequence[str] | None = None,
+                  negative_prompt: str | Sequence[str] | None = None, num_images_per_prompt: int = 1) -> tuple[dict[str, Any], int]:
+        """``pf.sample``'s condition keyword (``labels=`` or ``condition=``) and the batch size B.
+
+        Text networks take ``prompt`` (and ``negative_prompt``, the null of guidance; default the
+        empty prompt); class networks take ``class_labels``; unconditional networks neither.
+        """
+        cfg = self.network.config
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ConfigError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+        device = self._execution_device
+        if getattr(cfg, "is_text", False):
+            if class_labels is not None or prompt is None:
+                raise ConfigError("this is a text-to-image network: pass prompt='...' (or a list of prompts), not class_labels")
+            prompts = _as_list(prompt, "prompt")
+            prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+            encoder = self.text_encoder_for_prompts()
+            states = encoder.encode(prompts, device)
+            if negative_prompt is None:
+                null = encoder.null_states(device)
+            else:
+                negatives = _as_list(negative_prompt, "negative_prompt")
+                if len(negatives) not in (1, len(prompts) // num_images_per_prompt):
+                    raise ShapeError(f"{len(negatives)} negative prompts for {len(prompts) // num_images_per_prompt} prompts: give one, or one per prompt")
+                null = encoder.encode([n for n in negatives for _ in range(num_images_per_prompt)] if len(negatives) > 1 else negatives, device)
+            return {"condition": Condition.from_text(states, null)}, len(prompts)
+        if prompt is not None or negative_prompt is not None:
+            raise ConfigError("prompt is for text-to-image networks; this network is class-conditional: pass class_labels=[...]")
+        if class_labels is None:
+            if cfg.num_classes > 0:
+                raise ConfigError(f"this network is class-conditional: pass class_labels (integers in [0, {cfg.num_classes}))")
+            return {"labels": None}, num_images_per_prompt
+        labels = torch.as_tensor([class_labels] if isinstance(class_labels, int) else class_labels)
+        if labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ShapeError(f"class_labels must be an integer or a list of integers, got {class_labels!r}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes):
+            raise ConfigError(f"class_labels must lie in [0, {cfg.num_classes}), got {labels.tolist()}")
+        labels = labels.repeat_interleave(num_images_per_prompt).to(device)
+        return {"labels": labels}, int(labels.numel())
+
+    def prepare_noise(self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """(B, C, H, W) starting noise: one ``randn_tensor`` of the whole batch in the network's dtype."""
+        cfg = self.network.config
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ShapeError(f"{len(generator)} generators for {batch_size} images: pass one generator, or one per image")
+        shape = (batch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
+        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.transformer.dtype)
+
+    def decode(self, x: Tensor) -> Tensor:
+        """Samples (B, C, H, W) -> images (B, 3 or C, H, W) in [-1, 1] (through the VAE for latent networks)."""
+        if self.vae is None:
+            return x.float().clamp(-1, 1)
+        scale = vae_scale_factor(self.vae, self.config.latent_scale)
+        shift = vae_shift_factor(self.vae) if self.config.latent_shift is None else float(self.config.latent_shift)
+        return decode_latents(self.vae, x, scale, shift)
+
+    # --- the call -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, class_labels: int | Sequence[int] | Tensor | None = None, prompt: str | Sequence[str] | None = None,
+                 negative_prompt: str | Sequence[str] | None = None, num_inference_steps: int | None = None, nfe: int | None = None,
+                 sampler: str | None = None, guidance_scale: float | None = None, guidance_interval: Sequence[float] | None = None,
+                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
+                 return_dict: bool = True, num_images_per_prompt: int = 1, **sampler_options: Any):
+        """Generate images. Settings left at None take the pipeline's saved configuration
+        (``look-ahead``, NFE 32 and guidance 1 unless saved otherwise).
+
+        Args:
+            class_labels: class networks: an integer or a list (B,).
+            prompt, negative_prompt: text networks: prompts (B) and the guidance null (default "").
+            num_inference_steps: outer steps S; or ``nfe``: a budget of network evaluations.
+            sampler: ``euler``, ``euler-pf``, ``dual-loop``, ``look-ahead``, ``random-dual-loop``, ``random-look-ahead``.
+            guidance_scale, guidance_interval: classifier-free guidance weight and ``(lo, hi)`` interval.
+            generator: draws the noise (and the random masks); a list: one per image.
+            output_type: ``"pil"``, ``"np"`` (B, H, W, C) in [0, 1], ``"pt"`` (B, C, H, W) in [0, 1]
+                or ``"latent"`` (the sampler's output as it is).
+            return_dict: return ``PatchForcingPipelineOutput`` (else a tuple ``(images,)``).
+            num_images_per_prompt: images per label or prompt.
+            **sampler_options: ``p``, ``n_inner``, ``context_ratio``.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ConfigError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        sampler, steps, options = self.plan(sampler, num_inference_steps, nfe, sampler_options)
+        given, batch = self.condition(class_labels, prompt, negative_prompt, num_images_per_prompt)
+        noise = self.prepare_noise(batch, generator)
+        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        interval = self.config.guidance_interval if guidance_interval is None else guidance_interval
+        net = self.network
+        with self.progress_bar(total=expected_nfe(sampler, steps, **options)) as bar:
+            hook = net.register_forward_hook(lambda *_: bar.update())  # one tick per network evaluation
+            try:
+                x, info = sample(net, noise, sampler=sampler, steps=steps, cfg_scale=scale,
+                                 guidance_interval=None if interval is None else tuple(interval), generator=generator,
+                                 return_info=True, **given, **options)
+            finally:
+                hook.remove()
+        images = x if output_type == "latent" else _convert(self.decode(x), output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return PatchForcingPipelineOutput(images=images, nfe=info["nfe"], steps=steps)
+
+
+def _as_list(value: str | Sequence[str], name: str) -> list[str]:
+    values = [value] if isinstance(value, str) else list(value)
+    if not values or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"{name} must be a string or a non-empty list of strings, got {value!r}")
+    return values
+
+
+def to_uint8_hwc(images: Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, rounded as the package's grids round."""
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _convert(images: Tensor, output_type: str) -> Any:
+    """Images (B, C, H, W) in [-1, 1] -> the requested output type."""
+    if output_type == "pt":
+        return (images.float() + 1) / 2
+    if output_type == "np":
+        return ((images.float() + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    if images.shape[1] not in (1, 3):
+        raise ConfigError(f"{images.shape[1]}-channel latents cannot be shown as images: load the pipeline with its vae, "
+                          "or pass output_type='latent'")
+    arrays = to_uint8_hwc(images)
+    return [PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]  # grey: mode "L"

@@ -1,0 +1,212 @@
+"""The diffusers pipeline: its images are ``pf.sample`` on diffusers' noise (then the VAE decode),
+exactly, for class-conditional, latent and text networks; save/load round trips offline."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_model, make_vae
+
+import patchforcing as pf
+from patchforcing.autoencoder import decode_latents
+from patchforcing.errors import CheckpointError, ConfigError, ShapeError
+from patchforcing.models import T2IConfig, create_model
+from patchforcing.text import load_text_encoder, text_condition
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
+
+from patchforcing.hub.transformer import PatchForcingTransformerModel  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def pipeline(net, **kwargs) -> pf.PatchForcingPipeline:
+    pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net), **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def reference(net, batch: int, seed: int, sampler: str, steps: int, **kwargs) -> torch.Tensor:
+    """What the pipeline must return: ``pf.sample`` on one ``randn_tensor`` of the batch."""
+    cfg = net.config
+    g = torch.Generator().manual_seed(seed)
+    noise = randn_tensor((batch, cfg.in_channels, cfg.input_size, cfg.input_size), generator=g, dtype=next(net.parameters()).dtype)
+    return pf.sample(net, noise, sampler=sampler, steps=steps, generator=g, **kwargs)
+
+
+@pytest.mark.parametrize("sampler", ["euler-pf", "dual-loop", "look-ahead", "random-look-ahead"])
+def test_class_conditional_images_equal_sample_on_the_same_noise(sampler):
+    net = make_model(dtype=torch.float32)
+    pipe = pipeline(net)
+    out = pipe(class_labels=[0, 3, 4], nfe=8, sampler=sampler, guidance_scale=2.0, guidance_interval=(0.2, 0.8),
+               generator=torch.Generator().manual_seed(5), output_type="latent")
+    steps = pf.steps_for_nfe(sampler, 8)
+    want = reference(net, 3, 5, sampler, steps, labels=torch.tensor([0, 3, 4]), cfg_scale=2.0, guidance_interval=(0.2, 0.8))
+    assert torch.equal(out.images, want) and out.steps == steps and out.nfe == pf.expected_nfe(sampler, steps)
+    pt = pipe(class_labels=[0, 3, 4], nfe=8, sampler=sampler, guidance_scale=2.0, guidance_interval=(0.2, 0.8),
+              generator=torch.Generator().manual_seed(5), output_type="pt").images
+    assert torch.equal(pt, (want.clamp(-1, 1) + 1) / 2)
+
+
+def test_output_types_and_steps_or_budget():
+    net = make_model(dtype=torch.float32)
+    pipe = pipeline(net, sampler="dual-loop", nfe=8, sampler_options={"n_inner": 2, "context_ratio": 1.5})
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    latent = pipe(class_labels=[1, 2], generator=g(), output_type="latent")
+    assert latent.steps == 4 and latent.nfe == 8  # the saved budget, with the saved n_inner (context_ratio is look-ahead's)
+    images = pipe(class_labels=[1, 2], generator=g()).images
+    expected = ((latent.images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    assert [im.mode for im in images] == ["RGB", "RGB"] and (np.asarray(images[1]) == expected[1]).all()
+    arr = pipe(class_labels=[1, 2], generator=g(), output_type="np").images
+    assert arr.shape == (2, 8, 8, 3) and 0 <= arr.min() and arr.max() <= 1
+    two = pipe(class_labels=[1, 2], num_inference_steps=2, generator=g(), output_type="latent", return_dict=False)
+    assert isinstance(two, tuple) and not torch.equal(two[0], latent.images)
+    gens = [torch.Generator().manual_seed(s) for s in (7, 8)]  # one generator per image: an image does not depend on its batch
+    pair = pipe(class_labels=[1, 2], generator=gens, output_type="latent", sampler="look-ahead").images
+    alone = pipe(class_labels=[2], generator=[torch.Generator().manual_seed(8)], output_type="latent", sampler="look-ahead").images
+    assert torch.allclose(pair[1:], alone, atol=1e-5)
+
+
+def test_progress_bar_counts_network_evaluations():
+    pipe = pipeline(make_model(dtype=torch.float32))
+    stream = io.StringIO()
+    pipe.set_progress_bar_config(file=stream, disable=False)
+    pipe(class_labels=[0], nfe=10, sampler="look-ahead", output_type="latent")
+    assert "9/9" in stream.getvalue()  # look-ahead: 9 network calls fit a budget of 10
+
+
+@pytest.mark.parametrize("call, message", [
+    (dict(class_labels=[0], nfe=8, num_inference_steps=4), "not both"),
+    (dict(class_labels=[0], sampler="heun"), "unknown sampler"),
+    (dict(class_labels=[9]), r"\[0, 5\)"),
+    (dict(), "class_labels"),
+    (dict(prompt="a cat"), "text-to-image"),
+    (dict(class_labels=[0], output_type="jpeg"), "output_type"),
+    (dict(class_labels=[0], nfe=1, sampler="dual-loop"), "budget"),
+])
+def test_bad_calls_name_the_fix(call, message):
+    pipe = pipeline(make_model(dtype=torch.float32))
+    with pytest.raises((ConfigError, ShapeError), match=message):
+        pipe(**call)
+
+
+def test_save_and_load_round_trip_offline(tmp_path):
+    net = make_model(dtype=torch.float32)
+    pipe = pipeline(net, sampler="euler-pf", nfe=6, guidance_scale=1.5, guidance_interval=(0.1, 0.9))
+    pipe.save_pretrained(tmp_path / "pipe")
+    loaded = pf.PatchForcingPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.guidance_interval == [0.1, 0.9] and loaded.config.sampler == "euler-pf"
+    kw = dict(class_labels=[0, 1], generator=torch.Generator().manual_seed(2), output_type="latent")
+    assert torch.equal(loaded(**kw).images, pipe(**{**kw, "generator": torch.Generator().manual_seed(2)}).images)
+    assert torch.equal(pf.load_model(tmp_path / "pipe").pos_embed, net.pos_embed)  # load_model reads the folder too
+    assert all(torch.equal(a, b) for a, b in zip(pf.load_model(tmp_path / "pipe").state_dict().values(), net.state_dict().values()))
+
+
+def test_float64_network_keeps_its_weights_exact():
+    net = make_model()  # float64
+    component = PatchForcingTransformerModel.from_network(net)
+    assert component.dtype == torch.float64
+    assert all(torch.equal(a, b) for a, b in zip(component.network.state_dict().values(), net.state_dict().values()))
+
+
+def test_latent_network_decodes_through_its_vae_and_saves_it(tmp_path):
+    net = make_model(dtype=torch.float32, in_channels=4)
+    vae = make_vae()
+    pipe = pipeline(net, vae=vae, latent_scale=0.5, latent_shift=0.1)
+    out = pipe(class_labels=[0, 1], nfe=6, sampler="look-ahead", generator=torch.Generator().manual_seed(3), output_type="pt")
+    x = reference(net, 2, 3, "look-ahead", pf.steps_for_nfe("look-ahead", 6), labels=torch.tensor([0, 1]))
+    want = (decode_latents(vae, x, 0.5, 0.1) + 1) / 2
+    assert out.images.shape == (2, 3, 16, 16) and torch.equal(out.images, want)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert (tmp_path / "pipe" / "vae" / "config.json").is_file()
+    loaded = pf.PatchForcingPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    again = loaded(class_labels=[0, 1], nfe=6, sampler="look-ahead", generator=torch.Generator().manual_seed(3), output_type="pt")
+    assert torch.equal(again.images, want)
+    with pytest.raises(ConfigError, match="output_type='latent'"):
+        pipeline(net)(class_labels=[0], nfe=2)  # 4-channel latents without a VAE cannot be shown
+
+
+@pytest.fixture(scope="module")
+def tiny_t5(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("hf") / "t5"
+    torch.manual_seed(0)
+    t5 = transformers.T5EncoderModel(transformers.T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4))
+    t5.save_pretrained(folder)
+    transformers.ByT5Tokenizer().save_pretrained(folder)
+    return folder
+
+
+def make_t2i(encoder: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = create_model(T2IConfig(input_size=8, in_channels=1, depth=2, hidden_dim=32, head_dim=16, mapping_dim=16, mapping_depth=1,
+                                 txt_in_dim=32, txt_refiner_dim=32, txt_refiner_head_dim=16, txt_refiner_depth=1,
+                                 text_encoder=encoder, text_length=16))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+def test_text_network_takes_prompts_through_its_recorded_t5(tiny_t5, tmp_path):
+    net = make_t2i(str(tiny_t5))
+    pipe = pipeline(net)
+    prompts = ["a bold seven", "a thin two"]
+    out = pipe(prompt=prompts, nfe=8, sampler="look-ahead", guidance_scale=2.0, generator=torch.Generator().manual_seed(4),
+               output_type="latent")
+    cond = text_condition(load_text_encoder(str(tiny_t5), max_length=16), prompts)
+    want = reference(net, 2, 4, "look-ahead", pf.steps_for_nfe("look-ahead", 8), condition=cond, cfg_scale=2.0)
+    assert torch.equal(out.images, want)
+    negative = pipe(prompt=prompts, negative_prompt="blurry", nfe=8, sampler="look-ahead", guidance_scale=2.0,
+                    generator=torch.Generator().manual_seed(4), output_type="latent").images
+    assert (negative - want).abs().max() > 1e-4  # the negative prompt replaces the empty prompt as the null
+    pipe.save_pretrained(tmp_path / "t2i")
+    loaded = pf.PatchForcingPipeline.from_pretrained(tmp_path / "t2i")
+    loaded.set_progress_bar_config(disable=True)
+    again = loaded(prompt=prompts, nfe=8, sampler="look-ahead", guidance_scale=2.0, generator=torch.Generator().manual_seed(4),
+                   output_type="latent")
+    assert torch.equal(again.images, want)
+    with pytest.raises(ConfigError, match="prompt="):
+        pipe(class_labels=[1])
+
+
+def test_hub_id_from_the_local_cache_or_one_error(tmp_path, monkeypatch):
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))  # an empty cache of our own
+    with pytest.raises(CheckpointError, match="huggingface-cli download someone/pf-digits"):
+        pf.PatchForcingPipeline.from_pretrained("someone/pf-digits")
+    with pytest.raises(CheckpointError, match="huggingface-cli download someone/pf-digits"):
+        pf.load_model("someone/pf-digits")
+    net = make_model(dtype=torch.float32)
+    snapshot = tmp_path / "cache" / "models--someone--pf-digits" / "snapshots" / ("0" * 40)
+    pipeline(net).save_pretrained(snapshot)  # what `huggingface-cli download` leaves in the cache
+    (tmp_path / "cache" / "models--someone--pf-digits" / "refs").mkdir()
+    (tmp_path / "cache" / "models--someone--pf-digits" / "refs" / "main").write_text("0" * 40)
+    loaded = pf.PatchForcingPipeline.from_pretrained("someone/pf-digits")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.network.state_dict().values(), net.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(pf.load_model("someone/pf-digits").state_dict().values(), net.state_dict().values()))
+
+
+def test_only_owner_slash_name_is_taken_for_a_hub_id(tmp_path, monkeypatch):
+    from patchforcing.hub.folder import looks_like_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    assert looks_like_hub_id("someone/pf-digits") and not looks_like_hub_id("runs/digits")  # an existing folder is a path
+    assert not looks_like_hub_id("runs/model.pt") and not looks_like_hub_id("a/b/c") and not looks_like_hub_id("model")
+    with pytest.raises(CheckpointError, match="no checkpoint at 'runs/model.pt'") as err:
+        pf.load_model("runs/model.pt")
+    assert "huggingface-cli" not in str(err.value)
+
+
+def test_unconditional_network_takes_a_count():
+    net = make_model(dtype=torch.float32, num_classes=0)
+    out = pipeline(net)(num_images_per_prompt=2, nfe=6, generator=torch.Generator().manual_seed(1), output_type="latent")
+    assert torch.equal(out.images, reference(net, 2, 1, "look-ahead", pf.steps_for_nfe("look-ahead", 6)))
