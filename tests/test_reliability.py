@@ -87,3 +87,26 @@ def test_atomic_write_names_its_temporary_so_it_can_be_recognised(tmp_path):
     seen = []
     runs.atomic_write(tmp_path / "x.bin", lambda tmp: (seen.append(tmp), Path(tmp).write_bytes(b"1")))
     assert runs.is_temporary(seen[0]) and Path(seen[0]).name.startswith(f".x.bin{runs.TEMPORARY_TAG}")
+
+
+# --- 4. a config that claims a huge network is refused before anything is built ---------------------------
+def test_a_small_file_claiming_a_huge_network_fails_fast(tmp_path, monkeypatch, ckpt):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from patchforcing import checkpoints
+    from patchforcing.errors import CheckpointError
+
+    config = {**pf.load_model(ckpt).config.to_dict(), "hidden_size": 16384, "depth": 48, "num_heads": 16}
+    path = tmp_path / "huge.safetensors"
+    save_file(load_file(ckpt), path, metadata={"format": checkpoints.FORMAT, "version": "1", "config": json.dumps(config)})
+    real_build = checkpoints.build_model
+
+    def build_on_meta_only(cfg):  # any real (allocating) build of the claimed network fails the test
+        assert torch.empty(0).device.type == "meta", "a network was built in memory before the shapes were checked"
+        return real_build(cfg)
+
+    monkeypatch.setattr(checkpoints, "build_model", build_on_meta_only)
+    with pytest.raises(CheckpointError, match=r"huge.safetensors'.*do not fit the config .*shape mismatch .*16384"):
+        pf.load_model(path)

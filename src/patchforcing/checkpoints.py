@@ -115,7 +115,12 @@ def _read_safetensors(path: Path) -> tuple[ModelConfig, dict]:
             f"{str(path)!r} is a safetensors file without a patchforcing config in its metadata; "
             "save networks with patchforcing.save_model"
         )
-    return _config_from_dict(json.loads(meta["config"]), path), state
+    try:
+        config = json.loads(meta["config"])
+    except ValueError as err:
+        raise CheckpointError(f"{str(path)!r}: the config in its metadata is not valid JSON ({err}); "
+                              f"{runs.fallback_hint(path)}") from None
+    return _config_from_dict(config, path), state
 
 
 def _interpret(obj: Any, path: Path) -> tuple[ModelConfig, dict]:
@@ -186,6 +191,9 @@ def _reference_config(cfg: Any, path: Path) -> ModelConfig:
 
 
 def _config_from_dict(d: dict, path: Path) -> ModelConfig | T2IConfig:
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{str(path)!r}: the model config is a {type(d).__name__}, not a JSON object; "
+                              f"{runs.fallback_hint(path)}")
     try:
         return config_from_dict(d)
     except (ConfigError, TypeError, ValueError) as err:
@@ -196,8 +204,18 @@ def _build(config: ModelConfig | T2IConfig, state: dict, path: Path) -> nn.Modul
     not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise CheckpointError(f"{str(path)!r}: weights {not_tensors[:5]} are not tensors; {runs.fallback_hint(path)}")
+    with torch.device("meta"):  # shapes only: a config claiming a huge network costs no memory here
+        expected = build_model(config).state_dict()
+    _check_fit(expected, state, path)
     model = build_model(config)
-    expected = model.state_dict()
+    dtype = next(iter(state.values())).dtype if state else torch.float32
+    model = model.to(dtype if dtype.is_floating_point else torch.float32)  # keep float64 weights exact
+    model.load_state_dict(state)
+    return model
+
+
+def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights whose names or shapes differ from those the config builds (``expected``)."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
@@ -210,7 +228,3 @@ def _build(config: ModelConfig | T2IConfig, state: dict, path: Path) -> nn.Modul
         if wrong:
             parts.append(f"shape mismatch {wrong[:3]}")
         raise CheckpointError(f"{str(path)!r}: the weights do not fit the config ({'; '.join(parts)})")
-    dtype = next(iter(state.values())).dtype if state else torch.float32
-    model = model.to(dtype if dtype.is_floating_point else torch.float32)  # keep float64 weights exact
-    model.load_state_dict(state)
-    return model
