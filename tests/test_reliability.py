@@ -10,6 +10,7 @@ import torch
 
 import patchforcing as pf
 from patchforcing import runs
+from patchforcing.evaluation import parts
 from patchforcing.cli import main
 from patchforcing.errors import RunFolderError
 
@@ -110,3 +111,67 @@ def test_a_small_file_claiming_a_huge_network_fails_fast(tmp_path, monkeypatch, 
     monkeypatch.setattr(checkpoints, "build_model", build_on_meta_only)
     with pytest.raises(CheckpointError, match=r"huge.safetensors'.*do not fit the config .*shape mismatch .*16384"):
         pf.load_model(path)
+
+
+# --- 2. a resumed evaluation never mixes networks -------------------------------------------------------
+def _tiny_net(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return pf.create_model("PF-XS/2", depth=2, hidden_size=32, num_heads=2).eval()
+
+
+EVAL = dict(sampler="euler-pf", nfe=2, num_samples=8, batch_size=8)
+
+
+def test_parts_of_other_weights_are_refused_and_the_same_weights_resume(tmp_path, monkeypatch):
+    from patchforcing.errors import ConfigError
+    from patchforcing.evaluation import parts
+    from patchforcing.evaluation.evaluate import evaluate_model
+
+    net, folder = _tiny_net(0), tmp_path / "parts"
+    first = evaluate_model(net, parts_dir=folder, **EVAL)
+    plan = (folder / "plan.json").read_text()
+    assert pf.checkpoints.network_digest(net) in plan and '"guide_network": null' in plan
+
+    with torch.no_grad():  # the run trained on: same config, other weights
+        next(net.parameters()).add_(0.01)
+    with pytest.raises(ConfigError, match=r"holds parts of another evaluation, never mixed .*network: sha256 \w{12}\.\.\. "
+                                          r"there, sha256 \w{12}\.\.\. now\); delete .*parts to start over, or use a new --out"):
+        evaluate_model(net, parts_dir=folder, **EVAL)
+    with pytest.raises(ConfigError, match="guide_network: None there, sha256"):
+        evaluate_model(_tiny_net(0), parts_dir=folder, guide_model=_tiny_net(1), **EVAL)
+
+    monkeypatch.setattr(parts, "generate_images", lambda *a, **k: pytest.fail("a part on disk was made again"))
+    again = evaluate_model(_tiny_net(0), parts_dir=folder, **EVAL)  # the same weights, another object: resumes
+    assert again["fid"] == first["fid"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda folder: (folder / "plan.json").write_text("{not json"), r"plan.json is unreadable or not a JSON object .*delete"),
+    (lambda folder: (folder / "plan.json").write_text("[1, 2]"), r"plan.json is unreadable or not a JSON object .*delete"),
+    (lambda folder: parts.part_path(folder, 0).write_bytes(b""), r"cannot read .*part-000000.npz .*delete it and rerun"),
+    (lambda folder: parts.part_path(folder, 0).write_bytes(parts.part_path(folder, 0).read_bytes()[:300]),
+     r"cannot read .*part-000000.npz \(BadZipFile.*delete it and rerun"),
+])
+def test_damaged_parts_are_named_with_the_fix(tmp_path, damage, message):
+    from patchforcing.errors import DataError
+    from patchforcing.evaluation.evaluate import evaluate_model
+
+    folder = tmp_path / "parts"
+    evaluate_model(_tiny_net(0), parts_dir=folder, **EVAL)
+    damage(folder)
+    with pytest.raises(DataError, match=message):
+        evaluate_model(_tiny_net(0), parts_dir=folder, **EVAL)
+
+
+# --- 6. non-finite samples are never scored ----------------------------------------------------------------
+@pytest.mark.parametrize("in_parts", [False, True])
+def test_an_all_nan_network_gets_no_metrics(tmp_path, in_parts):
+    from patchforcing.errors import CheckpointError
+    from patchforcing.evaluation.evaluate import evaluate_model
+
+    net = _tiny_net(0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="8 of 8 samples hold NaN or inf .*evaluate an earlier checkpoint"):
+        evaluate_model(net, parts_dir=tmp_path / "parts" if in_parts else None, **EVAL)

@@ -11,6 +11,7 @@ Formats ``load_model`` understands:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -46,6 +47,19 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "version": "1", "config": json.dumps(model.config.to_dict())}
     return runs.atomic_save_safetensors(state, path, metadata=meta)
+
+
+def network_digest(model: nn.Module) -> str:
+    """SHA-256 of a network: its config (JSON) and every tensor of its ``state_dict`` (name, dtype,
+    shape and bytes, in sorted name order). Equal digests mean the same weights, whatever the file.
+    """
+    model = unwrap_model(model)
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # --- reading -----------------------------------------------------------------------------------
