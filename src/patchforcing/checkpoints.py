@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +101,32 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not what we read
+        if refused_code(err) is not None:
+            raise CheckpointError(f"{str(path)!r} is refused: {load_error_text(err)}; export the network with "
+                                  "patchforcing.save_model (.safetensors) or pass a checkpoint of plain tensors") from None
         raise CheckpointError(
             f"could not read {str(path)!r} as a PyTorch checkpoint ({load_error_text(err)}); {runs.fallback_hint(path)}"
         ) from None
 
 
+def refused_code(err: Exception) -> str | None:
+    """The Python object (``module.name``) a pickle wanted to import when ``torch.load(weights_only=True)``
+    refused it, or None when ``err`` is another failure."""
+    text = str(err)
+    if "Weights only load failed" not in text:
+        return None
+    match = re.search(r"GLOBAL ([\w.]+)", text)
+    return match.group(1) if match else "an object that is not a tensor"
+
+
 def load_error_text(err: Exception) -> str:
-    """``Type: cause`` in one line; of torch's ``weights_only`` explanation only the cause is kept
-    (this project never loads a checkpoint with full pickle, so its advice does not apply)."""
+    """``Type: cause`` in one line. A pickle that imports code is named as refused, because
+    loading it would run code (this project never loads a checkpoint with full pickle, so torch's
+    advice to do so is dropped)."""
+    refused = refused_code(err)
+    if refused is not None:
+        return (f"loading it would run code (its pickle imports {refused}, which is not a tensor, number or "
+                "container), and checkpoints are only read without running code")
     text = str(err)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
