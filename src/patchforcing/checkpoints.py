@@ -113,10 +113,8 @@ def refused_code(err: Exception) -> str | None:
     """The Python object (``module.name``) a pickle wanted to import when ``torch.load(weights_only=True)``
     refused it, or None when ``err`` is another failure."""
     text = str(err)
-    if "Weights only load failed" not in text:
-        return None
-    match = re.search(r"GLOBAL ([\w.]+)", text)
-    return match.group(1) if match else "an object that is not a tensor"
+    match = re.search(r"GLOBAL ([\w.]+)", text) if "Weights only load failed" in text else None
+    return match.group(1) if match else None  # no GLOBAL: a truncated or foreign file, not a refusal
 
 
 def load_error_text(err: Exception) -> str:
