@@ -203,9 +203,9 @@ def test_a_second_evaluation_into_a_busy_folder_stops_before_writing(ckpt, tmp_p
 
 def test_an_evaluation_removes_stale_temporaries_and_releases_its_folder(ckpt, tmp_path, capsys, one_thread):
     out = tmp_path / "eval"
-    stale = [out / ".metrics.json.k1x2.tmp", out / "parts" / ".part-000000.npz.zz9.tmp"]
+    stale = [out / ".metrics.json.pf-tmp-k1x2ab3c", out / "parts" / ".part-000000.npz.pf-tmp-zz9zz9zz"]
     inner = out / "inner"  # another output folder inside this one: its own owner cleans it
-    kept = [inner / ".metrics.json.a1b2.tmp", out / ".hidden-but-not-ours"]
+    kept = [inner / ".metrics.json.pf-tmp-a1b2c3d4", out / ".hidden-but-not-ours"]
     for path in stale + kept:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"half a file")

@@ -102,7 +102,7 @@ def test_bench_rerun_reuses_networks_and_rows(bench, tmp_path):
     for key in list(doc["cache"])[-2:]:
         del doc["cache"][key]
     (copy / "results.json").write_text(json.dumps(doc))
-    stale = [copy / ".results.json.k1x2.tmp", copy / "runs" / "pf-ltg" / "checkpoints" / ".step-00000009.pt.zz9.tmp"]
+    stale = [copy / ".results.json.pf-tmp-k1x2ab3c", copy / "runs" / "pf-ltg" / "checkpoints" / ".step-00000009.pt.pf-tmp-zz9zz9zz"]
     for path in stale:  # left by killed writes: the bench cleans its folder, each training its own
         path.write_bytes(b"half a file")
     lines: list[str] = []

@@ -43,7 +43,7 @@ def test_checkpoint_names_sort_by_step_and_skip_temporaries(tmp_path):
     for step in (3, 12, 100_000_000):  # the 9-digit step still sorts after the 8-digit ones
         runs.checkpoint_path(tmp_path, step).parent.mkdir(parents=True, exist_ok=True)
         runs.checkpoint_path(tmp_path, step).write_bytes(b"x")
-    (tmp_path / "checkpoints" / ".step-00000020.pt.abcd.tmp").write_bytes(b"half")
+    (tmp_path / "checkpoints" / ".step-00000020.pt.pf-tmp-abcd1234").write_bytes(b"half")
     (tmp_path / "checkpoints" / "step-notanumber.pt").write_bytes(b"x")
     found = runs.list_checkpoints(tmp_path)
     assert [runs.checkpoint_step(p) for p in found] == [3, 12, 100_000_000]
@@ -102,15 +102,18 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
 def test_stale_temporaries_are_removed_at_the_next_start(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--out", str(out), *TINY, "--steps", "2"]) == 0
-    stale = [out / "checkpoints" / ".step-00000004.pt.k1x2.tmp", out / ".config.json.zz9.tmp"]
+    stale = [out / "checkpoints" / ".step-00000004.pt.pf-tmp-k1x2ab3c", out / ".config.json.pf-tmp-zz9zz9zz"]
     for path in stale:
         path.write_bytes(b"half a file")
     keep = out / "checkpoints" / ".hidden-but-not-ours"
+    users_tmp = out / ".notes.txt.tmp"  # hidden and ending in .tmp, but not named like ours
+    users_tmp.write_bytes(b"mine")
     keep.write_bytes(b"x")
     assert runs.newest_step(out) == 2  # a temporary is never taken for a checkpoint
     assert main(["train", "--out", str(out), *TINY, "--steps", "3"]) == 0
     assert "removed 2 temporary file(s) of interrupted writes" in capsys.readouterr().out
     assert not any(p.exists() for p in stale) and keep.exists() and runs.newest_step(out) == 3
+    assert users_tmp.read_bytes() == b"mine"
 
 
 # --- one owner per run folder -----------------------------------------------------------------------

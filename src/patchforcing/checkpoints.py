@@ -13,8 +13,10 @@ Formats ``load_model`` understands:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,19 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "version": "1", "config": json.dumps(model.config.to_dict())}
     return runs.atomic_save_safetensors(state, path, metadata=meta)
+
+
+def network_digest(model: nn.Module) -> str:
+    """SHA-256 of a network: its config (JSON) and every tensor of its ``state_dict`` (name, dtype,
+    shape and bytes, in sorted name order). Equal digests mean the same weights, whatever the file.
+    """
+    model = unwrap_model(model)
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"\n{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -92,14 +107,30 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means the file is not what we read
+        if refused_code(err) is not None:
+            raise CheckpointError(f"{str(path)!r} is refused: {load_error_text(err)}; export the network with "
+                                  "patchforcing.save_model (.safetensors) or pass a checkpoint of plain tensors") from None
         raise CheckpointError(
             f"could not read {str(path)!r} as a PyTorch checkpoint ({load_error_text(err)}); {runs.fallback_hint(path)}"
         ) from None
 
 
+def refused_code(err: Exception) -> str | None:
+    """The Python object (``module.name``) a pickle wanted to import when ``torch.load(weights_only=True)``
+    refused it, or None when ``err`` is another failure."""
+    text = str(err)
+    match = re.search(r"GLOBAL ([\w.]+)", text) if "Weights only load failed" in text else None
+    return match.group(1) if match else None  # no GLOBAL: a truncated or foreign file, not a refusal
+
+
 def load_error_text(err: Exception) -> str:
-    """``Type: cause`` in one line; of torch's ``weights_only`` explanation only the cause is kept
-    (this project never loads a checkpoint with full pickle, so its advice does not apply)."""
+    """``Type: cause`` in one line. A pickle that imports code is named as refused, because
+    loading it would run code (this project never loads a checkpoint with full pickle, so torch's
+    advice to do so is dropped)."""
+    refused = refused_code(err)
+    if refused is not None:
+        return (f"loading it would run code (its pickle imports {refused}, which is not a tensor, number or "
+                "container), and checkpoints are only read without running code")
     text = str(err)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
@@ -121,7 +152,12 @@ def _read_safetensors(path: Path) -> tuple[ModelConfig, dict]:
             f"{str(path)!r} is a safetensors file without a patchforcing config in its metadata; "
             "save networks with patchforcing.save_model"
         )
-    return _config_from_dict(json.loads(meta["config"]), path), state
+    try:
+        config = json.loads(meta["config"])
+    except ValueError as err:
+        raise CheckpointError(f"{str(path)!r}: the config in its metadata is not valid JSON ({err}); "
+                              f"{runs.fallback_hint(path)}") from None
+    return _config_from_dict(config, path), state
 
 
 def _interpret(obj: Any, path: Path) -> tuple[ModelConfig, dict]:
@@ -192,6 +228,9 @@ def _reference_config(cfg: Any, path: Path) -> ModelConfig:
 
 
 def _config_from_dict(d: dict, path: Path) -> ModelConfig | T2IConfig:
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{str(path)!r}: the model config is a {type(d).__name__}, not a JSON object; "
+                              f"{runs.fallback_hint(path)}")
     try:
         return config_from_dict(d)
     except (ConfigError, TypeError, ValueError) as err:
@@ -202,8 +241,18 @@ def _build(config: ModelConfig | T2IConfig, state: dict, path: Path) -> nn.Modul
     not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise CheckpointError(f"{str(path)!r}: weights {not_tensors[:5]} are not tensors; {runs.fallback_hint(path)}")
+    with torch.device("meta"):  # shapes only: a config claiming a huge network costs no memory here
+        expected = build_model(config).state_dict()
+    _check_fit(expected, state, path)
     model = build_model(config)
-    expected = model.state_dict()
+    dtype = next(iter(state.values())).dtype if state else torch.float32
+    model = model.to(dtype if dtype.is_floating_point else torch.float32)  # keep float64 weights exact
+    model.load_state_dict(state)
+    return model
+
+
+def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights whose names or shapes differ from those the config builds (``expected``)."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
@@ -216,7 +265,3 @@ def _build(config: ModelConfig | T2IConfig, state: dict, path: Path) -> nn.Modul
         if wrong:
             parts.append(f"shape mismatch {wrong[:3]}")
         raise CheckpointError(f"{str(path)!r}: the weights do not fit the config ({'; '.join(parts)})")
-    dtype = next(iter(state.values())).dtype if state else torch.float32
-    model = model.to(dtype if dtype.is_floating_point else torch.float32)  # keep float64 weights exact
-    model.load_state_dict(state)
-    return model

@@ -19,7 +19,7 @@ import argparse
 import importlib
 import sys
 
-from patchforcing.errors import PatchForcingError, describe_os_error
+from patchforcing.errors import PatchForcingError, describe_memory_error, describe_os_error
 
 # (module, description): each module defines register(subparsers) -> None.
 _COMMAND_MODULES = (
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as err:  # a full disk, a read-only folder, a path below a file: one line, not a traceback
         print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as err:  # out of memory: one line naming the flags that lower it
+        message = describe_memory_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

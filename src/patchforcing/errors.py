@@ -52,3 +52,18 @@ def describe_os_error(err: OSError) -> str:
     paths = [p for p in (err.filename, err.filename2) if p is not None]
     where = " -> ".join(repr(str(p)) for p in paths) if paths else "a file operation failed"
     return f"{where}: {cause}; {fix}"
+
+
+_MEMORY_WORDS = ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory")
+
+
+def describe_memory_error(err: BaseException) -> str | None:
+    """One line for running out of memory (``MemoryError``, ``torch.OutOfMemoryError``, the CPU
+    allocator's ``RuntimeError``) that names the flags that lower it; None for any other error."""
+    text = " ".join(str(err).split())
+    if not (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or any(word in text.lower() for word in _MEMORY_WORDS)):
+        return None
+    cause = text.split("(GPU 0;")[0].split(". See documentation")[0][:160] or type(err).__name__
+    return (f"out of memory ({cause}); lower --batch-size (images per step or per sampler call) or "
+            "--num-samples, or choose a smaller network or resolution")

@@ -15,10 +15,14 @@ all ranks of its job (``runtime.own_folder``). ``train``, ``evaluate``, ``bench`
 lock their ``--out``; the lock is per folder, so a bench holds its folder while each training
 holds its own subfolder.
 
-Every file is written with ``atomic_write``: into a temporary ``.NAME.XXXX.tmp`` beside the
-target, flushed and fsynced, renamed over the target, then the folder is fsynced. A kill at any
+Every file is written with ``atomic_write``: into a temporary ``.NAME.pf-tmp-XXXXXXXX`` beside
+the target, flushed and fsynced, renamed over the target, then the folder is fsynced. A kill at any
 moment leaves the old file or the new one, never half a file; temporaries of killed writers are
-removed by the next owner of the folder (``remove_stale_temporaries``). Files get the permissions
+removed by the next owner of the folder (``remove_stale_temporaries``): only files named like
+this project's temporaries, never another hidden file of the user's.
+
+``run.lock`` is opened without following symbolic links: a link in its place is refused, so a
+lock never writes into a file elsewhere. Files get the permissions
 of a normally created file (``0666`` minus the umask: ``0644`` under umask 022).
 """
 
@@ -30,6 +34,7 @@ import json
 import os
 import re
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -42,7 +47,8 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"  # an exported network beside (or instead of) training checkpoints
 LOCK_FILE = "run.lock"
 _CHECKPOINT_NAME = re.compile(r"^step-(\d+)\.pt$")
-_TEMPORARY_NAME = re.compile(r"^\..+\.tmp$")  # written by atomic_write: .NAME.XXXXXXXX.tmp
+TEMPORARY_TAG = ".pf-tmp-"  # atomic_write's temporaries: .NAME.pf-tmp-XXXXXXXX (XXXXXXXX from mkstemp)
+_TEMPORARY_NAME = re.compile(r"^\..+\.pf-tmp-[A-Za-z0-9_]{8}$")
 
 
 # --- checkpoint names ---------------------------------------------------------------------------
@@ -144,7 +150,7 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[str], Any]) -> Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY_TAG}", dir=path.parent)
     os.close(fd)
     try:
         write_fn(tmp)
@@ -246,6 +252,9 @@ def is_temporary(path: str | os.PathLike) -> bool:
 def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
     """Delete temporaries that killed writers left in ``run_dir`` and its subfolders.
 
+    Only files named like ``atomic_write``'s temporaries (``.NAME.pf-tmp-XXXXXXXX``) are removed;
+    any other file, hidden or not, is the user's and is kept.
+
     Call it only while holding the folder's lock: then no live writer owns them. A subfolder with
     a ``run.lock`` of its own is another output folder (a bench's training runs, an evaluation
     inside a run folder): its own owner cleans it, so it is left alone here.
@@ -277,7 +286,7 @@ def ensure_writable_folder(folder: str | os.PathLike, flag: str = "--out") -> Pa
         raise ConfigError(f"{flag} {str(folder)!r} is a file; give a folder (it is created when missing)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=f".write-test{TEMPORARY_TAG}", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
@@ -326,10 +335,15 @@ def lock_run_folder(run_dir: str | os.PathLike) -> RunLock:
     """
     run_dir = ensure_writable_folder(run_dir)
     path = run_dir / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, file_mode())
+    try:  # O_NOFOLLOW: a symbolic link at run.lock is refused, never followed to a file elsewhere
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, file_mode())
     except OSError as err:
+        if err.errno == errno.ELOOP or path.is_symlink():
+            raise RunFolderError(_LINK_REFUSED.format(path=path)) from None
         raise ConfigError(f"--out: {describe_os_error(err)}; choose another --out") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device in its place
+        os.close(fd)
+        raise RunFolderError(f"{path} is not a plain file; remove it (it is recreated) or choose another --out")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -347,11 +361,16 @@ def lock_run_folder(run_dir: str | os.PathLike) -> RunLock:
     return RunLock(run_dir, fd)
 
 
+_LINK_REFUSED = ("{path} is a symbolic link; lock files are opened without following links (so a lock never "
+                 "writes elsewhere): remove the link (it is recreated as a plain file) or choose another --out")
+
+
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
         info = {}
+    info = info if isinstance(info, dict) else {}
     if not info.get("pid"):
         return "its holder is starting up"
     return f"pid {info['pid']} on {info.get('host', '?')}, started {info.get('started', '?')}: {info.get('command', '?')}"

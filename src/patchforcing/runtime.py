@@ -53,6 +53,18 @@ class Processes:
         return self.world_size > 1
 
 
+def check_seed(seed: int, flag: str = "--seed", count: int = 0) -> int:
+    """Check a seed flag: image ``i`` uses seed ``seed + i`` (``i < count``), and seeds are
+    non-negative integers below 2^63.
+
+    Raises:
+        ConfigError: a negative or too large seed; the message names ``flag``.
+    """
+    if not (0 <= seed and seed + count < 2**63):
+        raise ConfigError(f"{flag} must be an integer in [0, 2^63), got {seed}; seeds of image i are {flag} + i")
+    return seed
+
+
 # --- devices -----------------------------------------------------------------------------------
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """The torch device for a ``--device`` value.

@@ -144,21 +144,45 @@ def is_captioned_folder(root: Path) -> bool:
 
 
 def _read_jsonl(root: Path) -> tuple[dict[Path, str], list[str]]:
+    """``captions.jsonl`` as {resolved image path: caption}, and one line per entry it skips (a line
+    that is not UTF-8 or not a ``{"file", "caption"}`` object, a file name that names no image)."""
     captions, broken = {}, []
-    for number, line in enumerate((root / CAPTIONS_FILE).read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = (root / CAPTIONS_FILE).read_bytes().splitlines()
+    except OSError as err:
+        raise DataError(f"cannot read {root / CAPTIONS_FILE} ({err.strerror}); check its permissions") from None
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            broken.append(f"{CAPTIONS_FILE} line {number}: not UTF-8 text (save the file as UTF-8)")
+            continue
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
             path, caption = (root / entry["file"]).resolve(), str(entry["caption"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            broken.append(f"{CAPTIONS_FILE} line {number}: not a {{\"file\", \"caption\"}} object")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):  # ValueError: a NUL byte in the name
+            broken.append(f"{CAPTIONS_FILE} line {number}: not a {{\"file\", \"caption\"}} object with a valid file name")
             continue
         if not path.is_file():
             broken.append(f"{CAPTIONS_FILE} line {number}: no image {entry['file']!r}")
             continue
         captions[path] = caption
     return captions, broken
+
+
+def _read_txt_caption(image: Path) -> tuple[str | None, str | None]:
+    """``(caption, None)`` from ``name.txt`` beside ``image``, or ``(None, why it is skipped)``."""
+    path = image.with_suffix(".txt")
+    if not path.is_file():
+        return None, f"{image}: no caption"
+    try:
+        return path.read_bytes().decode("utf-8").strip(), None
+    except UnicodeDecodeError:
+        return None, f"{path}: not UTF-8 text (save the caption as UTF-8)"
+    except OSError as err:
+        return None, f"{path}: {err.strerror}"
 
 
 def load_captioned_folder(root: str | Path, split: str = "train", resolution: int = FOLDER_RESOLUTION) -> CaptionedDataset:
@@ -172,10 +196,13 @@ def load_captioned_folder(root: str | Path, split: str = "train", resolution: in
     if (root / CAPTIONS_FILE).is_file():
         by_path, broken = _read_jsonl(root)
         pairs = [(p, label, by_path.get(p.resolve())) for p, label in files]
+        broken += [f"{p}: no caption" for p, _, caption in pairs if caption is None]
     else:
-        pairs = [(p, label, p.with_suffix(".txt").read_text(encoding="utf-8").strip() if p.with_suffix(".txt").is_file() else None)
-                 for p, label in files]
-    broken += [f"{p}: no caption" for p, _, caption in pairs if caption is None]
+        pairs = []
+        for p, label in files:
+            caption, problem = _read_txt_caption(p)
+            pairs.append((p, label, caption))
+            broken += [problem] if problem else []
     captioned = {p: caption for p, _, caption in pairs if caption is not None}
     chosen = split_image_files([(p, label) for p, label, caption in pairs if caption is not None], split)
     if broken:

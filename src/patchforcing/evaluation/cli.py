@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     if not math.isfinite(args.cfg_scale):
         raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
+    runtime.check_seed(args.seed, count=max(args.num_samples, 0))
     ensure_writable_folder(args.out)  # before any work: a full disk or a bad --out never costs a sampling run
     procs = runtime.setup(args.device, args.dist_timeout, command="evaluate")
     ok, lock = False, None

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError, DataError, ShapeError
 from patchforcing.evaluation.generate import generate_images, sampler_steps, to_uint8_nhwc
+from patchforcing.evaluation.parts import require_finite
 from patchforcing.runs import atomic_write
 from patchforcing.runtime import Processes, gather_to_main, require_group, run_on_main
 
@@ -176,10 +177,10 @@ def evaluate_model(
     generate = dict(sampler=sampler, steps=steps, num_samples=num_samples, seed=seed, cfg_scale=cfg_scale,
                     guidance_interval=guidance_interval, guide_model=guide_model, batch_size=batch_size, **options)
     if parts_dir is not None:
-        from patchforcing.evaluation.parts import generate_parts, load_parts
+        from patchforcing.evaluation.parts import generate_parts, load_parts, parts_identity
 
         plan = {k: v for k, v in generate.items() if k not in ("batch_size", "guide_model")}
-        plan.update(nfe=used, autoguidance=guide_model is not None, decoder=getattr(decoder, "vae_name", None))
+        plan.update(nfe=used, autoguidance=guide_model is not None, **parts_identity(model, guide_model, decoder))
         mine = generate_parts(model, parts_dir, plan=plan, procs=procs, expected_nfe=used, decoder=decoder, **generate)
         info = {"guide_nfe": mine["guide_nfe"]}
         parts = gather_to_main(mine["seconds"], procs)
@@ -191,6 +192,7 @@ def evaluate_model(
             raise RuntimeError(f"{sampler} used {info['nfe']} NFE where {used} were expected")
         if decoder is not None and images.shape[0]:
             images = decoder(images)  # (b, 3, H, W) in [-1, 1]
+        require_finite(images)  # NaN samples would round to uint8 images and get a finite FID
         parts = gather_to_main((indices.numpy(), to_uint8_nhwc(images), labels.numpy(), sampling), procs)
         collect = lambda: _in_index_order(parts, num_samples)  # noqa: E731
     kept: dict[str, Any] = {}  # the images stay on rank 0; only the metrics go to every rank

@@ -6,7 +6,9 @@ The ``num_samples`` images are cut into parts of ``part_size`` consecutive indic
 through an atomic rename. Image ``i`` always uses seed ``seed + i``, so a part does not depend on
 which rank made it: a killed run, restarted with the same command (even with another number of
 processes), skips the parts on disk and makes only the missing ones. ``FOLDER/plan.json``
-records what is being sampled; parts of a different plan are refused, never mixed.
+records what is being sampled and what samples it (``parts_identity``: a digest of the network's
+weights and config, of the guide network's, and the decoder); parts of a different plan are
+refused, never mixed.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from patchforcing.errors import ConfigError, DataError
+from patchforcing.checkpoints import network_digest
+from patchforcing.errors import CheckpointError, ConfigError, DataError
 from patchforcing.evaluation.generate import generate_images, to_uint8_nhwc
+from patchforcing.runs import atomic_write, atomic_write_text
 from patchforcing.runtime import Processes, barrier, run_on_main
 
 PART_SIZE = 1000  # images per part: at 256 px about 200 MB of uint8, a few minutes of one GPU
@@ -30,6 +34,30 @@ PART_SIZE = 1000  # images per part: at 256 px about 200 MB of uint8, a few minu
 
 def part_path(folder: Path, k: int) -> Path:
     return folder / f"part-{k:06d}.npz"
+
+
+def parts_identity(model: nn.Module, guide_model: nn.Module | None, decoder: Callable | None) -> dict[str, Any]:
+    """What makes the images, for ``plan.json``: ``network`` and ``guide_network`` (SHA-256 of the
+    config and weights, ``checkpoints.network_digest``; None without a guide) and ``decoder`` (the
+    VAE's name and latent scaling; None for pixel networks)."""
+    describe = getattr(decoder, "describe", None)
+    return {"network": network_digest(model),
+            "guide_network": None if guide_model is None else network_digest(guide_model),
+            "decoder": describe() if callable(describe) else getattr(decoder, "vae_name", None)}
+
+
+def require_finite(images: Tensor) -> None:
+    """Refuse samples holding NaN or inf: rounded to uint8 they would look like images and get a
+    finite FID.
+
+    Raises:
+        CheckpointError: how many images are not finite, and what to do.
+    """
+    bad = int((~torch.isfinite(images.reshape(images.shape[0], -1))).any(dim=1).sum()) if images.numel() else 0
+    if bad:
+        raise CheckpointError(f"{bad} of {images.shape[0]} samples hold NaN or inf values, so no metric would mean "
+                              "anything: the network's weights are probably not finite (a diverged training); "
+                              "evaluate an earlier checkpoint")
 
 
 def generate_parts(model: nn.Module, folder: str | os.PathLike, *, plan: dict[str, Any], procs: Processes,
@@ -68,6 +96,7 @@ def generate_parts(model: nn.Module, folder: str | os.PathLike, *, plan: dict[st
             raise RuntimeError(f"{generate['sampler']} used {info['nfe']} NFE where {expected_nfe} were expected")
         if decoder is not None:
             images = decoder(images)  # (P, 3, H, W) in [-1, 1]
+        require_finite(images)
         arrays = {"indices": indices.numpy(), "pixels": to_uint8_nhwc(images), "labels": labels.numpy()}
         _write_npz(path, arrays)
         made, guide_nfe = made + 1, info.get("guide_nfe") or 0
@@ -85,11 +114,13 @@ def load_parts(folder: str | os.PathLike, num_samples: int, part_size: int = PAR
                 seen.append(f["indices"])
                 pixels.append(f["pixels"])
                 labels.append(f["labels"])
-        except (OSError, KeyError, ValueError) as err:
-            raise DataError(f"cannot read {part_path(folder, k)} ({err}); delete it and rerun the same command "
-                            "to make it again") from err
+        except Exception as err:  # noqa: BLE001 - empty (EOFError), truncated (BadZipFile), keys missing, ...
+            cause = " ".join(str(err).split())[:200] or "empty or truncated"
+            raise DataError(f"cannot read {part_path(folder, k)} ({type(err).__name__}: {cause}); delete it and "
+                            "rerun the same command to make it again") from None
     if not np.array_equal(np.concatenate(seen), np.arange(num_samples)):
-        raise RuntimeError(f"the parts in {folder} do not cover images 0..{num_samples - 1} exactly once")
+        raise DataError(f"the parts in {folder} do not cover images 0..{num_samples - 1} exactly once; delete "
+                        f"{folder} and rerun the same command to make them again")
     return np.concatenate(pixels), torch.from_numpy(np.concatenate(labels))
 
 
@@ -99,20 +130,31 @@ def _claim(folder: Path, plan: dict[str, Any]) -> None:
     path = folder / "plan.json"
     text = json.dumps(plan, indent=2, sort_keys=True, default=str)
     if path.exists():
-        old = json.loads(path.read_text())
-        if old != json.loads(text):
-            diff = [f"{k}: {old.get(k)!r} there, {v!r} now" for k, v in json.loads(text).items() if old.get(k) != v]
-            raise ConfigError(f"{folder} holds parts of another evaluation ({'; '.join(diff)}); use a new --out, "
-                              f"or delete {folder} to start over")
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            old = err
+        if not isinstance(old, dict):
+            raise DataError(f"{path} is unreadable or not a JSON object ({_short(old)}), so the parts beside it cannot "
+                            f"be checked: delete {folder} to start over, or use a new --out")
+        new = json.loads(text)
+        if old != new:
+            diff = [f"{k}: {_short(old.get(k))} there, {_short(v)} now"
+                    for k, v in sorted({**{k: None for k in old}, **new}.items()) if old.get(k) != v]
+            raise ConfigError(f"{folder} holds parts of another evaluation, never mixed with these "
+                              f"({'; '.join(diff)}); delete {folder} to start over, or use a new --out")
         return
-    from patchforcing.runs import atomic_write_text
-
     atomic_write_text(path, text + "\n")
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from patchforcing.runs import atomic_write
+def _short(value: Any) -> str:
+    """A value for one error line: digests cut to 12 hex digits, anything else to 80 characters."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return f"sha256 {value[:12]}..."
+    return repr(value)[:80] if not isinstance(value, Exception) else f"{type(value).__name__}: {value}"[:120]
 
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez(f, **arrays)

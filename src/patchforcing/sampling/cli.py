@@ -17,6 +17,7 @@ import torch
 from patchforcing.errors import ConfigError
 from patchforcing.sampling.guidance_cli import add_guidance_flags, guidance_from_args
 from patchforcing.runs import atomic_write
+from patchforcing.runtime import check_seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--text-encoder", default=None, help="text encoder name, repo id or folder (default: the one the network records)")
     p.add_argument("--num-samples", type=int, default=None, help="number of samples (default: one per label, else 16)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=64, help="samples per sampler call (sample i uses seed + i in any batch)")
     p.add_argument("--vae", default=None,
                    help="decode latents with this diffusers AutoencoderKL (folder or cached id; default: the run's recorded VAE)")
     p.add_argument("--vae-scale", type=float, default=None,
@@ -50,9 +52,13 @@ def parse_labels(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        return [int(s) for s in text.replace(" ", "").split(",") if s]
+        labels = [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
         raise ConfigError(f"--labels must be comma-separated integers, got {text!r}") from None
+    huge = [label for label in labels if abs(label) >= 2**31]
+    if huge:
+        raise ConfigError(f"--labels value {huge[0]} is not a class; labels are class indices 0, 1, ... of the network")
+    return labels
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,14 +88,21 @@ def run(args: argparse.Namespace) -> int:
         labels = rng.integers(0, cfg.num_classes, size=n).tolist()
     y = None if labels is None else torch.tensor(labels * (n if len(labels) == 1 else 1), device=device)
     options = {k: v for k, v in (("p", args.p), ("n_inner", args.n_inner), ("context_ratio", args.context_ratio)) if v is not None}
-    noise = noise_for_seeds(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device=device, dtype=next(model.parameters()).dtype)
-    given = {"condition": condition} if condition is not None else {"labels": y}
-    x, info = sample(model, noise, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                     return_info=True, progress=True, record_trajectory=args.show_difficulty, **given,
-                     **guidance_from_args(args, model, device), **options)
-    images = _to_images(x, decoder, cfg)
+    guidance = guidance_from_args(args, model, device)
+    xs, frames = [], []
+    for lo in range(0, n, args.batch_size):  # in batches: a long prompts file or a large --num-samples fits memory
+        part = slice(lo, min(lo + args.batch_size, n))
+        noise = noise_for_seeds(seeds[part], (cfg.in_channels, cfg.input_size, cfg.input_size), device=device,
+                                dtype=next(model.parameters()).dtype)
+        given = {"condition": condition.select(part)} if condition is not None else {"labels": None if y is None else y[part]}
+        x, info = sample(model, noise, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+                         return_info=True, progress=True, record_trajectory=args.show_difficulty, **given,
+                         **guidance, **options)
+        xs.append(x)
+        frames += [_middle_frame(info["trajectory"])] if args.show_difficulty else []
+    images = _to_images(torch.cat(xs), decoder, cfg)
     if args.show_difficulty:
-        frame = _middle_frame(info["trajectory"])
+        frame = {k: None if frames[0][k] is None else torch.cat([f[k] for f in frames]) for k in ("difficulty", "t")}
         tiles = difficulty_panels(images, frame["difficulty"], frame["t"])
     else:
         tiles = to_uint8(images)
@@ -111,6 +124,9 @@ def _check_flags(args: argparse.Namespace) -> tuple[Path, str]:
                           "sample per label (16 without --labels)")
     if not math.isfinite(args.cfg_scale):
         raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
+    check_seed(args.seed)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     out = Path(args.out)
     image_format = Image.registered_extensions().get(out.suffix.lower())
     if image_format is None or image_format not in Image.SAVE:

@@ -15,12 +15,22 @@ from patchforcing.errors import ConfigError
 def read_prompts(prompts: Sequence[str] | None, prompts_file: str | None) -> list[str]:
     """``--prompt`` values followed by the non-empty lines of ``--prompts-file`` (UTF-8)."""
     found = list(prompts or [])
+    for prompt in found:
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of another encoding reach Python as lone surrogates
+            raise ConfigError(f"--prompt {prompt.encode('utf-8', 'backslashreplace')!r} is not UTF-8 text; "
+                              "type the prompt in a UTF-8 terminal, or put it in a UTF-8 --prompts-file") from None
     if prompts_file is not None:
         path = Path(prompts_file)
         try:
-            found += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            text = path.read_bytes().decode("utf-8")
         except OSError as err:
             raise ConfigError(f"cannot read --prompts-file {str(path)!r} ({err.strerror}); pass a text file with one prompt per line") from None
+        except UnicodeDecodeError as err:
+            line = path.read_bytes()[:err.start].count(b"\n") + 1
+            raise ConfigError(f"--prompts-file {str(path)!r} is not UTF-8 text (line {line}); save it as UTF-8") from None
+        found += [line.strip() for line in text.splitlines() if line.strip()]
     return found
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ from patchforcing.models import T2I_PRESETS, Kind, ModelConfig, T2IConfig, prese
 from patchforcing.timesteps import DISTRIBUTIONS, PER_SAMPLE
 
 DEVICES = ("auto", "cpu", "cuda")
+MAX_SEED = 2**63  # torch generators take seeds below 2^64; image i of a run uses seed + i
+MAX_TEXT_LENGTH = 4096  # padded caption tokens: far above any encoder's (the paper pads to 256)
 PRECISIONS = ("auto", "bf16", "fp32")  # auto: bf16 autocast on CUDA, float32 on the CPU
 
 
@@ -113,6 +116,9 @@ class TrainConfig:
             raise ConfigError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        if self.is_text and self.repa_encoder is not None:
+            raise ConfigError(f"REPA (--repa-encoder) is for class-conditional PF-* networks; {self.model} is a "
+                              "text-to-image network: drop --repa-encoder, or choose a PF-* --model")
         if self.model_kind is Kind.SIT and self.timesteps not in ("auto", *PER_SAMPLE):
             raise ConfigError(
                 f"{self.model} is a global-time network; timesteps {self.timesteps!r} draws one time per patch. "
@@ -127,8 +133,20 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in non_negative:
-            if getattr(self, name) < 0:
+            if not getattr(self, name) >= 0:  # `not >=`: NaN fails too
                 raise ConfigError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)} (AdamW's default: 0.9 and 0.999)")
+        if not 0 <= self.seed < MAX_SEED:
+            raise ConfigError(f"seed must be an integer in [0, 2^63), got {self.seed}")
+        if self.text_length is not None and not 1 <= self.text_length <= MAX_TEXT_LENGTH:
+            raise ConfigError(f"text_length must lie in [1, {MAX_TEXT_LENGTH}] tokens, got {self.text_length} "
+                              "(the paper pads captions to 256)")
         if not self.dist_timeout > 0:
             raise ConfigError(f"dist_timeout must be a positive number of seconds, got {self.dist_timeout}")
         if not self.lr > 0:
@@ -246,9 +264,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a flat TOML (``.toml``) or YAML (``.yaml``/``.yml``) mapping; ``-`` in keys reads as ``_``."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read config file {str(path)!r} ({err.strerror}); check the path") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {err.start}); save it as UTF-8") from None
     try:
         if path.suffix == ".toml":
             try:

@@ -242,7 +242,19 @@ class _Run:
         bad = tracker.first_bad()
         if bad is not None:
             step, value = bad
+            rows = self._non_finite_rows(step)
+            if rows:  # the data, not the optimisation: a lower learning rate would not help
+                raise TrainingError(f"loss became {value} at step {step} because the training data holds NaN or inf "
+                                    f"values (rows {rows[:5]}{' ...' if len(rows) > 5 else ''} of --data "
+                                    f"{self.cfg.data!r}); remove or re-prepare those images")
             raise TrainingError(f"loss became {value} at step {step}; {self._advice()}")
+
+    def _non_finite_rows(self, step: int) -> list[int]:
+        """Data set rows of ``step``'s global batch whose images hold NaN or inf (read only on failure)."""
+        index = self.batches.indices(step)  # (B,)
+        x1 = self.batches.images[index]  # (B, C, H, W)
+        bad = ~torch.isfinite(x1.reshape(x1.shape[0], -1)).all(dim=1)
+        return sorted(set(index[bad].tolist()))
 
     def _advice(self) -> str:
         where = (f"the last good checkpoint is {self.last_checkpoint} (rerun the same command to resume from it)"
