@@ -305,7 +305,7 @@ def prepare_latents(
     if repa_encoder is not None:
         from patchforcing.encoders import load_encoder
 
-        encoder = load_encoder(repa_encoder, device)
+        encoder = load_encoder(repa_encoder, device, resolution)
     out_dir = Path(out).expanduser()
     procs = procs or Processes(device=torch.device(device))
     run_on_main(lambda: _prepare_out(out_dir), procs)  # then every rank may write its shards
