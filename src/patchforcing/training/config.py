@@ -51,7 +51,7 @@ class TrainConfig:
     patch_size: int | None = knob(None, "override the preset's patch size (none: keep the preset's)")
     class_dropout_prob: float = knob(0.1, "label dropout for classifier-free guidance (SPEC 3; 0.1 in the paper)")
     # --- text-to-image (SPEC_T2I 7): T2I-* networks on captioned data ------------------------------
-    text_encoder: str | None = knob(None, "T2I-* only: byte-toy (bundled toy), qwen3-vl-embedding-2b, t5-xxl, a HF repo id or folder; none: the preset's")
+    text_encoder: str | None = knob(None, "T2I-* only: byte-toy (bundled toy), qwen3-vl-embedding-2b, t5-xxl, t5-xxl-authors, clip-l, clip-l-authors, a HF repo id or folder; none: the preset's")
     text_length: int | None = knob(None, "T2I-* only: padded token count of the captions (none: the encoder's, 256 for the paper's)")
     text_dropout: float = knob(0.1, "T2I-* only: probability a caption is replaced by the empty prompt (SPEC_T2I 7.9: 0.1)")
     # --- objective (SPEC 4) -------------------------------------------------------------------------
