@@ -203,3 +203,12 @@ def test_a_damaged_meta_json_is_one_clear_error(tmp_path, damage):
     (root / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"meta.json .*(scale_factor|resolution|shards).*prepare-latents"):
         load_dataset(str(root))
+
+
+def test_rewriting_a_folder_of_an_older_version_replaces_its_shards(setup, tmp_path):
+    root = _old_folder(tmp_path / "old")
+    (root / "train" / "notes.txt").write_text("a user's file")  # not ours: kept
+    _prepare(setup, root)
+    assert read_meta(root)["shards"]["train"][0].startswith("gen-1/train/")
+    assert [p.name for p in (root / "train").iterdir()] == ["notes.txt"]
+    assert load_latent_dataset(root).latent_views.std is not None
