@@ -1,4 +1,4 @@
-"""Cost of one class-conditional training step (docs/method.md sections 3-4): this project's step
+"""Cost of one class-conditional training step (the paper's network and objective): this project's step
 against a literal reference-style step with the same weights, side by side, CPU float32.
 
     OMP_NUM_THREADS=1 python benchmarks/train_step_cost.py                  # width 384, 4 blocks, 256 tokens, batch 8

@@ -13,7 +13,12 @@ from conftest import image_folder_of_noise, make_vae
 
 import patchforcing.data.prepare as prepare
 from patchforcing.data import load_dataset, prepare_latents
-from patchforcing.data.latents import LATENT_FORMAT, LATENT_VERSION, load_latent_dataset, read_meta
+from patchforcing.data.latents import (
+    LATENT_FORMAT,
+    LATENT_VERSION,
+    load_latent_dataset,
+    read_meta,
+)
 from patchforcing.errors import ConfigError, DataError
 from patchforcing.runs import lock_run_folder
 from patchforcing.timesteps import timestep_distribution

@@ -267,3 +267,19 @@ def load_vae(vae: str, device: str = "cpu"):
     )
 
 
+def encode_posterior(model, images: Tensor, scale: float, shift: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``((mean - shift) * scale, std * scale)`` of the VAE posterior of images (B, C, R, R) in
+    [-1, 1]: two (B, c, R/f, R/f) float32 tensors on the CPU."""
+    param = next(model.parameters())
+    if images.shape[1] == 1 and model.config.in_channels == 3:
+        images = images.expand(-1, 3, -1, -1)  # grayscale data through an RGB autoencoder
+    if images.shape[1] != model.config.in_channels:
+        raise DataError(f"the data has {images.shape[1]} channels but the VAE expects {model.config.in_channels}")
+    with torch.inference_mode():
+        dist = model.encode(images.to(param.device, param.dtype)).latent_dist
+    return ((dist.mean.float() - shift) * scale).cpu(), (dist.std.float() * scale).cpu()
+
+
+def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> Tensor:
+    """``(posterior mean - shift) * scale`` of images (B, C, R, R) in [-1, 1] -> (B, c, R/f, R/f) float32 on CPU."""
+    return encode_posterior(model, images, scale, shift)[0]

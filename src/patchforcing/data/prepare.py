@@ -50,12 +50,18 @@ from patchforcing.data.latents import (
     LATENT_FORMAT,
     LATENT_VERSION,
     captions_file,
+    encode_posterior,
     is_latent_folder,
     load_vae,
     read_meta,
 )
 from patchforcing.errors import DataError, RunFolderError
-from patchforcing.runs import LOCK_FILE, atomic_save_safetensors, atomic_write_text, is_temporary
+from patchforcing.runs import (
+    LOCK_FILE,
+    atomic_save_safetensors,
+    atomic_write_text,
+    is_temporary,
+)
 from patchforcing.runtime import Processes, gather_to_main, own_folder, run_on_main
 
 _GENERATION = re.compile(r"^gen-(\d+)$")
@@ -200,7 +206,7 @@ def _rows(path: Path) -> int | None:
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            counts = {f.get_slice(k).get_shape()[0] for k in f.keys()}
+            counts = {f.get_slice(k).get_shape()[0] for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except Exception:  # noqa: BLE001 - a missing or damaged file is simply not finished
         return None
     if len(counts) != 1:
@@ -231,24 +237,6 @@ def _remove_old_generations(out: Path, keep: str) -> None:
 
 
 # --- encoding -------------------------------------------------------------------------------------
-def encode_posterior(model, images: Tensor, scale: float, shift: float = 0.0) -> tuple[Tensor, Tensor]:
-    """``((mean - shift) * scale, std * scale)`` of the VAE posterior of images (B, C, R, R) in
-    [-1, 1]: two (B, c, R/f, R/f) float32 tensors on the CPU."""
-    param = next(model.parameters())
-    if images.shape[1] == 1 and model.config.in_channels == 3:
-        images = images.expand(-1, 3, -1, -1)  # grayscale data through an RGB autoencoder
-    if images.shape[1] != model.config.in_channels:
-        raise DataError(f"the data has {images.shape[1]} channels but the VAE expects {model.config.in_channels}")
-    with torch.inference_mode():
-        dist = model.encode(images.to(param.device, param.dtype)).latent_dist
-    return ((dist.mean.float() - shift) * scale).cpu(), (dist.std.float() * scale).cpu()
-
-
-def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> Tensor:
-    """``(posterior mean - shift) * scale`` of images (B, C, R, R) in [-1, 1] -> (B, c, R/f, R/f) float32 on CPU."""
-    return encode_posterior(model, images, scale, shift)[0]
-
-
 def _encode_rows(model, images: Tensor, labels: Tensor, scale: float, shift: float, encoder, hflip: bool) -> dict[str, Tensor]:
     """Every tensor a shard stores for these images, row by row."""
     rows = {"labels": labels.long()}
