@@ -11,8 +11,9 @@ of shape (B, N, D), and every block's ``SiLU -> Linear(D, 6D)`` applied to that 
 Our step is ``patchforcing.training_loss`` on ``PatchForcingTransformer``. Both steps start from
 the same weights and see the same batches; the losses agree (printed, float64).
 
-Reported: median seconds per step of each, and the median and quartiles of the round-by-round
-ratios ours / reference (every round runs both back to back, every other round in reverse order,
+A third step, ours with the per-token modulation gathered through an identity index (what this
+project did before), shows what skipping that copy saves. Reported: median seconds per step of
+each, and the median and quartiles of the round-by-round ratios to the reference (every round runs both back to back, every other round in reverse order,
 so load on a shared machine hits both sides of a pair). Seconds are this process's CPU time by
 default (``--clock cpu``; with one thread, other jobs do not inflate it) or wall time.
 """
@@ -130,17 +131,41 @@ def main() -> None:
             opt.step()
         return fn
 
+    gathered = pf.create_model(ours.config)  # the former per-token path: an identity index_select per modulation
+    gathered.load_state_dict(ours.state_dict())
+    gathered.train()
+    gathered._conditioning = _with_identity_gather(gathered._conditioning)
     fns = {
         "reference-style": stepper(ref, lambda x1, x0, t, y: reference_loss(ref, x1, x0, t, y, p)),
         "ours": stepper(ours, lambda x1, x0, t, y: pf.training_loss(ours, x1, x0=x0, t=t, labels=y, label_dropout=False)["loss"]),
+        "ours-gather": stepper(gathered, lambda x1, x0, t, y: pf.training_loss(gathered, x1, x0=x0, t=t, labels=y,
+                                                                                label_dropout=False)["loss"]),
     }
     times = interleaved_times(fns, repeats=args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
-    q1, ratio, q3 = paired_ratios(times["ours"], times["reference-style"])
     print(f"# {command_line()}")
     print(f"# {describe_machine()}; PF width {args.hidden_size}, {args.depth} blocks, {n} tokens, batch {b}, AdamW + clip 1.0")
-    print(f"# {args.clock} seconds per step (medians of {args.repeats} interleaved rounds); ours / ref: median and quartiles of the per-round ratios")
-    print(f"{'reference-style s':>18} {'ours s':>10} {'ours / ref':>11} {'quartiles':>14}")
-    print(f"{statistics.median(times['reference-style']):>18.4f} {statistics.median(times['ours']):>10.4f} {ratio:>11.3f} {q1:>6.3f}-{q3:.3f}  (target <= 0.95)")
+    print(f"# {args.clock} seconds per step (medians of {args.repeats} interleaved rounds); ratios to the reference-style "
+          "step: median and quartiles of the per-round ratios")
+    print(f"{'step':<46} {'s':>8} {'/ ref':>7} {'quartiles':>14}")
+    print(f"{'reference-style (per token, as the method)':<46} {statistics.median(times['reference-style']):>8.4f}")
+    for key, label in (("ours", "ours (no gather on the per-token path)"), ("ours-gather", "ours with the former identity gather")):
+        q1, ratio, q3 = paired_ratios(times[key], times["reference-style"])
+        print(f"{label:<46} {statistics.median(times[key]):>8.4f} {ratio:>7.3f} {q1:>6.3f}-{q3:.3f}")
+    q1, ratio, q3 = paired_ratios(times["ours"], times["ours-gather"])
+    print(f"ours / ours with the gather: {ratio:.3f} ({q1:.3f}-{q3:.3f}); target ours / ref <= 0.95")
+
+
+def _with_identity_gather(conditioning):
+    """Wrap ``_conditioning`` so the per-token path gathers its (B*N, D) rows through an identity index."""
+    from patchforcing.models.transformer import Conditioning
+
+    def wrapped(t, y):
+        c = conditioning(t, y)
+        if c.vectors.ndim != 3:
+            return c
+        b, n, d = c.vectors.shape
+        return Conditioning(c.vectors.reshape(b * n, d), torch.arange(b * n, device=t.device).view(b, n))
+    return wrapped
 
 
 if __name__ == "__main__":
