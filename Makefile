@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # torch is pinned in the same pip command so pip never pulls a multi-GB CUDA build here.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/patchforcing bench --out bench
+
+# Every GPU path on the GPU it finds, one markdown table (<= 10 min on one H100/H200).
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo bench

@@ -327,3 +327,38 @@ def test_state_dict_uses_released_names(pf_model):
     assert expected <= names
     assert pf_model.state_dict()["y_embedder.embedding_table.weight"].shape == (6, 32)
     assert pf_model.state_dict()["final_layer.linear.weight"].shape == (2 * 2 * 4, 32)
+
+
+# --- the per-token path without a gather ----------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_per_token_modulation_is_bit_identical_to_the_identity_gather(dtype):
+    """Training times (all distinct) skip the identity gather; outputs and gradients are unchanged."""
+    from patchforcing.models.transformer import Conditioning
+
+    model = make_model("patch-forcing", 2, seed=5, dtype=dtype).train()
+    x, g = _inputs(model)
+    x = x.to(dtype)
+    t = torch.rand(B, model.num_patches, generator=g, dtype=dtype)
+    y = torch.tensor([1, 0, 2])
+    new_cond = model._conditioning(t, y)
+    assert new_cond.index is None and new_cond.vectors.shape == (B, model.num_patches, model.config.hidden_size)
+
+    def gathered(t, y):  # the former per-token path: (B*N, D) rows through an identity index
+        c = new_cond_fn(t, y)
+        b, n, d = c.vectors.shape
+        return Conditioning(c.vectors.reshape(b * n, d), torch.arange(b * n).view(b, n))
+
+    def run():
+        model.zero_grad()
+        out = model(x, t, y)
+        (out.velocity.square().mean() + out.logvar.mean()).backward()
+        return out, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    new_out, new_grads = run()
+    new_cond_fn = model._conditioning
+    model._conditioning = gathered
+    old_out, old_grads = run()
+    del model._conditioning
+    assert torch.equal(new_out.velocity, old_out.velocity) and torch.equal(new_out.logvar, old_out.logvar)
+    assert new_grads.keys() == old_grads.keys() and all(torch.equal(new_grads[k], old_grads[k]) for k in new_grads)
+    assert new_grads["blocks.0.adaLN_modulation.1.weight"].abs().max() > 0

@@ -36,8 +36,8 @@ def test_two_processes_write_one_folder_like_one_process(images_and_vae, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     meta = json.loads((tmp_path / "two" / "meta.json").read_text())
     train_shards = meta["shards"]["train"]
-    assert {s.split("/")[1][:10] for s in train_shards} == {"shard-r000", "shard-r001"}  # both ranks wrote
-    assert sorted(p.name for p in (tmp_path / "two" / "train").iterdir()) == sorted(s.split("/")[1] for s in train_shards)
+    assert {s.split("/")[-1][:10] for s in train_shards} == {"shard-r000", "shard-r001"}  # both ranks wrote
+    assert sorted(p.name for p in (tmp_path / "two" / "gen-1" / "train").iterdir()) == sorted(s.split("/")[-1] for s in train_shards)
     for split in ("train", "test"):
         a = load_latent_dataset(one, split=split, lazy=False)
         b = load_dataset(str(tmp_path / "two"), split=split)  # read lazily, shard by shard

@@ -267,3 +267,41 @@ def test_core_imports_without_transformers(monkeypatch):
     with pytest.raises(ConfigError, match=r"patchforcing\[hf\]"):
         load_encoder("dinov2-b")
     assert load_encoder("digits-cnn").feature_dim == 64
+
+
+@pytest.mark.parametrize("image_size", [256, 512])
+def test_dinov2_position_table_resampled_once_as_repa_does(tmp_path, image_size):
+    """REPA resamples DINOv2's 37 x 37 table (bicubic, antialiased) to 16 * (R // 256) and feeds 224 * (R // 256) px."""
+    transformers = pytest.importorskip("transformers")
+    from patchforcing.encoders import load_encoder
+
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                    patch_size=14, image_size=518)  # 37 x 37 position table, as the released models
+    torch.manual_seed(0)
+    net = transformers.Dinov2Model(cfg)
+    with torch.no_grad():  # a smooth table (as trained ones are), plus noise
+        grid = torch.linspace(-1, 1, 37)
+        smooth = torch.sin(3 * grid[:, None, None] + torch.arange(32) * 0.3) * torch.cos(2 * grid[None, :, None])
+        net.embeddings.position_embeddings[:, 1:] = smooth.reshape(1, 37 * 37, 32) + 0.1 * torch.randn(1, 37 * 37, 32)
+    net.save_pretrained(tmp_path / "dino")
+    enc = load_encoder(f"dinov2:{tmp_path / 'dino'}", image_size=image_size)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    feats = enc(images)
+    scale = image_size // 256
+    assert feats.shape == (2, (16 * scale) ** 2, 32)
+
+    # the literal computation: table resampled once, then the model run at 224 * scale without interpolation
+    ref_net = transformers.Dinov2Model.from_pretrained(tmp_path / "dino").eval()
+    table = ref_net.embeddings.position_embeddings.data
+    patch = table[:, 1:].reshape(1, 37, 37, 32).permute(0, 3, 1, 2)
+    patch = torch.nn.functional.interpolate(patch, size=(16 * scale, 16 * scale), mode="bicubic", antialias=True,
+                                            align_corners=False)
+    x = (images + 1) / 2
+    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = torch.nn.functional.interpolate(x, size=(224 * scale, 224 * scale), mode="bicubic", align_corners=False)
+    with torch.no_grad():
+        old = ref_net(pixel_values=x).last_hidden_state[:, 1:]  # transformers interpolates per call, no antialiasing
+        ref_net.embeddings.position_embeddings.data = torch.cat([table[:, :1], patch.permute(0, 2, 3, 1).reshape(1, -1, 32)], 1)
+        ref = ref_net(pixel_values=x).last_hidden_state[:, 1:]
+    torch.testing.assert_close(feats, ref, atol=1e-6, rtol=1e-6)
+    assert (feats - old).norm() / old.norm() > 1e-3  # the former path gives other targets

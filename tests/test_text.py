@@ -106,3 +106,22 @@ def test_core_and_toy_encoder_work_without_transformers():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout and "patchforcing[hf]" in out.stdout
+
+
+def test_presets_name_the_exact_models_and_dtypes(monkeypatch):
+    """Ours and the authors' T5/CLIP choices, each by its exact id and dtype, passed through to the loader."""
+    import patchforcing.text as text
+
+    table = {name: (p.source, p.max_length, p.dtype) for name, p in text.TEXT_ENCODERS.items()}
+    assert table["t5-xxl"] == ("google/t5-v1_1-xxl", 512, torch.bfloat16)
+    assert table["t5-xxl-authors"] == ("google/t5-xxl-lm-adapt", 512, torch.bfloat16)
+    assert table["clip-l"] == ("openai/clip-vit-large-patch14", 77, torch.float32)
+    assert table["clip-l-authors"] == ("openai/clip-vit-large-patch14", 77, torch.bfloat16)
+    assert table["qwen3-vl-embedding-2b"] == ("Qwen/Qwen3-VL-Embedding-2B", 256, torch.bfloat16)
+    assert all(p.note for p in text.TEXT_ENCODERS.values())
+    seen = {}
+    monkeypatch.setattr(text, "HFTextEncoder", lambda source, length, **kw: seen.update(source=source, length=length, **kw))
+    text.load_text_encoder("clip-l-authors")
+    assert (seen["source"], seen["length"], seen["dtype"]) == ("openai/clip-vit-large-patch14", 77, torch.bfloat16)
+    text.load_text_encoder("t5-xxl-authors", max_length=128, dtype=torch.float32)
+    assert (seen["source"], seen["length"], seen["dtype"]) == ("google/t5-xxl-lm-adapt", 128, torch.float32)

@@ -17,7 +17,8 @@ from patchforcing.data.datasets import (
     load_dataset,
     split_image_files,
 )
-from patchforcing.data.latents import encode_latents, is_latent_folder, load_vae, prepare_latents, read_meta
+from patchforcing.data.latents import encode_latents, is_latent_folder, load_vae, read_meta
+from patchforcing.data.prepare import prepare_latents
 
 __all__ = [
     "BUILTIN_NAMES",

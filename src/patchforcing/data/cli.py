@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from patchforcing.data.latents import prepare_latents
+from patchforcing.data.prepare import prepare_latents
 from patchforcing.runtime import DEFAULT_TIMEOUT_S
 
 
@@ -24,7 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="built-in name (digits, photos, photos-labeled) or a folder of images")
     p.add_argument("--vae", required=True, help="local AutoencoderKL folder, or a Hugging Face id already in the local cache")
-    p.add_argument("--out", required=True, help="output folder (an existing latent folder is overwritten)")
+    p.add_argument("--out", required=True,
+                   help="output folder; an existing latent folder is replaced once the new one is complete, "
+                        "and the same command resumes after a kill")
     p.add_argument("--resolution", type=int, default=256, help="image side before encoding (default 256)")
     p.add_argument("--batch-size", type=int, default=32, help="images per VAE call (default 32)")
     p.add_argument("--scale-factor", type=float, default=None, help="latent scale (default: the VAE config's scaling_factor)")
@@ -37,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--repa-encoder", default=None,
                    help="also store this REPA encoder's features of the images beside the latents "
                         "(digits-cnn, dinov2-b, dinov2:FOLDER) for `train --repa-encoder` on latents")
+    p.add_argument("--hflip", action="store_true",
+                   help="also encode every horizontally mirrored image; training picks one of the two per sample and step")
     p.set_defaults(func=run)
 
 
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         out = prepare_latents(
             args.data, args.vae, args.out, resolution=args.resolution, batch_size=args.batch_size,
             scale_factor=args.scale_factor, device=str(procs.device), shard_size=args.shard_size, split=args.split,
-            seed=args.seed, repa_encoder=args.repa_encoder, procs=procs,
+            seed=args.seed, repa_encoder=args.repa_encoder, hflip=args.hflip, procs=procs,
         )
         ok = True
     finally:

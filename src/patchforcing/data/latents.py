@@ -1,11 +1,18 @@
-"""Latent data sets: encode images once with a VAE, then train on the stored latents.
+"""Latent data sets: encode images once with a VAE (``patchforcing.data.prepare``), then train
+on the stored latents. This module reads them.
 
-Layout written by :func:`prepare_latents` (every file written to a temporary name and moved
-into place, ``meta.json`` last, so a folder with ``meta.json`` is complete)::
+A latent folder (every file written to a temporary name and moved into place, ``meta.json``
+last, so a folder with ``meta.json`` is complete)::
 
-    out/meta.json                        format, VAE, scale factor, sizes, classes, shards
-    out/train/shard-00000.safetensors    latents (M, c, h, w) float32, labels (M,) int64
-    out/test/shard-00000.safetensors     the held-out split of the source data
+    out/meta.json                              format, VAE, scale factor, sizes, classes, shards
+    out/gen-1/train/shard-00000.safetensors    latents (M, c, h, w) float32, labels (M,) int64
+    out/gen-1/test/shard-00000.safetensors     the held-out split of the source data
+
+``meta.json`` lists every shard by its path in the folder (older versions wrote ``train/`` and
+``test/`` at the top; those folders load as before). Shards written with ``"posterior": true``
+also hold ``latents_std``, the posterior standard deviation (scaled like the mean); with
+``"hflip": true`` also ``latents_flip`` and ``latents_flip_std`` of the mirrored images (see
+:class:`LatentViews`).
 
 Captioned data (``digits-captions``, folders with captions) keep their captions: beside every
 shard a ``shard-XXXXX.captions.json`` lists the shard's captions in row order, ``meta.json`` says
@@ -18,32 +25,28 @@ REPA training on latents never decodes.
 Stored latents are ``(posterior mean - shift_factor) * scale_factor``; ``shift_factor`` is 0
 for SD-VAE-style autoencoders (no shift in their config). Decode with
 ``vae.decode(latents / scale_factor + shift_factor)``.
+
+A process that opens a latent folder holds a shared lock on its ``run.lock`` while the data set
+object lives, so ``prepare-latents`` refuses to rewrite a folder a training reads.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from patchforcing.data.datasets import (
-    BUILTIN_NAMES,
-    SPLITS,
-    ImageDataset,
-    check_split,
-    load_dataset,
-    folder_split_files,
-    read_image,
-    report_skipped,
-)
+from patchforcing.data.datasets import ImageDataset, check_split
 from patchforcing.data.mapped import MappedLatents
 from patchforcing.errors import DataError
-from patchforcing.runs import atomic_save_safetensors, atomic_write_text, remove_stale_temporaries
-from patchforcing.runtime import Processes, gather_to_main, run_on_main
+from patchforcing.runs import LOCK_FILE
 
 LATENT_FORMAT, LATENT_VERSION = "patchforcing-latents", 1
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -72,7 +75,76 @@ def read_meta(root: str | Path) -> dict:
             f"{path} has latent format version {meta.get('version')}, this package reads version {LATENT_VERSION}; "
             "re-run prepare-latents"
         )
+    for key, kinds in _META_FIELDS.items():
+        value = meta.get(key)
+        if isinstance(value, bool) or not isinstance(value, kinds) or (
+                key == "shards" and not all(isinstance(v, list) and all(isinstance(n, str) for n in v) for v in value.values())):
+            what = "lacks" if key not in meta else f"has a wrong {key!r} ({type(value).__name__}) instead of"
+            raise DataError(f"{path} {what} the field {key!r}; the file is damaged or hand-edited: re-run "
+                            "`patchforcing prepare-latents` with the same --out to rewrite the folder")
     return meta
+
+
+_META_FIELDS = {  # the fields every reader relies on, and their JSON types
+    "vae": str, "scale_factor": (int, float), "shift_factor": (int, float), "channels": int, "resolution": int,
+    "image_resolution": int, "num_classes": int, "class_names": list, "num_images": dict, "shards": dict,
+}
+
+
+@dataclass
+class LatentViews:
+    """The other stored versions of each row of a latent folder, beside the posterior mean.
+
+    Attributes (each ``(M, ...)`` rows like the mean, or None when the folder lacks them):
+        std: posterior standard deviation (scaled like the mean).
+        flip, flip_std: posterior mean and std of the horizontally mirrored image.
+        flip_features: REPA features of the mirrored image.
+    """
+
+    std: Tensor | None = None
+    flip: Tensor | None = None
+    flip_std: Tensor | None = None
+    flip_features: Tensor | None = None
+
+
+def _views(meta: dict, paths: list[Path]) -> LatentViews | None:
+    if not (meta.get("posterior") or meta.get("hflip")):
+        return None
+    keys = ["latents_std"] if meta.get("posterior") else []
+    if meta.get("hflip"):
+        keys += ["latents_flip"] + (["latents_flip_std"] if meta.get("posterior") else [])
+        keys += ["repa_features_flip"] if meta.get("repa_encoder") else []
+    rows = {k: MappedLatents(paths, k) for k in keys}
+    return LatentViews(rows.get("latents_std"), rows.get("latents_flip"), rows.get("latents_flip_std"),
+                       rows.get("repa_features_flip"))
+
+
+def hold_shared_lock(root: Path):
+    """A shared ``flock`` on ``root/run.lock`` (released when the returned file is closed or collected):
+    ``prepare-latents`` takes the exclusive one, so it cannot rewrite a folder that is being read.
+
+    Returns None where no lock can be taken (a read-only folder without a lock file: nothing here
+    can rewrite it either). The lock file is never followed when it is a symbolic link.
+
+    Raises:
+        DataError: a preparation is writing the folder now.
+    """
+    path = root / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise DataError(f"{root} is being written by prepare-latents now; wait for it to finish, then rerun") from None
+        return None
+    return os.fdopen(fd, "rb")
 
 
 def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: int | None = None,
@@ -89,7 +161,9 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
 
     Returns:
         :class:`ImageDataset` with ``images`` (M, c, h, w) scaled latents, plus ``vae``,
-        ``scale_factor``, ``shift_factor`` and ``image_resolution`` from ``meta.json``.
+        ``scale_factor``, ``shift_factor`` and ``image_resolution`` from ``meta.json``, and
+        ``latent_views`` (a :class:`LatentViews`, or None for a folder of posterior means only).
+        The data set holds a shared lock on the folder while it lives.
     """
     from safetensors import safe_open
 
@@ -106,6 +180,7 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
         raise DataError(
             f"{root} has no '{split}' latents; re-run prepare-latents with --split all (or the source had too few images)"
         )
+    lock = hold_shared_lock(root)
     latents, labels = [], []
     for name in shards:  # the labels (8 bytes per image) are always read; the latents only when not lazy
         try:
@@ -115,33 +190,42 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
                     latents.append(f.get_tensor("latents"))
         except Exception as err:  # noqa: BLE001 - safetensors raises several types for a bad file
             raise DataError(f"cannot read latent shard {root / name} ({err}); re-run prepare-latents") from err
-    images = MappedLatents([root / name for name in shards]) if lazy else torch.cat(latents)
+    paths = [root / name for name in shards]
+    images = MappedLatents(paths) if lazy else torch.cat(latents)
     if meta.get("captions"):  # text-to-image data: the captions of every shard, in row order
         from patchforcing.data.captions import CaptionedDataset
 
         captions = [c for name in shards for c in _read_captions(root / name)]
-        return CaptionedDataset(
+        ds = CaptionedDataset(
             images, torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
             vae=meta["vae"], scale_factor=meta["scale_factor"], shift_factor=meta["shift_factor"],
             image_resolution=meta["image_resolution"], captions=captions,
         )
+        return _attach(ds, _views(meta, paths), lock)
     repa = {}
     if meta.get("repa_encoder"):
         repa = {"repa_encoder": meta["repa_encoder"], "repa_features": MappedLatents([root / n for n in shards], "repa_features")}
-    return ImageDataset(
+    ds = ImageDataset(
         images, torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
         vae=meta["vae"], scale_factor=meta["scale_factor"], shift_factor=meta["shift_factor"],
         image_resolution=meta["image_resolution"], **repa,
     )
+    return _attach(ds, _views(meta, paths), lock)
 
 
-def _captions_file(shard: Path) -> Path:
+def _attach(ds: ImageDataset, views: LatentViews | None, lock) -> ImageDataset:
+    ds.latent_views = views  # read by training (``--latent-sampling``); None for mean-only folders
+    ds.folder_lock = lock  # the shared lock lives as long as the data set
+    return ds
+
+
+def captions_file(shard: Path) -> Path:
     return shard.with_name(shard.name.replace(".safetensors", ".captions.json"))
 
 
 def _read_captions(shard: Path) -> list[str]:
     try:
-        return list(json.loads(_captions_file(shard).read_text(encoding="utf-8")))
+        return list(json.loads(captions_file(shard).read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read the captions of latent shard {shard} ({err}); re-run prepare-latents") from err
 
@@ -183,220 +267,19 @@ def load_vae(vae: str, device: str = "cpu"):
     )
 
 
-def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int, part: tuple[int, int] = (0, 1)):
-    """Describe a split and stream it as ``(images (B, C, R, R) in [-1, 1], labels (B,), captions)``
-    (captions: a list of B strings for captioned data, else None).
-
-    Folders of images are read file by file (never all in memory); built-in data sets are small.
-    ``part = (rank, world_size)`` keeps the rank's contiguous block of the items (in order, so the
-    ranks' shards concatenate to the single-process order).
-    Returns ``(info, iterator)`` with info keys num_items, num_classes, class_names, channels.
-    """
-    path = Path(data).expanduser()
-    from patchforcing.data.captions import is_captioned_folder
-
-    captioned_folder = path.is_dir() and not is_latent_folder(path) and is_captioned_folder(path)  # read in memory below
-    if data not in BUILTIN_NAMES and path.is_dir() and not is_latent_folder(path) and not captioned_folder:
-        files, class_names = folder_split_files(path, split)  # a test split may be empty
-        files = files[_block(len(files), part)]
-
-        def stream():
-            skipped = []
-            for start in range(0, len(files), batch_size):
-                chunk = [(read_image(p, resolution), label, p) for p, label in files[start : start + batch_size]]
-                skipped += [p for img, _, p in chunk if img is None]
-                ok = [(img, label) for img, label, _ in chunk if img is not None]
-                if ok:
-                    yield torch.stack([i for i, _ in ok]).float() / 127.5 - 1, torch.tensor([lab for _, lab in ok]), None
-            report_skipped(path, skipped)
-
-        return {"num_items": len(files), "num_classes": len(class_names), "class_names": class_names, "channels": 3}, stream()
-    if is_latent_folder(path) and data not in BUILTIN_NAMES:
-        raise DataError(
-            f"{data} already holds latents; pass the image data (a folder of images or a built-in name) to prepare-latents"
-        )
-    ds = load_dataset(data, split=split, resolution=resolution, seed=seed)
-    block = _block(len(ds), part)
-    images, labels = ds.images[block], ds.labels[block]
-    captions = getattr(ds, "captions", None)
-    captions = captions[block] if captions else None
-    info = {"num_items": len(images), "num_classes": ds.num_classes, "class_names": ds.class_names, "channels": ds.channels,
-            "captioned": captions is not None}
-    return info, ((images[i : i + batch_size], labels[i : i + batch_size], captions[i : i + batch_size] if captions else None)
-                  for i in range(0, len(images), batch_size))
-
-
-def _block(count: int, part: tuple[int, int]) -> slice:
-    """Rank ``part[0]``'s contiguous share of ``count`` items split over ``part[1]`` ranks."""
-    rank, world_size = part
-    return slice(rank * count // world_size, (rank + 1) * count // world_size)
-
-
-def _prepare_out(out: Path) -> None:
-    """Create ``out``; an existing latent folder is overwritten, any other non-empty folder refused."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()):
-        if not is_latent_folder(out):
-            raise DataError(f"--out {out} exists, is not empty and is not a latent folder; choose a new --out folder")
-        read_meta(out)  # refuse to overwrite a foreign meta.json
-        remove_stale_temporaries(out)  # left by a killed earlier preparation of this folder
-        (out / "meta.json").unlink()  # the folder is incomplete until the new meta.json lands
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def prepare_latents(
-    data: str,
-    vae: str,
-    out: str,
-    *,
-    resolution: int = 256,
-    batch_size: int = 32,
-    scale_factor: float | None = None,
-    device: str = "cpu",
-    shard_size: int = 4096,
-    split: str = "all",
-    seed: int = 0,
-    repa_encoder: str | None = None,
-    procs: Processes | None = None,
-) -> Path:
-    """Encode a data set with a VAE into a latent folder that :func:`load_dataset` reads.
-
-    Under ``torchrun`` (``procs`` from ``patchforcing.runtime.setup``) every process encodes a
-    contiguous block of each split into its own shards (``shard-rRRR-KKKKK``) and rank 0 writes
-    one ``meta.json`` that lists them in rank order: the same folder layout and image order as a
-    single process, produced W times faster.
-
-    Args:
-        data: a built-in name or a folder of images (see :func:`load_dataset`).
-        vae: a local ``AutoencoderKL`` folder or a Hugging Face id already in the local cache.
-        out: output folder (created; an existing latent folder is overwritten).
-        resolution: image side the data is loaded at before encoding; must be divisible by
-            the VAE's downsampling factor (8 for SD-VAE, giving 32x32 latents at 256).
-        batch_size: images per VAE call.
-        scale_factor: multiplies the posterior mean; default ``vae.config.scaling_factor``
-            (0.18215 for SD-VAE).
-        device: torch device for the VAE, e.g. "cpu" or "cuda".
-        shard_size: latents per safetensors file.
-        split: "all" (train and the held-out test split, the default), "train" or "test".
-        seed: seed of the ``photos`` crop pool.
-        repa_encoder: also store this REPA encoder's features of the images (``digits-cnn``,
-            ``dinov2-b``, ``dinov2:FOLDER``; see ``patchforcing.encoders``) beside the latents.
-        procs: this process among several (default: a single process on ``device``).
-
-    Returns:
-        The output folder.
-    """
-    if split not in (*SPLITS, "all"):
-        raise DataError(f"unknown split {split!r}; use 'all', 'train' or 'test'")
-    if batch_size < 1 or shard_size < 1:
-        raise DataError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
-    model = load_vae(vae, device)
-    cfg = model.config
-    factor = 2 ** (len(cfg.block_out_channels) - 1)
-    if resolution % factor:
-        raise DataError(
-            f"resolution {resolution} is not divisible by the VAE's downsampling factor {factor}; "
-            f"pick e.g. {resolution // factor * factor or factor}"
-        )
-    scale = float(cfg.scaling_factor if scale_factor is None else scale_factor)
-    shift = float(getattr(cfg, "shift_factor", None) or 0.0)
-    encoder = None
-    if repa_encoder is not None:
-        from patchforcing.encoders import load_encoder
-
-        encoder = load_encoder(repa_encoder, device)
-    out_dir = Path(out).expanduser()
-    procs = procs or Processes(device=torch.device(device))
-    run_on_main(lambda: _prepare_out(out_dir), procs)  # then every rank may write its shards
-
-    meta_splits, info = {}, None
-    prefix = f"r{procs.rank:03d}-" if procs.distributed else ""
-    for name in SPLITS if split == "all" else (split,):
-        info, batches = _batches(data, name, resolution, batch_size, seed, (procs.rank, procs.world_size))
-        meta_splits[name] = _encode_split(model, batches, info, out_dir, name, scale, shift, shard_size, encoder, prefix)
-    parts = gather_to_main(meta_splits, procs)
-    return run_on_main(lambda: _write_meta(out_dir, parts, split, data, vae, scale, shift, cfg, resolution // factor,
-                                           resolution, info, repa_encoder), procs)
-
-
-def _write_meta(out_dir: Path, parts: list[dict], split: str, data: str, vae: str, scale: float, shift: float, cfg,
-                latent_size: int, resolution: int, info: dict, repa_encoder: str | None) -> Path:
-    """Rank 0: merge the ranks' shard lists (rank order), remove stale shards, write ``meta.json`` last."""
-    meta_splits = {name: {"num_images": sum(p[name]["num_images"] for p in parts),
-                          "shards": [s for p in parts for s in p[name]["shards"]]} for name in parts[0]}
-    for name, entry in meta_splits.items():
-        for stale in (out_dir / name).glob("shard-*.safetensors"):  # left over from an earlier, larger run
-            if f"{name}/{stale.name}" not in entry["shards"]:
-                stale.unlink()
-                _captions_file(stale).unlink(missing_ok=True)
-    if split != "test" and meta_splits["train"]["num_images"] == 0:
-        raise DataError(f"no training image of {data} could be read; check the files")
-    vae_name = str(Path(vae).expanduser().resolve()) if Path(vae).expanduser().exists() else vae
-    meta = {
-        "format": LATENT_FORMAT, "version": LATENT_VERSION, "vae": vae_name, "source": data,
-        "scale_factor": scale, "shift_factor": shift, "channels": int(cfg.latent_channels),
-        "resolution": latent_size, "image_resolution": resolution,
-        "num_classes": info["num_classes"], "class_names": list(info["class_names"]),
-        "num_images": {k: v["num_images"] for k, v in meta_splits.items()},
-        "shards": {k: v["shards"] for k, v in meta_splits.items()},
-        "repa_encoder": repa_encoder,
-        "captions": bool(info.get("captioned", False)),
-    }
-    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
-    return out_dir
-
-
-def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> Tensor:
-    """``(posterior mean - shift) * scale`` of images (B, C, R, R) in [-1, 1] -> (B, c, R/f, R/f) float32 on CPU."""
+def encode_posterior(model, images: Tensor, scale: float, shift: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``((mean - shift) * scale, std * scale)`` of the VAE posterior of images (B, C, R, R) in
+    [-1, 1]: two (B, c, R/f, R/f) float32 tensors on the CPU."""
     param = next(model.parameters())
     if images.shape[1] == 1 and model.config.in_channels == 3:
         images = images.expand(-1, 3, -1, -1)  # grayscale data through an RGB autoencoder
     if images.shape[1] != model.config.in_channels:
         raise DataError(f"the data has {images.shape[1]} channels but the VAE expects {model.config.in_channels}")
     with torch.inference_mode():
-        mean = model.encode(images.to(param.device, param.dtype)).latent_dist.mean
-    return ((mean.float() - shift) * scale).cpu()
+        dist = model.encode(images.to(param.device, param.dtype)).latent_dist
+    return ((dist.mean.float() - shift) * scale).cpu(), (dist.std.float() * scale).cpu()
 
 
-def _encode_split(
-    model, batches, info: dict, out: Path, split: str, scale: float, shift: float, shard_size: int, encoder=None,
-    prefix: str = "",
-) -> dict:
-    """Encode one split into ``out/split/shard-{prefix}XXXXX.safetensors``; returns its meta entry."""
-    from tqdm import tqdm
-
-    folder = out / split
-    folder.mkdir(exist_ok=True)
-    shards, buf_x, buf_y, buf_f, buf_c, count = [], [], [], [], [], 0
-
-    def flush(final: bool) -> None:
-        nonlocal buf_x, buf_y, buf_f, buf_c
-        while buf_x and (final or sum(len(x) for x in buf_x) >= shard_size):
-            x, y = torch.cat(buf_x), torch.cat(buf_y)
-            name = f"{split}/shard-{prefix}{len(shards):05d}.safetensors"
-            tensors = {"latents": x[:shard_size].contiguous(), "labels": y[:shard_size].long().contiguous()}
-            feats = torch.cat(buf_f) if buf_f else None
-            if feats is not None:  # REPA targets of the same images, same order
-                tensors["repa_features"] = feats[:shard_size].contiguous()
-            if buf_c:  # captions of the same rows, written before the shard is listed anywhere
-                text = json.dumps(buf_c[:shard_size], ensure_ascii=False)
-                atomic_write_text(_captions_file(out / name), text)
-                buf_c = buf_c[shard_size:]
-            atomic_save_safetensors(tensors, out / name)
-            shards.append(name)
-            buf_x, buf_y = ([x[shard_size:]], [y[shard_size:]]) if len(x) > shard_size else ([], [])
-            buf_f = [feats[shard_size:]] if feats is not None and len(feats) > shard_size else []
-
-    with tqdm(total=info["num_items"], desc=f"encode {split}", unit="img", disable=None) as bar:
-        for images, labels, captions in batches:
-            buf_x.append(encode_latents(model, images, scale, shift))
-            buf_y.append(labels)
-            buf_c.extend(captions or [])
-            if encoder is not None:
-                buf_f.append(encoder(images).cpu())  # (B, N', z) of the clean images
-            count += len(images)
-            bar.update(len(images))
-            flush(final=False)
-    flush(final=True)
-    return {"num_images": count, "shards": shards}
+def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> Tensor:
+    """``(posterior mean - shift) * scale`` of images (B, C, R, R) in [-1, 1] -> (B, c, R/f, R/f) float32 on CPU."""
+    return encode_posterior(model, images, scale, shift)[0]

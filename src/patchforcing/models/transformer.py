@@ -51,15 +51,20 @@ class FeatureOutput(ModelOutput):
 class Conditioning(NamedTuple):
     """Distinct conditioning vectors and how tokens map onto them.
 
-    ``vectors`` (P, D). ``index`` is None when P == B and every token of sample b uses row b
-    (broadcast path); otherwise a (B, N) long tensor of rows.
+    ``index`` None: ``vectors`` is (B, D), row b for every token of sample b (broadcast path), or
+    (B, N, D), one row per token (per-token path: no gather, the layer's output is already laid
+    out per token). Otherwise ``vectors`` (P, D) holds the distinct rows and ``index`` (B, N)
+    says which row each token uses.
     """
 
     vectors: Tensor
     index: Tensor | None
 
     def apply(self, layer: nn.Module) -> Tensor:
-        """Evaluate ``layer`` on the distinct rows and spread the result to tokens."""
+        """Evaluate ``layer`` on the distinct rows and spread the result to tokens: (B, 1 or N, k*D)."""
+        if self.vectors.ndim == 3:  # per token: one (B*N, D) matrix product, then a view
+            b, n, d = self.vectors.shape
+            return layer(self.vectors.reshape(b * n, d)).view(b, n, -1)  # (B, N, k*D)
         out = layer(self.vectors)  # (P, k*D)
         if self.index is None:
             return out[:, None, :]  # (B, 1, k*D), broadcast over tokens
@@ -185,7 +190,7 @@ class PatchForcingTransformer(Network):
             return Conditioning(self.t_embedder(t) + y_emb, None)
         b, n = t.shape
         if not self.share_modulation:
-            return Conditioning((self.t_embedder(t) + y_emb[:, None]).reshape(b * n, -1), self._arange_index(b, n, t.device))
+            return Conditioning(self.t_embedder(t) + y_emb[:, None], None)  # (B, N, D)
         if bool((t == t[:, :1]).all()):  # one time per sample: broadcast path
             return Conditioning(self.t_embedder(t[:, 0]) + y_emb, None)
         # Distinct (sample, time) pairs: unique times, then unique (sample, time-id) keys.
@@ -193,14 +198,10 @@ class PatchForcingTransformer(Network):
         key = torch.arange(b, device=t.device)[:, None] * times.numel() + time_id  # (B, N)
         keys, index = torch.unique(key, return_inverse=True)  # (P,), (B, N)
         if keys.numel() * 2 > b * n:  # mostly distinct (training): sharing would not pay
-            return Conditioning((self.t_embedder(t) + y_emb[:, None]).reshape(b * n, -1), self._arange_index(b, n, t.device))
+            return Conditioning(self.t_embedder(t) + y_emb[:, None], None)  # (B, N, D)
         sample_of, tid_of = keys // times.numel(), keys % times.numel()
         vectors = self.t_embedder(times)[tid_of] + y_emb[sample_of]  # (P, D)
         return Conditioning(vectors, index)
-
-    @staticmethod
-    def _arange_index(b: int, n: int, device: torch.device) -> Tensor:
-        return torch.arange(b * n, device=device).view(b, n)
 
     def unpatchify(self, x: Tensor) -> Tensor:
         """(B, N, p*p*C) -> (B, C, H, W); token (i, j), in-patch (a, b), channel c -> (c, i*p+a, j*p+b)."""

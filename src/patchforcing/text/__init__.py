@@ -37,8 +37,17 @@ class EncoderPreset:
 TEXT_ENCODERS: dict[str, EncoderPreset] = {
     # The paper's encoder (SPEC_T2I 7.8): the text model of Qwen3-VL-Embedding-2B, bf16, 256 tokens, D = 2048.
     "qwen3-vl-embedding-2b": EncoderPreset("Qwen/Qwen3-VL-Embedding-2B", 256, torch.bfloat16, "the paper's encoder, D = 2048"),
-    "t5-xxl": EncoderPreset("google/t5-v1_1-xxl", 512, torch.bfloat16, "T5 v1.1 XXL encoder, D = 4096"),
-    "clip-l": EncoderPreset("openai/clip-vit-large-patch14", 77, torch.float32, "CLIP ViT-L/14 text model, D = 768"),
+    "t5-xxl": EncoderPreset("google/t5-v1_1-xxl", 512, torch.bfloat16,
+                            "T5 v1.1 XXL encoder (the original pre-training objective), D = 4096"),
+    "clip-l": EncoderPreset("openai/clip-vit-large-patch14", 77, torch.float32,
+                            "CLIP ViT-L/14 text model in float32, D = 768"),
+    # The same families as the authors' code loads them: their T5 is the LM-adapted XXL checkpoint (other
+    # weights than T5 v1.1: states from one do not fit a network trained on the other), their CLIP-L runs
+    # in bf16. The padded lengths are ours (the authors' lengths are not recorded here).
+    "t5-xxl-authors": EncoderPreset("google/t5-xxl-lm-adapt", 512, torch.bfloat16,
+                                    "T5 XXL LM-adapted encoder, bf16, as the authors' code loads it, D = 4096"),
+    "clip-l-authors": EncoderPreset("openai/clip-vit-large-patch14", 77, torch.bfloat16,
+                                    "CLIP ViT-L/14 text model in bf16, as the authors' code runs it, D = 768"),
     # Ships with the package; a toy (fixed byte embeddings), for CPU demos and tests.
     "byte-toy": EncoderPreset("builtin", 32, torch.float32, "bundled toy byte-level encoder, D = 64"),
 }

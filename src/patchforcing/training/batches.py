@@ -11,6 +11,14 @@ and each process keeps its slice. Hence, by construction:
 
 Images are visited in epochs: epoch e is a permutation of the data set seeded by ``(seed, e)``
 and step k (1-based) takes positions ``[(k-1) B, k B)`` of the concatenated epochs.
+
+Latent folders that store more than the posterior mean (``prepare-latents`` writes the
+posterior std, and with ``--hflip`` the mirrored images' posteriors) give each row several
+versions: per sample and step, one of the two mirrorings (probability 1/2) and, with
+``latent_sampling="posterior"``, the sample ``mean + std * eps``. Both draws come from the
+step's own stream ``(seed, STREAM_LATENT_VIEW, step)`` for the global batch, so they too are a
+function of ``(seed, step)``; a folder of means only draws nothing there and gives the batches
+it always gave.
 """
 
 from __future__ import annotations
@@ -22,10 +30,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from patchforcing.errors import ConfigError
 from patchforcing.timesteps import TimestepDistribution
 
-# Separate random streams derived from the seed (any distinct constants would do).
+# Separate random streams derived from the seed (any distinct constants would do; training/text.py uses 5).
 STREAM_STEP, STREAM_EPOCH, STREAM_VALIDATION, STREAM_SAMPLES = 1, 2, 3, 4
+STREAM_LATENT_VIEW = 6  # which stored view of a latent row (mirrored or not) and its posterior noise
 
 
 def make_generator(*key: int) -> torch.Generator:
@@ -48,6 +58,9 @@ class StepBatches(Dataset):
         drop_prob: probability that a label is replaced by ``null_label``.
         global_time: give ``t`` as (B,) (one time per sample, for the SiT baseline).
         features: (M, N', z) stored REPA targets of the images (latent data), or None.
+        views: the latent folder's other stored versions of each row (``LatentViews``), or None.
+        latent_sampling: "posterior" draws ``mean + std * eps`` (needs ``views.std``); "mean"
+            trains on the posterior mean.
     """
 
     def __init__(
@@ -65,6 +78,8 @@ class StepBatches(Dataset):
         drop_prob: float,
         global_time: bool,
         features: Tensor | None = None,
+        views: Any = None,
+        latent_sampling: str = "mean",
     ):
         self.images, self.labels = images, labels
         self.seed, self.batch_size = seed, batch_size
@@ -72,6 +87,9 @@ class StepBatches(Dataset):
         self.timesteps, self.num_patches = timesteps, num_patches
         self.null_label, self.drop_prob, self.global_time = null_label, drop_prob, global_time
         self.features = features
+        self.views, self.posterior = views, latent_sampling == "posterior"
+        if self.posterior and (views is None or views.std is None):
+            raise ValueError("latent_sampling='posterior' needs a latent folder that stores the posterior std")
         self._epochs: dict[int, Tensor] = {}
 
     def __len__(self) -> int:  # steps are unbounded; DataLoader is given an explicit sampler
@@ -82,6 +100,9 @@ class StepBatches(Dataset):
         index = self.indices(step)  # (B,)
         g = make_generator(self.seed, STREAM_STEP, step)
         x1 = self.images[index]
+        flip = None
+        if self.views is not None and (self.posterior or self.views.flip is not None):
+            x1, flip = self._view(x1, index, make_generator(self.seed, STREAM_LATENT_VIEW, step))
         x0 = torch.randn(x1.shape, generator=g, dtype=x1.dtype)
         t = self.timesteps(self.batch_size, self.num_patches, generator=g, dtype=x1.dtype)  # (B, N)
         labels = self.labels[index]
@@ -94,7 +115,23 @@ class StepBatches(Dataset):
         out = {"step": step, "x1": x1[s], "x0": x0[s], "t": t[s], "labels": labels[s]}
         if self.features is not None:
             out["repa_target"] = self.features[index[s]]  # (b, N', z)
+            if flip is not None and self.views.flip_features is not None:
+                mirrored = self.views.flip_features[index[s]]
+                out["repa_target"] = torch.where(flip[s, None, None], mirrored, out["repa_target"])
         return out
+
+    def _view(self, mean: Tensor, index: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        """The step's version of each latent row: (B, c, h, w), and which rows are mirrored (B,) or None."""
+        views, flip = self.views, None
+        std = views.std[index] if self.posterior else None
+        if views.flip is not None:
+            flip = torch.rand((len(index),), generator=g) < 0.5  # (B,)
+            mean = torch.where(flip[:, None, None, None], views.flip[index], mean)
+            if std is not None:
+                std = torch.where(flip[:, None, None, None], views.flip_std[index], std)
+        if std is not None:
+            mean = mean + std * torch.randn(mean.shape, generator=g, dtype=mean.dtype)
+        return mean, flip
 
     def indices(self, step: int) -> Tensor:
         """Data set rows of the GLOBAL batch of ``step`` (1-based), (B,) int64."""
@@ -114,6 +151,26 @@ class StepBatches(Dataset):
                 self._epochs.pop(min(self._epochs))
             self._epochs[epoch] = torch.randperm(self.images.shape[0], generator=make_generator(self.seed, STREAM_EPOCH, epoch))
         return self._epochs[epoch]
+
+
+def latent_views(data: Any, latent_sampling: str) -> dict[str, Any]:
+    """``StepBatches`` keywords for ``train --latent-sampling`` on ``data`` (an ``ImageDataset``).
+
+    "auto" samples the posterior where the folder stores its std and trains on the mean
+    otherwise (pixels, and latent folders of older versions: their batches are unchanged).
+
+    Raises:
+        ConfigError: "posterior" on data without a stored posterior std.
+    """
+    views = getattr(data, "latent_views", None)
+    has_std = views is not None and views.std is not None
+    if latent_sampling == "posterior" and not has_std:
+        raise ConfigError(
+            f"--latent-sampling posterior needs a latent folder that stores the posterior std; {data.name!r} does not: "
+            "rerun `patchforcing prepare-latents` to rewrite it, or pass --latent-sampling mean"
+        )
+    mode = "posterior" if latent_sampling == "posterior" or (latent_sampling == "auto" and has_std) else "mean"
+    return {"views": views, "latent_sampling": mode}
 
 
 def iterate(batches: StepBatches, first: int, last: int, num_workers: int, pin_memory: bool):

@@ -46,6 +46,7 @@ class TrainConfig:
     # --- data -------------------------------------------------------------------------------------
     data: str = knob("digits", "built-in name (digits, photos, photos-labeled), a folder of images, or a latent folder")
     resolution: int | None = knob(None, "image side; none: the data set's own (16 digits, 32 photos/folders)")
+    latent_sampling: str = knob("auto", "latent folders: posterior (mean + std * noise, as REPA) or mean; auto: posterior where the folder stores the std")
     # --- network: a preset of patchforcing.models; channels, size and classes follow the data -----
     model: str = knob("PF-XS/2", "network preset (PF-* Patch Forcing, SiT-* global-time baseline, T2I-* text-to-image)")
     depth: int | None = knob(None, "override the network preset's number of blocks (none: keep the preset's)")
@@ -54,7 +55,7 @@ class TrainConfig:
     patch_size: int | None = knob(None, "override the preset's patch size (none: keep the preset's)")
     class_dropout_prob: float = knob(0.1, "label dropout for classifier-free guidance (SPEC 3; 0.1 in the paper)")
     # --- text-to-image (SPEC_T2I 7): T2I-* networks on captioned data ------------------------------
-    text_encoder: str | None = knob(None, "T2I-* only: byte-toy (bundled toy), qwen3-vl-embedding-2b, t5-xxl, a HF repo id or folder; none: the preset's")
+    text_encoder: str | None = knob(None, "T2I-* only: byte-toy (bundled toy), qwen3-vl-embedding-2b, t5-xxl, t5-xxl-authors, clip-l, clip-l-authors, a HF repo id or folder; none: the preset's")
     text_length: int | None = knob(None, "T2I-* only: padded token count of the captions (none: the encoder's, 256 for the paper's)")
     text_dropout: float = knob(0.1, "T2I-* only: probability a caption is replaced by the empty prompt (SPEC_T2I 7.9: 0.1)")
     # --- objective (SPEC 4) -------------------------------------------------------------------------
@@ -157,6 +158,8 @@ class TrainConfig:
             raise ConfigError(f"class_dropout_prob must lie in [0, 1), got {self.class_dropout_prob}")
         if self.repa_depth is not None and (self.repa_depth < 1 or self.repa_encoder is None):
             raise ConfigError(f"repa_depth {self.repa_depth} needs --repa-encoder and a block number >= 1")
+        if self.latent_sampling not in ("auto", "posterior", "mean"):
+            raise ConfigError(f"latent_sampling must be auto, posterior or mean, got {self.latent_sampling!r}")
         if not 0 <= self.text_dropout < 1:
             raise ConfigError(f"text_dropout must lie in [0, 1), got {self.text_dropout}")
 

@@ -26,7 +26,7 @@ from patchforcing.models import Kind, build_model
 from patchforcing.timesteps import timestep_distribution
 from patchforcing import runtime
 from patchforcing.training import distributed, evaluate, monitor, repa, state
-from patchforcing.training.batches import StepBatches, iterate
+from patchforcing.training.batches import StepBatches, iterate, latent_views
 from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
 from patchforcing.training.text import TextConditioner
 from patchforcing.training.ema import EMA
@@ -97,7 +97,7 @@ class _Run:
             world_size=self.procs.world_size, timesteps=timestep_distribution(cfg.timestep_name, **cfg.timestep_params()),
             num_patches=self.model_config.num_patches, null_label=self.model_config.null_label,
             drop_prob=self.model_config.class_dropout_prob, global_time=self.model_config.kind is Kind.SIT,
-            features=self.repa.stored if self.repa else None,
+            features=self.repa.stored if self.repa else None, **latent_views(self.data, cfg.latent_sampling),
         )
         use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
         self.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)

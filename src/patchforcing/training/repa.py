@@ -59,8 +59,8 @@ def target_source(config: Any, data: Any, device: str | torch.device = "cpu") ->
         return RepaTargets(name, int(stored.shape[-1]), stored=stored)
     from patchforcing.encoders import encode_in_batches, load_encoder
 
-    encoder = load_encoder(name, device)
     images = data.images
+    encoder = load_encoder(name, device, int(images.shape[-1]))
     first = encoder(images[:1])  # (1, N', z)
     if first.numel() * 4 * images.shape[0] <= CACHE_BYTES:
         return RepaTargets(name, int(encoder.feature_dim), encoder=encoder, stored=encode_in_batches(encoder, images))
