@@ -260,9 +260,9 @@ def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_wei
 
 
 def _resolved_options(sampler: str, options: dict) -> dict[str, Any]:
-    from patchforcing.sampling.samplers import resolve_options
+    from patchforcing.sampling.registry import resolve_options
 
-    return resolve_options(sampler, options)[1]
+    return resolve_options(sampler, options)[1].to_dict()
 
 
 # --- held-out diagnostics ----------------------------------------------------------------------
