@@ -39,21 +39,20 @@ def record(model: nn.Module, sampler: str, nfe: int, count: int = 6, seed: int =
     x, info = sample(model, noise, sampler=sampler, steps=steps_for_nfe(sampler, nfe), labels=labels,
                      return_info=True, record_trajectory=True, generator=torch.Generator().manual_seed(seed))
     frames = info.pop("trajectory")
-    look_ahead = sampler.endswith("look-ahead")
-    for frame in frames:  # look-ahead records once per step; its masked steps call the network twice
-        frame["nfe"] = 2 if look_ahead and frame["certain"] is not None else 1
-        frame["prediction"] = _prediction(model, frame, labels, look_ahead)
+    for frame in frames:  # a context frame (look-ahead's masked steps) stands for two network calls
+        frame["nfe"] = 2 if frame["context"] else 1
+        frame["prediction"] = _prediction(model, frame, labels)
     return frames, x.float().cpu(), info
 
 
-def _prediction(model: nn.Module, frame: dict, labels: Tensor | None, look_ahead: bool) -> Tensor:
+def _prediction(model: nn.Module, frame: dict, labels: Tensor | None) -> Tensor:
     """The clean image the network predicts from the frame's state: ``x + (1 - t) v(x, t)``.
 
-    For display only (not counted as NFE). A look-ahead frame records the context times of its
+    For display only (not counted as NFE). A context frame records the context times of its
     second evaluation; its state ``x`` is still at ``t_k``, the smallest time of the frame's map.
     """
     x, t = frame["x"], frame["t"]  # (B, C, H, W), (B, N)
-    if look_ahead:
+    if frame["context"]:
         t = t.min(dim=1, keepdim=True).values.expand_as(t)
     p = model.config.patch_size
     v = model(x.to(next(model.parameters()).dtype), t, labels).velocity.float()

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.sampling import SAMPLERS
 from patchforcing.report.common import (
     METRICS,
     RowCache,
+    min_budget,
     class_ordered,
     evaluate_row,
     machine_info,
@@ -41,7 +43,9 @@ from patchforcing.report.common import (
     training_facts,
 )
 
-PF_SAMPLERS = ("euler-pf", "dual-loop", "look-ahead", "random-dual-loop", "random-look-ahead")
+# Per network kind, every public sampler it can run (the registry says which need per-patch time).
+PF_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if s.needs_per_patch_time)
+SIT_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if not s.needs_per_patch_time)
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class Network:
 
 
 NETWORKS: dict[str, Network] = {
-    "sit-uniform": Network("SiT-XS/2", "uniform", ("euler",), "SiT, global t (uniform)"),
+    "sit-uniform": Network("SiT-XS/2", "uniform", SIT_SAMPLERS, "SiT, global t (uniform)"),
     "pf-ltg": Network("PF-XS/2", "ltg", PF_SAMPLERS, "Patch Forcing, ltg"),
     "pf-uniform-patch": Network("PF-XS/2", "uniform-patch", PF_SAMPLERS, "Patch Forcing, uniform-patch (ablation)"),
     "pf-srm": Network("PF-XS/2", "srm", PF_SAMPLERS, "Patch Forcing, srm (ablation)"),
@@ -98,11 +102,13 @@ class BenchSettings:
             raise ConfigError(f"--num-samples {self.num_samples}: the metrics need at least 10 images per row")
         if not self.nfe or any(not isinstance(n, int) or n < 1 for n in self.nfe):
             raise ConfigError(f"--nfe {self.nfe!r}: give one or more budgets, each a whole number of at least 1 (e.g. 16,32)")
-        if min(self.nfe) < 4:
-            raise ConfigError(f"--nfe {min(self.nfe)} is below 4, the smallest budget dual-loop (4 inner steps) fits; use 4 or more")
         unknown = [n for n in self.networks if n not in NETWORKS]
         if unknown or not self.networks:
             raise ConfigError(f"unknown network(s) {unknown or '(none given)'}; choose from: {', '.join(NETWORKS)}")
+        smallest = min_budget(s for n in self.networks for s in NETWORKS[n].samplers)
+        if min(self.nfe) < smallest:
+            raise ConfigError(f"--nfe {min(self.nfe)} is below {smallest}, the smallest budget every sampler fits "
+                              f"(one step of each); use {smallest} or more")
         if self.hidden_size % self.num_heads or self.hidden_size % 4:
             raise ConfigError(f"--hidden-size {self.hidden_size} must be divisible by 4 and by --num-heads {self.num_heads}")
         if 16 % self.patch_size:

@@ -17,7 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError
+from patchforcing.evaluation.digits import digits_metrics
+from patchforcing.evaluation.generate import generate_images
 from patchforcing.runs import atomic_write, newest_step
+from patchforcing.sampling import SamplingPlan
 
 METRICS = ("fid", "precision", "recall", "accuracy")
 SEED_STRIDE = 100_000  # evaluation seed k draws its images' noise from seeds k * SEED_STRIDE + i
@@ -99,25 +102,32 @@ def training_facts(run_dir: Path) -> dict[str, Any]:
 
 # --- one evaluation row -------------------------------------------------------------------------
 def evaluate_row(model: nn.Module, *, sampler: str, nfe: int, num_samples: int, seed: int,
-                 batch_size: int = 250) -> tuple[dict[str, Any], Tensor, Tensor]:
+                 batch_size: int = 250, plan: SamplingPlan | None = None) -> tuple[dict[str, Any], Tensor, Tensor]:
     """Generate ``num_samples`` digits with ``sampler`` within ``nfe`` network calls and score them.
 
+    Args:
+        plan: the sampling plan (default: ``SamplingPlan.from_nfe(sampler, nfe)``, the defaults'
+            options and no guidance).
+
     Returns:
-        (row with fid, precision, recall, accuracy, nfe, steps, seconds, sec_per_1000;
+        (row with fid, precision, recall, accuracy, nfe, steps, seconds, sec_per_1000 and ``plan`` (its JSON);
         the images (M, C, H, W); their labels (M,)).
     """
-    from patchforcing.evaluation.digits import digits_metrics
-    from patchforcing.evaluation.generate import generate_images, sampler_steps
-
-    steps, actual = sampler_steps(sampler, nfe)
+    plan = plan or SamplingPlan.from_nfe(sampler, nfe)
     t0 = time.perf_counter()
-    _, images, labels, info = generate_images(model, sampler=sampler, steps=steps, num_samples=num_samples,
-                                              seed=seed * SEED_STRIDE, batch_size=batch_size)
+    _, images, labels, info = generate_images(model, plan, num_samples=num_samples, seed=seed * SEED_STRIDE,
+                                              batch_size=batch_size)
     seconds = time.perf_counter() - t0
     metrics = digits_metrics(images, labels)
     row = {k: float(metrics[k]) if k in metrics else None for k in METRICS}
-    row.update(nfe=int(info["nfe"] or actual), steps=steps, seconds=seconds, sec_per_1000=seconds * 1000 / num_samples)
+    row.update(nfe=int(info["nfe"] or plan.nfe), steps=plan.steps, seconds=seconds, sec_per_1000=seconds * 1000 / num_samples,
+               plan=plan.to_json())
     return row, images, labels
+
+
+def min_budget(samplers) -> int:
+    """The smallest NFE budget in which every one of ``samplers`` (names) fits one outer step."""
+    return max(SamplingPlan(name, 1).nfe for name in samplers)
 
 
 def class_ordered(images: Tensor, labels: Tensor, per_class: int = 10, num_classes: int = 10) -> Tensor:

@@ -27,6 +27,7 @@ from patchforcing.report.common import (
     class_ordered,
     evaluate_row,
     machine_info,
+    min_budget,
     read_metrics,
     say,
     train_or_reuse,
@@ -64,11 +65,13 @@ class DemoSettings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
         if self.num_samples < 10:
             raise ConfigError(f"--num-samples {self.num_samples}: the metrics need at least 10 images per sampler")
-        if self.nfe < 4:
-            raise ConfigError(f"--nfe {self.nfe} is below 4, the smallest budget dual-loop (4 inner steps) fits; use 4 or more")
         unknown = [s for s in self.samplers if s not in SAMPLERS]
         if unknown or not self.samplers:
             raise ConfigError(f"unknown sampler(s) {unknown or '(none given)'}; choose from: {', '.join(SAMPLERS)}")
+        smallest = min_budget(self.samplers)
+        if self.nfe < smallest:
+            raise ConfigError(f"--nfe {self.nfe} is below {smallest}, the smallest budget every sampler fits "
+                              f"(one step of each); use {smallest} or more")
 
     @classmethod
     def create(cls, tiny: bool = False, **values: Any) -> "DemoSettings":

@@ -28,12 +28,16 @@ from patchforcing.sampling.samplers import Context, time_grid
 
 class TrajectoryRecorder:
     """Collects, per network evaluation of the outer loop, the per-patch time map (B, N), the
-    difficulty map ``exp(logvar)`` (B, 1, H, W) and the current sample, on the CPU."""
+    difficulty map ``exp(logvar)`` (B, 1, H, W) and the current sample, on the CPU.
+
+    ``inner`` marks dual-loop's inner steps; ``context`` a frame that stands for two calls, the
+    sample at ``t_k`` and the context run ahead (its ``t`` holds the context times)."""
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Tensor | None | bool]] = []
 
-    def __call__(self, *, x: Tensor, t: Tensor, logvar: Tensor | None, certain: Tensor | None = None, inner: bool = False) -> None:
+    def __call__(self, *, x: Tensor, t: Tensor, logvar: Tensor | None, certain: Tensor | None = None, inner: bool = False,
+                 context: bool = False) -> None:
         self.frames.append(
             {
                 "x": x.detach().float().cpu(),
@@ -41,6 +45,7 @@ class TrajectoryRecorder:
                 "difficulty": None if logvar is None else logvar.detach().float().exp().cpu(),
                 "certain": None if certain is None else certain.detach().cpu(),
                 "inner": inner,
+                "context": context,
             }
         )
 

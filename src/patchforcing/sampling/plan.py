@@ -148,6 +148,13 @@ class SamplingPlan:
                               "trained with class_dropout_prob=0): use cfg_scale 1, or autoguidance (--guide-checkpoint)")
         return self
 
+    def to_kwargs(self) -> dict[str, Any]:
+        """The loose keywords of the older calls (``sampler``, ``steps``, ``cfg_scale``,
+        ``guidance_interval``, options) that ``as_plan`` turns back into this plan's sampling."""
+        g = self.guidance
+        return {"sampler": self.sampler, "steps": self.steps, "cfg_scale": g.scale, "guidance_interval": g.interval,
+                **self.options.to_dict()}
+
     def describe(self) -> str:
         """One line: ``look-ahead, 17 steps (33 NFE), p_frac=0.4, context_ratio=1.4, CFG 2 on t in [...]``."""
         opts = ", ".join(f"{k}={v:g}" for k, v in self.options.to_dict().items())

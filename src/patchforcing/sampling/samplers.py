@@ -141,7 +141,7 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
         x_ctx = x + delta * out.cond_velocity * certain
         certain_patch = pixels_to_patch_mean(certain.to(x.dtype), p) > 0.5  # (B, N)
         t_ctx = t + delta * certain_patch
-        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain)
+        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context at t_ctx
         v_ctx = guide(x_ctx, t_ctx).velocity
         x = x + dt * torch.where(certain, out.velocity, v_ctx)
     return x
