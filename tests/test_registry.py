@@ -213,3 +213,53 @@ def test_sigma_interval_guides_the_same_steps_as_the_t_interval(pf_net):
 def test_bad_intervals_are_refused(text):
     with pytest.raises(ConfigError):
         GuidanceInterval.parse(text)
+
+
+# --- the command-line flags ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_options_round_trip_through_the_flags(name):
+    import argparse
+
+    from patchforcing.commands.plan_flags import add_plan_flags, plan_from_args, plan_to_argv
+
+    parser = argparse.ArgumentParser()
+    add_plan_flags(parser, budget="steps", default_sampler="euler-pf", default_steps=32)
+    spec = get_sampler(name)
+    changed = {}
+    for f in dataclasses.fields(spec.options_type):  # a value other than the default, inside the range
+        changed[f.name] = f.default + 1 if f.metadata["integer"] else (f.default + f.metadata["low"]) / 2 \
+            if f.metadata["high"] is not None else f.default * 1.5
+    for plan in (SamplingPlan(name, 7, changed, Guidance(2.5, "sigma:0.34,1.02", guide="runs/a@step=3")),
+                 SamplingPlan.from_nfe(name, 16, guidance=Guidance(1.5, (0.1, 0.6)), **changed)):
+        again = plan_from_args(parser.parse_args(plan_to_argv(plan)))
+        assert again == plan and again.to_json() == plan.to_json()
+
+
+def test_help_lists_every_public_sampler_with_its_description(capsys):
+    from patchforcing.commands import main
+
+    for command in ("sample", "evaluate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        lines = [line.split() for line in text.splitlines()]
+        for name, spec in SAMPLERS.items():
+            assert [name, *spec.description.split()] in lines
+        assert "--p-frac" in text and "--p " not in text  # the old --p parses but is not offered
+
+
+def test_library_packages_do_not_import_the_command_layer():
+    import ast
+    from pathlib import Path
+
+    src = Path(pf.__file__).parent
+    for path in src.rglob("*.py"):
+        rel = path.relative_to(src).as_posix()
+        if rel.startswith("commands/") or rel in ("cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith("patchforcing.commands") for n in names), rel
+            if rel.startswith("sampling/"):
+                assert "patchforcing" not in names, f"{rel} imports the package root"

@@ -49,8 +49,10 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def sampler_help() -> str:
-    return "; ".join(f"{n}: {s.description}" for n, s in SAMPLERS.items())
+def sampler_table() -> str:
+    """One line per public sampler with its description (the ``--help`` epilog)."""
+    width = max(map(len, SAMPLERS))
+    return "samplers (--sampler):\n" + "\n".join(f"  {n:<{width}}  {s.description}" for n, s in SAMPLERS.items())
 
 
 def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", default_sampler: str | None = None,
@@ -66,7 +68,10 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", de
     g = parser.add_argument_group("sampling plan")
     # no argparse choices: an unknown name gets the one-line error of the registry, naming the choices
     g.add_argument("--sampler", default=default_sampler, required=default_sampler is None, metavar="NAME",
-                   help=f"the sampler, one of: {sampler_help()}")
+                   help=f"the sampler: {', '.join(SAMPLERS)} (each described below)"
+                        + (f"; default {default_sampler}" if default_sampler else ""))
+    parser.epilog = "\n\n".join(filter(None, (parser.epilog, sampler_table())))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the table's lines
     if budget == "steps":
         one = g.add_mutually_exclusive_group()
         one.add_argument("--steps", type=int, default=None,

@@ -18,6 +18,7 @@ import torch
 from patchforcing.checkpoints import load_model
 from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, plan_from_args
 from patchforcing.errors import ConfigError
+from patchforcing.evaluation.evaluate import check_decoder
 from patchforcing.runs import atomic_write
 
 
@@ -65,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
     guide_model = load_guide_model(plan, model, device)
     plan.check(model, guide_model)
     decoder = latent_decoder(args.checkpoint, vae=args.vae, scale_factor=args.vae_scale, device=device)
+    check_decoder(model, decoder)
+    if decoder is None and args.vae_scale is not None:
+        raise ConfigError("--vae-scale scales latents for a VAE, but this network's samples are decoded by none: "
+                          "drop --vae-scale, or pass --vae")
+    if args.text_encoder is not None and not getattr(cfg, "is_text", False):
+        raise ConfigError("--text-encoder is for text-to-image networks; this one is class-conditional: drop it")
     from patchforcing.text.prompts import prompt_condition, read_prompts
 
     condition, n_text = prompt_condition(model, read_prompts(args.prompt, args.prompts_file), args.num_samples, device, args.text_encoder)

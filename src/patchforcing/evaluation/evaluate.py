@@ -89,11 +89,7 @@ def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Call
                           "drop --data (or pass --data digits-captions)")
     if data in DIGITS_DATA:
         data = DIGITS
-    latent = getattr(getattr(getattr(decoder, "vae", None), "config", None), "latent_channels", None)
-    if latent is not None and latent != cfg.in_channels:
-        raise ConfigError(f"the VAE {getattr(decoder, 'vae_name', '')!r} decodes {latent}-channel latents but this network "
-                          f"samples {cfg.in_channels}-channel {'images' if cfg.in_channels in (1, 3) else 'latents'}: "
-                          "drop --vae (or pass the VAE its latent folder was encoded with)")
+    check_decoder(model, decoder)
     if decoder is None and cfg.in_channels not in (1, 3):
         raise ConfigError(f"this network samples {cfg.in_channels}-channel latents; pass --vae PATH (the autoencoder "
                           "its latent folder was encoded with) to decode them, or evaluate its training run folder, "
@@ -125,6 +121,16 @@ def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Call
     except PatchForcingError as err:  # the optional package or its weights are missing
         return None, f"Inception-v3 is not available here ({err})"
     return "inception", None
+
+
+def check_decoder(model: nn.Module, decoder: Callable | None) -> None:
+    """A VAE decoder must decode latents of the network's channel count (pixel networks take none)."""
+    cfg = model.config
+    latent = getattr(getattr(getattr(decoder, "vae", None), "config", None), "latent_channels", None)
+    if latent is not None and latent != cfg.in_channels:
+        raise ConfigError(f"the VAE {getattr(decoder, 'vae_name', '')!r} decodes {latent}-channel latents but this network "
+                          f"samples {cfg.in_channels}-channel {'images' if cfg.in_channels in (1, 3) else 'latents'}: "
+                          "drop --vae (or pass the VAE its latent folder was encoded with)")
 
 
 # --- the evaluation ----------------------------------------------------------------------------
