@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 import torch
@@ -250,7 +251,6 @@ def test_help_lists_every_public_sampler_with_its_description(capsys):
 
 def test_library_packages_do_not_import_the_command_layer():
     import ast
-    from pathlib import Path
 
     src = Path(pf.__file__).parent
     for path in src.rglob("*.py"):
@@ -263,3 +263,31 @@ def test_library_packages_do_not_import_the_command_layer():
             assert not any(n.startswith("patchforcing.commands") for n in names), rel
             if rel.startswith("sampling/"):
                 assert "patchforcing" not in names, f"{rel} imports the package root"
+
+
+def test_bench_and_demo_take_the_generated_sampling_flags():
+    from patchforcing.commands import build_parser
+    from patchforcing.commands.plan_flags import pop_sampling_settings
+    from patchforcing.report.bench import BenchSettings
+    from patchforcing.report.demo import DemoSettings
+
+    def settings(cls, argv):
+        args = build_parser().parse_args(argv)
+        sampling = pop_sampling_settings(args)
+        values = {k: v for k, v in vars(args).items() if k not in ("out", "tiny", "func", "command")}
+        return cls.create(tiny=args.tiny, sampling=sampling, **values)
+
+    demo = settings(DemoSettings, ["demo", "--tiny", "--samplers", "euler-pf,dual-loop", "--n-inner", "2",
+                                   "--cfg-scale", "2", "--guidance-interval", "sigma:0.34,1.02"])
+    plan = demo.sampling.plan("dual-loop", 8)
+    assert plan.options.n_inner == 2 and plan.steps == 4 and plan.guidance.scale == 2.0
+    assert plan.guidance.interval == GuidanceInterval.from_sigma(0.34, 1.02)
+    assert demo.sampling.plan("euler-pf", 8).options.to_dict() == {}  # applies only where the sampler has it
+    assert "--n-inner 2 --cfg-scale 2.0 --guidance-interval sigma:0.34,1.02" in demo.command(Path("d"))
+    default = settings(BenchSettings, ["bench", "--tiny"])
+    assert "sampling" not in default.fingerprint()  # rows cached before stay valid
+    assert settings(BenchSettings, ["bench", "--tiny", "--p-frac", "0.3"]).fingerprint()["sampling"]["options"] == {"p_frac": 0.3}
+    with pytest.raises(ConfigError, match="--n-inner"):
+        settings(DemoSettings, ["demo", "--tiny", "--samplers", "euler-pf,look-ahead", "--n-inner", "2"])
+    with pytest.raises(ConfigError, match="cfg-scale 1"):
+        settings(DemoSettings, ["demo", "--tiny", "--guidance-interval", "0.2,0.8"])

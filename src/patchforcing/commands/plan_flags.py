@@ -56,7 +56,7 @@ def sampler_table() -> str:
 
 
 def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", default_sampler: str | None = None,
-                   default_steps: int | None = None) -> None:
+                   default_steps: int | None = None, sampler: bool = True, guide: bool = True) -> None:
     """Add the plan's flags to ``parser``.
 
     Args:
@@ -64,12 +64,16 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", de
             required) or ``"none"`` (the command sets the budget itself).
         default_sampler: the ``--sampler`` default (None: required).
         default_steps: ``--steps``' default when neither ``--steps`` nor ``--nfe`` is given.
+        sampler: add ``--sampler`` (False: the command samples with several; the options apply
+            to each sampler that has them).
+        guide: add ``--guide-checkpoint`` (False: the command trains its own networks).
     """
     g = parser.add_argument_group("sampling plan")
-    # no argparse choices: an unknown name gets the one-line error of the registry, naming the choices
-    g.add_argument("--sampler", default=default_sampler, required=default_sampler is None, metavar="NAME",
-                   help=f"the sampler: {', '.join(SAMPLERS)} (each described below)"
-                        + (f"; default {default_sampler}" if default_sampler else ""))
+    if sampler:
+        # no argparse choices: an unknown name gets the one-line error of the registry, naming the choices
+        g.add_argument("--sampler", default=default_sampler, required=default_sampler is None, metavar="NAME",
+                       help=f"the sampler: {', '.join(SAMPLERS)} (each described below)"
+                            + (f"; default {default_sampler}" if default_sampler else ""))
     parser.epilog = "\n\n".join(filter(None, (parser.epilog, sampler_table())))
     parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the table's lines
     if budget == "steps":
@@ -92,9 +96,10 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", de
                    help="guide only the outer steps whose grid time t_k lies in [LO, HI] (t=0 noise, t=1 data), or "
                         "sigma:LO,HI for the published form sigma in (LO, HI], i.e. t in [1/(1+HI), 1/(1+LO)); "
                         "the other steps make one conditional call")
-    g.add_argument("--guide-checkpoint", default=None, metavar="PATH",
-                   help="autoguidance: a weaker network of the same kind and shape replaces the unconditional "
-                        "branch (a checkpoint file, a run folder, or RUN_FOLDER@step=N); --cfg-scale is its weight")
+    if guide:
+        g.add_argument("--guide-checkpoint", default=None, metavar="PATH",
+                       help="autoguidance: a weaker network of the same kind and shape replaces the unconditional "
+                            "branch (a checkpoint file, a run folder, or RUN_FOLDER@step=N); --cfg-scale is its weight")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,9 +108,24 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def guidance_from_args(args: argparse.Namespace) -> Guidance:
+    """``--cfg-scale``, ``--guidance-interval`` and ``--guide-checkpoint`` (the last two need a scale != 1)."""
     if not math.isfinite(args.cfg_scale):
         raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
-    return Guidance(args.cfg_scale, args.guidance_interval, args.guide_checkpoint)
+    guide = getattr(args, "guide_checkpoint", None)
+    if args.cfg_scale == 1.0 and (args.guidance_interval is not None or guide is not None):
+        raise ConfigError(f"{'--guidance-interval' if args.guidance_interval is not None else '--guide-checkpoint'} "
+                          "does nothing at --cfg-scale 1 (no guidance): pass --cfg-scale W (e.g. 2), or drop it")
+    return Guidance(args.cfg_scale, args.guidance_interval, guide)
+
+
+def pop_sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """For commands that run several samplers (bench, demo): the option and guidance flags, taken out of
+    ``args``, as ``{"options": {...}, "guidance": Guidance JSON or {}}``."""
+    options, guidance = options_from_args(args), guidance_from_args(args)
+    for name in [*option_fields(), "cfg_scale", "guidance_interval", "guide_checkpoint"]:
+        if hasattr(args, name):
+            delattr(args, name)
+    return {"options": options, "guidance": guidance.to_json() if guidance.active else {}}
 
 
 def plan_from_args(args: argparse.Namespace, *, steps: int | None = None, nfe: int | None = None) -> SamplingPlan:
@@ -138,8 +158,7 @@ def plan_to_argv(plan: SamplingPlan) -> list[str]:
     g = plan.guidance
     argv += ["--cfg-scale", repr(g.scale)]
     if g.interval is not None:
-        lo, hi = (g.interval.sigma if g.interval.sigma is not None else (g.interval.lo, g.interval.hi))
-        argv += ["--guidance-interval", ("sigma:" if g.interval.sigma is not None else "") + f"{lo!r},{hi!r}"]
+        argv += ["--guidance-interval", g.interval.to_text()]
     if g.guide is not None:
         argv += ["--guide-checkpoint", g.guide]
     return argv

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from patchforcing.flow import patch_time_to_pixels
-from patchforcing.sampling import noise_for_seeds, sample, steps_for_nfe
+from patchforcing.sampling import SamplingPlan, noise_for_seeds, sample
 from patchforcing.viz import difficulty_panels, to_uint8
 
 PANELS = ("image", "prediction", "difficulty", "patch time")
@@ -27,8 +27,9 @@ ANIMATION_SEED = 7_000_000  # noise seeds of the animated samples (apart from th
 
 
 @torch.no_grad()
-def record(model: nn.Module, sampler: str, nfe: int, count: int = 6, seed: int = ANIMATION_SEED) -> tuple[list[dict], Tensor, dict[str, Any]]:
-    """Sample ``count`` images within ``nfe`` network calls and keep the trajectory.
+def record(model: nn.Module, sampler: str, nfe: int, count: int = 6, seed: int = ANIMATION_SEED,
+           plan: SamplingPlan | None = None) -> tuple[list[dict], Tensor, dict[str, Any]]:
+    """Sample ``count`` images within ``nfe`` network calls (or with ``plan``) and keep the trajectory.
 
     Returns:
         (frames of ``info["trajectory"]``, the final samples (B, C, H, W), info).
@@ -36,7 +37,7 @@ def record(model: nn.Module, sampler: str, nfe: int, count: int = 6, seed: int =
     cfg = model.config
     noise = noise_for_seeds(range(seed, seed + count), (cfg.in_channels, cfg.input_size, cfg.input_size))
     labels = torch.arange(count) % cfg.num_classes if cfg.num_classes > 0 else None
-    x, info = sample(model, noise, sampler=sampler, steps=steps_for_nfe(sampler, nfe), labels=labels,
+    x, info = sample(model, noise, plan or SamplingPlan.from_nfe(sampler, nfe), labels=labels,
                      return_info=True, record_trajectory=True, generator=torch.Generator().manual_seed(seed))
     frames = info.pop("trajectory")
     for frame in frames:  # a context frame (look-ahead's masked steps) stands for two network calls

@@ -33,6 +33,7 @@ from patchforcing.sampling import SAMPLERS
 from patchforcing.report.common import (
     METRICS,
     RowCache,
+    SamplingSettings,
     min_budget,
     class_ordered,
     evaluate_row,
@@ -90,6 +91,7 @@ class BenchSettings:
     eval_batch_size: int = 250  # images per sampling batch (does not change the images)
     tiny: bool = False  # started from the TINY settings (recorded for the command line)
     train_options: dict = field(default_factory=dict)  # extra TrainConfig fields (the tiny run's intervals)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # sampler options and guidance of every row
 
     def __post_init__(self) -> None:
         self._fill_from_preset()
@@ -113,6 +115,9 @@ class BenchSettings:
             raise ConfigError(f"--hidden-size {self.hidden_size} must be divisible by 4 and by --num-heads {self.num_heads}")
         if 16 % self.patch_size:
             raise ConfigError(f"--patch-size {self.patch_size} must divide the digits' 16 pixels (1, 2, 4, 8 or 16)")
+        if isinstance(self.sampling, dict):
+            object.__setattr__(self, "sampling", SamplingSettings(**self.sampling))
+        self.sampling.check({s for n in self.networks for s in NETWORKS[n].samplers})
         object.__setattr__(self, "nfe", tuple(sorted(set(self.nfe))))  # "16,32,16" is (16, 32)
         object.__setattr__(self, "networks", tuple(dict.fromkeys(self.networks)))
 
@@ -140,7 +145,7 @@ class BenchSettings:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide a row's numbers (seeds, budgets and networks only add rows)."""
         keep = ("batch_size", "num_samples", "depth", "hidden_size", "num_heads", "patch_size", "train_seed", "train_options")
-        return {"steps": self.steps, **{k: getattr(self, k) for k in keep}}
+        return {"steps": self.steps, **{k: getattr(self, k) for k in keep}, **self.sampling.fingerprint()}
 
     def train_config(self, network: str, out: Path):
         from patchforcing.training import resolve_config
@@ -159,7 +164,7 @@ class BenchSettings:
                   "--train-seed", str(self.train_seed)]
         if self.networks != tuple(NETWORKS):
             parts += ["--networks", ",".join(self.networks)]
-        return " ".join(parts)
+        return " ".join(parts + self.sampling.argv())
 
     def rows(self) -> list[tuple[str, str, int, int]]:
         """(network, sampler, budget, seed) of every evaluation row, in the order they run."""
@@ -220,6 +225,7 @@ def _bench(out: Path, settings: BenchSettings, log, command: str | None) -> dict
             models.clear()
             models[network] = load_model(out / "runs" / network)
         row, images, labels = evaluate_row(models[network], sampler=sampler, nfe=budget, num_samples=settings.num_samples,
+                                           plan=settings.sampling.plan(sampler, budget),
                                            seed=seed, batch_size=settings.eval_batch_size)
         if seed == 0:
             save_image_grid(class_ordered(images, labels), out / grid_path(network, sampler, budget), ncols=10, scale=3)

@@ -138,6 +138,12 @@ class GuidanceInterval:
         """``lo, hi = interval`` (t ends)."""
         return iter((self.lo, self.hi))
 
+    def to_text(self) -> str:
+        """The ``--guidance-interval`` text that rebuilds this interval (``parse``)."""
+        if self.sigma is not None:
+            return f"sigma:{self.sigma[0]!r},{self.sigma[1]!r}"
+        return f"{self.lo!r},{self.hi!r}"
+
     def describe(self) -> str:
         text = f"t in {'(' if self.lo_open else '['}{self.lo:.6g}, {self.hi:.6g}{')' if self.hi_open else ']'}"
         return text if self.sigma is None else f"sigma in ({self.sigma[0]:g}, {self.sigma[1]:g}], {text}"
