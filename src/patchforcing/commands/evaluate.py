@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write samples.npz for external evaluators (always written for latent networks "
                         "and when a metric cannot be computed here)")
     p.add_argument("--calibration", action="store_true", help="add difficulty-head calibration on the held-out split")
-    p.add_argument("--val-loss", action="store_true", help="add the SPEC-4 validation loss on the held-out split")
+    p.add_argument("--val-loss", action="store_true", help="add the 8-segment validation loss (docs/method.md) on the held-out split")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds a process waits for the slowest one under torchrun before the job fails")

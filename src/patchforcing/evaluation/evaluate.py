@@ -1,4 +1,4 @@
-"""Evaluating a network at a fixed compute budget: samplers are compared at equal NFE (SPEC 5).
+"""Evaluating a network at a fixed compute budget: samplers are compared at equal NFE (docs/method.md, samplers).
 
 ``evaluate_model`` turns an NFE budget into the largest number of outer steps that fits it, draws
 ``num_samples`` images with one seed per image (image ``i`` uses noise seed ``seed + i``), and
@@ -44,7 +44,7 @@ DIGITS = "digits"
 DIGITS_DATA = (DIGITS, "digits-captions")  # scored by the digits classifier (captions: plus the attributes)
 DIGITS_SHAPE = (1, 16, 16)  # (C, H, W) of the networks the digits classifier can score
 PR_NEIGHBOURS = 3  # k of improved precision/recall
-NUM_SEGMENTS = 8  # SPEC 4: validation loss at t = (k + 0.5) / 8
+NUM_SEGMENTS = 8  # validation loss (docs/method.md) at t = (k + 0.5) / 8
 
 
 # --- checks before any image is drawn ----------------------------------------------------------
@@ -333,7 +333,7 @@ def _labels_for(model: nn.Module, dataset) -> Tensor | None:
 @torch.no_grad()
 def validation_report(model: nn.Module, data: str = DIGITS, split: str = "test", seed: int = 0,
                       batch_size: int = 256) -> dict[str, Any]:
-    """The SPEC-4 validation loss of any network on a held-out set.
+    """The 8-segment validation loss (docs/method.md) of any network on a held-out set.
 
     Image ``i`` is paired with noise of seed ``seed + i``; at each of the 8 global times
     ``t = (k + 0.5) / 8`` the flow loss is averaged over all images, so the result does not depend

@@ -1,4 +1,4 @@
-"""The equal-compute benchmark of SPEC 5 at a scale a 2-core CPU trains: ``run_bench(out)``.
+"""The equal-compute benchmark of the paper (docs/method.md, samplers) at a scale a 2-core CPU trains: ``run_bench(out)``.
 
     patchforcing bench --out bench                 # the default settings, about an hour on 2 CPU cores
     patchforcing bench --out /tmp/b --tiny         # seconds: a smoke test of the whole pipeline
@@ -52,7 +52,7 @@ SIT_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if not s.needs_per_patch_tim
 @dataclass(frozen=True)
 class Network:
     model: str  # network preset; size fields come from the settings
-    timesteps: str  # training timestep distribution (SPEC 2)
+    timesteps: str  # training timestep distribution (docs/method.md)
     samplers: tuple[str, ...]
     label: str
 

@@ -1,4 +1,4 @@
-"""Guided evaluation: the only way samplers see the network (SPEC 5 and 6).
+"""Guided evaluation: the only way samplers see the network (docs/method.md, samplers and guidance).
 
 ``Guide(x, t)`` returns the guided velocity, the guided log-variance and the conditional-only
 velocity. Three kinds of evaluation, chosen per OUTER step:

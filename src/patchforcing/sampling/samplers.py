@@ -1,4 +1,4 @@
-"""Inference samplers (SPEC 5). Each integrates ``t: 0 -> 1`` on the grid ``t_k = k / S``.
+"""Inference samplers (docs/method.md, samplers). Each integrates ``t: 0 -> 1`` on the grid ``t_k = k / S``.
 
 A sampler is a function ``(guide, x, grid, ctx) -> x`` that sees the network only through
 ``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. At the start of every outer step
@@ -92,10 +92,10 @@ def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
 # --- dual loop ---------------------------------------------------------------------------------
 def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Certain patches take the whole step at once; uncertain ones take ``K`` small steps with
-    the certain ones already ahead as context (SPEC 5). The mask is fixed within an outer step.
+    the certain ones already ahead as context (docs/method.md, samplers). The mask is fixed within an outer step.
     NFE = S * K."""
     k_inner = int(ctx.options.n_inner)
-    b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
+    b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
     for t_cur, t_next, t32 in _steps(grid, x, guide):
         dt = t_next - t_cur
         small = dt / k_inner
@@ -106,7 +106,7 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
         x = x + torch.where(certain, dt, small) * out.velocity
         t_map = t_cur + torch.where(certain, dt, small)  # (B, 1, H, W) per-pixel time
         for _ in range(k_inner - 1):
-            t_patch = pixels_to_patch_mean(t_map, p)  # (B, N)
+            t_patch = pixels_to_patch_mean(t_map, patch)  # (B, N)
             v = guide(x, t_patch).velocity
             x = x + small * v * uncertain
             t_map = t_map + small * uncertain
@@ -122,10 +122,10 @@ def dual_loop_nfe(steps: int, options: Any) -> int:
 # --- look ahead --------------------------------------------------------------------------------
 def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Certain patches are pushed ahead to ``t_ctx = min(rho t_k, 1)`` with the conditional
-    velocity; the uncertain ones are then predicted with that cleaner context (SPEC 5).
+    velocity; the uncertain ones are then predicted with that cleaner context (docs/method.md, samplers).
     NFE = 1 while ``t_k <= 0.05``, else 2 per step."""
     rho = float(ctx.options.context_ratio)
-    b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
+    b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
     h, w = x.shape[-2:]
     for t_cur, t_next, t32 in _steps(grid, x, guide):
         dt = t_next - t_cur
@@ -139,7 +139,7 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
         certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
         delta = torch.clamp(rho * t_cur, max=1.0) - t_cur
         x_ctx = x + delta * out.cond_velocity * certain
-        certain_patch = pixels_to_patch_mean(certain.to(x.dtype), p) > 0.5  # (B, N)
+        certain_patch = pixels_to_patch_mean(certain.to(x.dtype), patch) > 0.5  # (B, N)
         t_ctx = t + delta * certain_patch
         ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context at t_ctx
         v_ctx = guide(x_ctx, t_ctx).velocity
