@@ -101,8 +101,8 @@ EVALUATE = {
     "--inception-weights": ([], ["--inception-weights", "w.pth"], {"class": REFUSED, "text": REFUSED}),
     "--batch-size": ([], ["--batch-size", "2"], {"class": SAME, "text": SAME}),
     "--save-npz": ([], ["--save-npz"], {"class": CHANGES, "text": CHANGES}),
-    "--calibration": ([], ["--calibration"], {"class": CHANGES, "text": REFUSED}),
-    "--val-loss": ([], ["--val-loss"], {"class": CHANGES, "text": REFUSED}),
+    "--calibration": ([], ["--calibration"], {"class": CHANGES, "text": CHANGES}),
+    "--val-loss": ([], ["--val-loss"], {"class": CHANGES, "text": CHANGES}),
     "--device": ([], ["--device", "cpu"], {"class": SAME, "text": SAME}),
     "--dist-timeout": ([], ["--dist-timeout", "60"], {"class": SAME, "text": SAME}),
     "--out": ([], [], {"class": SAME, "text": SAME}),  # another folder, the same contents

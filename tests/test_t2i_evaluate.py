@@ -92,3 +92,23 @@ def test_text_evaluation_with_two_processes_equals_one(tmp_path):
     assert two["attribute_adherence"] == one["attribute_adherence"] and two["fid"] == pytest.approx(one["fid"], abs=1e-6)
     with np.load(tmp_path / "n1" / "samples.npz") as a, np.load(tmp_path / "n2" / "samples.npz") as b:
         assert np.array_equal(a["arr_0"], b["arr_0"]) and np.array_equal(a["arr_1"], b["arr_1"])
+
+
+def test_held_out_diagnostics_of_a_text_network_use_the_captions():
+    from patchforcing.evaluation.held_out import calibration_report, validation_report
+    from patchforcing.text import load_text_encoder
+
+    net = _tiny_digits_net()
+    with torch.no_grad():  # a fresh network's head is zero: perturb it so the calibration is defined
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    test = load_dataset("digits-captions", split="test")
+    report = validation_report(net, "digits", batch_size=40)  # a text network's digits are the captioned ones
+    assert report["num_images"] == len(test) and len(report["val_loss_segments"]) == 8
+    # the same loss over the whole split at once, with the captions encoded as the condition
+    states = load_text_encoder(net.config.text_encoder, max_length=net.config.text_length).encode(test.captions, "cpu")
+    x0 = pf.sampling.noise_for_seeds(range(len(test)), (1, 16, 16))
+    _, per_segment = pf.validation_loss(net, test.images, x0=x0, labels=states)
+    assert report["val_loss_segments"] == pytest.approx(per_segment.tolist(), rel=1e-5)
+    rows = calibration_report(net, "digits-captions")
+    assert rows and all(-1 <= r["spearman"] <= 1 for r in rows)

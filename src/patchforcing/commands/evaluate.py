@@ -110,9 +110,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_diagnostics(model, args: argparse.Namespace) -> None:
     """Fail before sampling when --calibration or --val-loss cannot run on this network and data."""
-    if getattr(model.config, "is_text", False) and (args.calibration or args.val_loss):
-        raise ConfigError(f"{'--calibration' if args.calibration else '--val-loss'} measures on held-out class-labelled "
-                          "images; a text-to-image network logs its held-out loss while training (metrics.jsonl): drop it")
     if args.calibration and not model.config.has_difficulty_head:
         raise ConfigError("--calibration needs a Patch Forcing network with a difficulty head; "
                           "this checkpoint is a SiT network: drop --calibration")

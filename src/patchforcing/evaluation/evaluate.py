@@ -31,20 +31,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from patchforcing.errors import ConfigError, DataError, ShapeError
+from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.evaluation.conditions import ClassLabels, ConditionSource, Prompts
 from patchforcing.evaluation.generate import generate_images, to_uint8_nhwc
+from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the held-out diagnostics
+    DIGITS,
+    NUM_SEGMENTS,
+    calibration_report,
+    held_out_data,
+    validation_report,
+)
 from patchforcing.evaluation.t2i import ATTRIBUTE_METRICS, attribute_scores, digit_prompt_source
 from patchforcing.sampling import SamplingPlan
 from patchforcing.sampling.plan import GUIDE_IN_MEMORY, as_plan
 from patchforcing.runs import atomic_write
 from patchforcing.runtime import Processes, gather_to_main, require_group, run_on_main
 
-DIGITS = "digits"
 DIGITS_DATA = (DIGITS, "digits-captions")  # scored by the digits classifier (captions: plus the attributes)
 DIGITS_SHAPE = (1, 16, 16)  # (C, H, W) of the networks the digits classifier can score
 PR_NEIGHBOURS = 3  # k of improved precision/recall
-NUM_SEGMENTS = 8  # validation loss (docs/method.md) at t = (k + 0.5) / 8
 
 
 # --- checks before any image is drawn ----------------------------------------------------------
@@ -302,76 +307,6 @@ def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_wei
     return {"fid": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), "precision": None, "recall": None,
             "accuracy": None, "feature_network": "inception-v3", "stats": str(stats),
             "not_computed": {"precision": missing, "recall": missing, "accuracy": "no classifier for this data"}}
-
-
-# --- held-out diagnostics ----------------------------------------------------------------------
-def held_out_data(model: nn.Module, data: str = DIGITS, split: str = "test"):
-    """The ``split`` of ``data`` as an ImageDataset, checked against the network's sample shape."""
-    from patchforcing.data import load_dataset
-
-    cfg = model.config
-    dataset = load_dataset(data, split=split)
-    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    if tuple(dataset.images.shape[1:]) != shape:
-        raise ShapeError(f"data {data!r} ({split}) holds {'x'.join(map(str, dataset.images.shape[1:]))} images; "
-                         f"this network takes {'x'.join(map(str, shape))}: pass the data set it was trained on")
-    if len(dataset) == 0:
-        raise DataError(f"data {data!r} has no {split!r} images")
-    return dataset
-
-
-def _labels_for(model: nn.Module, dataset) -> Tensor | None:
-    """The data's labels when the network is class-conditional on the same classes, else None."""
-    if model.config.num_classes <= 0:
-        return None
-    if dataset.num_classes != model.config.num_classes:
-        raise ShapeError(f"the network has {model.config.num_classes} classes but data {dataset.name!r} has "
-                         f"{dataset.num_classes}: pass the data set it was trained on")
-    return dataset.labels
-
-
-@torch.no_grad()
-def validation_report(model: nn.Module, data: str = DIGITS, split: str = "test", seed: int = 0,
-                      batch_size: int = 256) -> dict[str, Any]:
-    """The 8-segment validation loss (docs/method.md) of any network on a held-out set.
-
-    Image ``i`` is paired with noise of seed ``seed + i``; at each of the 8 global times
-    ``t = (k + 0.5) / 8`` the flow loss is averaged over all images, so the result does not depend
-    on ``batch_size``.
-
-    Returns:
-        ``val_loss`` (mean of the segments), ``val_loss_segments`` (8,), ``segment_times`` (8,),
-        ``num_images``, ``data``, ``split``, ``seed``.
-    """
-    from patchforcing.flow import validation_loss
-    from patchforcing.sampling import noise_for_seeds
-
-    dataset = held_out_data(model, data, split)
-    labels = _labels_for(model, dataset)
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    total = torch.zeros(NUM_SEGMENTS, dtype=torch.float64)
-    n = len(dataset)
-    for lo in range(0, n, batch_size):
-        x1 = dataset.images[lo:lo + batch_size].to(device=device, dtype=dtype)  # (b, C, H, W)
-        x0 = noise_for_seeds(range(seed + lo, seed + lo + x1.shape[0]), x1.shape[1:], device=device, dtype=dtype)
-        y = None if labels is None else labels[lo:lo + batch_size].to(device)
-        _, per_segment = validation_loss(model, x1, x0=x0, labels=y, num_segments=NUM_SEGMENTS)
-        total += per_segment.double().cpu() * x1.shape[0]
-    segments = (total / n).tolist()
-    return {"val_loss": float(np.mean(segments)), "val_loss_segments": segments,
-            "segment_times": [(k + 0.5) / NUM_SEGMENTS for k in range(NUM_SEGMENTS)],
-            "num_images": n, "data": data, "split": split, "seed": seed}
-
-
-def calibration_report(model: nn.Module, data: str = DIGITS, split: str = "test",
-                       seed: int = 0) -> list[dict[str, float]]:
-    """Difficulty-head calibration rows (``t``, ``spearman``, ``pearson``, ...) on a held-out set."""
-    from patchforcing.evaluation.calibration import difficulty_calibration
-
-    if not model.config.has_difficulty_head:
-        raise ConfigError("calibration needs a Patch Forcing network with a difficulty head; this is a SiT network")
-    dataset = held_out_data(model, data, split)
-    return difficulty_calibration(model, dataset.images, labels=_labels_for(model, dataset), seed=seed)
 
 
 def save_samples_npz(path: str | os.PathLike, images_uint8: np.ndarray, labels: np.ndarray | Tensor | None) -> Path:
