@@ -94,6 +94,7 @@ class DemoSettings:
         parts = ["patchforcing", "demo", "--out", str(out)] + (["--tiny"] if self.tiny else [])
         parts += (["--steps", str(self.steps)] if self.steps is not None else [])
         parts += ["--num-samples", str(self.num_samples), "--nfe", str(self.nfe)]
+        parts += ["--samplers", ",".join(self.samplers)] if self.samplers != tuple(SAMPLERS) else []
         return " ".join(parts + self.sampling.argv())
 
 
