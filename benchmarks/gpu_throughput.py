@@ -27,7 +27,7 @@ from patchforcing.flow import training_loss
 from patchforcing.models import create_model
 from patchforcing.runtime import resolve_device
 from patchforcing.sampling import sample
-from patchforcing.sampling.samplers import SAMPLERS
+from patchforcing.sampling.registry import SAMPLERS
 from patchforcing.timesteps import timestep_distribution
 from patchforcing.training.distributed import compile_network
 

@@ -28,7 +28,7 @@ import torch
 from patchforcing import load_model
 from patchforcing.evaluation.digits import digits_metrics
 from patchforcing.evaluation.generate import generate_images, sampler_steps
-from patchforcing.report.common import SEED_STRIDE
+from patchforcing.streams import EVAL_SEED_STRIDE as SEED_STRIDE
 from patchforcing.runs import checkpoint_path, list_checkpoints
 from patchforcing.training import resolve_config, train
 

@@ -27,8 +27,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import command_line, describe_machine  # noqa: E402
 
 import patchforcing as pf  # noqa: E402
-from patchforcing.evaluation.t2i import evaluate_text_digits, generate_from_prompts  # noqa: E402
-from patchforcing.sampling import steps_for_nfe  # noqa: E402
+from patchforcing.evaluation import evaluate_model  # noqa: E402
+from patchforcing.evaluation.conditions import Prompts  # noqa: E402
+from patchforcing.evaluation.generate import generate_images  # noqa: E402
+from patchforcing.sampling import SamplingPlan  # noqa: E402
 from patchforcing.text import load_text_encoder  # noqa: E402
 from patchforcing.training.evaluate import save_grid  # noqa: E402
 
@@ -55,7 +57,8 @@ def main() -> None:
         for name, net in nets.items():
             for sampler in SAMPLERS:
                 t0 = time.perf_counter()
-                r = evaluate_text_digits(net, sampler=sampler, nfe=args.nfe, num_samples=args.num_samples, cfg_scale=cfg_scale, encoder=encoder)
+                plan = SamplingPlan.from_nfe(sampler, args.nfe, guidance=pf.Guidance(cfg_scale))
+                r = evaluate_model(net, plan, num_samples=args.num_samples, encoder=encoder)
                 r.update(network=name, seconds=time.perf_counter() - t0)
                 rows.append(r)
                 print(f"{name:<14} {sampler:<11} cfg {cfg_scale:g}: NFE {r['nfe']}, FID {r['fid']:.2f}, acc {r['accuracy']:.3f}, "
@@ -70,8 +73,9 @@ def main() -> None:
     for prompt_index, prompt in enumerate(GRID_PROMPTS):
         for name, net in nets.items():
             for sampler in SAMPLERS:
-                img, _ = generate_from_prompts(net, encoder, [prompt], sampler=sampler, steps=steps_for_nfe(sampler, args.nfe),
-                                               seed=100 + prompt_index, cfg_scale=2.0)
+                plan = SamplingPlan.from_nfe(sampler, args.nfe, guidance=pf.Guidance(2.0))
+                _, img, _, _ = generate_images(net, plan, num_samples=1, seed=100 + prompt_index,
+                                               conditions=Prompts([prompt], encoder))
                 tiles.append(img)
     save_grid(torch.cat(tiles), out / "grid.png", columns=len(nets) * len(SAMPLERS))
     meta = {"command": command_line(), "machine": describe_machine(), "grid_prompts": GRID_PROMPTS,

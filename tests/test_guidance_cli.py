@@ -14,7 +14,7 @@ from patchforcing.checkpoints import TRAIN_FORMAT
 from patchforcing.cli import main
 from patchforcing.errors import CheckpointError, ConfigError
 from patchforcing.runs import checkpoint_path
-from patchforcing.sampling.guidance_cli import parse_interval, resolve_guide_path
+from patchforcing.commands.plan_flags import parse_interval, resolve_guide_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,7 +80,7 @@ def test_guide_checkpoint_syntax_and_errors(tmp_path, capsys):
     assert resolve_guide_path(str(run)) == run  # a run folder: load_model takes its newest checkpoint
     with pytest.raises(CheckpointError, match=r"steps \[10\]"):
         resolve_guide_path(f"{run}@step=7")
-    assert parse_interval(" 0.1, 0.9") == (0.1, 0.9)
+    assert tuple(parse_interval(" 0.1, 0.9")) == (np.float32(0.1).item(), np.float32(0.9).item())  # the grid's float32
     with pytest.raises(ConfigError, match="LO,HI"):
         parse_interval("0.1")
     with pytest.raises(ConfigError, match="LO <= HI"):

@@ -327,7 +327,7 @@ def test_nan_in_the_data_is_named_instead_of_learning_rate_advice(tmp_path, monk
     assert "--lr" not in str(info.value)
 
 
-@pytest.mark.parametrize("flags", [[], ["--show-difficulty"]])
+@pytest.mark.parametrize("flags", [[], ["--show-difficulty"], ["--sampler", "random-look-ahead"]])
 def test_sample_draws_in_batches_with_the_same_images(tmp_path, monkeypatch, ckpt, flags):
     import numpy as np
     from PIL import Image
@@ -336,9 +336,9 @@ def test_sample_draws_in_batches_with_the_same_images(tmp_path, monkeypatch, ckp
 
     real, calls = patchforcing.sampling.sample, []
 
-    def counted(model, noise, **kwargs):
+    def counted(model, noise, *args, **kwargs):
         calls.append(noise.shape[0])
-        return real(model, noise, **kwargs)
+        return real(model, noise, *args, **kwargs)
 
     monkeypatch.setattr(patchforcing.sampling, "sample", counted)
     args = ["sample", "--checkpoint", str(ckpt), "--num-samples", "7", "--steps", "3", "--labels", "1,2,3,4,5,6,7", *flags]

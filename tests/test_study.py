@@ -13,7 +13,8 @@ import patchforcing as pf
 from patchforcing.errors import ConfigError
 from patchforcing.sampling import SAMPLERS, certain_count, difficulty_mask
 from patchforcing.sampling.masks import inverted_mask, spread_mask
-from patchforcing.sampling.samplers import STUDY_SAMPLERS, time_grid
+from patchforcing.sampling.registry import STUDY_SAMPLERS
+from patchforcing.sampling.samplers import time_grid
 
 B = 5
 LABELS = torch.tensor([0, 1, 2, 3, 4])

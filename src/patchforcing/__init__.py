@@ -7,6 +7,11 @@ Five lines from a checkpoint to samples::
     noise = torch.randn(4, 4, 32, 32)
     x = pf.sample(net, noise, sampler="look-ahead", steps=32, labels=torch.tensor([207, 360, 387, 974]))
 
+or with one plan value (sampler, steps, options, guidance), e.g. from an NFE budget::
+
+    plan = pf.SamplingPlan.from_nfe("look-ahead", 32, guidance=pf.Guidance(2.0, "sigma:0.34,1.02"))
+    x = pf.sample(net, noise, plan, labels=torch.tensor([207, 360, 387, 974]))
+
 With diffusers (extra ``[vae]``): ``pipe = pf.PatchForcingPipeline.from_pretrained(folder_or_cached_id)``,
 then ``pipe(class_labels=[...], nfe=32, generator=g).images``.
 """
@@ -16,7 +21,7 @@ from patchforcing.conditioning import Condition
 from patchforcing.errors import CheckpointError, ConfigError, DataError, PatchForcingError, ShapeError, TrainingError
 from patchforcing.flow import interpolate, training_loss, validation_loss
 from patchforcing.models import PRESETS, ModelConfig, ModelOutput, PatchForcingTransformer, create_model
-from patchforcing.sampling import SAMPLERS, expected_nfe, sample, steps_for_nfe
+from patchforcing.sampling import SAMPLERS, Guidance, GuidanceInterval, SamplingPlan, expected_nfe, sample, steps_for_nfe
 from patchforcing.timesteps import DISTRIBUTIONS, timestep_distribution
 
 __version__ = "0.1.0"
@@ -37,10 +42,13 @@ __all__ = [
     "Condition",
     "ConfigError",
     "DataError",
+    "Guidance",
+    "GuidanceInterval",
     "ModelConfig",
     "ModelOutput",
     "PatchForcingError",
     "PatchForcingTransformer",
+    "SamplingPlan",
     "ShapeError",
     "TrainingError",
     "create_model",

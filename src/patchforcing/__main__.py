@@ -2,6 +2,6 @@
 
 import sys
 
-from patchforcing.cli import main
+from patchforcing.commands import main
 
 sys.exit(main())

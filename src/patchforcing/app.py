@@ -93,19 +93,18 @@ def run_request(pipe: PatchForcingPipeline, request: Request) -> tuple[Tensor, l
     The noise is ``pipe.prepare_noise`` from ``torch.Generator().manual_seed(seed)``; the same
     generator then draws the random masks, as in the pipeline's call.
     """
-    sampler, steps, options = pipe.plan(request.sampler, nfe=request.nfe)
+    plan = pipe.plan(request.sampler, nfe=request.nfe, guidance_scale=request.guidance_scale,
+                     guidance_interval=request.guidance_interval or (0.0, 1.0))
     given, batch = pipe.condition(**request.condition)
     generator = torch.Generator().manual_seed(request.seed)
     noise = pipe.prepare_noise(batch, generator)
-    x, info = sample(pipe.network, noise, sampler=sampler, steps=steps, cfg_scale=request.guidance_scale,
-                     guidance_interval=request.guidance_interval, generator=generator, return_info=True,
-                     record_trajectory=True, **given, **options)
-    frames = render_frames(pipe, info.pop("trajectory"), x, given, sampler.endswith("look-ahead"))
+    x, info = sample(pipe.network, noise, plan, generator=generator, return_info=True, record_trajectory=True, **given)
+    frames = render_frames(pipe, info.pop("trajectory"), x, given)
     return pipe.decode(x), frames, info
 
 
-def render_frames(pipe: PatchForcingPipeline, trajectory: list[dict], final: Tensor, given: dict[str, Any],
-                  look_ahead: bool) -> list[dict[str, Any]]:
+def render_frames(pipe: PatchForcingPipeline, trajectory: list[dict], final: Tensor,
+                  given: dict[str, Any]) -> list[dict[str, Any]]:
     """Per recorded evaluation, then the result ``final`` (1, C, H, W): panels of the state, the
     clean image the network predicts from it (conditional, for display; not counted as NFE), the
     difficulty map (log scale, relative per frame) and the per-patch time map (0 noise, 1 clean)."""
@@ -120,7 +119,7 @@ def render_frames(pipe: PatchForcingPipeline, trajectory: list[dict], final: Ten
         if t.ndim == 1:  # a global-time network: one time for every patch
             t = t[:, None].expand(-1, net.config.num_patches)
         difficulty = frame["difficulty"] if frame["difficulty"] is not None else difficulty  # fixed in inner steps
-        t_state = t.min(dim=1, keepdim=True).values.expand_as(t) if look_ahead else t  # look-ahead records its context times
+        t_state = t.min(dim=1, keepdim=True).values.expand_as(t) if frame["context"] else t  # a context frame records the context times
         t_in = t_state if net.config.has_difficulty_head else t_state[:, 0]  # a global-time network takes (B,)
         v = net(x, t_in.to(weight.dtype), y).velocity
         prediction = x + (1 - patch_time_to_pixels(t_state.to(weight.dtype), net.config.patch_size, *x.shape[-2:])) * v

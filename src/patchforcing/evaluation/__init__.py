@@ -1,4 +1,4 @@
-"""Evaluation: ``evaluate_model`` (sample within an NFE budget, then score), the held-out
+"""Evaluation: ``evaluate_model`` (sample with a plan, for class labels or prompts, then score), the held-out
 ``validation_report``, and the metrics it uses: Fréchet distance (FID), improved precision/recall,
 and feature extractors (a small digits classifier shipped with the package; Inception-v3 through an
 optional package)."""
@@ -9,6 +9,7 @@ from patchforcing.evaluation.classifier import (
     extract_features,
     load_digits_classifier,
 )
+from patchforcing.evaluation.conditions import ClassLabels, ConditionSource, Prompts
 from patchforcing.evaluation.evaluate import (
     calibration_report,
     evaluate_model,
@@ -26,7 +27,10 @@ from patchforcing.evaluation.inception import inception_features, load_inception
 from patchforcing.evaluation.prdc import precision_recall
 
 __all__ = [
+    "ClassLabels",
+    "ConditionSource",
     "DigitsClassifier",
+    "Prompts",
     "calibration_report",
     "classification_accuracy",
     "evaluate_model",

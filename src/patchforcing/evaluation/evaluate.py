@@ -1,4 +1,4 @@
-"""Evaluating a network at a fixed compute budget: samplers are compared at equal NFE (SPEC 5).
+"""Evaluating a network at a fixed compute budget: samplers are compared at equal NFE (docs/method.md, samplers).
 
 ``evaluate_model`` turns an NFE budget into the largest number of outer steps that fits it, draws
 ``num_samples`` images with one seed per image (image ``i`` uses noise seed ``seed + i``), and
@@ -31,46 +31,53 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from patchforcing.errors import ConfigError, DataError, ShapeError
-from patchforcing.evaluation.generate import generate_images, sampler_steps, to_uint8_nhwc
-from patchforcing.evaluation.parts import require_finite
+from patchforcing.errors import ConfigError, ShapeError
+from patchforcing.evaluation.conditions import ClassLabels, ConditionSource, Prompts
+from patchforcing.evaluation.generate import generate_images, to_uint8_nhwc
+from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the held-out diagnostics
+    DIGITS,
+    NUM_SEGMENTS,
+    calibration_report,
+    held_out_data,
+    validation_report,
+)
+from patchforcing.evaluation.parts import generate_parts, load_parts, parts_identity, require_finite
+from patchforcing.evaluation.t2i import ATTRIBUTE_METRICS, attribute_scores, digit_prompt_source
+from patchforcing.sampling import SamplingPlan
+from patchforcing.sampling.plan import GUIDE_IN_MEMORY, as_plan
 from patchforcing.runs import atomic_write
 from patchforcing.runtime import Processes, gather_to_main, require_group, run_on_main
 
-DIGITS = "digits"
+DIGITS_DATA = (DIGITS, "digits-captions")  # scored by the digits classifier (captions: plus the attributes)
 DIGITS_SHAPE = (1, 16, 16)  # (C, H, W) of the networks the digits classifier can score
 PR_NEIGHBOURS = 3  # k of improved precision/recall
-NUM_SEGMENTS = 8  # SPEC 4: validation loss at t = (k + 0.5) / 8
 
 
 # --- checks before any image is drawn ----------------------------------------------------------
-def plan_evaluation(model: nn.Module, *, sampler: str, nfe: int, num_samples: int, cfg_scale: float = 1.0,
-                    data: str = DIGITS, stats: str | os.PathLike | None = None,
-                    inception_weights: str | os.PathLike | None = None, decoder: Callable | None = None,
-                    **options: Any) -> tuple[int, int]:
+def plan_evaluation(model: nn.Module, plan: SamplingPlan | None = None, *, num_samples: int, data: str = DIGITS,
+                    stats: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
+                    decoder: Callable | None = None, guide_model: nn.Module | None = None,
+                    **loose: Any) -> tuple[int, int]:
     """Check that the evaluation can run and return ``(steps, nfe actually used)``.
 
     Every error a user can cause is raised here, before minutes of sampling: an unknown sampler
-    or option, a budget below one step, a Patch Forcing sampler on a SiT network, guidance without
-    a null class, too few samples, latents without a decoder, ``stats`` the chosen data cannot use,
-    unreadable statistics. Metrics that cannot be computed (no reference statistics, no Inception
-    package or weights) are not errors: the result names them and why.
+    or option, a budget below one step, a sampler the network cannot run, guidance without a null
+    condition, a guide network of another shape, too few samples, latents without a decoder,
+    ``stats`` the chosen data cannot use, unreadable statistics, a text network on data it has no
+    prompts for. Metrics that cannot be computed (no reference statistics, no Inception package
+    or weights) are not errors: the result names them and why.
+
+    Args:
+        plan: the sampling plan; or, as before, ``sampler=``, ``nfe=`` (a budget), ``cfg_scale=``
+            and options as loose keywords.
     """
-    cfg = model.config
-    steps, used = sampler_steps(sampler, int(nfe), **options)  # unknown sampler, nfe < 1
-    if used > nfe:
-        raise ConfigError(f"an NFE budget of {nfe} is below one step of {sampler!r} ({used} NFE); "
-                          f"raise --nfe to at least {used}")
-    if sampler != "euler" and not cfg.has_difficulty_head:
-        raise ConfigError(f"sampler {sampler!r} needs a Patch Forcing network (per-patch time, difficulty head); "
-                          "this checkpoint is a global-time SiT network: use --sampler euler")
-    if cfg_scale != 1.0 and (cfg.num_classes <= 0 or cfg.null_label is None):
-        raise ConfigError(f"cfg_scale={cfg_scale} needs a class-conditional network with a null class; use cfg_scale 1")
+    plan = as_plan(plan, guide=None if guide_model is None else GUIDE_IN_MEMORY, **loose)
+    plan.check(model, guide_model)
     if num_samples <= PR_NEIGHBOURS:
         raise ConfigError(f"num_samples={num_samples}: the metrics need at least {PR_NEIGHBOURS + 1} samples "
                           f"(precision/recall use k={PR_NEIGHBOURS} neighbours)")
     scoring(model, data, stats, inception_weights, decoder)  # raises on misuse; reasons come back later
-    return steps, used
+    return plan.steps, plan.nfe
 
 
 def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Callable | None) -> tuple[str | None, str | None]:
@@ -83,11 +90,20 @@ def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Call
     """
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    if getattr(cfg, "is_text", False) and data not in DIGITS_DATA:
+        raise ConfigError(f"text-to-image networks are evaluated on the digits-captions prompts here, not on {data!r}: "
+                          "drop --data (or pass --data digits-captions)")
+    if data in DIGITS_DATA:
+        data = DIGITS
+    check_decoder(model, decoder)
     if decoder is None and cfg.in_channels not in (1, 3):
         raise ConfigError(f"this network samples {cfg.in_channels}-channel latents; pass --vae PATH (the autoencoder "
                           "its latent folder was encoded with) to decode them, or evaluate its training run folder, "
                           "which records the VAE")
     if data == DIGITS:
+        if inception_weights is not None:
+            raise ConfigError("--inception-weights is for Inception FID, but digits are scored by the built-in "
+                              "classifier: drop it, or pass --data NAME --stats REF.npz")
         if stats is not None:
             raise ConfigError("--stats holds Inception reference statistics, but digits are scored by the built-in "
                               "classifier: drop --stats, or pass --data NAME (the network's own data) for Inception FID")
@@ -113,15 +129,24 @@ def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Call
     return "inception", None
 
 
+def check_decoder(model: nn.Module, decoder: Callable | None) -> None:
+    """A VAE decoder must decode latents of the network's channel count (pixel networks take none)."""
+    cfg = model.config
+    latent = getattr(getattr(getattr(decoder, "vae", None), "config", None), "latent_channels", None)
+    if latent is not None and latent != cfg.in_channels:
+        raise ConfigError(f"the VAE {getattr(decoder, 'vae_name', '')!r} decodes {latent}-channel latents but this network "
+                          f"samples {cfg.in_channels}-channel {'images' if cfg.in_channels in (1, 3) else 'latents'}: "
+                          "drop --vae (or pass the VAE its latent folder was encoded with)")
+
+
 # --- the evaluation ----------------------------------------------------------------------------
 def evaluate_model(
     model: nn.Module,
+    plan: SamplingPlan | None = None,
     *,
-    sampler: str,
-    nfe: int,
     num_samples: int,
     seed: int = 0,
-    cfg_scale: float = 1.0,
+    conditions: ConditionSource | None = None,
     data: str = DIGITS,
     batch_size: int = 256,
     stats: str | os.PathLike | None = None,
@@ -132,19 +157,24 @@ def evaluate_model(
     inception_weights: str | os.PathLike | None = None,
     decoder: Callable[[Tensor], Tensor] | None = None,
     parts_dir: str | os.PathLike | None = None,
-    guidance_interval: tuple[float, float] | None = None,
     guide_model: nn.Module | None = None,
-    **options: Any,
+    encoder=None,
+    **loose: Any,
 ) -> dict[str, Any]:
-    """Sample ``num_samples`` images within an NFE budget and score them.
+    """Sample ``num_samples`` images with a plan (usually from an NFE budget) and score them.
+
+    One pipeline for every network: the condition source (balanced class labels, fixed labels,
+    prompts) feeds generate -> parts -> processes -> decode -> score.
 
     Args:
         model: a network from ``load_model``/``create_model`` (on its evaluation device).
-        sampler: a name of ``patchforcing.SAMPLERS``.
-        nfe: the budget per image; the sampler takes the most outer steps that fit it.
+        plan: how to sample (``SamplingPlan.from_nfe(sampler, nfe, ...)``); or, as before,
+            ``sampler=``, ``nfe=``, ``cfg_scale=``, ``guidance_interval=`` and options as loose keywords.
         num_samples: images in total (over all processes); image i has seed ``seed + i``.
-        cfg_scale: classifier-free guidance weight (1 = off).
-        data: ``digits`` (built-in metrics) or the name of the network's data set (with ``stats``).
+        conditions: what image i is conditioned on (``evaluation.conditions``); default: balanced
+            class labels, or for text networks the balanced digits-captions prompts.
+        data: ``digits`` (built-in metrics; ``digits-captions`` for text networks) or the name of
+            the network's data set (with ``stats``).
         batch_size: images per sampler call on each process (does not change the results).
         stats: for non-digits data, an ``.npz`` with Inception ``mu`` and ``sigma`` of the reference.
         rank, world_size: this process among those of ``patchforcing.runtime.setup``.
@@ -157,39 +187,44 @@ def evaluate_model(
         parts_dir: write the images there in parts as they are made (``evaluation.parts``): a
             killed evaluation rerun with the same arguments makes only the missing parts, and no
             process holds more than one part of images (for FID-50k). None: gather in memory.
-        guidance_interval: guide only the outer steps with ``lo <= t_k <= hi`` (see ``sample``).
-        guide_model: autoguidance with this weaker network instead of CFG (see ``sample``).
-        **options: sampler options (``p``, ``n_inner``, ``context_ratio``).
+        guide_model: the weak network of autoguidance (the plan names it).
+        encoder: the text encoder of a text network's default prompts (default: the one it records).
 
     Returns:
         On every rank: ``fid``, ``precision``, ``recall``, ``accuracy`` (None when unconditional
-        or not measurable; ``not_computed`` maps each missing metric to the reason), ``nfe`` (actually used), ``nfe_budget``, ``steps``, ``num_samples``,
-        ``sampler``, ``options``, ``cfg_scale``, ``seed``, ``data``, ``world_size``, ``seconds``
-        (wall time of the whole evaluation) and ``seconds_sampling`` (slowest rank).
+        or not measurable; ``not_computed`` maps each missing metric to the reason), with prompts
+        that carry attributes ``thickness_adherence``, ``slant_adherence``, ``attribute_adherence``;
+        ``plan`` (the plan's JSON), ``nfe`` (actually used), ``nfe_budget``, ``steps``,
+        ``num_samples``, ``sampler``, ``options``, ``cfg_scale``, ``guidance_interval``,
+        ``autoguidance``, ``guide_nfe``, ``seed``, ``data``, ``conditions``, ``world_size``,
+        ``seconds`` (wall time of the whole evaluation) and ``seconds_sampling`` (slowest rank).
     """
     start = time.perf_counter()
-    steps, used = plan_evaluation(model, sampler=sampler, nfe=nfe, num_samples=num_samples,
-                                  cfg_scale=cfg_scale if guide_model is None else 1.0,  # autoguidance needs no null class
-                                  data=data, stats=stats, inception_weights=inception_weights, decoder=decoder,
-                                  **options)
+    plan = as_plan(plan, guide=None if guide_model is None else GUIDE_IN_MEMORY, **loose)
+    steps, used = plan_evaluation(model, plan, num_samples=num_samples, data=data, stats=stats,
+                                  inception_weights=inception_weights, decoder=decoder, guide_model=guide_model)
+    if getattr(model.config, "is_text", False):
+        data = "digits-captions"
+    if conditions is None:
+        conditions = default_conditions(model, num_samples, seed, encoder)
+    elif conditions.num_samples != num_samples:
+        raise ConfigError(f"the condition source holds {conditions.num_samples} conditions for {num_samples} images")
     procs = Processes(rank=rank, world_size=world_size)
     require_group(procs)  # before minutes of sampling
-    generate = dict(sampler=sampler, steps=steps, num_samples=num_samples, seed=seed, cfg_scale=cfg_scale,
-                    guidance_interval=guidance_interval, guide_model=guide_model, batch_size=batch_size, **options)
+    generate = dict(num_samples=num_samples, seed=seed, conditions=conditions, guide_model=guide_model, batch_size=batch_size)
     if parts_dir is not None:
-        from patchforcing.evaluation.parts import generate_parts, load_parts, parts_identity
-
-        plan = {k: v for k, v in generate.items() if k not in ("batch_size", "guide_model")}
-        plan.update(nfe=used, autoguidance=guide_model is not None, **parts_identity(model, guide_model, decoder))
-        mine = generate_parts(model, parts_dir, plan=plan, procs=procs, expected_nfe=used, decoder=decoder, **generate)
+        record = {"sampling": plan.to_json(), "num_samples": num_samples, "seed": seed, "nfe": used,
+                  "conditions": conditions.describe(), **parts_identity(model, guide_model, decoder)}
+        mine = generate_parts(model, parts_dir, plan=record, procs=procs, expected_nfe=used, decoder=decoder,
+                              **plan.to_kwargs(), **generate)
         info = {"guide_nfe": mine["guide_nfe"]}
         parts = gather_to_main(mine["seconds"], procs)
         collect = lambda: (*load_parts(parts_dir, num_samples), max(parts))  # noqa: E731
     else:
-        indices, images, labels, info = generate_images(model, rank=rank, world_size=world_size, **generate)
+        indices, images, labels, info = generate_images(model, plan, rank=rank, world_size=world_size, **generate)
         sampling = time.perf_counter() - start
         if images.shape[0] and info["nfe"] != used:  # the budget must be what the sampler really spent
-            raise RuntimeError(f"{sampler} used {info['nfe']} NFE where {used} were expected")
+            raise RuntimeError(f"{plan.sampler} used {info['nfe']} NFE where {used} were expected")
         if decoder is not None and images.shape[0]:
             images = decoder(images)  # (b, 3, H, W) in [-1, 1]
         require_finite(images)  # NaN samples would round to uint8 images and get a finite FID
@@ -203,17 +238,25 @@ def evaluate_model(
             kept.update(images=pixels_to_float(pixels))
         if return_images or return_pixels:
             kept.update(images_uint8=pixels, labels=y)
+        g = plan.guidance
         return {
-            **_metrics(pixels, y, data, stats, inception_weights, model, decoder),
-            "nfe": used, "nfe_budget": int(nfe), "steps": steps, "num_samples": num_samples,
-            "sampler": sampler, "options": _resolved_options(sampler, options), "cfg_scale": float(cfg_scale),
-            "guidance_interval": None if guidance_interval is None else list(guidance_interval),
+            **_metrics(pixels, y, data, stats, inception_weights, model, decoder, conditions),
+            "plan": plan.to_json(), "nfe": used, "nfe_budget": plan.nfe_budget, "steps": steps,
+            "num_samples": num_samples, "sampler": plan.sampler, "options": plan.options.to_dict(),
+            "cfg_scale": g.scale, "guidance_interval": None if g.interval is None else list(g.interval),
             "autoguidance": guide_model is not None, "guide_nfe": info.get("guide_nfe") or 0,
-            "seed": seed, "data": data, "world_size": world_size,
+            "seed": seed, "data": data, "conditions": conditions.describe(), "world_size": world_size,
             "seconds_sampling": sampling_seconds, "seconds": time.perf_counter() - start,
         }
 
     return {**run_on_main(score, procs), **kept}
+
+
+def default_conditions(model: nn.Module, num_samples: int, seed: int = 0, encoder=None) -> ConditionSource:
+    """Balanced class labels, or for a text network the balanced digits-captions prompts."""
+    if getattr(model.config, "is_text", False):
+        return digit_prompt_source(model, num_samples, seed, encoder)
+    return ClassLabels.balanced(num_samples, model.config.num_classes, seed)
 
 
 def _in_index_order(parts: list[tuple], num_samples: int) -> tuple[np.ndarray, Tensor, float]:
@@ -233,20 +276,25 @@ def pixels_to_float(pixels: np.ndarray) -> Tensor:
 
 
 def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_weights, model: nn.Module,
-             decoder: Callable | None = None, chunk: int = 5000) -> dict[str, Any]:
+             decoder: Callable | None = None, conditions: ConditionSource | None = None,
+             chunk: int = 5000) -> dict[str, Any]:
     """FID, precision, recall and accuracy of (M, H, W, C) uint8 images (turned to floats ``chunk`` at a time
-    for Inception: 50k 256 px images as float32 would take 39 GB)."""
+    for Inception: 50k 256 px images as float32 would take 39 GB); with prompts that carry attributes,
+    their adherence too (``evaluation.t2i.attribute_scores``)."""
     conditional = bool((labels >= 0).all())
     kind, reason = scoring(model, data, stats, inception_weights, decoder)
+    attributes = isinstance(conditions, Prompts) and bool(conditions.attributes)
     if kind is None:
-        return {"fid": None, "precision": None, "recall": None, "accuracy": None, "feature_network": None,
-                "not_computed": {"fid": reason, "precision": reason, "recall": reason, "accuracy": reason}}
+        missing = ("fid", "precision", "recall", "accuracy") + (ATTRIBUTE_METRICS if attributes else ())
+        return {**{k: None for k in missing}, "feature_network": None, "not_computed": {k: reason for k in missing}}
     if kind == DIGITS:
         from patchforcing.evaluation.digits import digits_metrics
 
-        out = digits_metrics(pixels_to_float(pixels), labels if conditional else None, k=PR_NEIGHBOURS)
+        images = pixels_to_float(pixels)
+        out = digits_metrics(images, labels if conditional else None, k=PR_NEIGHBOURS)
+        extra = attribute_scores(images, labels, conditions.attributes) if attributes else {}
         return {"fid": out["fid"], "precision": out["precision"], "recall": out["recall"],
-                "accuracy": out.get("accuracy"), "feature_network": "digits-classifier"}
+                "accuracy": out.get("accuracy"), "feature_network": "digits-classifier", **extra}
     from patchforcing.evaluation.frechet import feature_statistics, frechet_distance, load_statistics
     from patchforcing.evaluation.inception import inception_features
 
@@ -259,82 +307,6 @@ def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_wei
     return {"fid": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), "precision": None, "recall": None,
             "accuracy": None, "feature_network": "inception-v3", "stats": str(stats),
             "not_computed": {"precision": missing, "recall": missing, "accuracy": "no classifier for this data"}}
-
-
-def _resolved_options(sampler: str, options: dict) -> dict[str, Any]:
-    from patchforcing.sampling.samplers import resolve_options
-
-    return resolve_options(sampler, options)[1]
-
-
-# --- held-out diagnostics ----------------------------------------------------------------------
-def held_out_data(model: nn.Module, data: str = DIGITS, split: str = "test"):
-    """The ``split`` of ``data`` as an ImageDataset, checked against the network's sample shape."""
-    from patchforcing.data import load_dataset
-
-    cfg = model.config
-    dataset = load_dataset(data, split=split)
-    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    if tuple(dataset.images.shape[1:]) != shape:
-        raise ShapeError(f"data {data!r} ({split}) holds {'x'.join(map(str, dataset.images.shape[1:]))} images; "
-                         f"this network takes {'x'.join(map(str, shape))}: pass the data set it was trained on")
-    if len(dataset) == 0:
-        raise DataError(f"data {data!r} has no {split!r} images")
-    return dataset
-
-
-def _labels_for(model: nn.Module, dataset) -> Tensor | None:
-    """The data's labels when the network is class-conditional on the same classes, else None."""
-    if model.config.num_classes <= 0:
-        return None
-    if dataset.num_classes != model.config.num_classes:
-        raise ShapeError(f"the network has {model.config.num_classes} classes but data {dataset.name!r} has "
-                         f"{dataset.num_classes}: pass the data set it was trained on")
-    return dataset.labels
-
-
-@torch.no_grad()
-def validation_report(model: nn.Module, data: str = DIGITS, split: str = "test", seed: int = 0,
-                      batch_size: int = 256) -> dict[str, Any]:
-    """The SPEC-4 validation loss of any network on a held-out set.
-
-    Image ``i`` is paired with noise of seed ``seed + i``; at each of the 8 global times
-    ``t = (k + 0.5) / 8`` the flow loss is averaged over all images, so the result does not depend
-    on ``batch_size``.
-
-    Returns:
-        ``val_loss`` (mean of the segments), ``val_loss_segments`` (8,), ``segment_times`` (8,),
-        ``num_images``, ``data``, ``split``, ``seed``.
-    """
-    from patchforcing.flow import validation_loss
-    from patchforcing.sampling import noise_for_seeds
-
-    dataset = held_out_data(model, data, split)
-    labels = _labels_for(model, dataset)
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    total = torch.zeros(NUM_SEGMENTS, dtype=torch.float64)
-    n = len(dataset)
-    for lo in range(0, n, batch_size):
-        x1 = dataset.images[lo:lo + batch_size].to(device=device, dtype=dtype)  # (b, C, H, W)
-        x0 = noise_for_seeds(range(seed + lo, seed + lo + x1.shape[0]), x1.shape[1:], device=device, dtype=dtype)
-        y = None if labels is None else labels[lo:lo + batch_size].to(device)
-        _, per_segment = validation_loss(model, x1, x0=x0, labels=y, num_segments=NUM_SEGMENTS)
-        total += per_segment.double().cpu() * x1.shape[0]
-    segments = (total / n).tolist()
-    return {"val_loss": float(np.mean(segments)), "val_loss_segments": segments,
-            "segment_times": [(k + 0.5) / NUM_SEGMENTS for k in range(NUM_SEGMENTS)],
-            "num_images": n, "data": data, "split": split, "seed": seed}
-
-
-def calibration_report(model: nn.Module, data: str = DIGITS, split: str = "test",
-                       seed: int = 0) -> list[dict[str, float]]:
-    """Difficulty-head calibration rows (``t``, ``spearman``, ``pearson``, ...) on a held-out set."""
-    from patchforcing.evaluation.calibration import difficulty_calibration
-
-    if not model.config.has_difficulty_head:
-        raise ConfigError("calibration needs a Patch Forcing network with a difficulty head; this is a SiT network")
-    dataset = held_out_data(model, data, split)
-    return difficulty_calibration(model, dataset.images, labels=_labels_for(model, dataset), seed=seed)
 
 
 def save_samples_npz(path: str | os.PathLike, images_uint8: np.ndarray, labels: np.ndarray | Tensor | None) -> Path:

@@ -19,6 +19,7 @@ the diffusers package only; for this package's class the one line is
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from collections.abc import Sequence
@@ -37,7 +38,8 @@ from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.hub.folder import is_pipeline_folder, resolve_source
 from patchforcing.hub.transformer import PatchForcingTransformerModel
-from patchforcing.sampling import SAMPLERS, expected_nfe, sample, steps_for_nfe
+from patchforcing.sampling import Guidance, SamplingPlan, sample
+from patchforcing.sampling.registry import OPTION_ALIASES, get_sampler
 from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -118,24 +120,28 @@ class PatchForcingPipeline(DiffusionPipeline):
         return self.transformer.network
 
     def plan(self, sampler: str | None = None, num_inference_steps: int | None = None, nfe: int | None = None,
-             options: dict[str, Any] | None = None) -> tuple[str, int, dict[str, Any]]:
-        """``(sampler, outer steps, options)`` of a call: ``num_inference_steps`` outer steps, or the
-        most that fit ``nfe`` network evaluations (default: the saved budget)."""
-        sampler = sampler or self.config.sampler
-        if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-        takes = getattr(SAMPLERS[sampler], "defaults", {})  # the saved options this sampler takes, then the call's
+             options: dict[str, Any] | None = None, guidance_scale: float | None = None,
+             guidance_interval: Any = None) -> SamplingPlan:
+        """The ``SamplingPlan`` of a call: ``num_inference_steps`` outer steps, or the most that fit
+        ``nfe`` network evaluations (default: the saved budget); settings left at None take the
+        saved configuration (of the saved options, those the sampler takes)."""
+        spec = get_sampler(sampler or self.config.sampler)
+        fields = {f.name for f in dataclasses.fields(spec.options_type)}
+        takes = fields | {old for old, new in OPTION_ALIASES.items() if new in fields}
         options = {**{k: v for k, v in self.config.sampler_options.items() if k in takes}, **(options or {})}
+        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        interval = self.config.guidance_interval if guidance_interval is None else guidance_interval
+        guidance = Guidance(scale, tuple(interval) if isinstance(interval, (list, tuple)) else interval)
         if num_inference_steps is not None and nfe is not None:
             raise ConfigError("pass num_inference_steps (outer steps) or nfe (a budget of network evaluations), not both")
         if num_inference_steps is not None:
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
                 raise ConfigError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-            return sampler, num_inference_steps, options
+            return SamplingPlan(spec.name, num_inference_steps, options, guidance)
         budget = self.config.nfe if nfe is None else nfe
         if isinstance(budget, bool) or not isinstance(budget, int):
             raise ConfigError(f"nfe must be a positive integer, got {budget!r}")
-        return sampler, steps_for_nfe(sampler, budget, **options), options
+        return SamplingPlan.from_nfe(spec.name, budget, guidance=guidance, **options)
 
     def text_encoder_for_prompts(self) -> TextEncoder:
         """The text encoder of a text network (loaded once, from a local folder or the cache)."""
@@ -227,25 +233,21 @@ class PatchForcingPipeline(DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ConfigError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        sampler, steps, options = self.plan(sampler, num_inference_steps, nfe, sampler_options)
+        plan = self.plan(sampler, num_inference_steps, nfe, sampler_options, guidance_scale, guidance_interval)
         given, batch = self.condition(class_labels, prompt, negative_prompt, num_images_per_prompt)
         noise = self.prepare_noise(batch, generator)
-        scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        interval = self.config.guidance_interval if guidance_interval is None else guidance_interval
         net = self.network
-        with self.progress_bar(total=expected_nfe(sampler, steps, **options)) as bar:
+        with self.progress_bar(total=plan.nfe) as bar:
             hook = net.register_forward_hook(lambda *_: bar.update())  # one tick per network evaluation
             try:
-                x, info = sample(net, noise, sampler=sampler, steps=steps, cfg_scale=scale,
-                                 guidance_interval=None if interval is None else tuple(interval), generator=generator,
-                                 return_info=True, **given, **options)
+                x, info = sample(net, noise, plan, generator=generator, return_info=True, **given)
             finally:
                 hook.remove()
         images = x if output_type == "latent" else _convert(self.decode(x), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
-        return PatchForcingPipelineOutput(images=images, nfe=info["nfe"], steps=steps)
+        return PatchForcingPipelineOutput(images=images, nfe=info["nfe"], steps=plan.steps)
 
 
 def _as_list(value: str | Sequence[str], name: str) -> list[str]:

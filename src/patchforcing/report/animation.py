@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor, nn
 
 from patchforcing.flow import patch_time_to_pixels
-from patchforcing.sampling import noise_for_seeds, sample, steps_for_nfe
+from patchforcing.sampling import SamplingPlan, noise_for_seeds, sample
 from patchforcing.viz import difficulty_panels, to_uint8
 
 PANELS = ("image", "prediction", "difficulty", "patch time")
@@ -27,8 +27,9 @@ ANIMATION_SEED = 7_000_000  # noise seeds of the animated samples (apart from th
 
 
 @torch.no_grad()
-def record(model: nn.Module, sampler: str, nfe: int, count: int = 6, seed: int = ANIMATION_SEED) -> tuple[list[dict], Tensor, dict[str, Any]]:
-    """Sample ``count`` images within ``nfe`` network calls and keep the trajectory.
+def record(model: nn.Module, sampler: str, nfe: int, count: int = 6, seed: int = ANIMATION_SEED,
+           plan: SamplingPlan | None = None) -> tuple[list[dict], Tensor, dict[str, Any]]:
+    """Sample ``count`` images within ``nfe`` network calls (or with ``plan``) and keep the trajectory.
 
     Returns:
         (frames of ``info["trajectory"]``, the final samples (B, C, H, W), info).
@@ -36,24 +37,23 @@ def record(model: nn.Module, sampler: str, nfe: int, count: int = 6, seed: int =
     cfg = model.config
     noise = noise_for_seeds(range(seed, seed + count), (cfg.in_channels, cfg.input_size, cfg.input_size))
     labels = torch.arange(count) % cfg.num_classes if cfg.num_classes > 0 else None
-    x, info = sample(model, noise, sampler=sampler, steps=steps_for_nfe(sampler, nfe), labels=labels,
+    x, info = sample(model, noise, plan or SamplingPlan.from_nfe(sampler, nfe), labels=labels,
                      return_info=True, record_trajectory=True, generator=torch.Generator().manual_seed(seed))
     frames = info.pop("trajectory")
-    look_ahead = sampler.endswith("look-ahead")
-    for frame in frames:  # look-ahead records once per step; its masked steps call the network twice
-        frame["nfe"] = 2 if look_ahead and frame["certain"] is not None else 1
-        frame["prediction"] = _prediction(model, frame, labels, look_ahead)
+    for frame in frames:  # a context frame (look-ahead's masked steps) stands for two network calls
+        frame["nfe"] = 2 if frame["context"] else 1
+        frame["prediction"] = _prediction(model, frame, labels)
     return frames, x.float().cpu(), info
 
 
-def _prediction(model: nn.Module, frame: dict, labels: Tensor | None, look_ahead: bool) -> Tensor:
+def _prediction(model: nn.Module, frame: dict, labels: Tensor | None) -> Tensor:
     """The clean image the network predicts from the frame's state: ``x + (1 - t) v(x, t)``.
 
-    For display only (not counted as NFE). A look-ahead frame records the context times of its
+    For display only (not counted as NFE). A context frame records the context times of its
     second evaluation; its state ``x`` is still at ``t_k``, the smallest time of the frame's map.
     """
     x, t = frame["x"], frame["t"]  # (B, C, H, W), (B, N)
-    if look_ahead:
+    if frame["context"]:
         t = t.min(dim=1, keepdim=True).values.expand_as(t)
     p = model.config.patch_size
     v = model(x.to(next(model.parameters()).dtype), t, labels).velocity.float()

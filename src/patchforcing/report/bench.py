@@ -1,4 +1,4 @@
-"""The equal-compute benchmark of SPEC 5 at a scale a 2-core CPU trains: ``run_bench(out)``.
+"""The equal-compute benchmark of the paper (docs/method.md, samplers) at a scale a 2-core CPU trains: ``run_bench(out)``.
 
     patchforcing bench --out bench                 # the default settings, about an hour on 2 CPU cores
     patchforcing bench --out /tmp/b --tiny         # seconds: a smoke test of the whole pipeline
@@ -29,9 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.sampling import SAMPLERS
 from patchforcing.report.common import (
     METRICS,
     RowCache,
+    SamplingSettings,
+    min_budget,
     class_ordered,
     evaluate_row,
     machine_info,
@@ -41,19 +44,21 @@ from patchforcing.report.common import (
     training_facts,
 )
 
-PF_SAMPLERS = ("euler-pf", "dual-loop", "look-ahead", "random-dual-loop", "random-look-ahead")
+# Per network kind, every public sampler it can run (the registry says which need per-patch time).
+PF_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if s.needs_per_patch_time)
+SIT_SAMPLERS = tuple(n for n, s in SAMPLERS.items() if not s.needs_per_patch_time)
 
 
 @dataclass(frozen=True)
 class Network:
     model: str  # network preset; size fields come from the settings
-    timesteps: str  # training timestep distribution (SPEC 2)
+    timesteps: str  # training timestep distribution (docs/method.md)
     samplers: tuple[str, ...]
     label: str
 
 
 NETWORKS: dict[str, Network] = {
-    "sit-uniform": Network("SiT-XS/2", "uniform", ("euler",), "SiT, global t (uniform)"),
+    "sit-uniform": Network("SiT-XS/2", "uniform", SIT_SAMPLERS, "SiT, global t (uniform)"),
     "pf-ltg": Network("PF-XS/2", "ltg", PF_SAMPLERS, "Patch Forcing, ltg"),
     "pf-uniform-patch": Network("PF-XS/2", "uniform-patch", PF_SAMPLERS, "Patch Forcing, uniform-patch (ablation)"),
     "pf-srm": Network("PF-XS/2", "srm", PF_SAMPLERS, "Patch Forcing, srm (ablation)"),
@@ -86,6 +91,7 @@ class BenchSettings:
     eval_batch_size: int = 250  # images per sampling batch (does not change the images)
     tiny: bool = False  # started from the TINY settings (recorded for the command line)
     train_options: dict = field(default_factory=dict)  # extra TrainConfig fields (the tiny run's intervals)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # sampler options and guidance of every row
 
     def __post_init__(self) -> None:
         self._fill_from_preset()
@@ -98,15 +104,20 @@ class BenchSettings:
             raise ConfigError(f"--num-samples {self.num_samples}: the metrics need at least 10 images per row")
         if not self.nfe or any(not isinstance(n, int) or n < 1 for n in self.nfe):
             raise ConfigError(f"--nfe {self.nfe!r}: give one or more budgets, each a whole number of at least 1 (e.g. 16,32)")
-        if min(self.nfe) < 4:
-            raise ConfigError(f"--nfe {min(self.nfe)} is below 4, the smallest budget dual-loop (4 inner steps) fits; use 4 or more")
         unknown = [n for n in self.networks if n not in NETWORKS]
         if unknown or not self.networks:
             raise ConfigError(f"unknown network(s) {unknown or '(none given)'}; choose from: {', '.join(NETWORKS)}")
+        smallest = min_budget(s for n in self.networks for s in NETWORKS[n].samplers)
+        if min(self.nfe) < smallest:
+            raise ConfigError(f"--nfe {min(self.nfe)} is below {smallest}, the smallest budget every sampler fits "
+                              f"(one step of each); use {smallest} or more")
         if self.hidden_size % self.num_heads or self.hidden_size % 4:
             raise ConfigError(f"--hidden-size {self.hidden_size} must be divisible by 4 and by --num-heads {self.num_heads}")
         if 16 % self.patch_size:
             raise ConfigError(f"--patch-size {self.patch_size} must divide the digits' 16 pixels (1, 2, 4, 8 or 16)")
+        if isinstance(self.sampling, dict):
+            object.__setattr__(self, "sampling", SamplingSettings(**self.sampling))
+        self.sampling.check({s for n in self.networks for s in NETWORKS[n].samplers})
         object.__setattr__(self, "nfe", tuple(sorted(set(self.nfe))))  # "16,32,16" is (16, 32)
         object.__setattr__(self, "networks", tuple(dict.fromkeys(self.networks)))
 
@@ -134,7 +145,7 @@ class BenchSettings:
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide a row's numbers (seeds, budgets and networks only add rows)."""
         keep = ("batch_size", "num_samples", "depth", "hidden_size", "num_heads", "patch_size", "train_seed", "train_options")
-        return {"steps": self.steps, **{k: getattr(self, k) for k in keep}}
+        return {"steps": self.steps, **{k: getattr(self, k) for k in keep}, **self.sampling.fingerprint()}
 
     def train_config(self, network: str, out: Path):
         from patchforcing.training import resolve_config
@@ -153,7 +164,7 @@ class BenchSettings:
                   "--train-seed", str(self.train_seed)]
         if self.networks != tuple(NETWORKS):
             parts += ["--networks", ",".join(self.networks)]
-        return " ".join(parts)
+        return " ".join(parts + self.sampling.argv())
 
     def rows(self) -> list[tuple[str, str, int, int]]:
         """(network, sampler, budget, seed) of every evaluation row, in the order they run."""
@@ -214,6 +225,7 @@ def _bench(out: Path, settings: BenchSettings, log, command: str | None) -> dict
             models.clear()
             models[network] = load_model(out / "runs" / network)
         row, images, labels = evaluate_row(models[network], sampler=sampler, nfe=budget, num_samples=settings.num_samples,
+                                           plan=settings.sampling.plan(sampler, budget),
                                            seed=seed, batch_size=settings.eval_batch_size)
         if seed == 0:
             save_image_grid(class_ordered(images, labels), out / grid_path(network, sampler, budget), ncols=10, scale=3)

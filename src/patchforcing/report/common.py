@@ -4,12 +4,14 @@ machine information for the reports."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import platform
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,10 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError
+from patchforcing.evaluation.digits import digits_metrics
+from patchforcing.evaluation.generate import generate_images
 from patchforcing.runs import atomic_write, newest_step
+from patchforcing.sampling import Guidance, SamplingPlan, get_sampler
+from patchforcing.streams import EVAL_SEED_STRIDE
 
 METRICS = ("fid", "precision", "recall", "accuracy")
-SEED_STRIDE = 100_000  # evaluation seed k draws its images' noise from seeds k * SEED_STRIDE + i
 Log = Callable[[str], None]
 
 
@@ -98,26 +103,78 @@ def training_facts(run_dir: Path) -> dict[str, Any]:
 
 
 # --- one evaluation row -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplingSettings:
+    """Sampler options and guidance every row of a report samples with (default: the registry's
+    defaults, no guidance), from the generated flags (``--p-frac``, ``--cfg-scale``, ...).
+
+    Attributes:
+        options: option values by field name; each applies to every sampler that has the field.
+        guidance: a ``Guidance`` as JSON (``{}``: none).
+    """
+
+    options: dict = field(default_factory=dict)
+    guidance: dict = field(default_factory=dict)
+
+    def check(self, samplers) -> None:
+        """Every option must belong to one of ``samplers``; the guidance must be valid and need no guide network."""
+        names = {f.name for s in samplers for f in dataclasses.fields(get_sampler(s).options_type)}
+        unused = sorted(set(self.options) - names)
+        if unused:
+            raise ConfigError(f"no sampler run here has the option(s) {', '.join('--' + u.replace('_', '-') for u in unused)}: "
+                              "drop them, or add a sampler that has them")
+        for s in samplers:
+            self.plan(s, SamplingPlan(s, 1).nfe)  # options out of range fail now
+        if Guidance.from_json(self.guidance).guide is not None:
+            raise ConfigError("reports train their own networks: autoguidance with an outside network is not offered here")
+
+    def plan(self, sampler: str, nfe: int) -> SamplingPlan:
+        """The plan of one row: ``sampler`` within ``nfe``, with the options it has and the guidance."""
+        fields = {f.name for f in dataclasses.fields(get_sampler(sampler).options_type)}
+        options = {k: v for k, v in self.options.items() if k in fields}
+        return SamplingPlan.from_nfe(sampler, nfe, guidance=Guidance.from_json(self.guidance), **options)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Empty at the defaults (rows cached before these settings existed stay valid)."""
+        return {"sampling": dataclasses.asdict(self)} if self.options or self.guidance else {}
+
+    def argv(self) -> list[str]:
+        out = [a for k, v in self.options.items() for a in ("--" + k.replace("_", "-"), repr(v))]
+        g = Guidance.from_json(self.guidance)
+        if g.active:
+            out += ["--cfg-scale", repr(g.scale)]
+        if g.interval is not None:
+            out += ["--guidance-interval", g.interval.to_text()]
+        return out
+
+
 def evaluate_row(model: nn.Module, *, sampler: str, nfe: int, num_samples: int, seed: int,
-                 batch_size: int = 250) -> tuple[dict[str, Any], Tensor, Tensor]:
+                 batch_size: int = 250, plan: SamplingPlan | None = None) -> tuple[dict[str, Any], Tensor, Tensor]:
     """Generate ``num_samples`` digits with ``sampler`` within ``nfe`` network calls and score them.
 
+    Args:
+        plan: the sampling plan (default: ``SamplingPlan.from_nfe(sampler, nfe)``, the defaults'
+            options and no guidance).
+
     Returns:
-        (row with fid, precision, recall, accuracy, nfe, steps, seconds, sec_per_1000;
+        (row with fid, precision, recall, accuracy, nfe, steps, seconds, sec_per_1000 and ``plan`` (its JSON);
         the images (M, C, H, W); their labels (M,)).
     """
-    from patchforcing.evaluation.digits import digits_metrics
-    from patchforcing.evaluation.generate import generate_images, sampler_steps
-
-    steps, actual = sampler_steps(sampler, nfe)
+    plan = plan or SamplingPlan.from_nfe(sampler, nfe)
     t0 = time.perf_counter()
-    _, images, labels, info = generate_images(model, sampler=sampler, steps=steps, num_samples=num_samples,
-                                              seed=seed * SEED_STRIDE, batch_size=batch_size)
+    _, images, labels, info = generate_images(model, plan, num_samples=num_samples, seed=seed * EVAL_SEED_STRIDE,
+                                              batch_size=batch_size)
     seconds = time.perf_counter() - t0
     metrics = digits_metrics(images, labels)
     row = {k: float(metrics[k]) if k in metrics else None for k in METRICS}
-    row.update(nfe=int(info["nfe"] or actual), steps=steps, seconds=seconds, sec_per_1000=seconds * 1000 / num_samples)
+    row.update(nfe=int(info["nfe"] or plan.nfe), steps=plan.steps, seconds=seconds, sec_per_1000=seconds * 1000 / num_samples,
+               plan=plan.to_json())
     return row, images, labels
+
+
+def min_budget(samplers) -> int:
+    """The smallest NFE budget in which every one of ``samplers`` (names) fits one outer step."""
+    return max(SamplingPlan(name, 1).nfe for name in samplers)
 
 
 def class_ordered(images: Tensor, labels: Tensor, per_class: int = 10, num_classes: int = 10) -> Tensor:

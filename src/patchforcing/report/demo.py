@@ -24,9 +24,11 @@ from typing import Any
 from patchforcing.errors import ConfigError
 from patchforcing.report.common import (
     RowCache,
+    SamplingSettings,
     class_ordered,
     evaluate_row,
     machine_info,
+    min_budget,
     read_metrics,
     say,
     train_or_reuse,
@@ -56,6 +58,7 @@ class DemoSettings:
     eval_batch_size: int = 250  # images per sampling batch (does not change the images)
     tiny: bool = False
     train_options: dict = field(default_factory=dict)  # extra TrainConfig fields (the tiny run's network and intervals)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # sampler options and guidance of every row
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "nfe", "animation_samples", "eval_batch_size") + (("steps",) if self.steps is not None else ()):
@@ -64,11 +67,16 @@ class DemoSettings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
         if self.num_samples < 10:
             raise ConfigError(f"--num-samples {self.num_samples}: the metrics need at least 10 images per sampler")
-        if self.nfe < 4:
-            raise ConfigError(f"--nfe {self.nfe} is below 4, the smallest budget dual-loop (4 inner steps) fits; use 4 or more")
         unknown = [s for s in self.samplers if s not in SAMPLERS]
         if unknown or not self.samplers:
             raise ConfigError(f"unknown sampler(s) {unknown or '(none given)'}; choose from: {', '.join(SAMPLERS)}")
+        if isinstance(self.sampling, dict):
+            object.__setattr__(self, "sampling", SamplingSettings(**self.sampling))
+        self.sampling.check(self.samplers)
+        smallest = min_budget(self.samplers)
+        if self.nfe < smallest:
+            raise ConfigError(f"--nfe {self.nfe} is below {smallest}, the smallest budget every sampler fits "
+                              f"(one step of each); use {smallest} or more")
 
     @classmethod
     def create(cls, tiny: bool = False, **values: Any) -> "DemoSettings":
@@ -86,7 +94,8 @@ class DemoSettings:
         parts = ["patchforcing", "demo", "--out", str(out)] + (["--tiny"] if self.tiny else [])
         parts += (["--steps", str(self.steps)] if self.steps is not None else [])
         parts += ["--num-samples", str(self.num_samples), "--nfe", str(self.nfe)]
-        return " ".join(parts)
+        parts += ["--samplers", ",".join(self.samplers)] if self.samplers != tuple(SAMPLERS) else []
+        return " ".join(parts + self.sampling.argv())
 
 
 def run_demo(out: str | Path = "demo", settings: DemoSettings | None = None, *, log=say) -> dict[str, Any]:
@@ -115,12 +124,13 @@ def _demo(out: Path, settings: DemoSettings, log) -> dict[str, Any]:
     trained = train_or_reuse(config, log)
     model = load_model(out / "run")
     fingerprint = {"steps": config.steps, "checkpoint_step": newest_step(out / "run"), "num_samples": settings.num_samples,
-                   "nfe": settings.nfe, "train_options": settings.train_options}
+                   "nfe": settings.nfe, "train_options": settings.train_options, **settings.sampling.fingerprint()}
     cache = RowCache(out / "results.json", fingerprint, log)
     for sampler in settings.samplers:
         if sampler in cache.rows:
             continue
         row, images, labels = evaluate_row(model, sampler=sampler, nfe=settings.nfe, num_samples=settings.num_samples,
+                                           plan=settings.sampling.plan(sampler, settings.nfe),
                                            seed=0, batch_size=settings.eval_batch_size)
         save_image_grid(class_ordered(images, labels), out / "samples" / f"{sampler}.png", ncols=10, scale=3)
         cache.put(sampler, {"sampler": sampler, **row, "grid": f"samples/{sampler}.png"})
@@ -130,7 +140,8 @@ def _demo(out: Path, settings: DemoSettings, log) -> dict[str, Any]:
     curve = training_curve(out / "training_curve.png", *read_metrics(out / "run"), title="training on digits")
     animations = {}
     for sampler in [s for s in ANIMATED if s in settings.samplers]:
-        frames, final, info = animation.record(model, sampler, settings.nfe, settings.animation_samples)
+        frames, final, info = animation.record(model, sampler, settings.nfe, settings.animation_samples,
+                                               plan=settings.sampling.plan(sampler, settings.nfe))
         gif = animation.trajectory_gif(frames, final, out / "animations" / f"{sampler}.gif", title=sampler)
         animations[sampler] = {"path": f"animations/{gif.name}", "frames": len(frames) + 1, "nfe": info["nfe"], "steps": info["steps"]}
     facts = training_facts(out / "run")

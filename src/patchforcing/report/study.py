@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.streams import EVAL_SEED_STRIDE
 
 
 @dataclass(frozen=True)
@@ -148,15 +149,16 @@ def sample_metrics(data: str, images, labels) -> dict[str, Any]:
 
 def evaluate_study_row(model, data: str, *, sampler: str, nfe: int, num_samples: int, seed: int, batch_size: int):
     """Generate ``num_samples`` images within ``nfe`` network calls and score them (seeded as the bench)."""
-    from patchforcing.evaluation.generate import generate_images, sampler_steps
-    from patchforcing.report.common import SEED_STRIDE
+    from patchforcing.evaluation.generate import generate_images
+    from patchforcing.sampling import SamplingPlan
 
-    steps, actual = sampler_steps(sampler, nfe)
+    plan = SamplingPlan.from_nfe(sampler, nfe)
     t0 = time.perf_counter()
-    _, images, labels, info = generate_images(model, sampler=sampler, steps=steps, num_samples=num_samples,
-                                              seed=seed * SEED_STRIDE, batch_size=batch_size)
+    _, images, labels, info = generate_images(model, plan, num_samples=num_samples, seed=seed * EVAL_SEED_STRIDE,
+                                              batch_size=batch_size)
     seconds = time.perf_counter() - t0
-    row = {**sample_metrics(data, images, labels), "nfe": int(info["nfe"] or actual), "steps": steps, "seconds": seconds}
+    row = {**sample_metrics(data, images, labels), "nfe": int(info["nfe"] or plan.nfe), "steps": plan.steps,
+           "seconds": seconds}
     return row, images, labels
 
 

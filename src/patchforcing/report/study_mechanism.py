@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from patchforcing.flow import interpolate, pixels_to_patch_mean
 from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_mask, spread_mask
+from patchforcing.streams import study_seed
 
 MASK_KINDS = ("difficulty", "random", "inverted", "spread")
 
@@ -79,7 +80,7 @@ def context_effect(model: nn.Module, x1: Tensor, labels: Tensor | None, *, times
     y = None if labels is None else labels.to(param.device)
     rows = []
     for ti, t in enumerate(times):
-        x0, tt, xt = _noised(x1, float(t), cfg.num_patches, p, seed * 1000 + ti)
+        x0, tt, xt = _noised(x1, float(t), cfg.num_patches, p, study_seed(seed, ti))
         u = x1 - x0
         v, logvar = model(xt, tt, y)
         err = (v - u).pow(2).mean(dim=1, keepdim=True)  # (B, 1, H, W)
@@ -87,7 +88,7 @@ def context_effect(model: nn.Module, x1: Tensor, labels: Tensor | None, *, times
         for kind in kinds:
             for p_frac, rho in configs:
                 sources = ("predicted", "oracle") if oracle == (p_frac, rho) else ("predicted",)
-                certain = study_mask(kind, logvar, p, p_frac, torch.Generator().manual_seed(seed * 1000 + ti))
+                certain = study_mask(kind, logvar, p, p_frac, torch.Generator().manual_seed(study_seed(seed, ti)))
                 delta = min(rho * t, 1.0) - t
                 certain_patch = pixels_to_patch_mean(certain.to(x1.dtype), p) > 0.5  # (B, N)
                 t_ctx = tt + delta * certain_patch
@@ -139,10 +140,10 @@ def mask_composition(model: nn.Module, x1: Tensor, labels: Tensor | None, data: 
     busy = busy_patches(x1, p, data)  # (B, N)
     rows = []
     for ti, t in enumerate(times):
-        _, tt, xt = _noised(x1, float(t), cfg.num_patches, p, seed * 1000 + ti)
+        _, tt, xt = _noised(x1, float(t), cfg.num_patches, p, study_seed(seed, ti))
         _, logvar = model(xt, tt, y)
         for kind in kinds:
-            certain = study_mask(kind, logvar, p, p_frac, torch.Generator().manual_seed(seed * 1000 + ti))
+            certain = study_mask(kind, logvar, p, p_frac, torch.Generator().manual_seed(study_seed(seed, ti)))
             certain_patch = pixels_to_patch_mean(certain.float(), p) > 0.5
             rows.append({"t": float(t), "kind": kind, "p": p_frac, "busy_share": float(busy[certain_patch].float().mean()),
                          "busy_base": float(busy.float().mean())})
@@ -166,7 +167,7 @@ def mask_picture(model: nn.Module, x1: Tensor, labels: Tensor | None, *, times: 
     y = None if labels is None else labels.to(param.device)
     out = []
     for ti, t in enumerate(times):
-        x0, tt, xt = _noised(x1, float(t), cfg.num_patches, p, seed * 1000 + ti)
+        x0, tt, xt = _noised(x1, float(t), cfg.num_patches, p, study_seed(seed, ti))
         _, logvar = model(xt, tt, y)
         d = pixels_to_patch_mean(logvar.float(), p)  # (B, N) patch-mean log-variance
         h, w = x1.shape[-2:]
@@ -174,7 +175,7 @@ def mask_picture(model: nn.Module, x1: Tensor, labels: Tensor | None, *, times: 
         clean = to_uint8(x1).astype(np.float64)
         parts = [to_uint8(x1), to_uint8(xt), colormap(dmap)]
         for kind in kinds:
-            certain = study_mask(kind, logvar, p, p_frac, torch.Generator().manual_seed(seed * 1000 + ti))
+            certain = study_mask(kind, logvar, p, p_frac, torch.Generator().manual_seed(study_seed(seed, ti)))
             c = certain[:, 0].cpu().numpy()[..., None]  # (B, H, W, 1)
             tinted = 0.5 * clean + 0.5 * np.array([255.0, 40.0, 40.0])
             parts.append(np.where(c, tinted, 0.35 * clean).round().astype(np.uint8))

@@ -1,8 +1,7 @@
-"""Inference: ``sample(model, noise, sampler=..., steps=...)`` and the sampler registry (SPEC 5)."""
+"""Inference: ``sample(model, noise, plan)`` (or ``sampler=..., steps=...``), the sampler registry and the plan."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,27 +9,35 @@ from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.conditioning import Condition
-from patchforcing.sampling.guidance import Guide, Guided, check_condition, check_labels
+from patchforcing.sampling.guidance import Guide, Guided, GuidanceInterval, check_condition, check_labels
 from patchforcing.sampling.masks import certain_count, difficulty_mask, random_mask
-from patchforcing.sampling.samplers import (
+from patchforcing.sampling.plan import GUIDE_IN_MEMORY, Guidance, SamplingPlan, as_plan
+from patchforcing.sampling.registry import (
+    REGISTRY,
     SAMPLERS,
-    Context,
+    MaskKind,
+    SamplerOptions,
+    SamplerSpec,
     expected_nfe,
+    get_sampler,
     make_mask_fn,
-    resolve_options,
     steps_for_nfe,
-    time_grid,
 )
+from patchforcing.sampling.samplers import Context, time_grid
 
 
 class TrajectoryRecorder:
     """Collects, per network evaluation of the outer loop, the per-patch time map (B, N), the
-    difficulty map ``exp(logvar)`` (B, 1, H, W) and the current sample, on the CPU."""
+    difficulty map ``exp(logvar)`` (B, 1, H, W) and the current sample, on the CPU.
+
+    ``inner`` marks dual-loop's inner steps; ``context`` a frame that stands for two calls, the
+    sample at ``t_k`` and the context run ahead (its ``t`` holds the context times)."""
 
     def __init__(self) -> None:
         self.frames: list[dict[str, Tensor | None | bool]] = []
 
-    def __call__(self, *, x: Tensor, t: Tensor, logvar: Tensor | None, certain: Tensor | None = None, inner: bool = False) -> None:
+    def __call__(self, *, x: Tensor, t: Tensor, logvar: Tensor | None, certain: Tensor | None = None, inner: bool = False,
+                 context: bool = False) -> None:
         self.frames.append(
             {
                 "x": x.detach().float().cpu(),
@@ -38,6 +45,7 @@ class TrajectoryRecorder:
                 "difficulty": None if logvar is None else logvar.detach().float().exp().cpu(),
                 "certain": None if certain is None else certain.detach().cpu(),
                 "inner": inner,
+                "context": context,
             }
         )
 
@@ -46,61 +54,66 @@ class TrajectoryRecorder:
 def sample(
     model: nn.Module,
     noise: Tensor,
+    plan: SamplingPlan | None = None,
     *,
-    sampler: str,
-    steps: int,
-    labels: Tensor | None = None,
-    cfg_scale: float = 1.0,
-    null_label: int | None = None,
     condition: Condition | None = None,
-    guidance_interval: tuple[float, float] | None = None,
+    labels: Tensor | None = None,
+    null_label: int | None = None,
     guide_model: nn.Module | None = None,
     return_info: bool = False,
     progress: bool = False,
     generator: torch.Generator | None = None,
     record_trajectory: bool = False,
+    sampler: str | None = None,
+    steps: int | None = None,
+    cfg_scale: float | None = None,
+    guidance_interval: GuidanceInterval | tuple[float, float] | str | None = None,
     **options: Any,
 ) -> Tensor | tuple[Tensor, dict[str, Any]]:
-    """Integrate from noise (``t = 0``) to data (``t = 1``) with one of the samplers of SPEC 5.
+    """Integrate from noise (``t = 0``) to data (``t = 1``) with one of the samplers of ``docs/method.md``.
+
+    Either ``sample(model, noise, plan, condition=...)`` with a ``SamplingPlan``, or, as before,
+    ``sample(model, noise, sampler=..., steps=..., labels=..., cfg_scale=..., **options)``, which
+    builds the plan from those keywords.
 
     Args:
         model: a network from ``create_model``/``load_model``; patch size and head come from it.
         noise: (B, C, H, W) starting point ``x0 ~ N(0, I)``; cast to the network's dtype and device.
-        sampler: ``euler``, ``euler-pf``, ``dual-loop``, ``look-ahead``, ``random-dual-loop`` or
-            ``random-look-ahead``.
-        steps: outer steps S on the grid ``t_k = k / S``.
-        labels: (B,) class labels (None: the null class).
-        cfg_scale: classifier-free guidance weight w (1 = no guidance, one call per evaluation).
-        null_label: the unconditional class; defaults to the network's null row.
+        plan: sampler, steps, options and guidance (``SamplingPlan``); checked against ``model``.
         condition: a ``Condition`` (class labels or text states with their null), instead of
             ``labels``/``null_label``.
-        guidance_interval: ``(lo, hi)``: guide only the outer steps with ``lo <= t_k <= hi``
-            (float32 grid times); the other steps make one plain conditional call.
-        guide_model: a weaker network of the same kind and shape (an earlier checkpoint, a smaller
-            network): autoguidance, ``v = v_weak + w (v_main - v_weak)``, replaces CFG.
+        labels: (B,) class labels (None: the null class).
+        null_label: the unconditional class; defaults to the network's null row.
+        guide_model: the weak network of autoguidance (``v = v_weak + w (v_main - v_weak)``
+            replaces CFG): same kind and shape, on the same device and dtype.
         return_info: also return ``info`` with ``nfe`` (main-network calls), ``guide_nfe``
-            (guide-network calls), ``steps``, ``sampler``,
-            ``options`` and, with ``record_trajectory``, ``trajectory`` (a list of frames).
-        progress: show a progress bar over outer steps.
+            (guide-network calls), ``steps``, ``sampler``, ``options``, ``plan`` and, with
+            ``record_trajectory``, ``trajectory`` (a list of frames).
+        progress: show a progress bar over network evaluations.
         generator: draws the random masks of the ``random-*`` ablations; a list of CPU generators
             (one per image) makes each image's masks independent of the batch it is in.
         record_trajectory: keep per-step time and difficulty maps (off by default, free when off).
-        **options: sampler options (``p``, ``n_inner``, ``context_ratio``).
+        sampler: without ``plan``: a name of ``SAMPLERS`` (``euler``, ``euler-pf``, ``dual-loop``,
+            ``look-ahead``, ``random-dual-loop``, ``random-look-ahead``).
+        steps: without ``plan``: outer steps S on the grid ``t_k = k / S``.
+        cfg_scale: without ``plan``: the guidance weight w (1 = no guidance).
+        guidance_interval: without ``plan``: ``(lo, hi)`` guides only the outer steps with
+            ``lo <= t_k <= hi``; ``"sigma:LO,HI"`` or ``GuidanceInterval.from_sigma(LO, HI)`` the
+            published half-open ``sigma in (LO, HI]``, i.e. ``t in [1/(1+HI), 1/(1+LO))``. The
+            published ones in t: DiT-XL/2 (0.34, 1.02] -> [0.495, 0.746); EDM2-S (0.28, 2.90] ->
+            [0.256, 0.781); EDM2-XXL (0.19, 1.61] -> [0.383, 0.840); SD-XL (0.28, 5.42] ->
+            [0.156, 0.781). EDM2's sigmas assume latents scaled to standard deviation 0.5.
+        **options: without ``plan``: the sampler's options (``p_frac`` -- ``p`` is accepted --,
+            ``n_inner``, ``context_ratio``).
 
     Returns:
         The sample (B, C, H, W), or ``(sample, info)`` with ``return_info=True``.
     """
-    spec, opts = resolve_options(sampler, options)
+    plan = as_plan(plan, sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval,
+                   guide=None if guide_model is None else GUIDE_IN_MEMORY, **options)
+    spec, opts = plan.spec, plan.options
     cfg = model.config
-    if not _is_positive_integer(steps):
-        raise ConfigError(f"steps must be a positive integer, got {steps}")
-    if not math.isfinite(float(cfg_scale)):
-        raise ConfigError(f"cfg_scale must be a finite number, got {cfg_scale}; 1 turns guidance off")
-    if sampler != "euler" and not cfg.has_difficulty_head:
-        raise ConfigError(
-            f"sampler {sampler!r} needs a Patch Forcing network (per-patch time, difficulty head); "
-            "this network is a global-time baseline: use sampler='euler'"
-        )
+    plan.check(model, guide_model)
     expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
     if noise.ndim != 4 or tuple(noise.shape[1:]) != expected:
         raise ShapeError(f"noise has shape {tuple(noise.shape)}; this network samples (B, {', '.join(map(str, expected))})")
@@ -115,30 +128,25 @@ def sample(
         condition = check_condition(model, noise, condition)
     else:
         condition = check_labels(model, noise, labels)
-    guide = Guide(model, condition, cfg_scale, null_label, guidance_interval=guidance_interval, guide_model=guide_model)
+    guide = Guide(model, condition, plan.guidance.scale, null_label, guidance_interval=plan.guidance.interval,
+                  guide_model=guide_model)
     recorder = TrajectoryRecorder() if record_trajectory else None
     ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder)
-    ctx.mask_fn = make_mask_fn(spec, opts, cfg.patch_size, generator)
-    grid = time_grid(int(steps))
+    ctx.mask_fn = make_mask_fn(spec.mask, opts, cfg.patch_size, generator)
+    grid = time_grid(plan.steps)
     if progress:
-        guide = _ProgressGuide(guide, expected_nfe(sampler, int(steps), **options), sampler)
+        guide = _ProgressGuide(guide, plan.nfe, plan.sampler)
     x = spec.fn(guide, noise, grid, ctx)
     if progress:
         guide.close()
     if not return_info:
         return x
-    info: dict[str, Any] = {"nfe": guide.nfe, "guide_nfe": guide.guide_nfe, "steps": int(steps), "sampler": sampler,
-                            "options": opts, "cfg_scale": cfg_scale, "guidance_interval": guide.interval}
+    info: dict[str, Any] = {"nfe": guide.nfe, "guide_nfe": guide.guide_nfe, "steps": plan.steps, "sampler": plan.sampler,
+                            "options": opts.to_dict(), "cfg_scale": plan.guidance.scale, "guidance_interval": guide.interval,
+                            "plan": plan}
     if recorder is not None:
         info["trajectory"] = recorder.frames
     return x, info
-
-
-def _is_positive_integer(value: Any) -> bool:
-    try:
-        return math.isfinite(value) and int(value) == value and value >= 1
-    except (TypeError, ValueError):
-        return False
 
 
 def noise_for_seeds(seeds, shape, *, device=None, dtype=torch.float32) -> Tensor:
@@ -182,14 +190,22 @@ class _ProgressGuide:
 
 
 __all__ = [
+    "REGISTRY",
     "SAMPLERS",
     "Condition",
+    "Guidance",
+    "GuidanceInterval",
     "Guide",
     "Guided",
+    "MaskKind",
+    "SamplerOptions",
+    "SamplerSpec",
+    "SamplingPlan",
     "TrajectoryRecorder",
     "certain_count",
     "difficulty_mask",
     "expected_nfe",
+    "get_sampler",
     "noise_for_seeds",
     "random_mask",
     "sample",

@@ -1,4 +1,4 @@
-"""Guided evaluation: the only way samplers see the network (SPEC 5 and 6).
+"""Guided evaluation: the only way samplers see the network (docs/method.md, samplers and guidance).
 
 ``Guide(x, t)`` returns the guided velocity, the guided log-variance and the conditional-only
 velocity. Three kinds of evaluation, chosen per OUTER step:
@@ -11,7 +11,11 @@ velocity. Three kinds of evaluation, chosen per OUTER step:
   ``v = v_weak + w (v_main - v_weak)``, the same for the log-variance; ``cond_velocity = v_main``.
 
 Guidance interval (Kynkaanniemi et al. 2024): with ``guidance_interval=(lo, hi)`` guidance is on for
-an outer step iff ``lo <= t_k <= hi``, compared in float32 like the grid ``t_k`` itself. Samplers
+an outer step iff ``lo <= t_k <= hi``, compared in float32 like the grid ``t_k`` itself. The
+published intervals are given in sigma and half-open, ``sigma in (lo, hi]``; with
+``t = 1 / (1 + sigma)`` that is ``t in [1 / (1 + hi), 1 / (1 + lo))``, open at the top:
+``GuidanceInterval.from_sigma(lo, hi)`` (``--guidance-interval sigma:LO,HI``) keeps both ends
+exact (see ``GuidanceInterval``). Samplers
 announce each outer step with ``guide.begin_step(t_k)``; every evaluation until the next
 announcement (dual-loop's inner steps, look-ahead's context call) follows that step's decision.
 
@@ -22,7 +26,9 @@ counted apart (``guide_nfe``).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +43,124 @@ class Guided(NamedTuple):
     cond_velocity: Tensor  # (B, C, H, W) conditional (main network) only; == velocity when unguided
 
 
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """The grid times ``t_k`` whose outer steps are guided: ``lo .. hi`` with each end open or closed.
+
+    Two forms, both exact:
+
+    * ``GuidanceInterval.closed(lo, hi)``: ``lo <= t_k <= hi`` in t, both ends rounded to float32
+      (the precision of the grid) -- the form of ``guidance_interval=(lo, hi)`` and ``LO,HI``;
+    * ``GuidanceInterval.from_sigma(lo, hi)``: the published form ``sigma in (lo, hi]`` with
+      ``t = 1 / (1 + sigma)``, i.e. ``t in [1 / (1 + hi), 1 / (1 + lo))``. A grid time is tested
+      in exact rational arithmetic against the sigma ends (``sigma_k = (1 - t_k) / t_k``), so a grid
+      time exactly on an end is in or out as the half-open interval says.
+
+    The published intervals converted to t (their sigma bounds; ``lo``/``hi`` rounded here):
+
+    =========  ====================  ========================
+    network    sigma in              t in
+    =========  ====================  ========================
+    DiT-XL/2   (0.34, 1.02]          [0.49505, 0.74627)
+    EDM2-S     (0.28, 2.90]          [0.25641, 0.78125)
+    EDM2-XXL   (0.19, 1.61]          [0.38314, 0.84034)
+    SD-XL      (0.28, 5.42]          [0.15576, 0.78125)
+    =========  ====================  ========================
+
+    EDM2's sigmas assume latents scaled to standard deviation 0.5; for latents scaled to 1 (ours)
+    the same noise level is at half the sigma, so treat its rows as a starting point, not a match.
+
+    Attributes:
+        lo, hi: the ends in t (float; for the sigma form the nearest doubles of ``1 / (1 + sigma)``).
+        lo_open, hi_open: whether each end is excluded.
+        sigma: ``(sigma_lo, sigma_hi)`` as given, for the sigma form; None for the t form.
+    """
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+    sigma: tuple[float, float] | None = None
+
+    @classmethod
+    def closed(cls, lo: float, hi: float) -> "GuidanceInterval":
+        """``lo <= t_k <= hi`` (t form), both ends rounded to float32."""
+        lo, hi = check_interval((lo, hi))
+        return cls(lo, hi)
+
+    @classmethod
+    def from_sigma(cls, sigma_lo: float, sigma_hi: float) -> "GuidanceInterval":
+        """``sigma_lo < sigma_k <= sigma_hi``: ``t in [1 / (1 + sigma_hi), 1 / (1 + sigma_lo))``."""
+        try:
+            lo, hi = float(sigma_lo), float(sigma_hi)
+        except (TypeError, ValueError):
+            raise ConfigError(f"a sigma interval takes two numbers (lo, hi), got {(sigma_lo, sigma_hi)!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)) or not 0 <= lo < hi:
+            raise ConfigError(f"a sigma interval needs finite 0 <= lo < hi, got ({lo}, {hi}); e.g. sigma:0.34,1.02")
+        return cls(1.0 / (1.0 + hi), 1.0 / (1.0 + lo), lo_open=False, hi_open=True, sigma=(lo, hi))
+
+    @classmethod
+    def parse(cls, text: str) -> "GuidanceInterval":
+        """``"0.25,0.75"`` (t, closed) or ``"sigma:0.34,1.02"`` (sigma, half-open ``(lo, hi]``)."""
+        body = text.strip()
+        is_sigma = body.lower().startswith("sigma:")
+        numbers = body[len("sigma:"):] if is_sigma else body
+        try:
+            lo, hi = (float(p.strip()) for p in numbers.split(","))
+        except ValueError:
+            raise ConfigError(f"--guidance-interval takes two numbers LO,HI in t (e.g. 0.25,0.75) or sigma:LO,HI "
+                              f"(e.g. sigma:0.34,1.02), got {text!r}") from None
+        if not is_sigma and not lo <= hi:
+            raise ConfigError(f"--guidance-interval needs LO <= HI, got {text!r}")
+        return cls.from_sigma(lo, hi) if is_sigma else cls.closed(lo, hi)
+
+    @classmethod
+    def coerce(cls, value: Any) -> "GuidanceInterval | None":
+        """None, a ``GuidanceInterval``, text (``parse``), a JSON dict, or ``(lo, hi)`` in t (closed)."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, dict):
+            return cls.from_json(value)
+        return cls.closed(*check_interval(value))
+
+    def contains(self, t_k: float) -> bool:
+        """Whether the outer step at grid time ``t_k`` (a float32 value) is guided."""
+        if self.sigma is None:
+            t32 = _f32(t_k)
+            return self.lo <= t32 <= self.hi
+        t = Fraction(_f32(t_k))
+        s_lo, s_hi = Fraction(self.sigma[0]), Fraction(self.sigma[1])
+        return t * (1 + s_hi) >= 1 and t * (1 + s_lo) < 1  # sigma_lo < (1 - t) / t <= sigma_hi, for t > 0
+
+    def __iter__(self):
+        """``lo, hi = interval`` (t ends)."""
+        return iter((self.lo, self.hi))
+
+    def to_text(self) -> str:
+        """The ``--guidance-interval`` text that rebuilds this interval (``parse``)."""
+        if self.sigma is not None:
+            return f"sigma:{self.sigma[0]!r},{self.sigma[1]!r}"
+        return f"{self.lo!r},{self.hi!r}"
+
+    def describe(self) -> str:
+        text = f"t in {'(' if self.lo_open else '['}{self.lo:.6g}, {self.hi:.6g}{')' if self.hi_open else ']'}"
+        return text if self.sigma is None else f"sigma in ({self.sigma[0]:g}, {self.sigma[1]:g}], {text}"
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"t": [self.lo, self.hi], "open": [self.lo_open, self.hi_open]}
+        if self.sigma is not None:
+            out["sigma"] = list(self.sigma)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "GuidanceInterval":
+        if d.get("sigma") is not None:
+            return cls.from_sigma(*d["sigma"])
+        return cls.closed(*d["t"])
+
+
 class Guide:
     """Guided network evaluation (CFG or autoguidance, optionally within an interval) with NFE counters.
 
@@ -47,7 +171,8 @@ class Guide:
         cfg_scale: guidance weight w (1 = no guidance).
         null_label: the unconditional class when ``condition`` is given as labels; defaults to the
             network's null row.
-        guidance_interval: ``(lo, hi)``: guide only the outer steps with ``lo <= t_k <= hi``.
+        guidance_interval: ``(lo, hi)``: guide only the outer steps with ``lo <= t_k <= hi``; or a
+            ``GuidanceInterval`` (e.g. from sigma, half-open).
         guide_model: a weaker network of the same kind and shape: autoguidance instead of CFG.
     """
 
@@ -58,7 +183,7 @@ class Guide:
         cfg_scale: float = 1.0,
         null_label: int | None = None,
         *,
-        guidance_interval: tuple[float, float] | None = None,
+        guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
         guide_model: nn.Module | None = None,
     ):
         self.model = model
@@ -80,15 +205,14 @@ class Guide:
         self._doubled = condition.doubled() if cfg_guided else None
         if guide_model is not None:
             check_guide_model(model, guide_model)
-        self.interval = None if guidance_interval is None else check_interval(guidance_interval)
+        self.interval = GuidanceInterval.coerce(guidance_interval)
         self._active: bool | None = True if self.interval is None else None
 
     # --- the outer step ------------------------------------------------------------------------
     def begin_step(self, t_k: float) -> None:
         """Announce an outer step at grid time ``t_k`` (a float32 value): decides guidance for it."""
         if self.interval is not None:
-            t32 = _f32(t_k)
-            self._active = self.interval[0] <= t32 <= self.interval[1]
+            self._active = self.interval.contains(t_k)
 
     @property
     def guiding(self) -> bool:

@@ -1,4 +1,4 @@
-"""Which patches are certain (run ahead) and which are uncertain (refine): SPEC 5.
+"""Which patches are certain (run ahead) and which are uncertain (refine) (docs/method.md, samplers).
 
 A mask is a boolean pixel map (B, 1, H, W), constant over each patch; True means CERTAIN.
 """
@@ -41,7 +41,7 @@ def certain_count(num_patches: int, patch_size: int, p_frac: float) -> int:
 
 
 def random_mask(shape: tuple[int, int, int, int], patch_size: int, p_frac: float, generator=None, device=None) -> Tensor:
-    """The ablation of SPEC 5: the same number of certain patches, chosen uniformly at random."""
+    """The random-mask ablation (docs/method.md, samplers): the same number of certain patches, chosen uniformly at random."""
     b, _, h, w = shape
     n = (h // patch_size) * (w // patch_size)
     k = certain_count(n, patch_size, p_frac)

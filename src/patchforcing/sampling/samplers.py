@@ -1,25 +1,25 @@
-"""Inference samplers (SPEC 5). Each integrates ``t: 0 -> 1`` on the grid ``t_k = k / S``.
+"""Inference samplers (docs/method.md, samplers). Each integrates ``t: 0 -> 1`` on the grid ``t_k = k / S``.
 
 A sampler is a function ``(guide, x, grid, ctx) -> x`` that sees the network only through
 ``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. At the start of every outer step
 ``_steps`` calls ``guide.begin_step(t_k)`` with the step's float32 grid time: the guide decides there whether
 the step is guided (guidance interval), and every evaluation of the step follows that decision.
-``ctx`` carries the patch size, the options and an optional recorder (None unless trajectories
-are asked for).
+``ctx`` carries the patch size, the sampler's options (a typed dataclass of
+``sampling.registry``), the certain-patch mask function and an optional recorder (None unless
+trajectories are asked for). Beside each step function sits its NFE rule ``(steps, options) -> int``;
+``sampling.registry`` ties the two together with everything else a sampler needs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from patchforcing.errors import ConfigError
 from patchforcing.flow import pixels_to_patch_mean
 from patchforcing.sampling.guidance import Guide, Guided
-from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_mask, spread_mask
 
 # Look-ahead takes a plain step with the conditional velocity while t_k <= this (reference behaviour).
 LOOK_AHEAD_WARMUP_T = 0.05
@@ -30,7 +30,7 @@ _F32_WARMUP = torch.tensor(LOOK_AHEAD_WARMUP_T, dtype=torch.float32).item()  # c
 class Context:
     patch_size: int
     num_patches: int
-    options: dict
+    options: Any  # the sampler's options dataclass (sampling.registry)
     generator: torch.Generator | None = None
     recorder: Callable[..., None] | None = None
     mask_fn: Callable[[Guided, Tensor], Tensor] | None = field(default=None, repr=False)
@@ -73,6 +73,11 @@ def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     return x
 
 
+def euler_nfe(steps: int, options: Any) -> int:
+    """One network call per outer step (euler, euler-pf)."""
+    return steps
+
+
 def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Euler for Patch Forcing networks: the same step, ``t`` passed as (B, N), all equal. NFE = S."""
     b, n = x.shape[0], ctx.num_patches
@@ -87,10 +92,10 @@ def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
 # --- dual loop ---------------------------------------------------------------------------------
 def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Certain patches take the whole step at once; uncertain ones take ``K`` small steps with
-    the certain ones already ahead as context (SPEC 5). The mask is fixed within an outer step.
+    the certain ones already ahead as context (docs/method.md, samplers). The mask is fixed within an outer step.
     NFE = S * K."""
-    k_inner = int(ctx.options["n_inner"])
-    b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
+    k_inner = int(ctx.options.n_inner)
+    b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
     for t_cur, t_next, t32 in _steps(grid, x, guide):
         dt = t_next - t_cur
         small = dt / k_inner
@@ -101,7 +106,7 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
         x = x + torch.where(certain, dt, small) * out.velocity
         t_map = t_cur + torch.where(certain, dt, small)  # (B, 1, H, W) per-pixel time
         for _ in range(k_inner - 1):
-            t_patch = pixels_to_patch_mean(t_map, p)  # (B, N)
+            t_patch = pixels_to_patch_mean(t_map, patch)  # (B, N)
             v = guide(x, t_patch).velocity
             x = x + small * v * uncertain
             t_map = t_map + small * uncertain
@@ -109,13 +114,18 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     return x
 
 
+def dual_loop_nfe(steps: int, options: Any) -> int:
+    """``S * K``: the outer call and ``K - 1`` inner calls per outer step."""
+    return steps * int(options.n_inner)
+
+
 # --- look ahead --------------------------------------------------------------------------------
 def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Certain patches are pushed ahead to ``t_ctx = min(rho t_k, 1)`` with the conditional
-    velocity; the uncertain ones are then predicted with that cleaner context (SPEC 5).
+    velocity; the uncertain ones are then predicted with that cleaner context (docs/method.md, samplers).
     NFE = 1 while ``t_k <= 0.05``, else 2 per step."""
-    rho = float(ctx.options["context_ratio"])
-    b, p, n = x.shape[0], ctx.patch_size, ctx.num_patches
+    rho = float(ctx.options.context_ratio)
+    b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
     h, w = x.shape[-2:]
     for t_cur, t_next, t32 in _steps(grid, x, guide):
         dt = t_next - t_cur
@@ -129,98 +139,15 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
         certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
         delta = torch.clamp(rho * t_cur, max=1.0) - t_cur
         x_ctx = x + delta * out.cond_velocity * certain
-        certain_patch = pixels_to_patch_mean(certain.to(x.dtype), p) > 0.5  # (B, N)
+        certain_patch = pixels_to_patch_mean(certain.to(x.dtype), patch) > 0.5  # (B, N)
         t_ctx = t + delta * certain_patch
-        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain)
+        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context at t_ctx
         v_ctx = guide(x_ctx, t_ctx).velocity
         x = x + dt * torch.where(certain, out.velocity, v_ctx)
     return x
 
 
-# --- registry ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SamplerSpec:
-    fn: Callable[[Guide, Tensor, Tensor, Context], Tensor]
-    defaults: dict
-    needs_head: bool
-    mask: str | None  # "difficulty", "random", "inverted", "spread" or None
-    description: str
-
-
-SAMPLERS: dict[str, SamplerSpec] = {
-    "euler": SamplerSpec(euler, {}, False, None, "Euler with one global time per sample (any network)."),
-    "euler-pf": SamplerSpec(euler_pf, {}, False, None, "Euler with per-patch times, all equal (Patch Forcing networks)."),
-    "dual-loop": SamplerSpec(dual_loop, {"p": 0.4, "n_inner": 4}, True, "difficulty", "Easy patches take the whole step; hard ones K small steps."),
-    "look-ahead": SamplerSpec(look_ahead, {"p": 0.4, "context_ratio": 1.4}, True, "difficulty", "Easy patches run ahead as context for hard ones."),
-    "random-dual-loop": SamplerSpec(dual_loop, {"p": 0.4, "n_inner": 4}, False, "random", "Ablation: dual-loop with a random mask."),
-    "random-look-ahead": SamplerSpec(look_ahead, {"p": 0.4, "context_ratio": 1.4}, False, "random", "Ablation: look-ahead with a random mask."),
-}
-
-
-# Samplers usable by name but offered by no command line and no report except ``patchforcing study``:
-# the hardest-first ablation and the study's sampler, which did not earn a place in SAMPLERS (docs/study.md).
-STUDY_SAMPLERS: dict[str, SamplerSpec] = {
-    "inverted-look-ahead": SamplerSpec(look_ahead, {"p": 0.4, "context_ratio": 1.4}, True, "inverted",
-                                       "Ablation: look-ahead where the HARDEST patches run ahead."),
-    "spread-look-ahead": SamplerSpec(look_ahead, {"p": 0.4, "context_ratio": 1.4}, True, "spread",
-                                     "Look-ahead whose ahead-running patches are the easiest of every 2x2 window."),
-}
-
-
-def resolve_options(name: str, options: dict) -> tuple[SamplerSpec, dict]:
-    if name not in SAMPLERS and name not in STUDY_SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-    spec = SAMPLERS.get(name) or STUDY_SAMPLERS[name]
-    bad = sorted(set(options) - set(spec.defaults))
-    if bad:
-        allowed = sorted(spec.defaults) or "none"
-        raise ConfigError(f"sampler {name!r} has no option(s) {bad}; its options are: {allowed}")
-    opts = {**spec.defaults, **options}
-    if "p" in opts and not 0.0 < float(opts["p"]) < 1.0:
-        raise ConfigError(f"p must lie in (0, 1), got {opts['p']}")
-    if "n_inner" in opts and (int(opts["n_inner"]) != opts["n_inner"] or int(opts["n_inner"]) < 1):
-        raise ConfigError(f"n_inner must be a positive integer, got {opts['n_inner']}")
-    if "context_ratio" in opts and float(opts["context_ratio"]) < 1.0:
-        raise ConfigError(f"context_ratio must be >= 1, got {opts['context_ratio']}")
-    return spec, opts
-
-
-def make_mask_fn(spec: SamplerSpec, opts: dict, patch_size: int, generator) -> Callable | None:
-    if spec.mask == "difficulty":
-        return lambda out, x: difficulty_mask(out.logvar, patch_size, float(opts["p"]))
-    if spec.mask == "random":
-        return lambda out, x: random_mask(tuple(x.shape), patch_size, float(opts["p"]), generator, x.device)
-    if spec.mask == "inverted":
-        return lambda out, x: inverted_mask(out.logvar, patch_size, float(opts["p"]))
-    if spec.mask == "spread":
-        return lambda out, x: spread_mask(out.logvar, patch_size, float(opts["p"]))
-    return None
-
-
-def expected_nfe(name: str, steps: int, **options) -> int:
-    """Network calls of ``sample(..., sampler=name, steps=steps)`` (guidance batches count once)."""
-    spec, opts = resolve_options(name, options)
-    if spec.fn is dual_loop:
-        return steps * int(opts["n_inner"])
-    if spec.fn is look_ahead:
-        warm = sum(t <= _F32_WARMUP for t in time_grid(steps)[:-1].tolist())
-        return warm + 2 * (steps - warm)
-    return steps
-
-
-def steps_for_nfe(name: str, nfe: int, **options) -> int:
-    """The number of outer steps whose NFE comes closest to ``nfe`` without exceeding it."""
-    if nfe < 1:
-        raise ConfigError(f"the NFE budget must be at least 1, got {nfe}")
-    if expected_nfe(name, 1, **options) > nfe:
-        raise ConfigError(
-            f"one step of {name!r} already costs {expected_nfe(name, 1, **options)} NFE, more than the budget of {nfe}; "
-            "raise --nfe (or lower n_inner)"
-        )
-    best = 1
-    for steps in range(1, nfe + 1):
-        if expected_nfe(name, steps, **options) <= nfe:
-            best = steps
-        else:
-            break
-    return best
+def look_ahead_nfe(steps: int, options: Any) -> int:
+    """One call per warm-up step (``t_k <= 0.05`` in float32), two per step after it."""
+    warm = sum(t <= _F32_WARMUP for t in time_grid(steps)[:-1].tolist())
+    return warm + 2 * (steps - warm)

@@ -31,18 +31,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from patchforcing.errors import ConfigError
+from patchforcing.streams import STREAM_EPOCH, STREAM_LATENT_VIEW, STREAM_STEP, make_generator
 from patchforcing.timesteps import TimestepDistribution
-
-# Separate random streams derived from the seed (any distinct constants would do; training/text.py uses 5).
-STREAM_STEP, STREAM_EPOCH, STREAM_VALIDATION, STREAM_SAMPLES = 1, 2, 3, 4
-STREAM_LATENT_VIEW = 6  # which stored view of a latent row (mirrored or not) and its posterior noise
-
-
-def make_generator(*key: int) -> torch.Generator:
-    """A CPU generator seeded by a hash of ``key`` (nearby keys give unrelated streams)."""
-    state = np.random.SeedSequence([int(k) for k in key]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
-
 
 class StepBatches(Dataset):
     """Map-style data set over STEPS: ``batches[step]`` is this process's slice of the step's batch.

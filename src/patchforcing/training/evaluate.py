@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from patchforcing.runs import atomic_write
 from patchforcing.flow import validation_loss
 from patchforcing.sampling import sample
-from patchforcing.training.batches import STREAM_SAMPLES, STREAM_VALIDATION, make_generator
+from patchforcing.streams import STREAM_SAMPLES, STREAM_VALIDATION, make_generator
 
 NUM_SEGMENTS = 8  # SPEC 4: t = (k + 0.5) / 8
 EVAL_SEED = 0  # fixed, not the run's seed: validation losses and sample noise compare across runs

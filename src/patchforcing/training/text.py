@@ -18,9 +18,9 @@ from torch import Tensor
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, DataError
 from patchforcing.text import TextEncoder, load_text_encoder, text_condition
-from patchforcing.training.batches import StepBatches, make_generator
+from patchforcing.streams import STREAM_TEXT_DROPOUT, make_generator
+from patchforcing.training.batches import StepBatches
 
-STREAM_TEXT_DROPOUT = 5  # a stream of its own (batches.py uses 1-4)
 TEXT_LTG_LOC = 0.5  # SPEC 2 / 7.9: the text-to-image ltg location
 
 

@@ -11,6 +11,8 @@ import argparse
 import shlex
 import sys
 
+from patchforcing.commands.plan_flags import add_plan_flags, pop_sampling_settings
+
 # Flags left unset keep the settings' defaults (or the --tiny ones), so every default lives in one place.
 UNSET = argparse.SUPPRESS
 
@@ -69,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     b.add_argument("--train-seed", type=int, default=UNSET, help="training seed shared by all networks (default 0)")
     b.add_argument("--networks", type=_names, default=UNSET,
                    help="comma-separated subset of: sit-uniform, pf-ltg, pf-uniform-patch, pf-srm (default: all)")
+    add_plan_flags(b, budget="none", sampler=False, guide=False)  # options apply to every sampler that has them
 
     d = _report_parser(
         subparsers, "demo", "report", run_demo_command,
@@ -81,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--nfe", type=_positive, default=UNSET, help="the NFE budget every sampler gets (default 32)")
     d.add_argument("--animation-samples", type=_positive, default=UNSET, help="digits per animation (default 6)")
     d.add_argument("--samplers", type=_names, default=UNSET, help="comma-separated samplers (default: all)")
+    add_plan_flags(d, budget="none", sampler=False, guide=False)
 
     s = _report_parser(
         subparsers, "study", "study", run_study_command,
@@ -110,7 +114,8 @@ def _command_line(name: str) -> str | None:
 def run_bench_command(args: argparse.Namespace) -> int:
     from patchforcing.report.bench import BenchSettings, run_bench
 
-    settings = BenchSettings.create(tiny=args.tiny, **_values(args))
+    sampling = pop_sampling_settings(args)
+    settings = BenchSettings.create(tiny=args.tiny, sampling=sampling, **_values(args))
     run_bench(args.out, settings, command=_command_line("bench"))
     return 0
 
@@ -126,5 +131,6 @@ def run_study_command(args: argparse.Namespace) -> int:
 def run_demo_command(args: argparse.Namespace) -> int:
     from patchforcing.report.demo import DemoSettings, run_demo
 
-    run_demo(args.out, DemoSettings.create(tiny=args.tiny, **_values(args)))
+    sampling = pop_sampling_settings(args)
+    run_demo(args.out, DemoSettings.create(tiny=args.tiny, sampling=sampling, **_values(args)))
     return 0

@@ -3,30 +3,32 @@
     patchforcing sample --checkpoint PF-XL-2.pt --sampler look-ahead --steps 32 \\
         --labels 207,360,387,974 --vae stabilityai/sd-vae-ft-ema --out grid.png --show-difficulty
     patchforcing sample --checkpoint runs/digits-t2i --prompt "a bold seven, upright" --prompt "the digit 2, thin" --out t2i.png
+    patchforcing sample --checkpoint PF-XL-2.pt --sampler dual-loop --nfe 32 --n-inner 2 --cfg-scale 2 \
+        --guidance-interval sigma:0.34,1.02 --out grid.png    # DiT-XL/2's published interval, half-open in sigma
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from patchforcing.checkpoints import load_model
+from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, plan_from_args
 from patchforcing.errors import ConfigError
-from patchforcing.sampling.guidance_cli import add_guidance_flags, guidance_from_args
+from patchforcing.evaluation.evaluate import check_decoder
 from patchforcing.runs import atomic_write
 from patchforcing.runtime import check_seed
+from patchforcing.streams import mask_generators
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample a checkpoint and save a PNG grid", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint file or a training run folder")
-    p.add_argument("--sampler", default="euler-pf", help="euler, euler-pf, dual-loop, look-ahead, random-dual-loop, random-look-ahead")
-    p.add_argument("--steps", type=int, default=32, help="outer steps S (NFE depends on the sampler)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance weight (1 = off)")
+    add_plan_flags(p, budget="steps", default_sampler="euler-pf", default_steps=32)
     p.add_argument("--labels", default=None, help="comma-separated class labels, one per sample")
     p.add_argument("--prompt", action="append", default=None, help="text-to-image networks: a prompt (repeat for several)")
     p.add_argument("--prompts-file", default=None, help="text-to-image networks: a file with one prompt per line")
@@ -38,10 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decode latents with this diffusers AutoencoderKL (folder or cached id; default: the run's recorded VAE)")
     p.add_argument("--vae-scale", type=float, default=None,
                    help="latent scale factor (default: the run's latent folder, else the VAE's config)")
-    p.add_argument("--p", type=float, default=None, help="fraction of certain patches (dual-loop, look-ahead)")
-    p.add_argument("--n-inner", type=int, default=None, help="inner steps K of dual-loop")
-    p.add_argument("--context-ratio", type=float, default=None, help="rho of look-ahead")
-    add_guidance_flags(p)
     p.add_argument("--show-difficulty", action="store_true", help="add the difficulty and time maps beside each sample")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--out", required=True, help="output PNG path")
@@ -62,17 +60,25 @@ def parse_labels(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchforcing import load_model
     from patchforcing.autoencoder import latent_decoder
     from patchforcing.runtime import resolve_device
     from patchforcing.sampling import noise_for_seeds, sample
     from patchforcing.viz import difficulty_panels, grid, to_uint8
 
     out, image_format = _check_flags(args)  # before any work: a bad flag or output never costs a sampling run
+    plan = plan_from_args(args)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     cfg = model.config
+    guide_model = load_guide_model(plan, model, device)
+    plan.check(model, guide_model)
     decoder = latent_decoder(args.checkpoint, vae=args.vae, scale_factor=args.vae_scale, device=device)
+    check_decoder(model, decoder)
+    if decoder is None and args.vae_scale is not None:
+        raise ConfigError("--vae-scale scales latents for a VAE, but this network's samples are decoded by none: "
+                          "drop --vae-scale, or pass --vae")
+    if args.text_encoder is not None and not getattr(cfg, "is_text", False):
+        raise ConfigError("--text-encoder is for text-to-image networks; this one is class-conditional: drop it")
     from patchforcing.text.prompts import prompt_condition, read_prompts
 
     condition, n_text = prompt_condition(model, read_prompts(args.prompt, args.prompts_file), args.num_samples, device, args.text_encoder)
@@ -87,17 +93,14 @@ def run(args: argparse.Namespace) -> int:
         rng = np.random.default_rng(args.seed)
         labels = rng.integers(0, cfg.num_classes, size=n).tolist()
     y = None if labels is None else torch.tensor(labels * (n if len(labels) == 1 else 1), device=device)
-    options = {k: v for k, v in (("p", args.p), ("n_inner", args.n_inner), ("context_ratio", args.context_ratio)) if v is not None}
-    guidance = guidance_from_args(args, model, device)
     xs, frames = [], []
     for lo in range(0, n, args.batch_size):  # in batches: a long prompts file or a large --num-samples fits memory
         part = slice(lo, min(lo + args.batch_size, n))
         noise = noise_for_seeds(seeds[part], (cfg.in_channels, cfg.input_size, cfg.input_size), device=device,
                                 dtype=next(model.parameters()).dtype)
         given = {"condition": condition.select(part)} if condition is not None else {"labels": None if y is None else y[part]}
-        x, info = sample(model, noise, sampler=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                         return_info=True, progress=True, record_trajectory=args.show_difficulty, **given,
-                         **guidance, **options)
+        x, info = sample(model, noise, plan, guide_model=guide_model, return_info=True, progress=True,
+                         generator=mask_generators(seeds[part]), record_trajectory=args.show_difficulty, **given)
         xs.append(x)
         frames += [_middle_frame(info["trajectory"])] if args.show_difficulty else []
     images = _to_images(torch.cat(xs), decoder, cfg)
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     scale = max(1, 64 // images.shape[-1])
     picture = grid(tiles, ncols=min(n, 8) if not args.show_difficulty else min(n, 4), scale=scale)
     atomic_write(out, lambda tmp: picture.save(tmp, format=image_format))
-    print(f"wrote {n} samples ({args.sampler}, {info['steps']} steps, {info['nfe']} NFE) to {out}")
+    print(f"wrote {n} samples ({plan.describe()}) to {out}")
     return 0
 
 
@@ -122,8 +125,6 @@ def _check_flags(args: argparse.Namespace) -> tuple[Path, str]:
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}; leave it out for one "
                           "sample per label (16 without --labels)")
-    if not math.isfinite(args.cfg_scale):
-        raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
     check_seed(args.seed)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -4,7 +4,11 @@
         --num-samples 1000 --save-npz --calibration --val-loss --out eval/look-ahead-32
     torchrun --standalone --nproc_per_node 8 -m patchforcing evaluate --checkpoint ... --out ...
 
-Writes ``OUT/metrics.json`` (FID, precision, recall, accuracy, NFE used, steps, seconds, and with
+One pipeline for class-conditional and text-to-image networks: a text network samples the balanced
+digits-captions prompts and adds thickness/slant adherence to the metrics; every flag below works
+for both, or is refused with one error line naming why.
+
+Writes ``OUT/metrics.json`` (FID, precision, recall, accuracy, the sampling plan, NFE used, steps, seconds, and with
 ``--val-loss`` / ``--calibration`` the held-out diagnostics), ``OUT/samples.png`` (the first 100
 samples) and, with ``--save-npz``, ``OUT/samples.npz`` (``arr_0`` uint8 NHWC RGB, ``arr_1`` labels)
 for the ADM-style external evaluators. Compare samplers at equal ``--nfe``.
@@ -20,14 +24,25 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import math
 from pathlib import Path
 from typing import Any
 
+from patchforcing import runtime
+from patchforcing.autoencoder import latent_decoder
+from patchforcing.checkpoints import load_model
+from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, plan_from_args
 from patchforcing.errors import ConfigError
-from patchforcing.sampling.guidance_cli import add_guidance_flags, guidance_from_args
+from patchforcing.evaluation.evaluate import (
+    calibration_report,
+    evaluate_model,
+    held_out_data,
+    pixels_to_float,
+    save_samples_npz,
+    validation_report,
+)
 from patchforcing.runs import atomic_write, ensure_writable_folder
 from patchforcing.runtime import DEFAULT_TIMEOUT_S
+from patchforcing.viz import save_image_grid
 
 GRID_IMAGES = 100
 PARTS_DIR = "parts"  # images in parts while sampling: a killed evaluation resumes (evaluation.parts)
@@ -37,15 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="sample within an NFE budget and compute FID/precision/recall",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a checkpoint file or a training run folder")
-    p.add_argument("--sampler", required=True,
-                   help="euler, euler-pf, dual-loop, look-ahead, random-dual-loop, random-look-ahead")
-    p.add_argument("--nfe", type=int, required=True,
-                   help="network evaluations per image; the sampler takes the most steps that fit")
+    add_plan_flags(p, budget="nfe")
     p.add_argument("--num-samples", type=int, required=True, help="images in total (image i uses seed + i)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance weight (1 = off)")
     p.add_argument("--seed", type=int, default=0, help="image i uses noise seed + i")
     p.add_argument("--data", default="digits",
-                   help="digits (built-in metrics), or the network's data set with --stats")
+                   help="digits (built-in metrics; text networks: the digits-captions prompts), or the network's "
+                        "data set with --stats")
     p.add_argument("--stats", default=None,
                    help="reference Inception statistics (an ADM reference batch .npz, or mu and sigma) for non-digits data")
     p.add_argument("--vae", default=None,
@@ -55,15 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="FID Inception weights file (default: the torch hub cache)")
     p.add_argument("--batch-size", type=int, default=256,
                    help="images per sampler call per process (results do not depend on it)")
-    p.add_argument("--p", type=float, default=None, help="fraction of certain patches (dual-loop, look-ahead)")
-    p.add_argument("--n-inner", type=int, default=None, help="inner steps K of dual-loop")
-    p.add_argument("--context-ratio", type=float, default=None, help="rho of look-ahead")
-    add_guidance_flags(p)
     p.add_argument("--save-npz", action="store_true",
                    help="also write samples.npz for external evaluators (always written for latent networks "
                         "and when a metric cannot be computed here)")
     p.add_argument("--calibration", action="store_true", help="add difficulty-head calibration on the held-out split")
-    p.add_argument("--val-loss", action="store_true", help="add the SPEC-4 validation loss on the held-out split")
+    p.add_argument("--val-loss", action="store_true", help="add the 8-segment validation loss (docs/method.md) on the held-out split")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K")
     p.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S,
                    help="seconds a process waits for the slowest one under torchrun before the job fails")
@@ -72,15 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchforcing import load_model
-    from patchforcing import runtime
-    from patchforcing.autoencoder import latent_decoder
-    from patchforcing.evaluation.evaluate import evaluate_model
-
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if not math.isfinite(args.cfg_scale):
-        raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
+    plan = plan_from_args(args)  # a bad sampler option, budget, interval or scale fails before any work
     runtime.check_seed(args.seed, count=max(args.num_samples, 0))
     ensure_writable_folder(args.out)  # before any work: a full disk or a bad --out never costs a sampling run
     procs = runtime.setup(args.device, args.dist_timeout, command="evaluate")
@@ -88,23 +90,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         lock = runtime.own_folder(args.out, procs)  # one evaluation per --out: the parts of two would mix
         model = load_model(args.checkpoint, map_location=procs.device)
-        if getattr(model.config, "is_text", False):  # text-to-image: digits-captions metrics (evaluation/t2i.py)
-            from patchforcing.evaluation.t2i import run_text_evaluation
-
-            runtime.run_on_main(lambda: run_text_evaluation(model, args), procs)
-            ok = True
-            return 0
-        decoder = latent_decoder(args.checkpoint, vae=args.vae, device=procs.device)
         _check_diagnostics(model, args)
-        options = {k: v for k, v in (("p", args.p), ("n_inner", args.n_inner), ("context_ratio", args.context_ratio))
-                   if v is not None}
+        guide_model = load_guide_model(plan, model, procs.device)
+        decoder = latent_decoder(args.checkpoint, vae=args.vae, device=procs.device)
         result = evaluate_model(
-            model, sampler=args.sampler, nfe=args.nfe, num_samples=args.num_samples, seed=args.seed,
-            cfg_scale=args.cfg_scale, data=args.data, batch_size=args.batch_size, stats=args.stats,
-            rank=procs.rank, world_size=procs.world_size, return_pixels=True, inception_weights=args.inception_weights,
-            parts_dir=Path(args.out) / PARTS_DIR,
-            **guidance_from_args(args, model, procs.device),
-            decoder=decoder, **options)
+            model, plan, num_samples=args.num_samples, seed=args.seed, data=args.data, batch_size=args.batch_size,
+            stats=args.stats, rank=procs.rank, world_size=procs.world_size, return_pixels=True,
+            inception_weights=args.inception_weights, parts_dir=Path(args.out) / PARTS_DIR, guide_model=guide_model,
+            decoder=decoder)
         if decoder is not None:
             result["decoder"] = decoder.describe()
         runtime.run_on_main(lambda: write_outputs(model, result, args), procs)
@@ -118,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_diagnostics(model, args: argparse.Namespace) -> None:
     """Fail before sampling when --calibration or --val-loss cannot run on this network and data."""
-    from patchforcing.evaluation.evaluate import held_out_data
-
     if args.calibration and not model.config.has_difficulty_head:
         raise ConfigError("--calibration needs a Patch Forcing network with a difficulty head; "
                           "this checkpoint is a SiT network: drop --calibration")
@@ -129,9 +120,6 @@ def _check_diagnostics(model, args: argparse.Namespace) -> None:
 
 def write_outputs(model, result: dict[str, Any], args: argparse.Namespace) -> Path:
     """Rank 0: add the held-out diagnostics and write metrics.json, samples.png, samples.npz."""
-    from patchforcing.evaluation.evaluate import calibration_report, pixels_to_float, save_samples_npz, validation_report
-    from patchforcing.viz import save_image_grid
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pixels, labels = result.pop("images_uint8"), result.pop("labels")
@@ -169,6 +157,9 @@ def _summary(m: dict[str, Any], out: Path) -> str:
     text = (f"{m['sampler']}: {m['steps']} steps, {m['nfe']}/{m['nfe_budget']} NFE, {m['num_samples']} samples -> "
             f"FID {fmt(m['fid'])}, precision {fmt(m['precision'])}, recall {fmt(m['recall'])}, "
             f"accuracy {fmt(m['accuracy'])} ({m['seconds']:.1f} s)")
+    if "attribute_adherence" in m:
+        text += (f"; thickness {fmt(m['thickness_adherence'])}, slant {fmt(m['slant_adherence'])}, "
+                 f"both {fmt(m['attribute_adherence'])}")
     if "val_loss" in m:
         text += f"; val loss {m['val_loss']:.4g}"
     for reason in dict.fromkeys((m.get("not_computed") or {}).values()):

@@ -1,0 +1,81 @@
+"""The `patchforcing` console script: one subcommand per library entry point.
+
+The command-line layer lives in this package (``commands/``); library packages never import it.
+Each command module exposes ``register(subparsers)``; this file only collects them, so changing
+one command never touches another. The sampling flags of every command come from one place,
+``commands/plan_flags.py``, generated from the sampler registry.
+
+    patchforcing sample   --checkpoint PATH --sampler look-ahead --steps 32 --out grid.png
+    patchforcing train    --out runs/digits --data digits --model PF-XS/2
+    patchforcing prepare-latents --data PATH --vae PATH_OR_ID --out DIR
+    patchforcing evaluate --checkpoint PATH --sampler euler-pf --nfe 32 --num-samples 1000 --out DIR
+    patchforcing bench    --out DIR
+    patchforcing demo     --out demo
+    patchforcing export   --checkpoint runs/digits --out exported/digits
+    patchforcing app      --checkpoint runs/digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from patchforcing.errors import PatchForcingError, describe_memory_error, describe_os_error
+
+# Each module defines register(subparsers) -> None.
+_COMMAND_MODULES = (
+    "patchforcing.commands.sample",
+    "patchforcing.commands.train",
+    "patchforcing.commands.prepare",
+    "patchforcing.commands.evaluate",
+    "patchforcing.commands.report",
+    "patchforcing.commands.hub",  # export, app
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="patchforcing",
+        description="Patch Forcing: train, sample and evaluate difficulty-aware diffusion transformers.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:  # a part of the package that is not built yet
+            if err.name and (name == err.name or name.startswith(err.name + ".")):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        result = args.func(args)
+    except PatchForcingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a full disk, a read-only folder, a path below a file: one line, not a traceback
+        print(f"error: {describe_os_error(err)}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as err:  # out of memory: one line naming the flags that lower it
+        message = describe_memory_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Command-line flags of a sampling plan, generated from the sampler registry.
+
+``add_plan_flags(parser)`` adds, for ``sample``, ``evaluate``, ``bench`` and ``demo``:
+
+    --sampler NAME                 one of the public samplers (``--help`` lists each with its description)
+    --steps S / --nfe N            outer steps, or an NFE budget (the most steps that fit it)
+    --p-frac, --n-inner, ...       one flag per field of the samplers' options (help, default, range)
+    --cfg-scale W                  guidance weight (1 = off)
+    --guidance-interval LO,HI      guide only the outer steps with LO <= t_k <= HI (t = 0 noise, t = 1 data)
+    --guidance-interval sigma:LO,HI    the published form, sigma in (LO, HI], i.e. t in [1/(1+HI), 1/(1+LO))
+    --guide-checkpoint PATH        autoguidance with a weaker network: a checkpoint file, a run folder,
+                                   or RUN_FOLDER@step=N (--cfg-scale is then its weight)
+
+A new sampler or option in ``sampling/registry.py`` needs no edit here. ``plan_from_args`` turns the
+parsed flags into one checked ``SamplingPlan``; ``plan_to_argv`` writes a plan back as flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from patchforcing.checkpoints import load_model
+from patchforcing.errors import CheckpointError, ConfigError
+from patchforcing.runs import checkpoint_path, list_checkpoints
+from patchforcing.sampling import SAMPLERS, Guidance, GuidanceInterval, SamplingPlan, get_sampler
+from patchforcing.sampling.registry import OPTION_ALIASES, describe_range
+
+_AT_STEP = re.compile(r"^(?P<run>.+)@step=(?P<step>\d+)$")
+
+
+def option_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """Every option field of the public samplers: name -> (field, the samplers that have it)."""
+    out: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for name, spec in SAMPLERS.items():
+        for f in dataclasses.fields(spec.options_type):
+            out.setdefault(f.name, (f, []))[1].append(name)
+    return out
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def sampler_table() -> str:
+    """One line per public sampler with its description (the ``--help`` epilog)."""
+    width = max(map(len, SAMPLERS))
+    return "samplers (--sampler):\n" + "\n".join(f"  {n:<{width}}  {s.description}" for n, s in SAMPLERS.items())
+
+
+def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", default_sampler: str | None = None,
+                   default_steps: int | None = None, sampler: bool = True, guide: bool = True) -> None:
+    """Add the plan's flags to ``parser``.
+
+    Args:
+        budget: ``"steps"`` (``--steps`` or ``--nfe``, one of them), ``"nfe"`` (``--nfe`` only,
+            required) or ``"none"`` (the command sets the budget itself).
+        default_sampler: the ``--sampler`` default (None: required).
+        default_steps: ``--steps``' default when neither ``--steps`` nor ``--nfe`` is given.
+        sampler: add ``--sampler`` (False: the command samples with several; the options apply
+            to each sampler that has them).
+        guide: add ``--guide-checkpoint`` (False: the command trains its own networks).
+    """
+    g = parser.add_argument_group("sampling plan")
+    if sampler:
+        # no argparse choices: an unknown name gets the one-line error of the registry, naming the choices
+        g.add_argument("--sampler", default=default_sampler, required=default_sampler is None, metavar="NAME",
+                       help=f"the sampler: {', '.join(SAMPLERS)} (each described below)"
+                            + (f"; default {default_sampler}" if default_sampler else ""))
+    parser.epilog = "\n\n".join(filter(None, (parser.epilog, sampler_table())))
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the table's lines
+    if budget == "steps":
+        one = g.add_mutually_exclusive_group()
+        one.add_argument("--steps", type=int, default=None,
+                         help=f"outer steps S (NFE depends on the sampler; default {default_steps})")
+        one.add_argument("--nfe", type=int, default=None, help="an NFE budget instead: the most outer steps that fit it")
+        parser.set_defaults(default_steps=default_steps)
+    elif budget == "nfe":
+        g.add_argument("--nfe", type=int, required=True,
+                       help="network evaluations per image; the sampler takes the most steps that fit")
+    for name, (f, owners) in option_fields().items():
+        meta = f.metadata
+        g.add_argument(flag(name), dest=name, type=int if meta["integer"] else float, default=None,
+                       help=f"{meta['help']} ({', '.join(owners)}; default {f.default}, {describe_range(meta)})")
+    for old, new in OPTION_ALIASES.items():  # old spellings still parse (hidden)
+        g.add_argument(flag(old), dest=new, type=float, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--cfg-scale", type=float, default=1.0, help="guidance weight w (1 = off)")
+    g.add_argument("--guidance-interval", default=None, metavar="LO,HI",
+                   help="guide only the outer steps whose grid time t_k lies in [LO, HI] (t=0 noise, t=1 data), or "
+                        "sigma:LO,HI for the published form sigma in (LO, HI], i.e. t in [1/(1+HI), 1/(1+LO)); "
+                        "the other steps make one conditional call")
+    if guide:
+        g.add_argument("--guide-checkpoint", default=None, metavar="PATH",
+                       help="autoguidance: a weaker network of the same kind and shape replaces the unconditional "
+                            "branch (a checkpoint file, a run folder, or RUN_FOLDER@step=N); --cfg-scale is its weight")
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The option flags given on the command line (unset ones left to the sampler's defaults)."""
+    return {name: getattr(args, name) for name in option_fields() if getattr(args, name, None) is not None}
+
+
+def guidance_from_args(args: argparse.Namespace) -> Guidance:
+    """``--cfg-scale``, ``--guidance-interval`` and ``--guide-checkpoint`` (the last two need a scale != 1)."""
+    if not math.isfinite(args.cfg_scale):
+        raise ConfigError(f"--cfg-scale must be a finite number, got {args.cfg_scale}; 1 turns guidance off")
+    guide = getattr(args, "guide_checkpoint", None)
+    if args.cfg_scale == 1.0 and (args.guidance_interval is not None or guide is not None):
+        raise ConfigError(f"{'--guidance-interval' if args.guidance_interval is not None else '--guide-checkpoint'} "
+                          "does nothing at --cfg-scale 1 (no guidance): pass --cfg-scale W (e.g. 2), or drop it")
+    return Guidance(args.cfg_scale, args.guidance_interval, guide)
+
+
+def pop_sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """For commands that run several samplers (bench, demo): the option and guidance flags, taken out of
+    ``args``, as ``{"options": {...}, "guidance": Guidance JSON or {}}``."""
+    options, guidance = options_from_args(args), guidance_from_args(args)
+    for name in [*option_fields(), "cfg_scale", "guidance_interval", "guide_checkpoint"]:
+        if hasattr(args, name):
+            delattr(args, name)
+    return {"options": options, "guidance": guidance.to_json() if guidance.active else {}}
+
+
+def plan_from_args(args: argparse.Namespace, *, steps: int | None = None, nfe: int | None = None) -> SamplingPlan:
+    """The sampling plan the flags describe (``steps``/``nfe`` override the flags: bench and demo).
+
+    Raises:
+        ConfigError: an option the chosen sampler does not have (never silently dropped), an
+            option out of range, a budget below one step, a bad interval or scale.
+    """
+    spec = get_sampler(args.sampler)
+    options = options_from_args(args)
+    bad = [flag(k) for k in options if k not in {f.name for f in dataclasses.fields(spec.options_type)}]
+    if bad:
+        raise ConfigError(f"sampler {args.sampler!r} has no option {', '.join(bad)}; drop it "
+                          f"(the flags of {args.sampler}: {_flags_of(spec) or 'none'})")
+    guidance = guidance_from_args(args)
+    nfe = nfe if nfe is not None else getattr(args, "nfe", None)
+    steps = steps if steps is not None else getattr(args, "steps", None)
+    if nfe is not None and steps is None:
+        return SamplingPlan.from_nfe(args.sampler, nfe, guidance=guidance, **options)
+    return SamplingPlan(args.sampler, steps if steps is not None else args.default_steps, options, guidance)
+
+
+def plan_to_argv(plan: SamplingPlan) -> list[str]:
+    """The flags that rebuild ``plan`` (``--nfe`` when it was built from a budget)."""
+    argv = ["--sampler", plan.sampler]
+    argv += ["--nfe", str(plan.nfe_budget)] if plan.nfe_budget is not None else ["--steps", str(plan.steps)]
+    for name, value in plan.options.to_dict().items():
+        argv += [flag(name), repr(value)]
+    g = plan.guidance
+    argv += ["--cfg-scale", repr(g.scale)]
+    if g.interval is not None:
+        argv += ["--guidance-interval", g.interval.to_text()]
+    if g.guide is not None:
+        argv += ["--guide-checkpoint", g.guide]
+    return argv
+
+
+def _flags_of(spec) -> str:
+    return ", ".join(flag(f.name) for f in dataclasses.fields(spec.options_type))
+
+
+def parse_interval(text: str | None) -> GuidanceInterval | None:
+    """``"0.25,0.75"`` (t, closed) or ``"sigma:0.34,1.02"`` (sigma, half-open)."""
+    return None if text is None else GuidanceInterval.parse(text)
+
+
+# --- the guide network ------------------------------------------------------------------------------
+def resolve_guide_path(spec: str) -> Path:
+    """A checkpoint file, a run folder, or ``RUN_FOLDER@step=N`` -> the path ``load_model`` reads."""
+    match = _AT_STEP.match(spec)
+    if match is None:
+        return Path(spec)
+    run, step = Path(match["run"]), int(match["step"])
+    path = checkpoint_path(run, step)
+    if not path.is_file():
+        steps = [int(p.stem.split("-")[1]) for p in list_checkpoints(run)]
+        have = f"its checkpoints are at steps {steps}" if steps else "it has no checkpoints"
+        raise CheckpointError(f"--guide-checkpoint {spec!r}: {run} has no checkpoint of step {step} ({have}); "
+                              "pick one of those steps, or pass a checkpoint file")
+    return path
+
+
+def load_guide_model(plan: SamplingPlan, model: nn.Module, device: torch.device | str) -> nn.Module | None:
+    """The weak network the plan names (None without autoguidance), on ``model``'s device and dtype."""
+    if plan.guidance.guide is None:
+        return None
+    weak = load_model(resolve_guide_path(plan.guidance.guide), map_location=device)
+    weight = next(model.parameters())
+    return weak.to(device=weight.device, dtype=weight.dtype)

@@ -1,0 +1,203 @@
+"""One value for how to sample: ``SamplingPlan`` (sampler, steps, typed options, guidance).
+
+Built once (from an NFE budget or from steps, in Python or from the command-line flags), checked
+once against the network (``plan.check``), and recorded as JSON in every output (``metrics.json``,
+the evaluation parts' ``plan.json``, the report rows)::
+
+    plan = SamplingPlan.from_nfe("look-ahead", 32, p_frac=0.3,
+                                 guidance=Guidance(scale=2.0, interval=GuidanceInterval.from_sigma(0.34, 1.02)))
+    x = pf.sample(net, noise, plan, condition=Condition.from_labels(labels, net.config.null_label))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from patchforcing.errors import ConfigError
+from patchforcing.sampling.guidance import GuidanceInterval, check_guide_model
+from patchforcing.sampling.registry import (
+    SAMPLERS,
+    SamplerOptions,
+    SamplerSpec,
+    get_sampler,
+    network_takes_per_patch_time,
+)
+
+# ``Guidance.guide`` of a weak network handed over in Python rather than named by a path.
+GUIDE_IN_MEMORY = "<in memory>"
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance or autoguidance (``docs/method.md``, guidance).
+
+    Attributes:
+        scale: the weight w (1 = no guidance, one plain call per evaluation).
+        interval: guide only the outer steps inside it (None: every step); ``(lo, hi)`` in t and
+            ``"sigma:LO,HI"`` are accepted and turned into a ``GuidanceInterval``.
+        guide: the weak network of autoguidance (a checkpoint reference such as
+            ``runs/digits@step=500``, or ``GUIDE_IN_MEMORY``); None: CFG with the null condition.
+    """
+
+    scale: float = 1.0
+    interval: GuidanceInterval | None = None
+    guide: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            scale = float(self.scale)
+        except (TypeError, ValueError):
+            scale = math.nan
+        if isinstance(self.scale, bool) or not math.isfinite(scale):
+            raise ConfigError(f"cfg_scale must be a finite number, got {self.scale}; 1 turns guidance off")
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "interval", GuidanceInterval.coerce(self.interval))
+        if self.guide is not None:
+            object.__setattr__(self, "guide", str(self.guide))
+
+    @property
+    def active(self) -> bool:
+        return self.scale != 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.scale, "interval": None if self.interval is None else self.interval.to_json(),
+                "guide": self.guide}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Guidance":
+        return cls(scale=d.get("scale", 1.0), interval=d.get("interval"), guide=d.get("guide"))
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Sampler, outer steps, its options and guidance; immutable and checked on construction.
+
+    Attributes:
+        sampler: a name of the registry (``patchforcing.sampling.registry.REGISTRY``).
+        steps: outer steps S on the grid ``t_k = k / S``.
+        options: the sampler's typed options; a dict (``{"p_frac": 0.3}``) or None (defaults) is
+            turned into them.
+        guidance: a ``Guidance`` (default: none).
+        nfe_budget: the budget the steps were chosen for (``from_nfe``), else None.
+    """
+
+    sampler: str
+    steps: int
+    options: SamplerOptions | dict[str, Any] | None = None
+    guidance: Guidance = field(default_factory=Guidance)
+    nfe_budget: int | None = None
+
+    def __post_init__(self) -> None:
+        spec = get_sampler(self.sampler)
+        if not _is_positive_integer(self.steps):
+            raise ConfigError(f"steps must be a positive integer, got {self.steps}")
+        object.__setattr__(self, "steps", int(self.steps))
+        object.__setattr__(self, "options", spec.make_options(self.options))
+        if not isinstance(self.guidance, Guidance):
+            raise ConfigError(f"guidance must be a patchforcing.sampling.Guidance, got {type(self.guidance).__name__}")
+
+    @classmethod
+    def from_nfe(cls, sampler: str, nfe: int, *, guidance: Guidance | None = None, **options: Any) -> "SamplingPlan":
+        """The most outer steps of ``sampler`` whose NFE fits within the budget ``nfe``."""
+        spec = get_sampler(sampler)
+        opts = spec.make_options(options)
+        return cls(sampler, spec.steps_for_nfe(nfe, opts), opts, guidance or Guidance(), nfe_budget=int(nfe))
+
+    @property
+    def spec(self) -> SamplerSpec:
+        return get_sampler(self.sampler)
+
+    @property
+    def nfe(self) -> int:
+        """Main-network calls per image (a guided batch counts once)."""
+        return self.spec.nfe(self.steps, self.options)
+
+    def replace(self, **changes: Any) -> "SamplingPlan":
+        return dataclasses.replace(self, **changes)
+
+    def check(self, model: nn.Module, guide_model: nn.Module | None = None) -> "SamplingPlan":
+        """Every check of the plan against the network, in one place; returns the plan.
+
+        Raises:
+            ConfigError: the sampler needs per-patch time or the difficulty head and the network
+                lacks it; guidance needs a null condition the network has not; a guide network is
+                named but not given (or given but not named), or differs in kind or shape.
+        """
+        cfg, spec, name = model.config, self.spec, self.sampler
+        if spec.needs_per_patch_time and not network_takes_per_patch_time(cfg):
+            raise ConfigError(f"sampler {name!r} needs a Patch Forcing network (per-patch time); this network is a "
+                              "global-time baseline (SiT): use sampler='euler' (--sampler euler)")
+        if spec.needs_difficulty_head and not cfg.has_difficulty_head:
+            raise ConfigError(f"sampler {name!r} reads the difficulty head, which this network lacks: use "
+                              f"{', '.join(n for n, s in SAMPLERS.items() if not s.needs_difficulty_head)}")
+        g = self.guidance
+        if g.guide is not None and guide_model is None:
+            raise ConfigError(f"the plan names the guide network {g.guide!r}; pass it as guide_model=...")
+        if guide_model is not None:
+            if g.guide is None:
+                raise ConfigError("a guide network was given but the plan names none; build the plan with "
+                                  "Guidance(guide=...)")
+            check_guide_model(model, guide_model)
+        elif g.active and not getattr(cfg, "is_text", False) and getattr(cfg, "null_label", None) is None:
+            raise ConfigError(f"cfg_scale={g.scale} needs a null class, but this network has none (unconditional, or "
+                              "trained with class_dropout_prob=0): use cfg_scale 1, or autoguidance (--guide-checkpoint)")
+        return self
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The loose keywords of the older calls (``sampler``, ``steps``, ``cfg_scale``,
+        ``guidance_interval``, options) that ``as_plan`` turns back into this plan's sampling."""
+        g = self.guidance
+        return {"sampler": self.sampler, "steps": self.steps, "cfg_scale": g.scale, "guidance_interval": g.interval,
+                **self.options.to_dict()}
+
+    def describe(self) -> str:
+        """One line: ``look-ahead, 17 steps (33 NFE), p_frac=0.4, context_ratio=1.4, CFG 2 on t in [...]``."""
+        opts = ", ".join(f"{k}={v:g}" for k, v in self.options.to_dict().items())
+        text = f"{self.sampler}, {self.steps} steps ({self.nfe} NFE)" + (f", {opts}" if opts else "")
+        g = self.guidance
+        if g.active:
+            text += f", {'autoguidance' if g.guide else 'CFG'} {g.scale:g}"
+            text += f" on {g.interval.describe()}" if g.interval is not None else ""
+        return text
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "nfe_budget": self.nfe_budget,
+                "options": self.options.to_dict(), "guidance": self.guidance.to_json()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "SamplingPlan":
+        return cls(d["sampler"], d["steps"], d.get("options") or {}, Guidance.from_json(d.get("guidance") or {}),
+                   nfe_budget=d.get("nfe_budget"))
+
+
+def as_plan(plan: SamplingPlan | None = None, *, sampler: str | None = None, steps: int | None = None,
+            nfe: int | None = None, cfg_scale: float | None = None, guidance_interval: Any = None,
+            guide: str | None = None, **options: Any) -> SamplingPlan:
+    """A plan, or one built from the loose keywords of the older calls (never both)."""
+    loose = {"sampler": sampler, "steps": steps, "nfe": nfe, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
+    given = [k for k, v in loose.items() if v is not None] + sorted(options)
+    if plan is not None:
+        if not isinstance(plan, SamplingPlan):
+            raise ConfigError(f"expected a SamplingPlan, got {type(plan).__name__}; or pass sampler= and steps=")
+        if given:
+            raise ConfigError(f"pass either a SamplingPlan or {', '.join(given)}=..., not both")
+        return plan if guide is None or plan.guidance.guide is not None else plan.replace(
+            guidance=dataclasses.replace(plan.guidance, guide=guide))
+    if sampler is None or (steps is None) == (nfe is None):
+        raise ConfigError("say how to sample: a SamplingPlan, or sampler= with steps= (or an nfe= budget)")
+    guidance = Guidance(1.0 if cfg_scale is None else cfg_scale, guidance_interval, guide)
+    if nfe is not None:
+        return SamplingPlan.from_nfe(sampler, nfe, guidance=guidance, **options)
+    return SamplingPlan(sampler, steps, options, guidance)
+
+
+def _is_positive_integer(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isfinite(value) and int(value) == value and value >= 1
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,266 @@
+"""The sampler registry: everything about a sampler in one record (``docs/method.md``, samplers).
+
+A ``SamplerSpec`` holds the step function, its typed options (a frozen dataclass whose fields carry
+a default, a one-line help and the valid range), the NFE rule ``(steps, options) -> int``, what the
+network must offer (per-patch time; the difficulty head: two separate facts), the kind of
+certain-patch mask, a description and whether commands and reports offer it (``public``) or only
+``patchforcing study`` does. Nothing outside this module branches on a sampler's name or function:
+the command-line flags, the NFE budget, the network checks and the reports all read the spec.
+
+    >>> spec = get_sampler("dual-loop")
+    >>> spec.nfe(8, spec.make_options(n_inner=2))
+    16
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import Tensor
+
+from patchforcing.errors import ConfigError
+from patchforcing.models.config import Kind
+from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_mask, spread_mask
+from patchforcing.sampling.samplers import (
+    Context,
+    dual_loop,
+    dual_loop_nfe,
+    euler,
+    euler_nfe,
+    euler_pf,
+    look_ahead,
+    look_ahead_nfe,
+)
+
+# Old keyword names still accepted in Python calls (the README's ``p=0.4``): old -> field.
+OPTION_ALIASES = {"p": "p_frac"}
+
+
+# --- typed options -------------------------------------------------------------------------------
+def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False, integer: bool = False) -> Any:
+    """A field of a sampler's options: its default, a one-line help and the valid range."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "high_open": high_open, "integer": integer}
+    return field(default=default, metadata=meta)
+
+
+def describe_range(meta: dict[str, Any]) -> str:
+    """``(0, 1)``, ``[1, inf)``, ``a positive integer``: the valid range of an option field."""
+    if meta["integer"] and meta["low"] == 1 and meta["high"] is None:
+        return "a positive integer"
+    low = "-inf" if meta["low"] is None else f"{meta['low']:g}"
+    high = "inf" if meta["high"] is None else f"{meta['high']:g}"
+    return f"{'(' if meta['low_open'] or meta['low'] is None else '['}{low}, {high}{')' if meta['high_open'] or meta['high'] is None else ']'}"
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    """Base of every sampler's options; fields are checked against their range on construction."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _checked(f, getattr(self, f.name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _checked(f: dataclasses.Field, value: Any) -> Any:
+    meta = f.metadata
+    bad = ConfigError(f"{f.name} must be {describe_range(meta)}, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise bad from None
+    if isinstance(value, bool) or not math.isfinite(number):
+        raise bad
+    if meta["integer"]:
+        if int(number) != number:
+            raise bad
+        number = int(number)
+    low, high = meta["low"], meta["high"]
+    if low is not None and (number < low or (meta["low_open"] and number == low)):
+        raise bad
+    if high is not None and (number > high or (meta["high_open"] and number == high)):
+        raise bad
+    return number
+
+
+@dataclass(frozen=True)
+class NoOptions(SamplerOptions):
+    """Euler has no options."""
+
+
+_P_FRAC = dict(help="fraction of patches marked certain each outer step (the easiest, by the difficulty head)",
+               low=0.0, high=1.0, low_open=True, high_open=True)
+
+
+@dataclass(frozen=True)
+class DualLoopOptions(SamplerOptions):
+    p_frac: float = option(0.4, **_P_FRAC)
+    n_inner: int = option(4, "inner steps K the uncertain patches take per outer step", low=1, integer=True)
+
+
+@dataclass(frozen=True)
+class LookAheadOptions(SamplerOptions):
+    p_frac: float = option(0.4, **_P_FRAC)
+    context_ratio: float = option(1.4, "rho: the certain patches run ahead to time min(rho t, 1)", low=1.0)
+
+
+# --- masks ---------------------------------------------------------------------------------------
+class MaskKind(enum.Enum):
+    """Which patches a sampler treats as certain (``sampling/masks.py``)."""
+
+    NONE = "none"  # every patch alike (Euler)
+    DIFFICULTY = "difficulty"  # the easiest by the difficulty head
+    RANDOM = "random"  # as many, chosen at random (ablation)
+    INVERTED = "inverted"  # the hardest (ablation)
+    SPREAD = "spread"  # the easiest of every 2x2 window of patches
+
+
+def make_mask_fn(kind: MaskKind, options: SamplerOptions, patch_size: int, generator) -> Callable | None:
+    """``(guided output, x) -> (B, 1, H, W) bool`` certain-patch mask of ``kind``, or None."""
+    if kind is MaskKind.NONE:
+        return None
+    p_frac = float(options.p_frac)
+    if kind is MaskKind.RANDOM:
+        return lambda out, x: random_mask(tuple(x.shape), patch_size, p_frac, generator, x.device)
+    rule = {MaskKind.DIFFICULTY: difficulty_mask, MaskKind.INVERTED: inverted_mask, MaskKind.SPREAD: spread_mask}[kind]
+    return lambda out, x: rule(out.logvar, patch_size, p_frac)
+
+
+# --- the spec ------------------------------------------------------------------------------------
+StepFn = Callable[[Any, Tensor, Tensor, Context], Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler, completely described.
+
+    Attributes:
+        name: the name users pass (``--sampler``, ``sample(sampler=...)``).
+        fn: the step function ``(guide, x0, grid, ctx) -> x1`` of ``sampling/samplers.py``.
+        options_type: its typed options (defaults, help and ranges in the fields' metadata).
+        nfe_rule: network calls per image ``(steps, options) -> int`` (guided batches count once).
+        needs_per_patch_time: the network must take a time per patch (B, N): Patch Forcing networks.
+        needs_difficulty_head: the sampler reads the difficulty head (its mask follows it).
+        mask: which patches run ahead.
+        description: one line for ``--help`` and the reports.
+        public: offered by the commands and reports; False: only by ``patchforcing study``.
+    """
+
+    name: str
+    fn: StepFn
+    options_type: type[SamplerOptions]
+    nfe_rule: Callable[[int, SamplerOptions], int]
+    needs_per_patch_time: bool
+    needs_difficulty_head: bool
+    mask: MaskKind
+    description: str
+    public: bool = True
+
+    def make_options(self, options: SamplerOptions | dict[str, Any] | None = None, **values: Any) -> SamplerOptions:
+        """This sampler's options from a dict or keywords (defaults for the rest; ``p`` means ``p_frac``)."""
+        if isinstance(options, self.options_type) and not values:
+            return options
+        if isinstance(options, SamplerOptions):
+            raise ConfigError(f"sampler {self.name!r} takes {self.options_type.__name__}, got {type(options).__name__}")
+        given = {**(options or {}), **values}
+        for old, new in OPTION_ALIASES.items():
+            if old in given:
+                if new in given:
+                    raise ConfigError(f"pass {new}= or its old name {old}=, not both")
+                given[new] = given.pop(old)
+        names = [f.name for f in dataclasses.fields(self.options_type)]
+        bad = sorted(set(given) - set(names))
+        if bad:
+            raise ConfigError(f"sampler {self.name!r} has no option(s) {bad}; its options are: {names or 'none'}")
+        return self.options_type(**given)
+
+    def nfe(self, steps: int, options: SamplerOptions | None = None) -> int:
+        """Network calls of ``steps`` outer steps with ``options`` (defaults when None)."""
+        return int(self.nfe_rule(int(steps), self.make_options(options)))
+
+    def steps_for_nfe(self, nfe: int, options: SamplerOptions | None = None) -> int:
+        """The most outer steps whose NFE fits within ``nfe``."""
+        options = self.make_options(options)
+        if isinstance(nfe, bool) or int(nfe) != nfe or nfe < 1:
+            raise ConfigError(f"the NFE budget must be a whole number of at least 1, got {nfe}")
+        one = self.nfe(1, options)
+        if one > nfe:
+            raise ConfigError(f"one step of {self.name!r} already costs {one} NFE, more than the budget of {nfe}; "
+                              "raise --nfe (or lower n_inner)")
+        best = 1
+        for steps in range(1, int(nfe) + 1):
+            if self.nfe(steps, options) > nfe:
+                break
+            best = steps
+        return best
+
+
+def _spec(name, fn, options_type, nfe_rule, per_patch, head, mask, description, public=True) -> SamplerSpec:
+    return SamplerSpec(name, fn, options_type, nfe_rule, per_patch, head, mask, description, public)
+
+
+REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (
+    _spec("euler", euler, NoOptions, euler_nfe, False, False, MaskKind.NONE,
+          "Euler with one global time per sample (any network)."),
+    _spec("euler-pf", euler_pf, NoOptions, euler_nfe, True, False, MaskKind.NONE,
+          "Euler with per-patch times, all equal (Patch Forcing networks)."),
+    _spec("dual-loop", dual_loop, DualLoopOptions, dual_loop_nfe, True, True, MaskKind.DIFFICULTY,
+          "Easy patches take the whole step; hard ones K small steps."),
+    _spec("look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.DIFFICULTY,
+          "Easy patches run ahead as context for hard ones."),
+    _spec("random-dual-loop", dual_loop, DualLoopOptions, dual_loop_nfe, True, False, MaskKind.RANDOM,
+          "Ablation: dual-loop with a random mask."),
+    _spec("random-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, False, MaskKind.RANDOM,
+          "Ablation: look-ahead with a random mask."),
+    # Offered only by `patchforcing study` (docs/study.md): they did not earn a place in the commands.
+    _spec("inverted-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.INVERTED,
+          "Ablation: look-ahead where the HARDEST patches run ahead.", public=False),
+    _spec("spread-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.SPREAD,
+          "Look-ahead whose ahead-running patches are the easiest of every 2x2 window.", public=False),
+)}
+
+SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in REGISTRY.items() if s.public}  # what commands offer
+STUDY_SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in REGISTRY.items() if not s.public}
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The spec of ``name`` (public or study-only)."""
+    spec = REGISTRY.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise ConfigError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
+    return spec
+
+
+def resolve_options(name: str, options: dict[str, Any]) -> tuple[SamplerSpec, SamplerOptions]:
+    """The spec of ``name`` and its checked options (``p`` accepted for ``p_frac``)."""
+    spec = get_sampler(name)
+    return spec, spec.make_options(options)
+
+
+def expected_nfe(name: str, steps: int, **options: Any) -> int:
+    """Network calls of ``sample(..., sampler=name, steps=steps)`` (guidance batches count once)."""
+    spec, opts = resolve_options(name, options)
+    return spec.nfe(steps, opts)
+
+
+def steps_for_nfe(name: str, nfe: int, **options: Any) -> int:
+    """The number of outer steps whose NFE comes closest to ``nfe`` without exceeding it."""
+    spec, opts = resolve_options(name, options)
+    return spec.steps_for_nfe(nfe, opts)
+
+
+def network_takes_per_patch_time(model_config: Any) -> bool:
+    """Whether a network takes one time per patch (Patch Forcing) or one per sample (SiT, ``kind="sit"``)."""
+    return model_config.kind is Kind.PATCH_FORCING
+
+
+__all__ = ["REGISTRY", "SAMPLERS", "STUDY_SAMPLERS", "DualLoopOptions", "LookAheadOptions", "MaskKind", "NoOptions",
+           "SamplerOptions", "SamplerSpec", "expected_nfe", "get_sampler", "make_mask_fn", "network_takes_per_patch_time",
+           "option", "resolve_options", "steps_for_nfe"]
