@@ -23,7 +23,7 @@ import time
 import torch
 
 from patchforcing.evaluation.generate import sampler_steps
-from patchforcing.flow import training_loss
+from patchforcing.training.example import training_loss
 from patchforcing.models import create_model
 from patchforcing.runtime import resolve_device
 from patchforcing.sampling import sample

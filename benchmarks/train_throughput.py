@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from patchforcing.data import load_dataset
-from patchforcing.flow import training_loss
+from patchforcing.training.example import training_loss
 from patchforcing.models import PatchForcingTransformer
 from patchforcing.timesteps import timestep_distribution
 from patchforcing.training import resolve_config, train

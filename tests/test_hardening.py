@@ -14,6 +14,7 @@ import patchforcing as pf
 from patchforcing import runs
 from patchforcing.cli import main
 from patchforcing.errors import CheckpointError, ConfigError, DataError, ShapeError, TrainingError
+from patchforcing.loss import example_loss
 from patchforcing.models import ModelConfig
 
 TRAIN = ["--depth", "2", "--hidden-size", "32", "--num-heads", "2", "--batch-size", "16", "--device", "cpu",
@@ -219,11 +220,11 @@ def test_nan_advice_suggests_only_what_changes_something(tmp_path, monkeypatch, 
     from patchforcing.training import resolve_config
 
     def poisoned(*args, **kwargs):
-        out = pf.training_loss(*args, **kwargs)
+        out = example_loss(*args, **kwargs)
         out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "training_loss", poisoned)
+    monkeypatch.setattr(loop, "example_loss", poisoned)
     cfg = resolve_config("digits", out=str(tmp_path / "run"), steps=2, log_every=1, val_every=0, sample_every=0,
                          depth=1, hidden_size=32, num_heads=2, batch_size=8, device="cpu", grad_clip=float(clip))
     with pytest.raises(TrainingError) as info:

@@ -21,6 +21,7 @@ from conftest import image_folder_of_noise, make_vae
 import patchforcing as pf
 from patchforcing.cli import main
 from patchforcing.errors import ConfigError, TrainingError
+from patchforcing.loss import example_loss
 from patchforcing.training import PRESETS, TrainConfig, resolve_config
 from patchforcing.training.batches import StepBatches
 from patchforcing.timesteps import timestep_distribution
@@ -162,13 +163,13 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path, monkey
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
-        out = pf.training_loss(*args, **kwargs)
+        out = example_loss(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] >= 6:  # step 6 on
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "training_loss", poisoned)
+    monkeypatch.setattr(loop, "example_loss", poisoned)
     cfg = resolve_config("digits", out=str(tmp_path / "run"), steps=12, log_every=3, ckpt_every=4, val_every=0, sample_every=0, **TINY_KW)
     with pytest.raises(TrainingError, match=r"loss became nan at step 6; the last good checkpoint is .*step-00000004\.pt"):
         pf.train(cfg)

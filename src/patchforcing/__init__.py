@@ -19,10 +19,12 @@ then ``pipe(class_labels=[...], nfe=32, generator=g).images``.
 from patchforcing.checkpoints import load_model, save_model
 from patchforcing.conditioning import Condition
 from patchforcing.errors import CheckpointError, ConfigError, DataError, PatchForcingError, ShapeError, TrainingError
-from patchforcing.flow import interpolate, training_loss, validation_loss
+from patchforcing.flow import interpolate
+from patchforcing.loss import validation_loss
 from patchforcing.models import PRESETS, ModelConfig, ModelOutput, PatchForcingTransformer, create_model
 from patchforcing.sampling import SAMPLERS, Guidance, GuidanceInterval, SamplingPlan, expected_nfe, sample, steps_for_nfe
 from patchforcing.timesteps import DISTRIBUTIONS, timestep_distribution
+from patchforcing.training.example import training_loss  # draws an example, then patchforcing.loss.example_loss
 
 __version__ = "0.1.0"
 

@@ -36,7 +36,6 @@ from patchforcing.evaluation.conditions import ClassLabels, ConditionSource, Pro
 from patchforcing.evaluation.generate import generate_images, to_uint8_nhwc
 from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the held-out diagnostics
     DIGITS,
-    NUM_SEGMENTS,
     calibration_report,
     held_out_data,
     validation_report,

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError, DataError, ShapeError
 from patchforcing.evaluation.calibration import difficulty_calibration
-from patchforcing.flow import validation_loss
+from patchforcing.loss import held_out_loss, segment_times
 from patchforcing.sampling import noise_for_seeds
 from patchforcing.text import check_encoder_fits, load_text_encoder
 
 DIGITS = "digits"
-NUM_SEGMENTS = 8  # validation loss (docs/method.md) at t = (k + 0.5) / 8
 
 
 def held_out_data(model: nn.Module, data: str = DIGITS, split: str = "test"):
@@ -74,17 +72,16 @@ def validation_report(model: nn.Module, data: str = DIGITS, split: str = "test",
     dataset = held_out_data(model, data, split)
     labels = _labels_for(model, dataset)
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    total = torch.zeros(NUM_SEGMENTS, dtype=torch.float64)
     n = len(dataset)
-    for lo in range(0, n, batch_size):
-        x1 = dataset.images[lo:lo + batch_size].to(device=device, dtype=dtype)  # (b, C, H, W)
-        x0 = noise_for_seeds(range(seed + lo, seed + lo + x1.shape[0]), x1.shape[1:], device=device, dtype=dtype)
-        y = None if labels is None else labels[lo:lo + batch_size].to(device)
-        _, per_segment = validation_loss(model, x1, x0=x0, labels=y, num_segments=NUM_SEGMENTS)
-        total += per_segment.double().cpu() * x1.shape[0]
-    segments = (total / n).tolist()
-    return {"val_loss": float(np.mean(segments)), "val_loss_segments": segments,
-            "segment_times": [(k + 0.5) / NUM_SEGMENTS for k in range(NUM_SEGMENTS)],
+
+    def batches():
+        for lo in range(0, n, batch_size):
+            x1 = dataset.images[lo:lo + batch_size].to(device=device, dtype=dtype)  # (b, C, H, W)
+            x0 = noise_for_seeds(range(seed + lo, seed + lo + x1.shape[0]), x1.shape[1:], device=device, dtype=dtype)
+            yield x1, x0, None if labels is None else labels[lo:lo + batch_size].to(device)
+
+    mean, segments = held_out_loss(model, batches())
+    return {"val_loss": mean, "val_loss_segments": segments, "segment_times": segment_times(),
             "num_images": n, "data": data, "split": split, "seed": seed}
 
 

@@ -1,8 +1,8 @@
 """What a training step sees, as a pure function of ``(seed, step)``.
 
-Every step draws its GLOBAL batch -- which images, the noise ``x0``, the times ``t`` and which
-labels are dropped for guidance -- from a fresh ``torch.Generator`` seeded by ``(seed, step)``,
-and each process keeps its slice. Hence, by construction:
+Every step draws its GLOBAL batch -- which images, then (``example.draw_example``) the noise
+``x0``, the times ``t`` and which labels are dropped for guidance -- from a fresh
+``torch.Generator`` seeded by ``(seed, step)``, and each process keeps its slice. Hence, by construction:
 
 * resuming from a checkpoint at step k continues with exactly the batches an uninterrupted run
   would have drawn (no data-loader or RNG state to restore);
@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from patchforcing.errors import ConfigError
 from patchforcing.streams import STREAM_EPOCH, STREAM_LATENT_VIEW, STREAM_STEP, make_generator
 from patchforcing.timesteps import TimestepDistribution
+from patchforcing.training.example import draw_example
 
 class StepBatches(Dataset):
     """Map-style data set over STEPS: ``batches[step]`` is this process's slice of the step's batch.
@@ -93,16 +94,10 @@ class StepBatches(Dataset):
         flip = None
         if self.views is not None and (self.posterior or self.views.flip is not None):
             x1, flip = self._view(x1, index, make_generator(self.seed, STREAM_LATENT_VIEW, step))
-        x0 = torch.randn(x1.shape, generator=g, dtype=x1.dtype)
-        t = self.timesteps(self.batch_size, self.num_patches, generator=g, dtype=x1.dtype)  # (B, N)
-        labels = self.labels[index]
-        if self.null_label is not None and self.drop_prob > 0:  # guidance dropout (SPEC 3), drawn globally
-            drop = torch.rand((self.batch_size,), generator=g) < self.drop_prob
-            labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
-        if self.global_time:
-            t = t[:, 0]
+        example = draw_example(x1, self.labels[index], g, timesteps=self.timesteps, num_patches=self.num_patches,
+                               null_label=self.null_label, drop_prob=self.drop_prob, global_time=self.global_time)
         s = self.local
-        out = {"step": step, "x1": x1[s], "x0": x0[s], "t": t[s], "labels": labels[s]}
+        out = {"step": step, "x1": x1[s], "x0": example.x0[s], "t": example.t[s], "labels": example.condition[s]}
         if self.features is not None:
             out["repa_target"] = self.features[index[s]]  # (b, N', z)
             if flip is not None and self.views.flip_features is not None:

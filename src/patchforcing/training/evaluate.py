@@ -11,11 +11,10 @@ import torch
 from torch import Tensor, nn
 
 from patchforcing.runs import atomic_write
-from patchforcing.flow import validation_loss
+from patchforcing.loss import held_out_loss
 from patchforcing.sampling import sample
 from patchforcing.streams import STREAM_SAMPLES, STREAM_VALIDATION, make_generator
 
-NUM_SEGMENTS = 8  # SPEC 4: t = (k + 0.5) / 8
 EVAL_SEED = 0  # fixed, not the run's seed: validation losses and sample noise compare across runs
 
 
@@ -37,14 +36,9 @@ class Validator:
     @torch.no_grad()
     def __call__(self, net: nn.Module) -> tuple[float, list[float]]:
         """Returns (mean over the 8 segments, the 8 segment losses), each a mean over all images."""
-        total = torch.zeros(NUM_SEGMENTS, dtype=torch.float64)
-        n = self.x1.shape[0]
-        for i in range(0, n, self.batch):
-            x1, x0, y = (v[i : i + self.batch].to(self.device) for v in (self.x1, self.x0, self.labels))
-            _, per_segment = validation_loss(net, x1, x0=x0, labels=y, num_segments=NUM_SEGMENTS)
-            total += per_segment.double().cpu() * x1.shape[0]
-        segments = (total / n).tolist()
-        return float(np.mean(segments)), segments
+        rows = range(0, self.x1.shape[0], self.batch)
+        return held_out_loss(net, (tuple(v[i : i + self.batch].to(self.device) for v in (self.x1, self.x0, self.labels))
+                                   for i in rows))
 
 
 def sample_labels(count: int, num_classes: int) -> Tensor | None:

@@ -4,8 +4,9 @@
     torchrun --nproc_per_node 8 -m patchforcing train --preset imagenet-xl2 --data latents/in256
     accelerate launch --multi_gpu -m patchforcing train --preset imagenet-b2 --data latents/in256
 
-Per step: the step's global batch (``batches.py``), this process's slice, ``training_loss`` under
-bf16 autocast on CUDA, gradient-norm clipping, AdamW, the warm-up schedule, the EMA update.
+Per step: the step's global batch (``batches.py``), this process's example (``example.py``), its
+loss (``patchforcing.loss``) under bf16 autocast on CUDA, gradient-norm clipping, AdamW, the warm-up
+schedule, the EMA update.
 Every ``log_every`` steps a metrics line; every ``val_every`` / ``sample_every`` / ``ckpt_every``
 steps the validation loss, a sample grid and a checkpoint (rank 0 writes all files).
 """
@@ -21,7 +22,7 @@ import torch
 
 from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError, DataError, TrainingError
-from patchforcing.flow import training_loss
+from patchforcing.loss import example_loss
 from patchforcing.models import Kind, build_model
 from patchforcing.timesteps import timestep_distribution
 from patchforcing import runtime
@@ -30,8 +31,9 @@ from patchforcing.training.batches import StepBatches, iterate, latent_views
 from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
 from patchforcing.training.text import TextConditioner
 from patchforcing.training.ema import EMA
+from patchforcing.training.example import step_example
 from patchforcing.training.resume import changed_settings, check_resumable, write_config
-from patchforcing.training.step import LossTracker, make_optimizer, micro_batches, take_rows, warmup_factor
+from patchforcing.training.step import LossTracker, make_optimizer, micro_batches, warmup_factor
 
 DIGEST_ENV = "PATCHFORCING_PRINT_WEIGHTS_DIGEST"  # "1": every process prints a hash of its final weights
 
@@ -169,19 +171,13 @@ class _Run:
 
     def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
         """One optimizer step on this process's slice; returns (loss, flow, uncertainty, grad norm[, repa])."""
-        device = self.procs.device
-        x1, x0, t, labels = (batch[k].to(device, non_blocking=True) for k in ("x1", "x0", "t", "labels"))
-        if self.text is not None:  # text states of this step's captions (some dropped to "")
-            labels = self.text.states(self.text.step_captions(batch["step"], self.batches), device)
-        target = self.repa.targets(batch, x1) if self.repa else None  # (b, N', z) of the clean images
+        example = step_example(batch, self.procs.device, text=self.text, repa=self.repa, batches=self.batches)
         out = {}
-        for part, share, sync in micro_batches(x1.shape[0], self.cfg.grad_accum, self.model):
+        for part, share, sync in micro_batches(example.x1.shape[0], self.cfg.grad_accum, self.model):
             with sync():  # DDP all-reduces the gradients after the last micro-batch only
                 with self.autocast():
-                    loss = training_loss(self.model, x1[part], x0=x0[part], t=t[part], labels=take_rows(labels, part),
-                                         uncertainty_weight=self.cfg.uncertainty_weight,
-                                         label_dropout=False,  # dropped for the global batch in batches.py
-                                         repa_target=take_rows(target, part), repa_weight=self.cfg.repa_weight)
+                    loss = example_loss(self.model, example.rows(part), uncertainty_weight=self.cfg.uncertainty_weight,
+                                        repa_weight=self.cfg.repa_weight)
                 (loss["loss"] if share == 1 else loss["loss"] * share).backward()  # the mean over all rows
             out = {k: v.detach() * share + out.get(k, 0) for k, v in loss.items() if torch.is_tensor(v) and v.ndim == 0}
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -27,13 +26,6 @@ def micro_batches(rows: int, parts: int, model: nn.Module):
         last = k == parts - 1
         sync = contextlib.nullcontext if last or not hasattr(model, "no_sync") else model.no_sync
         yield slice(k * size, rows if last else (k + 1) * size), (rows - k * size if last else size) / rows, sync
-
-
-def take_rows(value: Any, part: slice) -> Any:
-    """``value[part]`` for a tensor, element-wise for tuples/lists/dicts of tensors, else ``value``."""
-    from torch.utils._pytree import tree_map
-
-    return tree_map(lambda v: v[part] if torch.is_tensor(v) and v.ndim > 0 else v, value)
 
 
 def warmup_factor(warmup_steps: int):
