@@ -32,7 +32,7 @@ from patchforcing.evaluation.conditions import Prompts  # noqa: E402
 from patchforcing.evaluation.generate import generate_images  # noqa: E402
 from patchforcing.sampling import SamplingPlan  # noqa: E402
 from patchforcing.text import load_text_encoder  # noqa: E402
-from patchforcing.training.evaluate import save_grid  # noqa: E402
+from patchforcing.training.evaluate import save_training_grid  # noqa: E402
 
 SAMPLERS = ("euler-pf", "dual-loop", "look-ahead")
 GRID_PROMPTS = ("a bold seven, upright", "a thin seven, slanted right", "the digit 2, thin and slanted left",
@@ -77,7 +77,7 @@ def main() -> None:
                 _, img, _, _ = generate_images(net, plan, num_samples=1, seed=100 + prompt_index,
                                                conditions=Prompts([prompt], encoder))
                 tiles.append(img)
-    save_grid(torch.cat(tiles), out / "grid.png", columns=len(nets) * len(SAMPLERS))
+    save_training_grid(torch.cat(tiles), out / "grid.png", len(nets) * len(SAMPLERS))
     meta = {"command": command_line(), "machine": describe_machine(), "grid_prompts": GRID_PROMPTS,
             "grid_columns": [f"{n} {s}" for n in nets for s in SAMPLERS]}
     (out / "study.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")

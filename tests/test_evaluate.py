@@ -24,9 +24,10 @@ from patchforcing.cli import main
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.evaluation.evaluate import evaluate_model, plan_evaluation, validation_report
 from patchforcing.data import load_dataset
-from patchforcing.evaluation.generate import balanced_labels, to_uint8_nhwc
+from patchforcing.evaluation.generate import balanced_labels
+from patchforcing.images import save_grid as save_image_grid
+from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import noise_for_seeds
-from patchforcing.viz import save_image_grid
 
 REQUIRED_KEYS = {"fid", "precision", "recall", "nfe", "nfe_budget", "steps", "num_samples", "sampler",
                  "cfg_scale", "seed", "accuracy", "seconds"}

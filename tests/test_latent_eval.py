@@ -13,7 +13,7 @@ from conftest import make_vae
 from patchforcing import load_model
 from patchforcing.autoencoder import latent_decoder, recorded_latents
 from patchforcing.cli import main
-from patchforcing.evaluation.generate import to_uint8_nhwc
+from patchforcing.images import to_uint8_nhwc
 from test_latents_lazy import write_folder
 
 SCALE = 0.5  # not the VAE config's 0.18215: sampling must use the latent folder's value

@@ -26,7 +26,8 @@ from torch import Tensor
 
 from patchforcing.errors import PatchForcingError
 from patchforcing.flow import patch_time_to_pixels
-from patchforcing.hub.pipeline import PatchForcingPipeline, to_uint8_hwc
+from patchforcing.hub.pipeline import PatchForcingPipeline
+from patchforcing.images import to_uint8_nhwc
 from patchforcing.runtime import resolve_device
 from patchforcing.sampling import SAMPLERS, sample
 from patchforcing.viz import colormap, patch_map_to_pixels
@@ -125,7 +126,7 @@ def render_frames(pipe: PatchForcingPipeline, trajectory: list[dict], final: Ten
         prediction = x + (1 - patch_time_to_pixels(t_state.to(weight.dtype), net.config.patch_size, *x.shape[-2:])) * v
         state_img, pred_img = pipe.decode(x), pipe.decode(prediction)
         h, w = state_img.shape[-2:]
-        panels = {"state": _upscale(to_uint8_hwc(state_img)[0]), "prediction": _upscale(to_uint8_hwc(pred_img)[0])}
+        panels = {"state": _upscale(to_uint8_nhwc(state_img)[0]), "prediction": _upscale(to_uint8_nhwc(pred_img)[0])}
         if difficulty is not None:
             d = torch.nn.functional.interpolate(difficulty.float(), size=(h, w), mode="nearest")
             panels["difficulty"] = _upscale(colormap(torch.log(d[:, 0].clamp_min(1e-12)))[0])
@@ -136,7 +137,7 @@ def render_frames(pipe: PatchForcingPipeline, trajectory: list[dict], final: Ten
                    f"mean patch time {float(t.float().mean()):.2f}")
         frames.append({"panels": panels, "caption": caption})
     done = _upscale(colormap(torch.ones(1, h, w), 0.0, 1.0)[0])
-    result = _upscale(to_uint8_hwc(pipe.decode(final))[0])
+    result = _upscale(to_uint8_nhwc(pipe.decode(final))[0])
     frames.append({"panels": {"state": result, "prediction": result, "difficulty": frames[-1]["panels"]["difficulty"],
                               "patch time": done}, "caption": "result (t = 1 everywhere)"})
     return frames
@@ -166,7 +167,7 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing") -> gr.Bl
         except PatchForcingError as err:
             raise gr.Error(str(err)) from None
         summary = f"{info['sampler']}: {info['steps']} outer steps, {info['nfe']} network evaluations, seed {request.seed}"
-        return {"image": _upscale(to_uint8_hwc(image)[0]), "summary": summary, "frames": frames}
+        return {"image": _upscale(to_uint8_nhwc(image)[0]), "summary": summary, "frames": frames}
 
     def generate(*values):
         out = results(*values)

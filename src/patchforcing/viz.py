@@ -1,24 +1,18 @@
-"""Turning tensors into pictures: image grids, per-patch time maps and difficulty maps."""
+"""Turning tensors into pictures: per-patch time maps and difficulty maps (grids: ``patchforcing.images``)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
+from patchforcing.images import grid, save_grid, to_uint8_rgb
 
-def to_uint8(images: Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, 3) uint8 (grey images are repeated to RGB)."""
-    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    if x.shape[1] == 1:
-        x = x.repeat(1, 3, 1, 1)
-    elif x.shape[1] != 3:
-        x = x[:, :3]
-    return x.permute(0, 2, 3, 1).numpy()
+# The image I/O lives in patchforcing.images; these names stay here for the report modules.
+to_uint8, save_image_grid = to_uint8_rgb, save_grid
+__all__ = ["colormap", "difficulty_panels", "grid", "patch_map_to_pixels", "save_image_grid", "to_uint8"]
 
 
 def colormap(values: Tensor, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -35,41 +29,12 @@ def colormap(values: Tensor, vmin: float | None = None, vmax: float | None = Non
     return (stops[i] * (1 - f) + stops[i + 1] * f).round().astype(np.uint8)
 
 
-def grid(tiles: np.ndarray, ncols: int | None = None, pad: int = 2, scale: int = 1) -> Image.Image:
-    """(B, H, W, 3) uint8 -> one PIL image with the tiles in a grid, upscaled by ``scale``."""
-    b, h, w, _ = tiles.shape
-    ncols = ncols or int(math.ceil(math.sqrt(b)))
-    nrows = int(math.ceil(b / ncols))
-    canvas = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), 255, dtype=np.uint8)
-    for k in range(b):
-        r, c = divmod(k, ncols)
-        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = tiles[k]
-    img = Image.fromarray(canvas)
-    if scale != 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    return img
-
-
 def patch_map_to_pixels(values: Tensor, height: int, width: int) -> Tensor:
     """(B, N) per-patch values on a square grid -> (B, H, W) by nearest upsampling."""
     b, n = values.shape
     g = int(round(math.sqrt(n)))
     m = values.view(b, 1, g, g).float()
     return torch.nn.functional.interpolate(m, size=(height, width), mode="nearest")[:, 0]
-
-
-def save_image_grid(images: Tensor, path: str | Path, ncols: int | None = None, scale: int | None = None) -> Path:
-    """Save (B, C, H, W) images in [-1, 1] as a PNG grid; small images are upscaled for viewing."""
-    from PIL import Image
-
-    from patchforcing.runs import atomic_write
-
-    path = Path(path)
-    h = images.shape[-1]
-    scale = scale or max(1, 64 // h)
-    picture = grid(to_uint8(images), ncols=ncols, scale=scale)
-    image_format = Image.registered_extensions().get(path.suffix.lower(), "PNG")
-    return atomic_write(path, lambda tmp: picture.save(tmp, format=image_format))
 
 
 def difficulty_panels(images: Tensor, difficulty: Tensor | None, time_map: Tensor | None) -> np.ndarray:
@@ -81,7 +46,7 @@ def difficulty_panels(images: Tensor, difficulty: Tensor | None, time_map: Tenso
         (B, H, k*W, 3) uint8 with k = 1 + number of maps given.
     """
     b, _, h, w = images.shape
-    parts = [to_uint8(images)]
+    parts = [to_uint8_rgb(images)]
     if difficulty is not None:
         d = torch.nn.functional.interpolate(difficulty.float(), size=(h, w), mode="nearest")
         parts.append(colormap(torch.log(d[:, 0].clamp_min(1e-12))))

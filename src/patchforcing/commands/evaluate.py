@@ -36,13 +36,12 @@ from patchforcing.evaluation.evaluate import (
     calibration_report,
     evaluate_model,
     held_out_data,
-    pixels_to_float,
     save_samples_npz,
     validation_report,
 )
+from patchforcing.images import pixels_to_float, save_grid
 from patchforcing.runs import atomic_write, ensure_writable_folder
 from patchforcing.runtime import DEFAULT_TIMEOUT_S
-from patchforcing.viz import save_image_grid
 
 GRID_IMAGES = 100
 PARTS_DIR = "parts"  # images in parts while sampling: a killed evaluation resumes (evaluation.parts)
@@ -131,7 +130,7 @@ def write_outputs(model, result: dict[str, Any], args: argparse.Namespace) -> Pa
                         if k.startswith(("val_loss", "segment_times"))})
     if args.calibration:
         metrics["calibration"] = calibration_report(model, args.data, "test", seed=args.seed)
-    save_image_grid(pixels_to_float(pixels[:GRID_IMAGES]), out / "samples.png", ncols=10)
+    save_grid(pixels_to_float(pixels[:GRID_IMAGES]), out / "samples.png", ncols=10)
     if args.save_npz or "decoder" in metrics or metrics.get("not_computed"):
         save_samples_npz(out / "samples.npz", pixels, labels.numpy())
         metrics["samples_npz"] = str(out / "samples.npz")

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.evaluation.conditions import ClassLabels, ConditionSource, Prompts
-from patchforcing.evaluation.generate import generate_images, to_uint8_nhwc
+from patchforcing.evaluation.generate import generate_images
 from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the held-out diagnostics
     DIGITS,
     calibration_report,
@@ -42,6 +42,7 @@ from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the 
 )
 from patchforcing.evaluation.parts import generate_parts, load_parts, parts_identity, require_finite
 from patchforcing.evaluation.t2i import ATTRIBUTE_METRICS, attribute_scores, digit_prompt_source
+from patchforcing.images import pixels_to_float, to_uint8_nhwc
 from patchforcing.sampling import SamplingPlan
 from patchforcing.sampling.plan import GUIDE_IN_MEMORY, as_plan
 from patchforcing.runs import atomic_write
@@ -267,11 +268,6 @@ def _in_index_order(parts: list[tuple], num_samples: int) -> tuple[np.ndarray, T
     pixels = np.concatenate([p[1] for p in parts])[order]  # (M, H, W, C) uint8
     labels = torch.from_numpy(np.concatenate([p[2] for p in parts])[order])  # (M,)
     return pixels, labels, max(p[3] for p in parts)
-
-
-def pixels_to_float(pixels: np.ndarray) -> Tensor:
-    """(M, H, W, C) uint8 -> (M, C, H, W) float32 in [-1, 1], exactly the values the uint8 encode."""
-    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_weights, model: nn.Module,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -82,9 +81,3 @@ def generate_images(
     images = torch.cat(out) if out else torch.empty(0, cfg.in_channels, cfg.input_size, cfg.input_size)
     return mine, images, conditions.targets[mine], {"nfe": nfe, "guide_nfe": guide_nfe, "steps": plan.steps,
                                                      "sampler": plan.sampler}
-
-
-def to_uint8_nhwc(images: Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, the layout of ADM-style ``.npz`` sample files."""
-    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()

@@ -25,6 +25,7 @@ import torch
 
 from patchforcing.errors import CheckpointError, ConfigError, PatchForcingError, ShapeError
 from patchforcing.evaluation.classifier import extract_features
+from patchforcing.images import to_uint8_in_dtype
 
 PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
@@ -73,7 +74,7 @@ def _torch_fidelity(module, weights_path: str | Path | None, device: torch.devic
     net = net.to(device).eval()
 
     def features(x: torch.Tensor) -> torch.Tensor:  # x (B, 3, H, W) in [-1, 1]
-        x = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)  # the net wants uint8
+        x = to_uint8_in_dtype(x)  # the net wants uint8
         return net(x)[0].flatten(1)  # (B, 2048)
 
     return features

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 
 from patchforcing.checkpoints import network_digest
 from patchforcing.errors import CheckpointError, ConfigError, DataError
-from patchforcing.evaluation.generate import generate_images, to_uint8_nhwc
+from patchforcing.evaluation.generate import generate_images
+from patchforcing.images import to_uint8_nhwc
 from patchforcing.runs import atomic_write, atomic_write_text
 from patchforcing.runtime import Processes, barrier, run_on_main
 

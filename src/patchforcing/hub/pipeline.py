@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
@@ -38,6 +37,7 @@ from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.hub.folder import is_pipeline_folder, resolve_source
 from patchforcing.hub.transformer import PatchForcingTransformerModel
+from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import Guidance, SamplingPlan, sample
 from patchforcing.sampling.registry import OPTION_ALIASES, get_sampler
 from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder
@@ -257,11 +257,6 @@ def _as_list(value: str | Sequence[str], name: str) -> list[str]:
     return values
 
 
-def to_uint8_hwc(images: Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, rounded as the package's grids round."""
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def _convert(images: Tensor, output_type: str) -> Any:
     """Images (B, C, H, W) in [-1, 1] -> the requested output type."""
     if output_type == "pt":
@@ -271,5 +266,5 @@ def _convert(images: Tensor, output_type: str) -> Any:
     if images.shape[1] not in (1, 3):
         raise ConfigError(f"{images.shape[1]}-channel latents cannot be shown as images: load the pipeline with its vae, "
                           "or pass output_type='latent'")
-    arrays = to_uint8_hwc(images)
+    arrays = to_uint8_nhwc(images)
     return [PIL.Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in arrays]  # grey: mode "L"

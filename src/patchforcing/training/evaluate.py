@@ -6,15 +6,15 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from patchforcing.runs import atomic_write
+from patchforcing.images import save_grid
 from patchforcing.loss import held_out_loss
 from patchforcing.sampling import sample
 from patchforcing.streams import STREAM_SAMPLES, STREAM_VALIDATION, make_generator
 
+MIN_CELL = 48  # small images are enlarged (nearest neighbour) to at least this many pixels a cell
 EVAL_SEED = 0  # fixed, not the run's seed: validation losses and sample noise compare across runs
 
 
@@ -67,29 +67,15 @@ def write_sample_grid(net: nn.Module, path: Path, *, count: int, steps: int, cfg
     sampler = "euler-pf" if cfg.has_difficulty_head else "euler"
     if prompts is not None:
         images = sample(net, noise, sampler=sampler, steps=steps, condition=prompts(count), cfg_scale=cfg_scale)
-        return save_grid(images.float().cpu(), path, grid_columns(count, 10))
+        return save_training_grid(images, path, grid_columns(count, 10))
     images = sample(net, noise, sampler=sampler, steps=steps, labels=labels, cfg_scale=cfg_scale)
-    return save_grid(images.float().cpu(), path, grid_columns(count, cfg.num_classes))
+    return save_training_grid(images, path, grid_columns(count, cfg.num_classes))
 
 
-def save_grid(images: Tensor, path: Path, columns: int, min_cell: int = 48) -> Path:
-    """Tile (M, C, H, W) images in [-1, 1] (C = 1 or 3) into a PNG; small images are enlarged
-    (nearest neighbour) so that a cell is at least ``min_cell`` pixels wide."""
-    from PIL import Image
-
-    m, c, h, w = images.shape
-    rows = math.ceil(m / columns)
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (M, C, H, W)
-    canvas = torch.full((c, rows * (h + 1) + 1, columns * (w + 1) + 1), 128, dtype=torch.uint8)  # grey lines
-    for i in range(m):
-        r, k = divmod(i, columns)
-        canvas[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + k * (w + 1) : 1 + k * (w + 1) + w] = pixels[i]
-    array = canvas.permute(1, 2, 0).numpy()
-    img = Image.fromarray(np.ascontiguousarray(array[..., 0] if c == 1 else array))  # uint8: "L" or "RGB"
-    scale = max(1, math.ceil(min_cell / w))
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    return atomic_write(path.with_suffix(".png"), lambda tmp: img.save(tmp, format="PNG"))
+def save_training_grid(images: Tensor, path: Path, columns: int) -> Path:
+    """The training grid's look: 1-pixel grey lines, grey images kept grey, cells at least ``MIN_CELL`` pixels wide."""
+    scale = max(1, math.ceil(MIN_CELL / images.shape[-1]))
+    return save_grid(images.float().cpu(), path.with_suffix(".png"), columns, scale, pad=1, fill=128, rgb=False)
 
 
 def can_draw(channels: int, is_latent: bool) -> bool:
