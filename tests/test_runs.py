@@ -203,3 +203,32 @@ def test_a_short_safetensors_write_is_an_error_and_keeps_the_old_file(tmp_path, 
     with pytest.raises(OSError, match="short write"):
         pf.save_model(pf_model, path)
     assert path.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+# --- the run folder's paths ------------------------------------------------------------------------
+def test_run_folder_names_every_path_of_the_layout(tmp_path):
+    folder = runs.RunFolder(tmp_path / "run")
+    root = tmp_path / "run"
+    assert (folder.config, folder.metrics, folder.samples, folder.lock, folder.checkpoints, folder.model_file) == (
+        root / "config.json", root / "metrics.jsonl", root / "samples", root / "run.lock", root / "checkpoints",
+        root / "model.safetensors")
+    assert folder.sample_grid(12) == root / "samples" / "step-00000012.png"
+    assert folder.checkpoint(12) == runs.checkpoint_path(root, 12) == root / "checkpoints" / "step-00000012.pt"
+    assert not root.exists()  # naming creates nothing
+
+
+def test_run_folder_is_found_from_a_checkpoint_and_needs_more_than_a_config(tmp_path):
+    root = tmp_path / "run"
+    folder = runs.RunFolder(root)
+    folder.checkpoints.mkdir(parents=True)
+    ckpt = folder.checkpoint(3)
+    ckpt.write_bytes(b"")
+    assert [f.path for f in runs.RunFolder.around(ckpt)] == [folder.checkpoints, root]
+    assert [f.path for f in runs.RunFolder.around(root)] == [root, tmp_path, tmp_path.parent]
+    assert not folder.is_run()  # no config.json yet
+    folder.config.write_text("{}")
+    assert folder.is_run()
+    other = runs.RunFolder(tmp_path / "exported")
+    other.path.mkdir()
+    other.config.write_text("{}")  # a config.json alone (an exported component) is no run folder
+    assert not other.is_run()

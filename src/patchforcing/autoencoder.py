@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from patchforcing.hub.folder import is_pipeline_folder, pipeline_latents
+from patchforcing.runs import RunFolder
 
 SD_VAE_SCALE = 0.18215
 
@@ -66,8 +67,8 @@ def recorded_latents(checkpoint: str | os.PathLike) -> dict | None:
     path = Path(checkpoint)
     if path.is_dir() and is_pipeline_folder(path):  # an exported folder: its vae/ and saved scale
         return pipeline_latents(path)
-    for folder in (path, path.parent, path.parent.parent) if path.is_dir() else (path.parent, path.parent.parent):
-        config = folder / "config.json"
+    for folder in RunFolder.around(path):
+        config = folder.config
         if config.is_file():
             try:
                 info = json.loads(config.read_text()).get("data_info") or {}

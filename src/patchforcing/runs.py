@@ -1,6 +1,7 @@
-"""Run folders: checkpoint names, one owner per folder, and durable atomic writes.
+"""Run folders: their paths (``RunFolder``), checkpoint names, one owner per folder, and durable
+atomic writes.
 
-A run folder (``patchforcing train --out DIR``) holds::
+A run folder (``patchforcing train --out DIR``) holds (every path is a property of ``RunFolder``)::
 
     DIR/config.json                       the resolved configuration
     DIR/metrics.jsonl                     one JSON line per log interval
@@ -43,6 +44,9 @@ from typing import Any, Callable
 
 from patchforcing.errors import CheckpointError, ConfigError, RunFolderError, describe_os_error
 
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"  # an exported network beside (or instead of) training checkpoints
 LOCK_FILE = "run.lock"
@@ -51,10 +55,50 @@ TEMPORARY_TAG = ".pf-tmp-"  # atomic_write's temporaries: .NAME.pf-tmp-XXXXXXXX 
 _TEMPORARY_NAME = re.compile(r"^\..+\.pf-tmp-[A-Za-z0-9_]{8}$")
 
 
+class RunFolder:
+    """Every path of a run folder ``DIR`` (the layout in this module's docstring); creates nothing.
+
+    ``RunFolder(DIR).config``, ``.metrics``, ``.samples``, ``.lock``, ``.checkpoints``,
+    ``.model_file``; ``.sample_grid(step)`` and ``.checkpoint(step)`` name the files of a step.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    config = property(lambda self: self.path / CONFIG_FILE, doc="``DIR/config.json``: the resolved configuration")
+    metrics = property(lambda self: self.path / METRICS_FILE, doc="``DIR/metrics.jsonl``: one JSON line per log interval")
+    samples = property(lambda self: self.path / SAMPLES_DIR, doc="``DIR/samples``: the sample grids")
+    lock = property(lambda self: self.path / LOCK_FILE, doc="``DIR/run.lock``: the folder's owner lock")
+    checkpoints = property(lambda self: self.path / CHECKPOINT_DIR, doc="``DIR/checkpoints``")
+    model_file = property(lambda self: self.path / MODEL_FILE, doc="``DIR/model.safetensors``: an exported network")
+
+    def sample_grid(self, step: int) -> Path:
+        """``DIR/samples/step-XXXXXXXX.png`` of training step ``step``."""
+        return self.samples / f"step-{int(step):08d}.png"
+
+    def checkpoint(self, step: int) -> Path:
+        """``DIR/checkpoints/step-XXXXXXXX.pt`` of training step ``step``."""
+        return self.checkpoints / f"step-{int(step):08d}.pt"
+
+    def is_run(self) -> bool:
+        """A ``config.json`` with a ``metrics.jsonl`` or a ``checkpoints/`` beside it: written by ``train``."""
+        return self.config.is_file() and (self.metrics.is_file() or self.checkpoints.is_dir())
+
+    @staticmethod
+    def around(source: str | os.PathLike) -> tuple[RunFolder, ...]:
+        """The folders a run folder of ``source`` may be, nearest first: the folder itself (or the
+        file's folder), then the one or two above it (a checkpoint lies in ``DIR/checkpoints``)."""
+        path = Path(source)
+        return tuple(map(RunFolder, (path, path.parent, path.parent.parent) if path.is_dir() else (path.parent, path.parent.parent)))
+
+
 # --- checkpoint names ---------------------------------------------------------------------------
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
     """``run_dir/checkpoints/step-XXXXXXXX.pt`` of training step ``step``."""
-    return Path(run_dir) / CHECKPOINT_DIR / f"step-{int(step):08d}.pt"
+    return RunFolder(run_dir).checkpoint(step)
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
@@ -67,7 +111,7 @@ def checkpoint_step(path: str | os.PathLike) -> int:
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     """Training checkpoints of a run folder, oldest first (temporaries of unfinished writes excluded)."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
+    folder = RunFolder(run_dir).checkpoints
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if _CHECKPOINT_NAME.match(p.name) and p.is_file()]
@@ -100,8 +144,8 @@ def newest_checkpoint(run_dir: str | os.PathLike) -> Path:
     found = list_checkpoints(run_dir)
     if found:
         return found[-1]
-    if (run_dir / MODEL_FILE).is_file():
-        return run_dir / MODEL_FILE
+    if RunFolder(run_dir).model_file.is_file():
+        return RunFolder(run_dir).model_file
     raise CheckpointError(
         f"{str(run_dir)!r} is a folder without {CHECKPOINT_DIR}/step-*.pt or {MODEL_FILE}; "
         "pass a checkpoint file, or a run folder written by `patchforcing train`"
@@ -334,7 +378,7 @@ def lock_run_folder(run_dir: str | os.PathLike) -> RunLock:
         RunFolderError: another live process holds the folder; the message names it.
     """
     run_dir = ensure_writable_folder(run_dir)
-    path = run_dir / LOCK_FILE
+    path = RunFolder(run_dir).lock
     try:  # O_NOFOLLOW: a symbolic link at run.lock is refused, never followed to a file elsewhere
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, file_mode())
     except OSError as err:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.runs import RunFolder
 
 PAPER = ("Schusterbauer, Gui, Li, Ma, Krause, Ommer, \"Denoising, Fast and Slow: Difficulty-Aware Adaptive Sampling for "
          "Image Generation\", CVPR 2026, arXiv 2604.19141")
@@ -43,12 +44,11 @@ def read_run(source: str | Path, eval_dirs: list[str | Path] = ()) -> RunRecord:
     """
     record = RunRecord()
     path = Path(source)
-    candidates = (path, path.parent, path.parent.parent) if path.is_dir() else (path.parent, path.parent.parent)
-    for folder in candidates:
-        if (folder / "config.json").is_file() and ((folder / "metrics.jsonl").is_file() or (folder / "checkpoints").is_dir()):
-            record.folder = folder
-            record.config = _read_json(folder / "config.json") or {}
-            lines = _read_jsonl(folder / "metrics.jsonl")
+    for folder in RunFolder.around(path):
+        if folder.is_run():
+            record.folder = folder.path
+            record.config = _read_json(folder.config) or {}
+            lines = _read_jsonl(folder.metrics)
             record.train = next((m for m in reversed(lines) if "loss" in m), None)
             record.val = next((m for m in reversed(lines) if "val_loss" in m), None)
             break

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from patchforcing.errors import ConfigError
 from patchforcing.evaluation.digits import digits_metrics
 from patchforcing.evaluation.generate import generate_images
-from patchforcing.runs import atomic_write, newest_step
+from patchforcing.runs import RunFolder, atomic_write, newest_step
 from patchforcing.sampling import Guidance, SamplingPlan, get_sampler
 from patchforcing.streams import EVAL_SEED_STRIDE
 
@@ -73,7 +73,7 @@ def train_or_reuse(config, log: Log = say) -> dict[str, Any]:
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """``metrics.jsonl`` of a run: (training lines, validation lines), each sorted by step."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     train_rows, val_rows = [], []
     if path.exists():
         for line in path.read_text().splitlines():

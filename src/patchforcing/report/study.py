@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.runs import RunFolder
 from patchforcing.streams import EVAL_SEED_STRIDE
 
 
@@ -274,7 +275,7 @@ def _network_size(run_dir: Path) -> dict[str, Any]:
     """Depth, width and patch size of a trained network, read from its run's ``config.json``."""
     import json
 
-    model = json.loads((run_dir / "config.json").read_text()).get("model_config") or {}
+    model = json.loads(RunFolder(run_dir).config.read_text()).get("model_config") or {}
     return {k: model.get(k) for k in ("depth", "hidden_size", "patch_size")}
 
 

@@ -26,6 +26,7 @@ from patchforcing.loss import example_loss
 from patchforcing.models import Kind, build_model
 from patchforcing.timesteps import timestep_distribution
 from patchforcing import runtime
+from patchforcing.runs import RunFolder
 from patchforcing.training import distributed, evaluate, monitor, repa, state
 from patchforcing.training.batches import StepBatches, iterate, latent_views
 from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
@@ -67,6 +68,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, procs: runtime.Processes):
         self.t0 = time.perf_counter()
         self.cfg, self.procs, self.dir = cfg, procs, Path(cfg.out)
+        self.folder = RunFolder(self.dir)  # every path of the run folder
         if self.dir.exists() and not self.dir.is_dir():
             raise ConfigError(f"--out {self.dir} is a file; pass a folder for the run")
         self.last_checkpoint: Path | None = None
@@ -130,7 +132,7 @@ class _Run:
     # --- the loop -----------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         cfg, main = self.cfg, self.procs.is_main
-        self.metrics = monitor.MetricsLog(self.dir / "metrics.jsonl", enabled=main)
+        self.metrics = monitor.MetricsLog(self.folder.metrics, enabled=main)
         if main and self.start > 1:
             changes = changed_settings(self.dir, cfg)
             self.say(f"resuming {self.dir} from step {self.start - 1}" + (f" with changed settings: {', '.join(changes)}" if changes else ""))
@@ -203,7 +205,7 @@ class _Run:
             self.metrics.write({"step": step, "val_loss": mean, "val_segments": segments})
         if due_sample and self.procs.is_main:
             if evaluate.can_draw(self.data.channels, self.data.is_latent):
-                evaluate.write_sample_grid(self.ema.module, self.dir / "samples" / f"step-{step:08d}.png", count=cfg.sample_count,
+                evaluate.write_sample_grid(self.ema.module, self.folder.sample_grid(step), count=cfg.sample_count,
                                            steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg_scale, device=self.procs.device,
                                            prompts=self.text.grid_prompts if self.text is not None else None)
             elif step == cfg.sample_every or last:

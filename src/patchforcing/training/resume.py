@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from patchforcing.runs import atomic_write
+from patchforcing.runs import RunFolder, atomic_write
 from patchforcing.errors import ConfigError, PatchForcingError
 from patchforcing.models import config_from_dict
 from patchforcing.training import state
@@ -56,7 +56,7 @@ def changed_settings(run_dir: Path, cfg: TrainConfig) -> list[str]:
     """Settings that differ from the run folder's ``config.json`` (allowed on resume; reported)."""
     import json
 
-    path = run_dir / "config.json"
+    path = RunFolder(run_dir).config
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -67,4 +67,4 @@ def changed_settings(run_dir: Path, cfg: TrainConfig) -> list[str]:
 def write_config(run_dir: Path, cfg: TrainConfig, model_config: dict[str, Any], data_info: dict[str, Any]) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     text = config_json(cfg, model_config, data_info)
-    return atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(text))
+    return atomic_write(RunFolder(run_dir).config, lambda tmp: Path(tmp).write_text(text))
