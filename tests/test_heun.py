@@ -15,7 +15,7 @@ from reference_impl import RefGuide, patch_mean, ref_difficulty_mask
 import patchforcing as pf
 from patchforcing.flow import patch_time_to_pixels
 from patchforcing.models import ModelOutput
-from patchforcing.sampling.schedules import schedule_grid
+from patchforcing.sampling.schedules import time_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -151,7 +151,7 @@ def test_matches_hand_written_loop_in_float64(sampler, schedule, steps, cfg_scal
     noise = _noise(10)
     x, info = pf.sample(model, noise, sampler=sampler, steps=steps, schedule=schedule, labels=LABELS,
                         cfg_scale=cfg_scale, return_info=True)
-    grid = schedule_grid(steps, schedule).double()
+    grid = time_grid(steps, schedule).double()
     if sampler in ("heun", "heun-pf"):
         ref, nfe = _hand_heun(model, noise, grid, LABELS, cfg_scale, per_patch=sampler == "heun-pf")
     else:
@@ -242,7 +242,7 @@ def test_global_heun_samples_the_sit_baseline(sit_model):
     noise = _noise(15)
     x, info = pf.sample(sit_model, noise, sampler="heun", steps=5, schedule="edm:7", labels=LABELS, cfg_scale=2.0,
                         return_info=True)
-    ref, nfe = _hand_heun(sit_model, noise, schedule_grid(5, "edm:7").double(), LABELS, 2.0, per_patch=False)
+    ref, nfe = _hand_heun(sit_model, noise, time_grid(5, "edm:7").double(), LABELS, 2.0, per_patch=False)
     torch.testing.assert_close(x, ref, atol=1e-12, rtol=0)
     assert info["nfe"] == nfe == 9
     euler = pf.sample(sit_model, noise, sampler="euler", steps=5, schedule="edm:7", labels=LABELS, cfg_scale=2.0)

@@ -10,15 +10,8 @@ import torch
 from conftest import make_model
 
 import patchforcing as pf
-from patchforcing.sampling import time_grid
-from patchforcing.sampling.samplers import SAMPLERS, STUDY_SAMPLERS
-from patchforcing.sampling.schedules import (
-    EDM_SIGMA_MAX,
-    EDM_SIGMA_MIN,
-    parse_schedule,
-    schedule_grid,
-    warmup_count,
-)
+from patchforcing.sampling import REGISTRY, SamplingPlan, time_grid
+from patchforcing.sampling.schedules import EDM_SIGMA_MAX, EDM_SIGMA_MIN, parse_schedule, warmup_count
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +28,7 @@ def _noise(seed=0, b=B):
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_grid_ends_exactly_and_increases(schedule):
     for steps in range(1, 60):
-        grid = schedule_grid(steps, schedule)
+        grid = time_grid(steps, schedule)
         assert grid.dtype == torch.float32 and grid.shape == (steps + 1,)
         assert grid[0].item() == 0.0 and grid[-1].item() == 1.0
         assert bool((grid[1:] > grid[:-1]).all()), (steps, grid)
@@ -46,7 +39,7 @@ def test_uniform_is_the_reference_linspace_bit_for_bit():
         ref = torch.linspace(0, 1, steps + 1, dtype=torch.float32)
         assert torch.equal(time_grid(steps), ref)
         assert torch.equal(time_grid(steps, "uniform"), ref)
-        assert torch.equal(schedule_grid(steps, "shift:1"), ref)  # S = 1 is the uniform grid
+        assert torch.equal(time_grid(steps, "shift:1"), ref)  # S = 1 is the uniform grid
 
 
 def test_shift_follows_the_sd3_formula():
@@ -54,7 +47,7 @@ def test_shift_follows_the_sd3_formula():
         u = torch.arange(11, dtype=F64) / 10
         s = 1 - u
         expected = 1 - shift * s / (1 + (shift - 1) * s)
-        grid = schedule_grid(10, f"shift:{shift}").double()
+        grid = time_grid(10, f"shift:{shift}").double()
         torch.testing.assert_close(grid, expected, atol=1e-7, rtol=0)
         inner = grid[1:-1] - u[1:-1]
         assert bool((inner < 0).all() if shift > 1 else (inner > 0).all())  # S > 1: more steps near the noise
@@ -63,7 +56,7 @@ def test_shift_follows_the_sd3_formula():
 @pytest.mark.parametrize("rho", [1.0, 3.0, 7.0])
 def test_edm_interior_is_evenly_spaced_in_sigma_to_the_one_over_rho(rho):
     steps = 12
-    grid = schedule_grid(steps, f"edm:{rho:g}").double()
+    grid = time_grid(steps, f"edm:{rho:g}").double()
     sigma = (1 - grid[1:-1]) / grid[1:-1]  # interior points only: the ends are pinned to 0 and 1
     root = sigma ** (1 / rho)
     hi, lo = EDM_SIGMA_MAX ** (1 / rho), EDM_SIGMA_MIN ** (1 / rho)
@@ -83,11 +76,35 @@ def test_bad_schedules_raise_one_clear_error(bad, pf_model):
         pf.sample(pf_model, _noise(), sampler="euler-pf", steps=2, schedule=bad)
     with pytest.raises(pf.ConfigError):
         pf.expected_nfe("look-ahead", 4, schedule=bad)
+    with pytest.raises(pf.ConfigError, match="shift:"):
+        SamplingPlan("euler-pf", 2, schedule=bad)
 
 
 def test_a_grid_that_collapses_in_float32_is_refused():
     with pytest.raises(pf.ConfigError, match="same float32 time"):
-        schedule_grid(8, "shift:1e-12")  # every interior point rounds to t = 1
+        time_grid(8, "shift:1e-12")  # every interior point rounds to t = 1
+
+
+# --- the schedule in the sampling plan ------------------------------------------------------------------
+def test_plan_records_the_schedule_and_keeps_uniform_json_unchanged():
+    uniform = SamplingPlan.from_nfe("look-ahead", 16)
+    assert uniform.schedule == "uniform" and "schedule" not in uniform.to_json()  # evaluation parts written before resume
+    assert set(uniform.to_json()) == {"sampler", "steps", "nfe", "nfe_budget", "options", "guidance"}
+    assert SamplingPlan.from_json(uniform.to_json()) == uniform
+    edm = SamplingPlan.from_nfe("look-ahead", 12, schedule="edm:3.0")
+    assert edm.schedule == "edm:3" and edm.to_json()["schedule"] == "edm:3"  # the canonical spelling
+    assert (edm.steps, edm.nfe) == (8, 12) and (uniform.steps, uniform.nfe) == (8, 15)
+    assert SamplingPlan.from_json(edm.to_json()) == edm
+    assert "schedule edm:3" in edm.describe() and "schedule" not in uniform.describe()
+    assert torch.equal(edm.grid, time_grid(8, "edm:3"))
+    from patchforcing.sampling.plan import as_plan
+
+    assert as_plan(**edm.to_kwargs()).replace(nfe_budget=12) == edm  # the loose keywords of the parts path carry it
+
+
+def test_a_plan_refuses_a_grid_that_collapses():
+    with pytest.raises(pf.ConfigError, match="same float32 time"):
+        SamplingPlan("euler-pf", 8, schedule="shift:1e-12")
 
 
 def test_parsed_schedule_prints_back():
@@ -107,20 +124,26 @@ def test_uniform_schedule_changes_nothing(sampler):
     assert (other - plain).abs().max() > 1e-4  # the schedule reaches the sampler
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS) + sorted(STUDY_SAMPLERS))
-@pytest.mark.parametrize("schedule", ["shift:3", "edm:7"])
+@pytest.mark.parametrize("sampler", sorted(REGISTRY))
+@pytest.mark.parametrize("schedule", ["shift:3", "edm:3"])
 def test_nfe_counted_equals_nfe_declared_on_every_schedule(sampler, schedule):
     model = make_model("patch-forcing", 2, seed=22)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
     for steps in (1, 3, 7):
-        _, info = pf.sample(model, _noise(2), sampler=sampler, steps=steps, labels=LABELS, cfg_scale=1.5, schedule=schedule,
-                            return_info=True, generator=torch.Generator().manual_seed(0))
-        assert info["nfe"] == pf.expected_nfe(sampler, steps, schedule=schedule), (steps, info["nfe"])
+        calls.clear()
+        plan = SamplingPlan(sampler, steps, schedule=schedule, guidance=pf.Guidance(1.5))
+        _, info = pf.sample(model, _noise(2), plan, labels=LABELS, return_info=True, record_trajectory=True,
+                            generator=torch.Generator().manual_seed(0))
+        assert len(calls) == info["nfe"] == plan.nfe == pf.expected_nfe(sampler, steps, schedule=schedule), steps
         assert info["schedule"] == schedule
+        # every frame of the trajectory stands for its calls (a context frame for two), so the frames add up to the NFE
+        assert sum(2 if f["context"] else 1 for f in info["trajectory"]) == info["nfe"]
 
 
 def test_look_ahead_warm_up_is_counted_on_the_grid():
     """edm:3 with 8 steps puts t_0 .. t_3 at or below 0.05: four warm-up steps, NFE 4 + 2 * 4."""
-    grid = schedule_grid(8, "edm:3")
+    grid = time_grid(8, "edm:3")
     warm = int((grid[:-1] <= torch.tensor(0.05, dtype=torch.float32)).sum())
     assert warm == warmup_count(grid) == 4
     assert pf.expected_nfe("look-ahead", 8, schedule="edm:3") == warm + 2 * (8 - warm) == 12
@@ -133,7 +156,7 @@ def test_dual_loop_splits_each_outer_interval_uniformly():
     _, info = pf.sample(model, _noise(3), sampler="dual-loop", steps=steps, labels=LABELS, schedule="edm:7",
                         return_info=True, record_trajectory=True)
     frames = info["trajectory"]
-    grid = schedule_grid(steps, "edm:7").double()
+    grid = time_grid(steps, "edm:7").double()
     for k in range(steps):
         chunk = frames[k * k_inner:(k + 1) * k_inner]
         certain = chunk[1]["certain"].view(B, 1, 4, 2, 4, 2)[:, 0, :, 0, :, 0].flatten(1)  # (B, N)
@@ -148,7 +171,7 @@ def test_look_ahead_advance_is_min_rho_t_on_any_grid():
     model = make_model("patch-forcing", 2, seed=24)
     _, info = pf.sample(model, _noise(4), sampler="look-ahead", steps=steps, labels=LABELS, schedule="shift:3",
                         return_info=True, record_trajectory=True)
-    grid = schedule_grid(steps, "shift:3").double()
+    grid = time_grid(steps, "shift:3").double()
     seen = 0
     for k, f in enumerate(info["trajectory"]):
         if f["certain"] is None:
@@ -157,7 +180,7 @@ def test_look_ahead_advance_is_min_rho_t_on_any_grid():
         expected = torch.where(certain, min(rho * float(grid[k]), 1.0), grid[k])
         torch.testing.assert_close(f["t"].double(), expected, atol=1e-6, rtol=0)
         seen += 1
-    assert seen == steps - warmup_count(schedule_grid(steps, "shift:3")) and seen >= 3
+    assert seen == steps - warmup_count(time_grid(steps, "shift:3")) and seen >= 3
     assert math.isclose(float(grid[1]), 1 - 3 * (5 / 6) / (1 + 2 * (5 / 6)), rel_tol=1e-6)
 
 
