@@ -41,15 +41,11 @@ from common import command_line  # noqa: E402
 import patchforcing as pf  # noqa: E402
 from patchforcing.errors import ConfigError  # noqa: E402
 from patchforcing.evaluation.evaluate import evaluate_model  # noqa: E402
-from patchforcing.report.common import (  # noqa: E402
-    SEED_STRIDE,
-    fmt,
-    machine_info,
-    mean_std,
-    parse_ints,
-)
+from patchforcing.report.common import fmt, machine_info, mean_std, parse_ints  # noqa: E402
 from patchforcing.report.plots import PALETTE, panel_plot  # noqa: E402
 from patchforcing.runs import atomic_write_text, newest_step  # noqa: E402
+from patchforcing.sampling import SamplingPlan  # noqa: E402
+from patchforcing.streams import EVAL_SEED_STRIDE  # noqa: E402
 
 PF_SAMPLERS = ("euler-pf", "dual-loop", "look-ahead", "heun-pf", "look-ahead-heun", "corrected-look-ahead")
 SIT_SAMPLERS = ("euler", "heun")
@@ -130,10 +126,11 @@ def get_row(out: Path, nets: dict, args: argparse.Namespace, network: str, sampl
         row = json.loads(path.read_text())
         if all(row.get(k) == v for k, v in fingerprint.items()):
             return row
-    result = evaluate_model(model, sampler=sampler, nfe=budget, num_samples=args.num_samples, seed=seed * SEED_STRIDE,
-                            batch_size=args.batch_size, schedule=schedule)
+    plan = SamplingPlan.from_nfe(sampler, budget, schedule=schedule)  # the most steps whose exact NFE fits
+    result = evaluate_model(model, plan, num_samples=args.num_samples, seed=seed * EVAL_SEED_STRIDE,
+                            batch_size=args.batch_size)
     row = {"network": network, "sampler": sampler, "schedule": schedule, "budget": budget, "seed": seed, **fingerprint,
-           **{k: result[k] for k in ("fid", "precision", "recall", "accuracy", "nfe", "steps", "seconds")}}
+           **{k: result[k] for k in ("fid", "precision", "recall", "accuracy", "nfe", "steps", "seconds", "plan")}}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(row, indent=1) + "\n")
     print(f"{network} {sampler} {schedule} NFE {row['nfe']}/{budget} seed {seed}: FID {row['fid']:.3f} ({row['seconds']:.1f} s)",
