@@ -32,8 +32,8 @@ from patchforcing.checkpoints import load_model
 from patchforcing.errors import CheckpointError, ConfigError
 from patchforcing.runs import checkpoint_path, list_checkpoints
 from patchforcing.sampling import SAMPLERS, SCHEDULE_HELP, Guidance, GuidanceInterval, SamplingPlan, get_sampler
-from patchforcing.sampling.schedules import UNIFORM, parse_schedule
 from patchforcing.sampling.registry import OPTION_ALIASES, describe_range
+from patchforcing.sampling.schedules import UNIFORM, parse_schedule
 
 _AT_STEP = re.compile(r"^(?P<run>.+)@step=(?P<step>\d+)$")
 
