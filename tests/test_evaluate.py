@@ -248,7 +248,7 @@ def test_sit_network_with_dual_loop_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("kwargs", "error", "match"), [
-    (dict(sampler="heun"), ConfigError, "unknown sampler 'heun'"),
+    (dict(sampler="rk4"), ConfigError, "unknown sampler 'rk4'"),
     (dict(nfe=0), ConfigError, "at least 1"),
     (dict(sampler="dual-loop", nfe=3), ConfigError, "budget of"),
     (dict(num_samples=3), ConfigError, "at least 4 samples"),

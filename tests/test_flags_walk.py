@@ -90,6 +90,7 @@ EVALUATE = {
     "--p": (["--sampler", "look-ahead", "--nfe", "4"], ["--p", "0.2"], {"class": CHANGES, "text": CHANGES}),
     "--n-inner": (["--sampler", "dual-loop", "--nfe", "4"], ["--n-inner", "2"], {"class": CHANGES, "text": CHANGES}),
     "--context-ratio": (["--sampler", "look-ahead", "--nfe", "4"], ["--context-ratio", "2"], {"class": CHANGES, "text": CHANGES}),
+    "--schedule": (["--nfe", "4"], ["--schedule", "edm:7"], {"class": CHANGES, "text": CHANGES}),  # 2 steps either way
     "--cfg-scale": ([], ["--cfg-scale", "3"], {"class": CHANGES, "text": CHANGES}),
     "--guidance-interval": (["--cfg-scale", "3"], ["--guidance-interval", "sigma:0.5,2"], {"class": CHANGES, "text": CHANGES}),
     "--guide-checkpoint": (["--cfg-scale", "3"], ["--guide-checkpoint", "{WEAK}"], {"class": CHANGES, "text": CHANGES}),
@@ -118,6 +119,7 @@ SAMPLE = {
     "--p": (["--sampler", "look-ahead"], ["--p", "0.2"], {"class": CHANGES, "text": CHANGES}),
     "--n-inner": (["--sampler", "dual-loop"], ["--n-inner", "2"], {"class": CHANGES, "text": CHANGES}),
     "--context-ratio": (["--sampler", "look-ahead"], ["--context-ratio", "2"], {"class": CHANGES, "text": CHANGES}),
+    "--schedule": ([], ["--schedule", "shift:3"], {"class": CHANGES, "text": CHANGES}),
     "--cfg-scale": ([], ["--cfg-scale", "3"], {"class": CHANGES, "text": CHANGES}),
     "--guidance-interval": (["--cfg-scale", "3"], ["--guidance-interval", "0.5,1"], {"class": CHANGES, "text": CHANGES}),
     "--guide-checkpoint": (["--cfg-scale", "3"], ["--guide-checkpoint", "{WEAK}"], {"class": CHANGES, "text": CHANGES}),
@@ -200,3 +202,9 @@ def test_every_sample_flag_is_honoured_or_refused(nets, kind, tmp_path, capsys):
 def test_an_option_of_another_sampler_is_refused(nets, tmp_path, capsys):
     rc, _, err = _run(_fill(EVALUATE_BASE, nets, "class") + ["--n-inner", "2"], tmp_path / "x", capsys)
     assert rc == 1 and "--n-inner" in err and "look-ahead" in err
+
+
+def test_a_bad_schedule_is_one_error_line(nets, tmp_path, capsys):
+    for bad in ("cosine", "edm:0", "shift:1e-12"):  # unknown, out of range, a grid that collapses in float32
+        rc, _, err = _run(_fill(EVALUATE_BASE, nets, "class") + ["--nfe", "16", "--schedule", bad], tmp_path / "x", capsys)
+        assert rc == 1 and err.startswith("error: ") and ("shift:S" in err or "milder schedule" in err), err

@@ -81,7 +81,7 @@ def test_progress_bar_counts_network_evaluations():
 
 @pytest.mark.parametrize("call, message", [
     (dict(class_labels=[0], nfe=8, num_inference_steps=4), "not both"),
-    (dict(class_labels=[0], sampler="heun"), "unknown sampler"),
+    (dict(class_labels=[0], sampler="rk4"), "unknown sampler"),
     (dict(class_labels=[9]), r"\[0, 5\)"),
     (dict(), "class_labels"),
     (dict(prompt="a cat"), "text-to-image"),

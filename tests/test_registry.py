@@ -99,6 +99,24 @@ def test_one_step_is_exact_on_a_straight_path(name, cfg_scale):
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("schedule", ["shift:3", "edm:3"])
+def test_a_straight_path_is_exact_on_any_grid(name, schedule):
+    x0, x1 = _noise(5), _noise(6)
+    plan = SamplingPlan(name, 4, schedule=schedule, guidance=Guidance(3.0))
+    x = pf.sample(StraightLine(x0, x1), x0, plan, labels=LABELS, generator=_gens([1, 2, 3]))
+    torch.testing.assert_close(x, x1, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_from_nfe_is_exact_on_every_grid(name):
+    spec = get_sampler(name)
+    for schedule in ("uniform", "shift:3", "edm:3", "edm:7"):
+        for budget in range(spec.nfe(1), 41):
+            plan = SamplingPlan.from_nfe(name, budget, schedule=schedule)
+            assert plan.nfe == spec.nfe(plan.steps, schedule=schedule) <= budget < spec.nfe(plan.steps + 1, schedule=schedule)
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_an_image_does_not_depend_on_its_batch(pf_net, name):
     noise = _noise(7)
     together = pf.sample(pf_net, noise, sampler=name, steps=5, labels=LABELS, generator=_gens([10, 11, 12]))
@@ -217,7 +235,7 @@ def test_bad_intervals_are_refused(text):
 
 
 # --- the command-line flags ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("name", ALL)  # study samplers parse by name too; their options are flags of public ones
 def test_options_round_trip_through_the_flags(name):
     import argparse
 
@@ -231,7 +249,9 @@ def test_options_round_trip_through_the_flags(name):
         changed[f.name] = f.default + 1 if f.metadata["integer"] else (f.default + f.metadata["low"]) / 2 \
             if f.metadata["high"] is not None else f.default * 1.5
     for plan in (SamplingPlan(name, 7, changed, Guidance(2.5, "sigma:0.34,1.02", guide="runs/a@step=3")),
-                 SamplingPlan.from_nfe(name, 16, guidance=Guidance(1.5, (0.1, 0.6)), **changed)):
+                 SamplingPlan.from_nfe(name, 16, guidance=Guidance(1.5, (0.1, 0.6)), **changed),
+                 SamplingPlan.from_nfe(name, 16, schedule="edm:7", **changed),
+                 SamplingPlan(name, 5, changed, schedule="shift:2.5")):
         again = plan_from_args(parser.parse_args(plan_to_argv(plan)))
         assert again == plan and again.to_json() == plan.to_json()
 
@@ -286,7 +306,13 @@ def test_bench_and_demo_take_the_generated_sampling_flags():
     assert "--n-inner 2 --cfg-scale 2.0 --guidance-interval sigma:0.34,1.02" in demo.command(Path("d"))
     default = settings(BenchSettings, ["bench", "--tiny"])
     assert "sampling" not in default.fingerprint()  # rows cached before stay valid
-    assert settings(BenchSettings, ["bench", "--tiny", "--p-frac", "0.3"]).fingerprint()["sampling"]["options"] == {"p_frac": 0.3}
+    assert settings(BenchSettings, ["bench", "--tiny", "--p-frac", "0.3"]).fingerprint()["sampling"] == \
+        {"options": {"p_frac": 0.3}, "guidance": {}}  # no schedule key on the uniform grid: cached rows stay valid
+    edm = settings(BenchSettings, ["bench", "--tiny", "--schedule", "edm:7.0"])
+    assert edm.fingerprint()["sampling"]["schedule"] == "edm:7" and edm.sampling.plan("look-ahead", 8).schedule == "edm:7"
+    assert "--schedule edm:7" in edm.command(Path("b"))
+    with pytest.raises(ConfigError, match="shift:S"):
+        settings(DemoSettings, ["demo", "--tiny", "--schedule", "cosine"])
     with pytest.raises(ConfigError, match="--n-inner"):
         settings(DemoSettings, ["demo", "--tiny", "--samplers", "euler-pf,look-ahead", "--n-inner", "2"])
     with pytest.raises(ConfigError, match="cfg-scale 1"):

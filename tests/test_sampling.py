@@ -342,7 +342,7 @@ def test_steps_for_nfe_rejects_empty_budget():
 # --- errors --------------------------------------------------------------------------------------------
 def test_unknown_sampler_lists_names(pf_model):
     with pytest.raises(pf.ConfigError) as err:
-        pf.sample(pf_model, _noise(), sampler="heun", steps=4)
+        pf.sample(pf_model, _noise(), sampler="rk4", steps=4)
     assert "look-ahead" in str(err.value) and "dual-loop" in str(err.value)
 
 

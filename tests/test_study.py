@@ -14,7 +14,7 @@ from patchforcing.errors import ConfigError
 from patchforcing.sampling import SAMPLERS, certain_count, difficulty_mask
 from patchforcing.sampling.masks import inverted_mask, spread_mask
 from patchforcing.sampling.registry import STUDY_SAMPLERS
-from patchforcing.sampling.samplers import time_grid
+from patchforcing.sampling.schedules import time_grid
 
 B = 5
 LABELS = torch.tensor([0, 1, 2, 3, 4])
@@ -97,7 +97,8 @@ def test_inverted_mask_runs_the_hardest_ahead():
 
 # --- the samplers ------------------------------------------------------------------------------------
 def test_study_samplers_stay_out_of_the_public_registry():
-    assert set(STUDY_SAMPLERS) == {"spread-look-ahead", "inverted-look-ahead"}
+    assert set(STUDY_SAMPLERS) == {"spread-look-ahead", "inverted-look-ahead",  # and the second-order ones, until measured
+                                   "heun", "heun-pf", "look-ahead-heun", "corrected-look-ahead"}
     assert not set(STUDY_SAMPLERS) & set(SAMPLERS)
     with pytest.raises(ConfigError, match="no option"):
         pf.expected_nfe("spread-look-ahead", 4, n_inner=2)

@@ -5,6 +5,7 @@
     --sampler NAME                 one of the public samplers (``--help`` lists each with its description)
     --steps S / --nfe N            outer steps, or an NFE budget (the most steps that fit it)
     --p-frac, --n-inner, ...       one flag per field of the samplers' options (help, default, range)
+    --schedule uniform|shift:S|edm:RHO    the time grid of the outer steps (default uniform, the paper's)
     --cfg-scale W                  guidance weight (1 = off)
     --guidance-interval LO,HI      guide only the outer steps with LO <= t_k <= HI (t = 0 noise, t = 1 data)
     --guidance-interval sigma:LO,HI    the published form, sigma in (LO, HI], i.e. t in [1/(1+HI), 1/(1+LO))
@@ -30,8 +31,9 @@ from torch import nn
 from patchforcing.checkpoints import load_model
 from patchforcing.errors import CheckpointError, ConfigError
 from patchforcing.runs import checkpoint_path, list_checkpoints
-from patchforcing.sampling import SAMPLERS, Guidance, GuidanceInterval, SamplingPlan, get_sampler
+from patchforcing.sampling import SAMPLERS, SCHEDULE_HELP, Guidance, GuidanceInterval, SamplingPlan, get_sampler
 from patchforcing.sampling.registry import OPTION_ALIASES, describe_range
+from patchforcing.sampling.schedules import UNIFORM, parse_schedule
 
 _AT_STEP = re.compile(r"^(?P<run>.+)@step=(?P<step>\d+)$")
 
@@ -91,6 +93,9 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", de
                        help=f"{meta['help']} ({', '.join(owners)}; default {f.default}, {describe_range(meta)})")
     for old, new in OPTION_ALIASES.items():  # old spellings still parse (hidden)
         g.add_argument(flag(old), dest=new, type=float, default=None, help=argparse.SUPPRESS)
+    g.add_argument("--schedule", default=UNIFORM, metavar="GRID",
+                   help=f"time grid of the outer steps: {SCHEDULE_HELP}; shift:S > 1 and small RHO put more steps "
+                        "near the noise (docs/method.md section 10); default uniform, t_k = k / S (the paper's)")
     g.add_argument("--cfg-scale", type=float, default=1.0, help="guidance weight w (1 = off)")
     g.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="guide only the outer steps whose grid time t_k lies in [LO, HI] (t=0 noise, t=1 data), or "
@@ -119,13 +124,21 @@ def guidance_from_args(args: argparse.Namespace) -> Guidance:
 
 
 def pop_sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """For commands that run several samplers (bench, demo): the option and guidance flags, taken out of
-    ``args``, as ``{"options": {...}, "guidance": Guidance JSON or {}}``."""
+    """For commands that run several samplers (bench, demo): the option, guidance and schedule flags,
+    taken out of ``args``, as ``{"options": {...}, "guidance": Guidance JSON or {}}`` plus
+    ``"schedule"`` when it is not uniform."""
     options, guidance = options_from_args(args), guidance_from_args(args)
-    for name in [*option_fields(), "cfg_scale", "guidance_interval", "guide_checkpoint"]:
+    schedule = schedule_from_args(args)
+    for name in [*option_fields(), "cfg_scale", "guidance_interval", "guide_checkpoint", "schedule"]:
         if hasattr(args, name):
             delattr(args, name)
-    return {"options": options, "guidance": guidance.to_json() if guidance.active else {}}
+    out = {"options": options, "guidance": guidance.to_json() if guidance.active else {}}
+    return out if schedule == UNIFORM else {**out, "schedule": schedule}
+
+
+def schedule_from_args(args: argparse.Namespace) -> str:
+    """``--schedule`` in its canonical spelling (a bad one is a ``ConfigError`` naming the forms)."""
+    return str(parse_schedule(getattr(args, "schedule", UNIFORM)))
 
 
 def plan_from_args(args: argparse.Namespace, *, steps: int | None = None, nfe: int | None = None) -> SamplingPlan:
@@ -141,12 +154,13 @@ def plan_from_args(args: argparse.Namespace, *, steps: int | None = None, nfe: i
     if bad:
         raise ConfigError(f"sampler {args.sampler!r} has no option {', '.join(bad)}; drop it "
                           f"(the flags of {args.sampler}: {_flags_of(spec) or 'none'})")
-    guidance = guidance_from_args(args)
+    guidance, schedule = guidance_from_args(args), schedule_from_args(args)
     nfe = nfe if nfe is not None else getattr(args, "nfe", None)
     steps = steps if steps is not None else getattr(args, "steps", None)
     if nfe is not None and steps is None:
-        return SamplingPlan.from_nfe(args.sampler, nfe, guidance=guidance, **options)
-    return SamplingPlan(args.sampler, steps if steps is not None else args.default_steps, options, guidance)
+        return SamplingPlan.from_nfe(args.sampler, nfe, guidance=guidance, schedule=schedule, **options)
+    return SamplingPlan(args.sampler, steps if steps is not None else args.default_steps, options, guidance,
+                        schedule=schedule)
 
 
 def plan_to_argv(plan: SamplingPlan) -> list[str]:
@@ -155,6 +169,8 @@ def plan_to_argv(plan: SamplingPlan) -> list[str]:
     argv += ["--nfe", str(plan.nfe_budget)] if plan.nfe_budget is not None else ["--steps", str(plan.steps)]
     for name, value in plan.options.to_dict().items():
         argv += [flag(name), repr(value)]
+    if plan.schedule != UNIFORM:
+        argv += ["--schedule", plan.schedule]
     g = plan.guidance
     argv += ["--cfg-scale", repr(g.scale)]
     if g.interval is not None:

@@ -91,7 +91,7 @@ class BenchSettings:
     eval_batch_size: int = 250  # images per sampling batch (does not change the images)
     tiny: bool = False  # started from the TINY settings (recorded for the command line)
     train_options: dict = field(default_factory=dict)  # extra TrainConfig fields (the tiny run's intervals)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # sampler options and guidance of every row
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # sampler options, guidance and time grid of every row
 
     def __post_init__(self) -> None:
         self._fill_from_preset()

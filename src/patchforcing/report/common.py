@@ -22,7 +22,8 @@ from patchforcing.errors import ConfigError
 from patchforcing.evaluation.digits import digits_metrics
 from patchforcing.evaluation.generate import generate_images
 from patchforcing.runs import RunFolder, atomic_write, newest_step
-from patchforcing.sampling import Guidance, SamplingPlan, get_sampler
+from patchforcing.sampling import Guidance, SamplingPlan, get_sampler, parse_schedule
+from patchforcing.sampling.schedules import UNIFORM
 from patchforcing.streams import EVAL_SEED_STRIDE
 
 METRICS = ("fid", "precision", "recall", "accuracy")
@@ -105,16 +106,22 @@ def training_facts(run_dir: Path) -> dict[str, Any]:
 # --- one evaluation row -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SamplingSettings:
-    """Sampler options and guidance every row of a report samples with (default: the registry's
-    defaults, no guidance), from the generated flags (``--p-frac``, ``--cfg-scale``, ...).
+    """Sampler options, guidance and time grid every row of a report samples with (default: the
+    registry's defaults, no guidance, the uniform grid), from the generated flags (``--p-frac``,
+    ``--cfg-scale``, ``--schedule``, ...).
 
     Attributes:
         options: option values by field name; each applies to every sampler that has the field.
         guidance: a ``Guidance`` as JSON (``{}``: none).
+        schedule: the time grid of every row (``uniform``, ``shift:S``, ``edm:RHO``).
     """
 
     options: dict = field(default_factory=dict)
     guidance: dict = field(default_factory=dict)
+    schedule: str = UNIFORM
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schedule", str(parse_schedule(self.schedule)))
 
     def check(self, samplers) -> None:
         """Every option must belong to one of ``samplers``; the guidance must be valid and need no guide network."""
@@ -132,14 +139,20 @@ class SamplingSettings:
         """The plan of one row: ``sampler`` within ``nfe``, with the options it has and the guidance."""
         fields = {f.name for f in dataclasses.fields(get_sampler(sampler).options_type)}
         options = {k: v for k, v in self.options.items() if k in fields}
-        return SamplingPlan.from_nfe(sampler, nfe, guidance=Guidance.from_json(self.guidance), **options)
+        return SamplingPlan.from_nfe(sampler, nfe, guidance=Guidance.from_json(self.guidance), schedule=self.schedule,
+                                     **options)
 
     def fingerprint(self) -> dict[str, Any]:
-        """Empty at the defaults (rows cached before these settings existed stay valid)."""
-        return {"sampling": dataclasses.asdict(self)} if self.options or self.guidance else {}
+        """Empty at the defaults, and no ``schedule`` key on the uniform grid (rows cached before these
+        settings existed stay valid)."""
+        if not (self.options or self.guidance or self.schedule != UNIFORM):
+            return {}
+        sampling = {"options": self.options, "guidance": self.guidance}
+        return {"sampling": sampling if self.schedule == UNIFORM else {**sampling, "schedule": self.schedule}}
 
     def argv(self) -> list[str]:
         out = [a for k, v in self.options.items() for a in ("--" + k.replace("_", "-"), repr(v))]
+        out += ["--schedule", self.schedule] if self.schedule != UNIFORM else []
         g = Guidance.from_json(self.guidance)
         if g.active:
             out += ["--cfg-scale", repr(g.scale)]

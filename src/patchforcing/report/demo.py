@@ -58,7 +58,7 @@ class DemoSettings:
     eval_batch_size: int = 250  # images per sampling batch (does not change the images)
     tiny: bool = False
     train_options: dict = field(default_factory=dict)  # extra TrainConfig fields (the tiny run's network and intervals)
-    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # sampler options and guidance of every row
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)  # sampler options, guidance and time grid of every row
 
     def __post_init__(self) -> None:
         for name in ("num_samples", "nfe", "animation_samples", "eval_batch_size") + (("steps",) if self.steps is not None else ()):

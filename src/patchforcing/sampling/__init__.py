@@ -1,4 +1,5 @@
-"""Inference: ``sample(model, noise, plan)`` (or ``sampler=..., steps=...``), the sampler registry and the plan."""
+"""Inference: ``sample(model, noise, plan)`` (or ``sampler=..., steps=...``), the sampler registry, the plan and
+the time grids."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from patchforcing.sampling.registry import (
     make_mask_fn,
     steps_for_nfe,
 )
-from patchforcing.sampling.samplers import Context, time_grid
+from patchforcing.sampling.samplers import Context
+from patchforcing.sampling.schedules import SCHEDULE_HELP, parse_schedule, time_grid
 
 
 class TrajectoryRecorder:
@@ -66,6 +68,7 @@ def sample(
     record_trajectory: bool = False,
     sampler: str | None = None,
     steps: int | None = None,
+    schedule: str | None = None,
     cfg_scale: float | None = None,
     guidance_interval: GuidanceInterval | tuple[float, float] | str | None = None,
     **options: Any,
@@ -87,7 +90,7 @@ def sample(
         guide_model: the weak network of autoguidance (``v = v_weak + w (v_main - v_weak)``
             replaces CFG): same kind and shape, on the same device and dtype.
         return_info: also return ``info`` with ``nfe`` (main-network calls), ``guide_nfe``
-            (guide-network calls), ``steps``, ``sampler``, ``options``, ``plan`` and, with
+            (guide-network calls), ``steps``, ``sampler``, ``schedule``, ``options``, ``plan`` and, with
             ``record_trajectory``, ``trajectory`` (a list of frames).
         progress: show a progress bar over network evaluations.
         generator: draws the random masks of the ``random-*`` ablations; a list of CPU generators
@@ -95,7 +98,9 @@ def sample(
         record_trajectory: keep per-step time and difficulty maps (off by default, free when off).
         sampler: without ``plan``: a name of ``SAMPLERS`` (``euler``, ``euler-pf``, ``dual-loop``,
             ``look-ahead``, ``random-dual-loop``, ``random-look-ahead``).
-        steps: without ``plan``: outer steps S on the grid ``t_k = k / S``.
+        steps: without ``plan``: outer steps S on the time grid of ``schedule``.
+        schedule: without ``plan``: the time grid (``sampling/schedules.py``): ``uniform`` (default,
+            ``t_k = k / S``, the paper's), ``shift:S`` or ``edm:RHO``.
         cfg_scale: without ``plan``: the guidance weight w (1 = no guidance).
         guidance_interval: without ``plan``: ``(lo, hi)`` guides only the outer steps with
             ``lo <= t_k <= hi``; ``"sigma:LO,HI"`` or ``GuidanceInterval.from_sigma(LO, HI)`` the
@@ -110,7 +115,7 @@ def sample(
         The sample (B, C, H, W), or ``(sample, info)`` with ``return_info=True``.
     """
     plan = as_plan(plan, sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval,
-                   guide=None if guide_model is None else GUIDE_IN_MEMORY, **options)
+                   guide=None if guide_model is None else GUIDE_IN_MEMORY, schedule=schedule, **options)
     spec, opts = plan.spec, plan.options
     cfg = model.config
     plan.check(model, guide_model)
@@ -133,7 +138,7 @@ def sample(
     recorder = TrajectoryRecorder() if record_trajectory else None
     ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder)
     ctx.mask_fn = make_mask_fn(spec.mask, opts, cfg.patch_size, generator)
-    grid = time_grid(plan.steps)
+    grid = plan.grid  # (S + 1,) float32
     if progress:
         guide = _ProgressGuide(guide, plan.nfe, plan.sampler)
     x = spec.fn(guide, noise, grid, ctx)
@@ -142,7 +147,7 @@ def sample(
     if not return_info:
         return x
     info: dict[str, Any] = {"nfe": guide.nfe, "guide_nfe": guide.guide_nfe, "steps": plan.steps, "sampler": plan.sampler,
-                            "options": opts.to_dict(), "cfg_scale": plan.guidance.scale, "guidance_interval": guide.interval,
+                            "schedule": plan.schedule, "options": opts.to_dict(), "cfg_scale": plan.guidance.scale, "guidance_interval": guide.interval,
                             "plan": plan}
     if recorder is not None:
         info["trajectory"] = recorder.frames
@@ -192,6 +197,7 @@ class _ProgressGuide:
 __all__ = [
     "REGISTRY",
     "SAMPLERS",
+    "SCHEDULE_HELP",
     "Condition",
     "Guidance",
     "GuidanceInterval",
@@ -207,6 +213,7 @@ __all__ = [
     "expected_nfe",
     "get_sampler",
     "noise_for_seeds",
+    "parse_schedule",
     "random_mask",
     "sample",
     "steps_for_nfe",

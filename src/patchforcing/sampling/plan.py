@@ -1,4 +1,4 @@
-"""One value for how to sample: ``SamplingPlan`` (sampler, steps, typed options, guidance).
+"""One value for how to sample: ``SamplingPlan`` (sampler, steps, typed options, guidance, time grid).
 
 Built once (from an NFE budget or from steps, in Python or from the command-line flags), checked
 once against the network (``plan.check``), and recorded as JSON in every output (``metrics.json``,
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError
 from patchforcing.sampling.guidance import GuidanceInterval, check_guide_model
@@ -27,6 +27,7 @@ from patchforcing.sampling.registry import (
     get_sampler,
     network_takes_per_patch_time,
 )
+from patchforcing.sampling.schedules import UNIFORM, parse_schedule, time_grid
 
 # ``Guidance.guide`` of a weak network handed over in Python rather than named by a path.
 GUIDE_IN_MEMORY = "<in memory>"
@@ -75,15 +76,18 @@ class Guidance:
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """Sampler, outer steps, its options and guidance; immutable and checked on construction.
+    """Sampler, outer steps, its options, guidance and time grid; immutable and checked on construction.
 
     Attributes:
         sampler: a name of the registry (``patchforcing.sampling.registry.REGISTRY``).
-        steps: outer steps S on the grid ``t_k = k / S``.
+        steps: outer steps S on the time grid of ``schedule``.
         options: the sampler's typed options; a dict (``{"p_frac": 0.3}``) or None (defaults) is
             turned into them.
         guidance: a ``Guidance`` (default: none).
         nfe_budget: the budget the steps were chosen for (``from_nfe``), else None.
+        schedule: the time grid (``sampling/schedules.py``, ``docs/method.md`` section 10):
+            ``uniform`` (``t_k = k / S``, the paper's), ``shift:S`` or ``edm:RHO``; kept in its
+            canonical spelling (``"shift:3.0"`` -> ``"shift:3"``).
     """
 
     sampler: str
@@ -91,6 +95,7 @@ class SamplingPlan:
     options: SamplerOptions | dict[str, Any] | None = None
     guidance: Guidance = field(default_factory=Guidance)
     nfe_budget: int | None = None
+    schedule: str = UNIFORM
 
     def __post_init__(self) -> None:
         spec = get_sampler(self.sampler)
@@ -100,22 +105,32 @@ class SamplingPlan:
         object.__setattr__(self, "options", spec.make_options(self.options))
         if not isinstance(self.guidance, Guidance):
             raise ConfigError(f"guidance must be a patchforcing.sampling.Guidance, got {type(self.guidance).__name__}")
+        object.__setattr__(self, "schedule", str(parse_schedule(self.schedule)))
+        time_grid(self.steps, self.schedule)  # a grid that collapses in float32 fails here, once
 
     @classmethod
-    def from_nfe(cls, sampler: str, nfe: int, *, guidance: Guidance | None = None, **options: Any) -> "SamplingPlan":
-        """The most outer steps of ``sampler`` whose NFE fits within the budget ``nfe``."""
+    def from_nfe(cls, sampler: str, nfe: int, *, guidance: Guidance | None = None, schedule: str = UNIFORM,
+                 **options: Any) -> "SamplingPlan":
+        """The most outer steps of ``sampler`` whose NFE on the grid of ``schedule`` fits within the budget ``nfe``."""
         spec = get_sampler(sampler)
         opts = spec.make_options(options)
-        return cls(sampler, spec.steps_for_nfe(nfe, opts), opts, guidance or Guidance(), nfe_budget=int(nfe))
+        schedule = str(parse_schedule(schedule))
+        return cls(sampler, spec.steps_for_nfe(nfe, opts, schedule), opts, guidance or Guidance(), nfe_budget=int(nfe),
+                   schedule=schedule)
 
     @property
     def spec(self) -> SamplerSpec:
         return get_sampler(self.sampler)
 
     @property
+    def grid(self) -> Tensor:
+        """The (S + 1,) float32 time grid every sampler integrates on, 0 first and 1 last."""
+        return time_grid(self.steps, self.schedule)
+
+    @property
     def nfe(self) -> int:
         """Main-network calls per image (a guided batch counts once)."""
-        return self.spec.nfe(self.steps, self.options)
+        return self.spec.nfe(self.steps, self.options, self.schedule)
 
     def replace(self, **changes: Any) -> "SamplingPlan":
         return dataclasses.replace(self, **changes)
@@ -149,16 +164,19 @@ class SamplingPlan:
         return self
 
     def to_kwargs(self) -> dict[str, Any]:
-        """The loose keywords of the older calls (``sampler``, ``steps``, ``cfg_scale``,
+        """The loose keywords of the older calls (``sampler``, ``steps``, ``schedule``, ``cfg_scale``,
         ``guidance_interval``, options) that ``as_plan`` turns back into this plan's sampling."""
         g = self.guidance
-        return {"sampler": self.sampler, "steps": self.steps, "cfg_scale": g.scale, "guidance_interval": g.interval,
-                **self.options.to_dict()}
+        return {"sampler": self.sampler, "steps": self.steps, "schedule": self.schedule, "cfg_scale": g.scale,
+                "guidance_interval": g.interval, **self.options.to_dict()}
 
     def describe(self) -> str:
-        """One line: ``look-ahead, 17 steps (33 NFE), p_frac=0.4, context_ratio=1.4, CFG 2 on t in [...]``."""
+        """One line: ``look-ahead, 17 steps (33 NFE), p_frac=0.4, context_ratio=1.4, CFG 2 on t in [...]``
+        (``, schedule edm:7`` after the steps on a non-uniform grid)."""
         opts = ", ".join(f"{k}={v:g}" for k, v in self.options.to_dict().items())
-        text = f"{self.sampler}, {self.steps} steps ({self.nfe} NFE)" + (f", {opts}" if opts else "")
+        text = f"{self.sampler}, {self.steps} steps ({self.nfe} NFE)"
+        text += f", schedule {self.schedule}" if self.schedule != UNIFORM else ""
+        text += f", {opts}" if opts else ""
         g = self.guidance
         if g.active:
             text += f", {'autoguidance' if g.guide else 'CFG'} {g.scale:g}"
@@ -166,20 +184,25 @@ class SamplingPlan:
         return text
 
     def to_json(self) -> dict[str, Any]:
-        return {"sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "nfe_budget": self.nfe_budget,
-                "options": self.options.to_dict(), "guidance": self.guidance.to_json()}
+        """The plan as JSON; ``schedule`` only when not uniform, so the JSON of a uniform plan (in
+        evaluation parts' ``plan.json`` and report rows written before schedules existed) is unchanged
+        and a resumed evaluation still matches it."""
+        out = {"sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "nfe_budget": self.nfe_budget,
+               "options": self.options.to_dict(), "guidance": self.guidance.to_json()}
+        return out if self.schedule == UNIFORM else {**out, "schedule": self.schedule}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SamplingPlan":
         return cls(d["sampler"], d["steps"], d.get("options") or {}, Guidance.from_json(d.get("guidance") or {}),
-                   nfe_budget=d.get("nfe_budget"))
+                   nfe_budget=d.get("nfe_budget"), schedule=d.get("schedule") or UNIFORM)
 
 
 def as_plan(plan: SamplingPlan | None = None, *, sampler: str | None = None, steps: int | None = None,
             nfe: int | None = None, cfg_scale: float | None = None, guidance_interval: Any = None,
-            guide: str | None = None, **options: Any) -> SamplingPlan:
+            guide: str | None = None, schedule: str | None = None, **options: Any) -> SamplingPlan:
     """A plan, or one built from the loose keywords of the older calls (never both)."""
-    loose = {"sampler": sampler, "steps": steps, "nfe": nfe, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval}
+    loose = {"sampler": sampler, "steps": steps, "nfe": nfe, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval,
+             "schedule": schedule}
     given = [k for k, v in loose.items() if v is not None] + sorted(options)
     if plan is not None:
         if not isinstance(plan, SamplingPlan):
@@ -191,9 +214,10 @@ def as_plan(plan: SamplingPlan | None = None, *, sampler: str | None = None, ste
     if sampler is None or (steps is None) == (nfe is None):
         raise ConfigError("say how to sample: a SamplingPlan, or sampler= with steps= (or an nfe= budget)")
     guidance = Guidance(1.0 if cfg_scale is None else cfg_scale, guidance_interval, guide)
+    schedule = UNIFORM if schedule is None else schedule
     if nfe is not None:
-        return SamplingPlan.from_nfe(sampler, nfe, guidance=guidance, **options)
-    return SamplingPlan(sampler, steps, options, guidance)
+        return SamplingPlan.from_nfe(sampler, nfe, guidance=guidance, schedule=schedule, **options)
+    return SamplingPlan(sampler, steps, options, guidance, schedule=schedule)
 
 
 def _is_positive_integer(value: Any) -> bool:

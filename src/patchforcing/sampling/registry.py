@@ -1,7 +1,9 @@
 """The sampler registry: everything about a sampler in one record (``docs/method.md``, samplers).
 
 A ``SamplerSpec`` holds the step function, its typed options (a frozen dataclass whose fields carry
-a default, a one-line help and the valid range), the NFE rule ``(steps, options) -> int``, what the
+a default, a one-line help and the valid range), the NFE rule ``(steps, options, grid) -> int`` (the
+grid of the plan's time-grid schedule, ``sampling/schedules.py``: look-ahead's warm-up count
+depends on it), what the
 network must offer (per-patch time; the difficulty head: two separate facts), the kind of
 certain-patch mask, a description and whether commands and reports offer it (``public``) or only
 ``patchforcing study`` does. Nothing outside this module branches on a sampler's name or function:
@@ -10,6 +12,8 @@ the command-line flags, the NFE budget, the network checks and the reports all r
     >>> spec = get_sampler("dual-loop")
     >>> spec.nfe(8, spec.make_options(n_inner=2))
     16
+    >>> get_sampler("look-ahead").nfe(8, schedule="edm:3")  # four warm-up steps below t = 0.05
+    12
 """
 
 from __future__ import annotations
@@ -24,6 +28,15 @@ from torch import Tensor
 
 from patchforcing.errors import ConfigError
 from patchforcing.models.config import Kind
+from patchforcing.sampling.heun import (
+    corrected_look_ahead,
+    corrected_look_ahead_nfe,
+    heun,
+    heun_nfe,
+    heun_pf,
+    look_ahead_heun,
+    look_ahead_heun_nfe,
+)
 from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_mask, spread_mask
 from patchforcing.sampling.samplers import (
     Context,
@@ -35,6 +48,7 @@ from patchforcing.sampling.samplers import (
     look_ahead,
     look_ahead_nfe,
 )
+from patchforcing.sampling.schedules import UNIFORM, time_grid
 
 # Old keyword names still accepted in Python calls (the README's ``p=0.4``): old -> field.
 OPTION_ALIASES = {"p": "p_frac"}
@@ -145,7 +159,8 @@ class SamplerSpec:
         name: the name users pass (``--sampler``, ``sample(sampler=...)``).
         fn: the step function ``(guide, x0, grid, ctx) -> x1`` of ``sampling/samplers.py``.
         options_type: its typed options (defaults, help and ranges in the fields' metadata).
-        nfe_rule: network calls per image ``(steps, options) -> int`` (guided batches count once).
+        nfe_rule: network calls per image ``(steps, options, grid) -> int`` (guided batches count
+            once; ``grid`` the (S + 1,) float32 time grid of the plan's schedule).
         needs_per_patch_time: the network must take a time per patch (B, N): Patch Forcing networks.
         needs_difficulty_head: the sampler reads the difficulty head (its mask follows it).
         mask: which patches run ahead.
@@ -156,7 +171,7 @@ class SamplerSpec:
     name: str
     fn: StepFn
     options_type: type[SamplerOptions]
-    nfe_rule: Callable[[int, SamplerOptions], int]
+    nfe_rule: Callable[[int, SamplerOptions, Tensor], int]
     needs_per_patch_time: bool
     needs_difficulty_head: bool
     mask: MaskKind
@@ -181,22 +196,23 @@ class SamplerSpec:
             raise ConfigError(f"sampler {self.name!r} has no option(s) {bad}; its options are: {names or 'none'}")
         return self.options_type(**given)
 
-    def nfe(self, steps: int, options: SamplerOptions | None = None) -> int:
-        """Network calls of ``steps`` outer steps with ``options`` (defaults when None)."""
-        return int(self.nfe_rule(int(steps), self.make_options(options)))
+    def nfe(self, steps: int, options: SamplerOptions | None = None, schedule: str = UNIFORM) -> int:
+        """Network calls of ``steps`` outer steps with ``options`` (defaults when None) on the grid of ``schedule``."""
+        steps = int(steps)
+        return int(self.nfe_rule(steps, self.make_options(options), time_grid(steps, schedule)))
 
-    def steps_for_nfe(self, nfe: int, options: SamplerOptions | None = None) -> int:
-        """The most outer steps whose NFE fits within ``nfe``."""
+    def steps_for_nfe(self, nfe: int, options: SamplerOptions | None = None, schedule: str = UNIFORM) -> int:
+        """The most outer steps whose NFE on the grid of ``schedule`` fits within ``nfe``."""
         options = self.make_options(options)
         if isinstance(nfe, bool) or int(nfe) != nfe or nfe < 1:
             raise ConfigError(f"the NFE budget must be a whole number of at least 1, got {nfe}")
-        one = self.nfe(1, options)
+        one = self.nfe(1, options, schedule)
         if one > nfe:
             raise ConfigError(f"one step of {self.name!r} already costs {one} NFE, more than the budget of {nfe}; "
                               "raise --nfe (or lower n_inner)")
         best = 1
         for steps in range(1, int(nfe) + 1):
-            if self.nfe(steps, options) > nfe:
+            if self.nfe(steps, options, schedule) > nfe:
                 break
             best = steps
         return best
@@ -224,6 +240,15 @@ REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (
           "Ablation: look-ahead where the HARDEST patches run ahead.", public=False),
     _spec("spread-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.SPREAD,
           "Look-ahead whose ahead-running patches are the easiest of every 2x2 window.", public=False),
+    # Second order (sampling/heun.py, docs/method.md section 10): study-only until measured against look-ahead.
+    _spec("heun", heun, NoOptions, heun_nfe, False, False, MaskKind.NONE,
+          "Heun with one global time per sample (any network); the last step is Euler.", public=False),
+    _spec("heun-pf", heun_pf, NoOptions, heun_nfe, True, False, MaskKind.NONE,
+          "Heun with per-patch times, all equal; the last step is Euler.", public=False),
+    _spec("look-ahead-heun", look_ahead_heun, LookAheadOptions, look_ahead_heun_nfe, True, True, MaskKind.DIFFICULTY,
+          "Look-ahead whose main step is Heun.", public=False),
+    _spec("corrected-look-ahead", corrected_look_ahead, LookAheadOptions, corrected_look_ahead_nfe, True, True,
+          MaskKind.DIFFICULTY, "Look-ahead whose context jump is corrected by a second evaluation.", public=False),
 )}
 
 SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in REGISTRY.items() if s.public}  # what commands offer
@@ -244,16 +269,16 @@ def resolve_options(name: str, options: dict[str, Any]) -> tuple[SamplerSpec, Sa
     return spec, spec.make_options(options)
 
 
-def expected_nfe(name: str, steps: int, **options: Any) -> int:
-    """Network calls of ``sample(..., sampler=name, steps=steps)`` (guidance batches count once)."""
+def expected_nfe(name: str, steps: int, *, schedule: str = UNIFORM, **options: Any) -> int:
+    """Network calls of ``sample(..., sampler=name, steps=steps, schedule=schedule)`` (guidance batches count once)."""
     spec, opts = resolve_options(name, options)
-    return spec.nfe(steps, opts)
+    return spec.nfe(steps, opts, schedule)
 
 
-def steps_for_nfe(name: str, nfe: int, **options: Any) -> int:
-    """The number of outer steps whose NFE comes closest to ``nfe`` without exceeding it."""
+def steps_for_nfe(name: str, nfe: int, *, schedule: str = UNIFORM, **options: Any) -> int:
+    """The number of outer steps whose NFE on the grid of ``schedule`` comes closest to ``nfe`` without exceeding it."""
     spec, opts = resolve_options(name, options)
-    return spec.steps_for_nfe(nfe, opts)
+    return spec.steps_for_nfe(nfe, opts, schedule)
 
 
 def network_takes_per_patch_time(model_config: Any) -> bool:

@@ -1,13 +1,15 @@
-"""Inference samplers (docs/method.md, samplers). Each integrates ``t: 0 -> 1`` on the grid ``t_k = k / S``.
+"""Inference samplers (docs/method.md, samplers). Each integrates ``t: 0 -> 1`` on a time grid
+``0 = t_0 < t_1 < ... < t_S = 1`` (``sampling/schedules.py``; uniform ``t_k = k / S`` by default).
 
 A sampler is a function ``(guide, x, grid, ctx) -> x`` that sees the network only through
 ``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. At the start of every outer step
-``_steps`` calls ``guide.begin_step(t_k)`` with the step's float32 grid time: the guide decides there whether
+``outer_steps`` calls ``guide.begin_step(t_k)`` with the step's float32 grid time: the guide decides there whether
 the step is guided (guidance interval), and every evaluation of the step follows that decision.
 ``ctx`` carries the patch size, the sampler's options (a typed dataclass of
 ``sampling.registry``), the certain-patch mask function and an optional recorder (None unless
-trajectories are asked for). Beside each step function sits its NFE rule ``(steps, options) -> int``;
-``sampling.registry`` ties the two together with everything else a sampler needs.
+trajectories are asked for). Beside each step function sits its NFE rule ``(steps, options, grid) -> int``
+(``grid`` the (S + 1,) float32 time grid); ``sampling.registry`` ties the two together with everything
+else a sampler needs. The second-order samplers live in ``sampling/heun.py``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,7 @@ from torch import Tensor
 
 from patchforcing.flow import pixels_to_patch_mean
 from patchforcing.sampling.guidance import Guide, Guided
-
-# Look-ahead takes a plain step with the conditional velocity while t_k <= this (reference behaviour).
-LOOK_AHEAD_WARMUP_T = 0.05
-_F32_WARMUP = torch.tensor(LOOK_AHEAD_WARMUP_T, dtype=torch.float32).item()  # compared in float32
+from patchforcing.sampling.schedules import WARMUP_T32, outer_steps, warmup_count
 
 
 @dataclass
@@ -40,24 +39,6 @@ class Context:
             self.recorder(**items)
 
 
-def time_grid(steps: int) -> Tensor:
-    """``t_k = k / S`` built as the reference builds it: a float32 linspace (S + 1,) on the CPU.
-
-    Samplers cast it to the sample's dtype; the look-ahead warm-up test compares the float32
-    values, as the reference does (so ``t_k = 0.05`` counts as warm-up).
-    """
-    return torch.linspace(0, 1, steps + 1, dtype=torch.float32)
-
-
-def _steps(grid: Tensor, x: Tensor, guide: Guide):
-    """Yield ``(t_k, t_{k+1}, t_k as a float32 Python number)`` with tensors in x's dtype/device,
-    announcing each outer step to the guide first (it decides guidance for the whole step)."""
-    cast = grid.to(device=x.device, dtype=x.dtype)
-    for k, t32 in enumerate(grid[:-1].tolist()):
-        guide.begin_step(t32)
-        yield cast[k], cast[k + 1], t32
-
-
 def _per_patch(value: Tensor, b: int, n: int) -> Tensor:
     return value.expand(b, n) if value.ndim == 0 else value
 
@@ -66,14 +47,14 @@ def _per_patch(value: Tensor, b: int, n: int) -> Tensor:
 def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Global-time Euler: ``x += (t_{k+1} - t_k) v``, ``t`` passed as (B,). NFE = S."""
     b = x.shape[0]
-    for t_cur, t_next, t32 in _steps(grid, x, guide):
+    for t_cur, t_next, t32 in outer_steps(grid, x, guide):
         out = guide(x, t_cur.expand(b))
         ctx.record(x=x, t=t_cur.expand(b, ctx.num_patches), logvar=out.logvar)
         x = x + (t_next - t_cur) * out.velocity
     return x
 
 
-def euler_nfe(steps: int, options: Any) -> int:
+def euler_nfe(steps: int, options: Any, grid: Tensor) -> int:
     """One network call per outer step (euler, euler-pf)."""
     return steps
 
@@ -81,7 +62,7 @@ def euler_nfe(steps: int, options: Any) -> int:
 def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Euler for Patch Forcing networks: the same step, ``t`` passed as (B, N), all equal. NFE = S."""
     b, n = x.shape[0], ctx.num_patches
-    for t_cur, t_next, t32 in _steps(grid, x, guide):
+    for t_cur, t_next, t32 in outer_steps(grid, x, guide):
         t = t_cur.expand(b, n)
         out = guide(x, t)
         ctx.record(x=x, t=t, logvar=out.logvar)
@@ -96,7 +77,7 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     NFE = S * K."""
     k_inner = int(ctx.options.n_inner)
     b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
-    for t_cur, t_next, t32 in _steps(grid, x, guide):
+    for t_cur, t_next, t32 in outer_steps(grid, x, guide):
         dt = t_next - t_cur
         small = dt / k_inner
         out = guide(x, t_cur.expand(b, n))
@@ -114,7 +95,7 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     return x
 
 
-def dual_loop_nfe(steps: int, options: Any) -> int:
+def dual_loop_nfe(steps: int, options: Any, grid: Tensor) -> int:
     """``S * K``: the outer call and ``K - 1`` inner calls per outer step."""
     return steps * int(options.n_inner)
 
@@ -127,11 +108,11 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     rho = float(ctx.options.context_ratio)
     b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
     h, w = x.shape[-2:]
-    for t_cur, t_next, t32 in _steps(grid, x, guide):
+    for t_cur, t_next, t32 in outer_steps(grid, x, guide):
         dt = t_next - t_cur
         t = t_cur.expand(b, n)
         out = guide(x, t)
-        if t32 <= _F32_WARMUP:
+        if t32 <= WARMUP_T32:
             # Reference behaviour: the first steps use the CONDITIONAL velocity, not the guided one.
             ctx.record(x=x, t=t, logvar=out.logvar)
             x = x + dt * out.cond_velocity
@@ -147,7 +128,7 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     return x
 
 
-def look_ahead_nfe(steps: int, options: Any) -> int:
-    """One call per warm-up step (``t_k <= 0.05`` in float32), two per step after it."""
-    warm = sum(t <= _F32_WARMUP for t in time_grid(steps)[:-1].tolist())
+def look_ahead_nfe(steps: int, options: Any, grid: Tensor) -> int:
+    """One call per warm-up step of ``grid`` (``t_k <= 0.05`` in float32), two per step after it."""
+    warm = warmup_count(grid)
     return warm + 2 * (steps - warm)

@@ -1,0 +1,162 @@
+"""Second-order samplers: Heun's method on the per-patch grid, alone and inside look-ahead.
+
+Same contract as the samplers of ``samplers.py`` (``docs/method.md``, sections 5 and 10): a function
+``(guide, x, grid, ctx) -> x`` that sees the network only through ``guide(x, t)``; every outer
+step is announced with ``guide.begin_step(t_k)`` and all its evaluations (the corrector too)
+follow that step's guidance decision (CFG, guidance interval, autoguidance). ``grid`` is any
+grid of ``schedules.time_grid``. Beside each step function sits its NFE rule
+``(steps, options, grid) -> int``; ``sampling/registry.py`` holds their entries (study-only until
+measured against look-ahead).
+
+Heun's step (the explicit trapezoidal rule, as in EDM's Algorithm 1 and SiT's ODE sampler) from
+``t_k`` to ``t_{k+1}`` with ``h = t_{k+1} - t_k``::
+
+    d1     = v(x, t_k)
+    x_pred = x + h d1                      # Euler predictor
+    d2     = v(x_pred, t_{k+1})            # corrector evaluation
+    x      = x + h (d1 + d2) / 2
+
+As in EDM, the last step (to ``t = 1``) takes no correction: it is the Euler predictor alone.
+
+* ``heun`` and ``heun-pf``: Heun with one global time per sample (t as (B,), any network: the SiT
+  baseline's second-order sampler) and with per-patch times, all equal (t as (B, N)). NFE = 2 S - 1.
+* ``look-ahead-heun``: look-ahead whose main step is Heun. ``d1`` is look-ahead's velocity (the
+  guided velocity at ``(x, t_k)`` on the certain patches, the guided velocity with the advanced
+  context at ``(x_ctx, t_ctx)`` on the uncertain ones); ``d2`` is the guided velocity at
+  ``(x_pred, t_{k+1})`` with every patch at ``t_{k+1}`` (one plain evaluation, no mask, no
+  context). Warm-up steps (``t_k <= 0.05``) are look-ahead's: one conditional Euler step, no
+  correction. NFE = W + 3 (S - W) - 1 with W warm-up steps (the last step saves its corrector;
+  S = W = 1 gives 1).
+* ``corrected-look-ahead`` (suggested by ``docs/study.md``: the Euler jump that builds the context
+  raises the error of the patches left behind): the certain patches' jump to ``t_ctx`` is
+  corrected like a Heun step, ``x_ctx = x + delta (c1 + c2) / 2`` on the certain patches, with
+  ``c1`` the conditional velocity at ``(x, t_k)`` and ``c2`` the conditional velocity at the Euler
+  jump's end ``(x_ctx_euler, t_ctx)``; the uncertain patches are then predicted with this
+  corrected context. The main step stays Euler, as in look-ahead. NFE = W + 3 (S - W).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from patchforcing.flow import pixels_to_patch_mean
+from patchforcing.sampling.guidance import Guide
+from patchforcing.sampling.samplers import Context
+from patchforcing.sampling.schedules import WARMUP_T32, outer_steps, warmup_count
+
+
+def heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+    """Heun with one global time per sample (t as (B,), any network); the last step is Euler. NFE = 2 S - 1."""
+    return _plain_heun(guide, x, grid, ctx, per_patch=False)
+
+
+def heun_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+    """Heun with per-patch times, all equal (t as (B, N)); the last step is Euler. NFE = 2 S - 1."""
+    return _plain_heun(guide, x, grid, ctx, per_patch=True)
+
+
+def _plain_heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context, *, per_patch: bool) -> Tensor:
+    b, n = x.shape[0], ctx.num_patches
+    shape = (b, n) if per_patch else (b,)
+    last = grid.numel() - 2
+    for k, (t_cur, t_next, _) in enumerate(outer_steps(grid, x, guide)):
+        h = t_next - t_cur
+        out = guide(x, t_cur.expand(shape))
+        ctx.record(x=x, t=t_cur.expand(b, n), logvar=out.logvar)
+        x = _heun_update(guide, x, out.velocity, h, t_next.expand(shape), ctx, correct=k < last)
+    return x
+
+
+def look_ahead_heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+    """Look-ahead whose main step is Heun (module docstring). NFE = W + 3 (S - W) - 1."""
+    b, n = x.shape[0], ctx.num_patches
+    last = grid.numel() - 2
+    for k, (t_cur, t_next, t32) in enumerate(outer_steps(grid, x, guide)):
+        h = t_next - t_cur
+        t = t_cur.expand(b, n)
+        out = guide(x, t)
+        if t32 <= WARMUP_T32:  # look-ahead's warm-up: the CONDITIONAL velocity, one evaluation
+            ctx.record(x=x, t=t, logvar=out.logvar)
+            x = x + h * out.cond_velocity
+            continue
+        certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
+        x_ctx, t_ctx, _ = _context(x, t, t_cur, out.cond_velocity, certain, ctx)
+        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context
+        v_ctx = guide(x_ctx, t_ctx).velocity
+        d1 = torch.where(certain, out.velocity, v_ctx)  # look-ahead's velocity
+        x = _heun_update(guide, x, d1, h, t_next.expand(b, n), ctx, correct=k < last, certain=certain)
+    return x
+
+
+def corrected_look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+    """Look-ahead whose context jump is Heun-corrected (module docstring). NFE = W + 3 (S - W)."""
+    b, n = x.shape[0], ctx.num_patches
+    for t_cur, t_next, t32 in outer_steps(grid, x, guide):
+        h = t_next - t_cur
+        t = t_cur.expand(b, n)
+        out = guide(x, t)
+        if t32 <= WARMUP_T32:
+            ctx.record(x=x, t=t, logvar=out.logvar)
+            x = x + h * out.cond_velocity
+            continue
+        certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
+        x_euler, t_ctx, delta = _context(x, t, t_cur, out.cond_velocity, certain, ctx)
+        c2 = guide(x_euler, t_ctx).cond_velocity  # conditional velocity at the Euler jump's end
+        ctx.record(x=x_euler, t=t_ctx, logvar=None, certain=certain, inner=True)  # the context's corrector call
+        x_ctx = x + delta * (out.cond_velocity + c2) / 2 * certain
+        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context
+        v_ctx = guide(x_ctx, t_ctx).velocity
+        x = x + h * torch.where(certain, out.velocity, v_ctx)
+    return x
+
+
+# --- pieces ----------------------------------------------------------------------------------------
+def _heun_update(guide: Guide, x: Tensor, d1: Tensor, h: Tensor, t_next: Tensor, ctx: Context, *,
+                 correct: bool, certain: Tensor | None = None) -> Tensor:
+    """``x + h d1`` (no correction) or ``x + h (d1 + d2) / 2`` with ``d2 = v(x + h d1, t_{k+1})``;
+    ``t_next`` is (B,) or (B, N)."""
+    x_pred = x + h * d1
+    if not correct:
+        return x_pred
+    d2 = guide(x_pred, t_next).velocity
+    t_rec = t_next if t_next.ndim == 2 else t_next[:, None].expand(x.shape[0], ctx.num_patches)
+    ctx.record(x=x_pred, t=t_rec, logvar=None, certain=certain, inner=True)
+    return x + h * (d1 + d2) / 2
+
+
+def _context(x: Tensor, t: Tensor, t_cur: Tensor, cond_velocity: Tensor, certain: Tensor,
+             ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
+    """Look-ahead's context: certain patches jump by Euler to ``min(rho t_k, 1)`` with the
+    conditional velocity. Returns ``x_ctx`` (B, C, H, W), the per-patch times ``t_ctx`` (B, N)
+    and the advance ``delta = min(rho t_k, 1) - t_k`` (a scalar tensor)."""
+    rho = float(ctx.options.context_ratio)
+    delta = torch.clamp(rho * t_cur, max=1.0) - t_cur
+    x_ctx = x + delta * cond_velocity * certain
+    certain_patch = pixels_to_patch_mean(certain.to(x.dtype), ctx.patch_size) > 0.5  # (B, N)
+    return x_ctx, t + delta * certain_patch, delta
+
+
+# --- NFE rules: exact network evaluations per image on ``grid`` (guidance batches count once) -------------
+def heun_nfe(steps: int, options: Any, grid: Tensor) -> int:
+    """``2 S - 1``: two calls per step, one on the last (heun, heun-pf)."""
+    return 2 * steps - 1
+
+
+def look_ahead_heun_nfe(steps: int, options: Any, grid: Tensor) -> int:
+    """``W + 3 (S - W) - 1`` with W warm-up steps; no saving when the last step is itself a warm-up step."""
+    warm = warmup_count(grid)
+    last_is_warm = grid[-2].item() <= WARMUP_T32
+    return warm + 3 * (steps - warm) - (0 if last_is_warm else 1)
+
+
+def corrected_look_ahead_nfe(steps: int, options: Any, grid: Tensor) -> int:
+    """``W + 3 (S - W)``: one call per warm-up step, three after it."""
+    warm = warmup_count(grid)
+    return warm + 3 * (steps - warm)
+
+
+__all__ = ["corrected_look_ahead", "corrected_look_ahead_nfe", "heun", "heun_nfe", "heun_pf", "look_ahead_heun",
+           "look_ahead_heun_nfe"]
