@@ -38,23 +38,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from patchforcing.data.datasets import (
-    BUILTIN_NAMES,
-    SPLITS,
-    folder_split_files,
-    load_dataset,
-    read_image,
-    report_skipped,
-)
-from patchforcing.data.latents import (
-    LATENT_FORMAT,
-    LATENT_VERSION,
-    captions_file,
-    encode_posterior,
-    is_latent_folder,
-    load_vae,
-    read_meta,
-)
+from patchforcing.data.base import BUILTIN_NAMES, SPLITS
+from patchforcing.data.captions import is_captioned_folder
+from patchforcing.data.datasets import load_dataset
+from patchforcing.data.folders import folder_split_files, read_image, report_skipped
+from patchforcing.data.latents import LATENT_FORMAT, LATENT_VERSION, captions_file, is_latent_folder, read_meta
+from patchforcing.autoencoder import encode_posterior, load_vae
+from patchforcing.encoders import load_encoder
 from patchforcing.errors import DataError, RunFolderError
 from patchforcing.runs import (
     LOCK_FILE,
@@ -77,8 +67,6 @@ def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int,
     Returns ``(info, iterator)`` with info keys num_items, num_classes, class_names, channels.
     """
     path = Path(data).expanduser()
-    from patchforcing.data.captions import is_captioned_folder
-
     captioned_folder = path.is_dir() and not is_latent_folder(path) and is_captioned_folder(path)  # read in memory below
     if data not in BUILTIN_NAMES and path.is_dir() and not is_latent_folder(path) and not captioned_folder:
         files, class_names = folder_split_files(path, split)  # a test split may be empty
@@ -364,8 +352,6 @@ def prepare_latents(
     shift = float(getattr(cfg, "shift_factor", None) or 0.0)
     encoder = None
     if repa_encoder is not None:
-        from patchforcing.encoders import load_encoder
-
         encoder = load_encoder(repa_encoder, device, resolution)
     out_dir = Path(out).expanduser()
     procs = procs or Processes(device=torch.device(device))
