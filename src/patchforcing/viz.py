@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from patchforcing.runs import atomic_write
+
 
 def to_uint8(images: Tensor) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] -> (B, H, W, 3) uint8 (grey images are repeated to RGB)."""
@@ -61,8 +63,6 @@ def patch_map_to_pixels(values: Tensor, height: int, width: int) -> Tensor:
 def save_image_grid(images: Tensor, path: str | Path, ncols: int | None = None, scale: int | None = None) -> Path:
     """Save (B, C, H, W) images in [-1, 1] as a PNG grid; small images are upscaled for viewing."""
     from PIL import Image
-
-    from patchforcing.runs import atomic_write
 
     path = Path(path)
     h = images.shape[-1]

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from patchforcing.errors import ConfigError, ShapeError
+from patchforcing.errors import ConfigError, PatchForcingError, ShapeError
 from patchforcing.evaluation.conditions import ClassLabels, ConditionSource, Prompts
+from patchforcing.evaluation.digits import digits_metrics
+from patchforcing.evaluation.frechet import feature_statistics, frechet_distance, load_statistics
 from patchforcing.evaluation.generate import generate_images, to_uint8_nhwc
 from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the held-out diagnostics
     DIGITS,
@@ -41,6 +43,7 @@ from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the 
     held_out_data,
     validation_report,
 )
+from patchforcing.evaluation.inception import inception_features, load_inception
 from patchforcing.evaluation.parts import generate_parts, load_parts, parts_identity, require_finite
 from patchforcing.evaluation.t2i import ATTRIBUTE_METRICS, attribute_scores, digit_prompt_source
 from patchforcing.sampling import SamplingPlan
@@ -117,9 +120,6 @@ def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Call
         return DIGITS, None
     if stats is None:
         return None, "no reference statistics: pass --stats REF.npz (an ADM reference batch, or mu and sigma)"
-    from patchforcing.errors import PatchForcingError
-    from patchforcing.evaluation.frechet import load_statistics
-    from patchforcing.evaluation.inception import load_inception
 
     load_statistics(stats)  # a missing or malformed file fails now
     try:
@@ -288,15 +288,11 @@ def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_wei
         missing = ("fid", "precision", "recall", "accuracy") + (ATTRIBUTE_METRICS if attributes else ())
         return {**{k: None for k in missing}, "feature_network": None, "not_computed": {k: reason for k in missing}}
     if kind == DIGITS:
-        from patchforcing.evaluation.digits import digits_metrics
-
         images = pixels_to_float(pixels)
         out = digits_metrics(images, labels if conditional else None, k=PR_NEIGHBOURS)
         extra = attribute_scores(images, labels, conditions.attributes) if attributes else {}
         return {"fid": out["fid"], "precision": out["precision"], "recall": out["recall"],
                 "accuracy": out.get("accuracy"), "feature_network": "digits-classifier", **extra}
-    from patchforcing.evaluation.frechet import feature_statistics, frechet_distance, load_statistics
-    from patchforcing.evaluation.inception import inception_features
 
     device = next(model.parameters()).device
     mu_r, sigma_r = load_statistics(stats)

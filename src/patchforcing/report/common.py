@@ -24,6 +24,7 @@ from patchforcing.evaluation.generate import generate_images
 from patchforcing.runs import atomic_write, newest_step
 from patchforcing.sampling import Guidance, SamplingPlan, get_sampler
 from patchforcing.streams import EVAL_SEED_STRIDE
+from patchforcing.training import train
 
 METRICS = ("fid", "precision", "recall", "accuracy")
 Log = Callable[[str], None]
@@ -52,8 +53,6 @@ def train_or_reuse(config, log: Log = say) -> dict[str, Any]:
     Rerunning the trainer on a finished run is itself a quick no-op (it checks the checkpoint fits
     the config); a run with fewer steps resumes. Returns the trainer's summary plus ``reused``.
     """
-    from patchforcing.training import train
-
     run_dir = Path(config.out)
     before = newest_step(run_dir)
     if before is not None and before > config.steps:

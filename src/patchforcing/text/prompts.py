@@ -10,6 +10,7 @@ from torch import nn
 
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError
+from patchforcing.text import check_encoder_fits, load_text_encoder, text_condition
 
 
 def read_prompts(prompts: Sequence[str] | None, prompts_file: str | None) -> list[str]:
@@ -49,7 +50,6 @@ def prompt_condition(model: nn.Module, prompts: list[str], num_samples: int | No
         return None, num_samples
     if not prompts:
         raise ConfigError("this is a text-to-image network: give --prompt \"...\" (repeatable) or --prompts-file FILE")
-    from patchforcing.text import check_encoder_fits, load_text_encoder, text_condition
 
     n = num_samples if num_samples is not None else len(prompts)
     encoder = load_text_encoder(encoder_name or cfg.text_encoder, max_length=cfg.text_length, device=device)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, DataError
+from patchforcing.models import T2I_PRESETS
 from patchforcing.text import TextEncoder, load_text_encoder, text_condition
 from patchforcing.streams import STREAM_TEXT_DROPOUT, make_generator
 from patchforcing.training.batches import StepBatches
@@ -25,8 +26,6 @@ TEXT_LTG_LOC = 0.5  # SPEC 2 / 7.9: the text-to-image ltg location
 
 
 def is_text_preset(model: str) -> bool:
-    from patchforcing.models import T2I_PRESETS
-
     return model in T2I_PRESETS
 
 
@@ -56,7 +55,6 @@ class TextConditioner:
                 f"{data.name} has no captions; a text-to-image network needs captioned data: digits-captions, "
                 "a folder with a .txt beside each image, or one with a captions.jsonl"
             )
-        from patchforcing.models import T2I_PRESETS
 
         preset = T2I_PRESETS[cfg.model]
         if cfg.text_encoder is None or cfg.text_encoder == preset["text_encoder"]:
