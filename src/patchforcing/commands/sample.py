@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if decoder is None and args.vae_scale is not None:
         raise ConfigError("--vae-scale scales latents for a VAE, but this network's samples are decoded by none: "
                           "drop --vae-scale, or pass --vae")
-    if args.text_encoder is not None and not getattr(cfg, "is_text", False):
+    if args.text_encoder is not None and not cfg.is_text:
         raise ConfigError("--text-encoder is for text-to-image networks; this one is class-conditional: drop it")
 
     condition, n_text = prompt_condition(model, read_prompts(args.prompt, args.prompts_file), args.num_samples, device, args.text_encoder)

@@ -93,7 +93,7 @@ def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Call
     """
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    if getattr(cfg, "is_text", False) and data not in DIGITS_DATA:
+    if cfg.is_text and data not in DIGITS_DATA:
         raise ConfigError(f"text-to-image networks are evaluated on the digits-captions prompts here, not on {data!r}: "
                           "drop --data (or pass --data digits-captions)")
     if data in DIGITS_DATA:
@@ -203,7 +203,7 @@ def evaluate_model(
     plan = as_plan(plan, guide=None if guide_model is None else GUIDE_IN_MEMORY, **loose)
     steps, used = plan_evaluation(model, plan, num_samples=num_samples, data=data, stats=stats,
                                   inception_weights=inception_weights, decoder=decoder, guide_model=guide_model)
-    if getattr(model.config, "is_text", False):
+    if model.config.is_text:
         data = "digits-captions"
     if conditions is None:
         conditions = default_conditions(model, num_samples, seed, encoder)
@@ -254,7 +254,7 @@ def evaluate_model(
 
 def default_conditions(model: nn.Module, num_samples: int, seed: int = 0, encoder=None) -> ConditionSource:
     """Balanced class labels, or for a text network the balanced digits-captions prompts."""
-    if getattr(model.config, "is_text", False):
+    if model.config.is_text:
         return digit_prompt_source(model, num_samples, seed, encoder)
     return ClassLabels.balanced(num_samples, model.config.num_classes, seed)
 

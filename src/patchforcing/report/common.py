@@ -34,18 +34,6 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def prepare_out(out: str | Path) -> Path:
-    """Create the report folder; a path that is a file, or cannot be created, is a clear error."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; give a folder (it is created when missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create the folder {str(out)!r} ({err.strerror}); choose another --out") from None
-    return out
-
-
 # --- training ---------------------------------------------------------------------------------------
 def train_or_reuse(config, log: Log = say) -> dict[str, Any]:
     """Train ``config`` unless its run folder already holds a finished run of ``config.steps`` steps.

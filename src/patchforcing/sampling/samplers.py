@@ -58,10 +58,6 @@ def _steps(grid: Tensor, x: Tensor, guide: Guide):
         yield cast[k], cast[k + 1], t32
 
 
-def _per_patch(value: Tensor, b: int, n: int) -> Tensor:
-    return value.expand(b, n) if value.ndim == 0 else value
-
-
 # --- plain Euler ------------------------------------------------------------------------------
 def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Global-time Euler: ``x += (t_{k+1} - t_k) v``, ``t`` passed as (B,). NFE = S."""

@@ -44,7 +44,7 @@ def prompt_condition(model: nn.Module, prompts: list[str], num_samples: int | No
     prompts are an error; returns ``(None, num_samples)`` so labels are handled as before.
     """
     cfg = model.config
-    if not getattr(cfg, "is_text", False):
+    if not cfg.is_text:
         if prompts:
             raise ConfigError("--prompt/--prompts-file need a text-to-image network; this one is class-conditional: use --labels")
         return None, num_samples
