@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchforcing import load_model
+from patchforcing.checkpoints import load_model
 from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError
 from patchforcing.evaluation.calibration import difficulty_calibration
