@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import make_model
-from reference_impl import ref_dual_loop, ref_euler, ref_look_ahead, ref_nfe, ref_time_grid
+from reference_impl import ref_dual_loop, ref_look_ahead, ref_nfe, ref_time_grid
 
 import patchforcing as pf
 from patchforcing.conditioning import Condition

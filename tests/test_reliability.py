@@ -255,21 +255,21 @@ def test_bad_input_is_one_error_line_naming_the_fix(tmp_path, capsys, ckpt, name
     MemoryError(),
 ])
 def test_out_of_memory_is_one_line_naming_the_flags_that_lower_it(tmp_path, capsys, monkeypatch, ckpt, failure):
-    import patchforcing.sampling
+    import patchforcing.commands.sample
 
     def exhausted(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(patchforcing.sampling, "sample", exhausted)
+    monkeypatch.setattr(patchforcing.commands.sample, "sample", exhausted)
     assert main(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.png")]) == 1
     [line] = _error_lines(capsys)
     assert line.startswith("error: out of memory (") and "lower --batch-size" in line and "--num-samples" in line
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, monkeypatch, ckpt):
-    import patchforcing.sampling
+    import patchforcing.commands.sample
 
-    monkeypatch.setattr(patchforcing.sampling, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setattr(patchforcing.commands.sample, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # a bug stays a traceback to report, not advice
         main(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.png")])
 
@@ -332,15 +332,15 @@ def test_sample_draws_in_batches_with_the_same_images(tmp_path, monkeypatch, ckp
     import numpy as np
     from PIL import Image
 
-    import patchforcing.sampling
+    import patchforcing.commands.sample
 
-    real, calls = patchforcing.sampling.sample, []
+    real, calls = patchforcing.commands.sample.sample, []
 
     def counted(model, noise, *args, **kwargs):
         calls.append(noise.shape[0])
         return real(model, noise, *args, **kwargs)
 
-    monkeypatch.setattr(patchforcing.sampling, "sample", counted)
+    monkeypatch.setattr(patchforcing.commands.sample, "sample", counted)
     args = ["sample", "--checkpoint", str(ckpt), "--num-samples", "7", "--steps", "3", "--labels", "1,2,3,4,5,6,7", *flags]
     assert main([*args, "--out", str(tmp_path / "one.png")]) == 0
     assert main([*args, "--batch-size", "3", "--out", str(tmp_path / "three.png")]) == 0

@@ -75,10 +75,10 @@ def test_repa_flag_errors():
 # --- latent data: features stored beside the latents --------------------------------------------
 def test_prepare_latents_stores_repa_features_and_trains_on_them(tmp_path):
     pytest.importorskip("diffusers")
-    from patchforcing.data import load_dataset, prepare_latents
+    from patchforcing.data import load_dataset
     from patchforcing.encoders import load_encoder
 
-    vae = make_vae(tmp_path / "vae")
+    make_vae(tmp_path / "vae")
     with_repa = tmp_path / "lat"
     assert main(["prepare-latents", "--data", "digits", "--vae", str(tmp_path / "vae"), "--out", str(with_repa),
                  "--resolution", "16", "--batch-size", "100", "--shard-size", "500", "--repa-encoder", "digits-cnn"]) == 0

@@ -25,15 +25,9 @@ from patchforcing.models import PRESETS, ModelConfig, ModelOutput, PatchForcingT
 from patchforcing.sampling import SAMPLERS, Guidance, GuidanceInterval, SamplingPlan, expected_nfe, sample, steps_for_nfe
 from patchforcing.timesteps import DISTRIBUTIONS, timestep_distribution
 from patchforcing.training.example import training_loss  # draws an example, then patchforcing.loss.example_loss
+from patchforcing.training import train
 
 __version__ = "0.1.0"
-
-
-def train(config):  # noqa: D401 - thin re-export, imported lazily (the trainer pulls in more)
-    """Train a network; see ``patchforcing.training.train``."""
-    from patchforcing.training import train as _train
-
-    return _train(config)
 
 
 __all__ = [
@@ -70,7 +64,7 @@ __all__ = [
 def __getattr__(name: str):
     """``pf.PatchForcingPipeline``: imported on first use (it needs diffusers, extra ``[vae]``)."""
     if name == "PatchForcingPipeline":
-        from patchforcing.hub.pipeline import PatchForcingPipeline
+        from patchforcing.hub.pipeline import PatchForcingPipeline  # diffusers: optional extra [vae]
 
         return PatchForcingPipeline
     raise AttributeError(f"module 'patchforcing' has no attribute {name!r}")

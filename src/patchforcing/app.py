@@ -64,7 +64,7 @@ def check_request(pipe: PatchForcingPipeline, choice: Any, sampler: Any, nfe: An
                   interval_lo: Any, interval_hi: Any, seed: Any) -> Request:
     """The page's values as a ``Request``; a bad value raises ``gr.Error`` with the fix."""
     cfg = pipe.network.config
-    if getattr(cfg, "is_text", False):
+    if cfg.is_text:
         if not isinstance(choice, str) or not choice.strip():
             raise gr.Error("type a prompt: this is a text-to-image network")
         condition: dict[str, Any] = {"prompt": [choice]}
@@ -154,7 +154,7 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing") -> gr.Bl
     """The page for ``pipe``, opened with the image of the default values (sampled once here);
     its sampling endpoint is ``/generate`` and its scrubbing endpoint ``/step`` (Gradio's client can call both)."""
     cfg = pipe.network.config
-    is_text = bool(getattr(cfg, "is_text", False))
+    is_text = cfg.is_text
     samplers = list(SAMPLERS) if cfg.has_difficulty_head else ["euler"]
     default_choice = "a bold seven, upright" if is_text else ("0" if cfg.num_classes > 0 else "unconditional network")
     defaults = (default_choice, pipe.config.sampler if pipe.config.sampler in samplers else samplers[0], pipe.config.nfe,

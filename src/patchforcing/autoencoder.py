@@ -1,5 +1,8 @@
 """Optional latent space: a diffusers ``AutoencoderKL`` (extra ``[vae]``), imported lazily.
 
+Loading it (:func:`load_vae`), encoding images to stored latents (:func:`encode_latents`, as
+``prepare-latents`` writes them) and decoding a network's samples (:func:`latent_decoder`).
+
 The released ImageNet checkpoints work on SD-VAE latents (4x32x32 for 256 px, scale 0.18215,
 decoder ``stabilityai/sd-vae-ft-ema``). Nothing is downloaded at run time unless the weights
 are already in the local Hugging Face cache or a local folder is given.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,17 +20,67 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from patchforcing.errors import DataError
 from patchforcing.hub.folder import is_pipeline_folder, pipeline_latents
 from patchforcing.runs import RunFolder
 
 SD_VAE_SCALE = 0.18215
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def load_vae(path_or_id: str, device: str | torch.device = "cpu"):
-    """Load an ``AutoencoderKL`` from a local folder or an already cached hub id (never the network)."""
-    from patchforcing.data.latents import load_vae as _load
+def load_vae(vae: str, device: str | torch.device = "cpu"):
+    """Load a diffusers ``AutoencoderKL`` from a local folder or the local Hugging Face cache.
 
-    return _load(path_or_id, device=str(device))
+    Never touches the network: a hub id that is not cached raises a DataError naming the
+    download command. A pipeline folder with the VAE in ``vae/`` also works.
+    """
+    try:
+        from diffusers import AutoencoderKL  # diffusers: optional extra [vae]
+    except ImportError as err:
+        raise DataError("encoding latents needs diffusers; install it with `pip install patchforcing[vae]`") from err
+    path = Path(vae).expanduser()
+    if path.is_file():
+        raise DataError(f"--vae {vae} is a file; pass the folder that holds config.json and the weights")
+    if not path.exists() and not _HUB_ID.match(vae):
+        raise DataError(
+            f"no VAE folder at {path.resolve()}; pass a folder written by AutoencoderKL.save_pretrained "
+            "or a Hugging Face id such as stabilityai/sd-vae-ft-mse"
+        )
+    source = str(path) if path.exists() else vae
+    errors = []
+    for subfolder in (None, "vae"):
+        try:
+            model = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=True)
+            return model.to(device).eval().requires_grad_(False)
+        except (OSError, ValueError) as err:
+            errors.append(f"{err}".splitlines()[0] if str(err) else type(err).__name__)
+    if path.exists():
+        raise DataError(
+            f"could not load an AutoencoderKL from {path} ({errors[0]}); pass a folder written by "
+            "AutoencoderKL.save_pretrained (config.json + weights) or a pipeline folder with a vae/ subfolder"
+        )
+    raise DataError(
+        f"VAE weights for {vae!r} not found offline (no local folder of that name, not in the Hugging Face cache); "
+        f"download them once with `huggingface-cli download {vae}` on a machine with internet, or pass a local folder"
+    )
+
+
+def encode_posterior(model, images: Tensor, scale: float, shift: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``((mean - shift) * scale, std * scale)`` of the VAE posterior of images (B, C, R, R) in
+    [-1, 1]: two (B, c, R/f, R/f) float32 tensors on the CPU."""
+    param = next(model.parameters())
+    if images.shape[1] == 1 and model.config.in_channels == 3:
+        images = images.expand(-1, 3, -1, -1)  # grayscale data through an RGB autoencoder
+    if images.shape[1] != model.config.in_channels:
+        raise DataError(f"the data has {images.shape[1]} channels but the VAE expects {model.config.in_channels}")
+    with torch.inference_mode():
+        dist = model.encode(images.to(param.device, param.dtype)).latent_dist
+    return ((dist.mean.float() - shift) * scale).cpu(), (dist.std.float() * scale).cpu()
+
+
+def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> Tensor:
+    """``(posterior mean - shift) * scale`` of images (B, C, R, R) in [-1, 1] -> (B, c, R/f, R/f) float32 on CPU."""
+    return encode_posterior(model, images, scale, shift)[0]
 
 
 def vae_scale_factor(vae, override: float | None = None) -> float:

@@ -87,7 +87,3 @@ class Condition:
     def select(self, index: Tensor | slice | list[int]) -> "Condition":
         """The conditions of the samples at ``index`` (along the batch)."""
         return Condition(self.value[index], self.null[index])
-
-    def unconditional(self) -> "Condition":
-        """Every sample replaced by its null condition."""
-        return Condition(self.null, self.null)

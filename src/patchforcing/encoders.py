@@ -7,7 +7,7 @@ gradients. ``training_loss(..., repa_target=...)`` resizes the grid to the netwo
 Named encoders (``load_encoder(name)``):
 
 * ``digits-cnn``: ships with the package, no download. The hidden convolution features of the
-  bundled digits classifier (``evaluation/classifier.py``) after its fourth convolution, an 8 x 8
+  bundled digits classifier (``digits_classifier.py``) after its fourth convolution, an 8 x 8
   grid of 64-dimensional vectors for the 16 x 16 digits: the patch grid of ``PF-XS/2``.
 * ``dinov2-s``, ``dinov2-b``, ``dinov2-l``, ``dinov2-g``: DINOv2 through ``transformers``
   (``Dinov2Model``), read from the local Hugging Face cache only (``facebook/dinov2-base`` ...).
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from patchforcing.digits_classifier import load_digits_classifier
 from patchforcing.errors import CheckpointError, ConfigError, ShapeError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -77,8 +78,6 @@ class DigitsEncoder(FrozenEncoder):
 
     def __init__(self, device: str | torch.device = "cpu", path: str | Path | None = None):
         super().__init__()
-        from patchforcing.evaluation.classifier import load_digits_classifier
-
         classifier = load_digits_classifier(device, path)
         self.body = classifier.body[:9]  # conv-conv-pool-conv-conv, with their GELUs: (B, 2w, 8, 8)
         self.feature_dim = self.body[7].out_channels

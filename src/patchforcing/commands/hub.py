@@ -49,7 +49,7 @@ def _require(module: str, extra: str):
 
 def run_export(args: argparse.Namespace) -> int:
     _require("diffusers", "vae")
-    from patchforcing.hub.export import export_pipeline
+    from patchforcing.hub.export import export_pipeline  # diffusers: optional extra [vae]
 
     out = export_pipeline(args.checkpoint, args.out, eval_dirs=args.eval, vae=args.vae, repo_id=args.repo_id,
                           sampler=args.sampler, nfe=args.nfe)
@@ -61,7 +61,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_app(args: argparse.Namespace) -> int:
     _require("diffusers", "vae")
     _require("gradio", "app")
-    from patchforcing.app import launch
+    from patchforcing.app import launch  # gradio and diffusers: optional extras [app], [vae]
 
     launch(args.checkpoint, vae=args.vae, port=args.port, device=args.device)
     return 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from patchforcing import runtime
+from patchforcing.data.latents import read_meta
 from patchforcing.data.prepare import prepare_latents
 from patchforcing.runtime import DEFAULT_TIMEOUT_S
 
@@ -46,8 +48,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the subcommand; errors are raised as DataError and printed by the dispatcher."""
-    from patchforcing import runtime
-
     procs = runtime.setup(args.device, args.dist_timeout, command="prepare-latents")
     ok = False
     try:
@@ -61,7 +61,6 @@ def run(args: argparse.Namespace) -> int:
         runtime.teardown(procs, barrier=ok)
     if not procs.is_main:
         return 0
-    from patchforcing.data.latents import read_meta
 
     meta = read_meta(out)
     counts = ", ".join(f"{n} {k}" for k, n in meta["num_images"].items())

@@ -12,6 +12,11 @@ import shlex
 import sys
 
 from patchforcing.commands.plan_flags import add_plan_flags, pop_sampling_settings
+from patchforcing.errors import ConfigError
+from patchforcing.report.bench import BenchSettings, run_bench
+from patchforcing.report.common import parse_ints
+from patchforcing.report.demo import DemoSettings, run_demo
+from patchforcing.report.study import StudySettings, run_study
 
 # Flags left unset keep the settings' defaults (or the --tiny ones), so every default lives in one place.
 UNSET = argparse.SUPPRESS
@@ -28,9 +33,6 @@ def _positive(text: str) -> int:
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    from patchforcing.errors import ConfigError
-    from patchforcing.report.common import parse_ints
-
     try:
         return parse_ints(text, "nfe")
     except ConfigError as err:
@@ -112,8 +114,6 @@ def _command_line(name: str) -> str | None:
 
 
 def run_bench_command(args: argparse.Namespace) -> int:
-    from patchforcing.report.bench import BenchSettings, run_bench
-
     sampling = pop_sampling_settings(args)
     settings = BenchSettings.create(tiny=args.tiny, sampling=sampling, **_values(args))
     run_bench(args.out, settings, command=_command_line("bench"))
@@ -121,16 +121,12 @@ def run_bench_command(args: argparse.Namespace) -> int:
 
 
 def run_study_command(args: argparse.Namespace) -> int:
-    from patchforcing.report.study import StudySettings, run_study
-
     settings = StudySettings.create(tiny=args.tiny, **_values(args))
     run_study(args.out, settings, command=_command_line("study"))
     return 0
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from patchforcing.report.demo import DemoSettings, run_demo
-
     sampling = pop_sampling_settings(args)
     run_demo(args.out, DemoSettings.create(tiny=args.tiny, sampling=sampling, **_values(args)))
     return 0

@@ -15,13 +15,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from patchforcing.autoencoder import latent_decoder
 from patchforcing.checkpoints import load_model
 from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, plan_from_args
 from patchforcing.errors import ConfigError
 from patchforcing.evaluation.evaluate import check_decoder
 from patchforcing.runs import atomic_write
+from patchforcing.runs import ensure_writable_file
 from patchforcing.runtime import check_seed
+from patchforcing.runtime import resolve_device
+from patchforcing.sampling import noise_for_seeds, sample
 from patchforcing.streams import mask_generators
+from patchforcing.text.prompts import prompt_condition, read_prompts
+from patchforcing.viz import difficulty_panels, grid, to_uint8
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,11 +66,6 @@ def parse_labels(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchforcing.autoencoder import latent_decoder
-    from patchforcing.runtime import resolve_device
-    from patchforcing.sampling import noise_for_seeds, sample
-    from patchforcing.viz import difficulty_panels, grid, to_uint8
-
     out, image_format = _check_flags(args)  # before any work: a bad flag or output never costs a sampling run
     plan = plan_from_args(args)
     device = resolve_device(args.device)
@@ -77,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if decoder is None and args.vae_scale is not None:
         raise ConfigError("--vae-scale scales latents for a VAE, but this network's samples are decoded by none: "
                           "drop --vae-scale, or pass --vae")
-    if args.text_encoder is not None and not getattr(cfg, "is_text", False):
+    if args.text_encoder is not None and not cfg.is_text:
         raise ConfigError("--text-encoder is for text-to-image networks; this one is class-conditional: drop it")
-    from patchforcing.text.prompts import prompt_condition, read_prompts
 
     condition, n_text = prompt_condition(model, read_prompts(args.prompt, args.prompts_file), args.num_samples, device, args.text_encoder)
     labels = parse_labels(args.labels)
@@ -119,8 +119,6 @@ def run(args: argparse.Namespace) -> int:
 def _check_flags(args: argparse.Namespace) -> tuple[Path, str]:
     """Check the flags and the output path before the network is loaded; returns (out, image format)."""
     from PIL import Image
-
-    from patchforcing.runs import ensure_writable_file
 
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}; leave it out for one "

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from patchforcing.data import load_dataset
 from patchforcing.errors import DataError
+from patchforcing.training import train
 from patchforcing.training.config import FIELD_TYPES, FIELDS, PRESETS, coerce, config_json, data_info, network_config, resolve_config
 
 
@@ -58,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(describe(config), end="")
         return 0
-    from patchforcing.training import train
 
     train(config)
     return 0
@@ -66,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
 def describe(config) -> str:
     """config.json's text for ``config``; the network is resolved against the data set when it loads."""
-    from patchforcing.data import load_dataset
-
     try:
         data = load_dataset(config.data, split="train", resolution=config.resolution)
     except DataError as err:

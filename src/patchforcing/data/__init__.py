@@ -8,16 +8,12 @@
     latents = load_dataset("latents/photos-256")      # written by prepare_latents
 """
 
-from patchforcing.data.datasets import (
-    BUILTIN_NAMES,
-    DIGITS_NUM_TEST,
-    PHOTO_NAMES,
-    ImageDataset,
-    digits_split_indices,
-    load_dataset,
-    split_image_files,
-)
-from patchforcing.data.latents import encode_latents, is_latent_folder, load_vae, read_meta
+from patchforcing.autoencoder import encode_latents, load_vae
+from patchforcing.data.base import BUILTIN_NAMES, ImageDataset
+from patchforcing.data.builtin import DIGITS_NUM_TEST, PHOTO_NAMES, digits_split_indices
+from patchforcing.data.datasets import load_dataset
+from patchforcing.data.folders import split_image_files
+from patchforcing.data.latents import is_latent_folder, read_meta
 from patchforcing.data.prepare import prepare_latents
 
 __all__ = [

@@ -27,15 +27,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from patchforcing.data.datasets import (
-    FOLDER_RESOLUTION,
-    ImageDataset,
-    load_digits_dataset,
-    read_image,
-    report_skipped,
-    scan_image_folder,
-    split_image_files,
-)
+from patchforcing.data.base import ImageDataset
+from patchforcing.data.builtin import load_digits_dataset
+from patchforcing.data.folders import FOLDER_RESOLUTION, read_image, report_skipped, scan_image_folder, split_image_files
 from patchforcing.errors import DataError
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -36,20 +36,19 @@ import errno
 import fcntl
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from patchforcing.data.datasets import ImageDataset, check_split
+from patchforcing.data.base import ImageDataset, check_split
+from patchforcing.data.captions import CaptionedDataset
 from patchforcing.data.mapped import MappedLatents
 from patchforcing.errors import DataError
 from patchforcing.runs import LOCK_FILE
 
 LATENT_FORMAT, LATENT_VERSION = "patchforcing-latents", 1
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def is_latent_folder(path: str | Path) -> bool:
@@ -193,8 +192,6 @@ def load_latent_dataset(root: str | Path, *, split: str = "train", resolution: i
     paths = [root / name for name in shards]
     images = MappedLatents(paths) if lazy else torch.cat(latents)
     if meta.get("captions"):  # text-to-image data: the captions of every shard, in row order
-        from patchforcing.data.captions import CaptionedDataset
-
         captions = [c for name in shards for c in _read_captions(root / name)]
         ds = CaptionedDataset(
             images, torch.cat(labels), meta["num_classes"], str(root), list(meta["class_names"]),
@@ -228,58 +225,3 @@ def _read_captions(shard: Path) -> list[str]:
         return list(json.loads(captions_file(shard).read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read the captions of latent shard {shard} ({err}); re-run prepare-latents") from err
-
-
-def load_vae(vae: str, device: str = "cpu"):
-    """Load a diffusers ``AutoencoderKL`` from a local folder or the local Hugging Face cache.
-
-    Never touches the network: a hub id that is not cached raises a DataError naming the
-    download command. A pipeline folder with the VAE in ``vae/`` also works.
-    """
-    try:
-        from diffusers import AutoencoderKL
-    except ImportError as err:
-        raise DataError("encoding latents needs diffusers; install it with `pip install patchforcing[vae]`") from err
-    path = Path(vae).expanduser()
-    if path.is_file():
-        raise DataError(f"--vae {vae} is a file; pass the folder that holds config.json and the weights")
-    if not path.exists() and not _HUB_ID.match(vae):
-        raise DataError(
-            f"no VAE folder at {path.resolve()}; pass a folder written by AutoencoderKL.save_pretrained "
-            "or a Hugging Face id such as stabilityai/sd-vae-ft-mse"
-        )
-    source = str(path) if path.exists() else vae
-    errors = []
-    for subfolder in (None, "vae"):
-        try:
-            model = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=True)
-            return model.to(device).eval().requires_grad_(False)
-        except (OSError, ValueError) as err:
-            errors.append(f"{err}".splitlines()[0] if str(err) else type(err).__name__)
-    if path.exists():
-        raise DataError(
-            f"could not load an AutoencoderKL from {path} ({errors[0]}); pass a folder written by "
-            "AutoencoderKL.save_pretrained (config.json + weights) or a pipeline folder with a vae/ subfolder"
-        )
-    raise DataError(
-        f"VAE weights for {vae!r} not found offline (no local folder of that name, not in the Hugging Face cache); "
-        f"download them once with `huggingface-cli download {vae}` on a machine with internet, or pass a local folder"
-    )
-
-
-def encode_posterior(model, images: Tensor, scale: float, shift: float = 0.0) -> tuple[Tensor, Tensor]:
-    """``((mean - shift) * scale, std * scale)`` of the VAE posterior of images (B, C, R, R) in
-    [-1, 1]: two (B, c, R/f, R/f) float32 tensors on the CPU."""
-    param = next(model.parameters())
-    if images.shape[1] == 1 and model.config.in_channels == 3:
-        images = images.expand(-1, 3, -1, -1)  # grayscale data through an RGB autoencoder
-    if images.shape[1] != model.config.in_channels:
-        raise DataError(f"the data has {images.shape[1]} channels but the VAE expects {model.config.in_channels}")
-    with torch.inference_mode():
-        dist = model.encode(images.to(param.device, param.dtype)).latent_dist
-    return ((dist.mean.float() - shift) * scale).cpu(), (dist.std.float() * scale).cpu()
-
-
-def encode_latents(model, images: Tensor, scale: float, shift: float = 0.0) -> Tensor:
-    """``(posterior mean - shift) * scale`` of images (B, C, R, R) in [-1, 1] -> (B, c, R/f, R/f) float32 on CPU."""
-    return encode_posterior(model, images, scale, shift)[0]

@@ -16,7 +16,8 @@ REPA and LightningDiT store them; training samples ``mean + std * eps`` (``train
 the two per sample and step. Captioned data keep their captions beside every shard
 (``shard-XXXXX.captions.json``).
 
-Safety and resumption (every file is written atomically, ``patchforcing.runs``):
+Safety and resumption (every file is written atomically, ``patchforcing.runs``; the generations in
+``data/generations.py``):
 
 * The folder is locked (``runtime.own_folder``) for the whole command; a training reading it
   holds a shared lock (``load_latent_dataset``), so a folder in use is never rewritten.
@@ -31,40 +32,28 @@ Safety and resumption (every file is written atomically, ``patchforcing.runs``):
 from __future__ import annotations
 
 import json
-import re
-import shutil
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from patchforcing.data.datasets import (
-    BUILTIN_NAMES,
-    SPLITS,
-    folder_split_files,
-    load_dataset,
-    read_image,
-    report_skipped,
+from patchforcing.autoencoder import encode_posterior, load_vae
+from patchforcing.data.base import BUILTIN_NAMES, SPLITS
+from patchforcing.data.captions import is_captioned_folder
+from patchforcing.data.datasets import load_dataset
+from patchforcing.data.folders import folder_split_files, read_image, report_skipped
+from patchforcing.data.generations import (
+    check_out,
+    finished_shards,
+    finished_split,
+    remove_old_generations,
+    stage_folder,
 )
-from patchforcing.data.latents import (
-    LATENT_FORMAT,
-    LATENT_VERSION,
-    captions_file,
-    encode_posterior,
-    is_latent_folder,
-    load_vae,
-    read_meta,
-)
+from patchforcing.data.latents import LATENT_FORMAT, LATENT_VERSION, captions_file, is_latent_folder
+from patchforcing.encoders import load_encoder
 from patchforcing.errors import DataError, RunFolderError
-from patchforcing.runs import (
-    LOCK_FILE,
-    atomic_save_safetensors,
-    atomic_write_text,
-    is_temporary,
-)
+from patchforcing.runs import atomic_save_safetensors, atomic_write_text
 from patchforcing.runtime import Processes, gather_to_main, own_folder, run_on_main
-
-_GENERATION = re.compile(r"^gen-(\d+)$")
 
 
 def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int, part: tuple[int, int] = (0, 1)):
@@ -77,8 +66,6 @@ def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int,
     Returns ``(info, iterator)`` with info keys num_items, num_classes, class_names, channels.
     """
     path = Path(data).expanduser()
-    from patchforcing.data.captions import is_captioned_folder
-
     captioned_folder = path.is_dir() and not is_latent_folder(path) and is_captioned_folder(path)  # read in memory below
     if data not in BUILTIN_NAMES and path.is_dir() and not is_latent_folder(path) and not captioned_folder:
         files, class_names = folder_split_files(path, split)  # a test split may be empty
@@ -116,126 +103,6 @@ def _block(count: int, part: tuple[int, int]) -> slice:
     return slice(rank * count // world_size, (rank + 1) * count // world_size)
 
 
-# --- generations: where a preparation writes, and what a rerun keeps ------------------------------
-def _generations(out: Path) -> dict[int, Path]:
-    found = {}
-    for entry in out.iterdir() if out.is_dir() else ():
-        match = _GENERATION.match(entry.name)
-        if match and entry.is_dir() and not entry.is_symlink():
-            found[int(match.group(1))] = entry
-    return found
-
-
-def _live_generation(out: Path) -> str | None:
-    """The top folder the current ``meta.json`` lists its shards in (``gen-K``, or ``train``/``test``
-    for folders written by older versions), None without a ``meta.json``."""
-    if not is_latent_folder(out):
-        return None
-    shards = [s for names in read_meta(out)["shards"].values() for s in names]
-    return shards[0].split("/")[0] if shards else None
-
-
-def _is_our_partial_folder(out: Path) -> bool:
-    """A folder a killed preparation left before its first ``meta.json``: only the lock, generation
-    folders with their settings, and temporaries."""
-    for entry in out.iterdir():
-        ok = entry.name == LOCK_FILE or is_temporary(entry) or (
-            _GENERATION.match(entry.name) is not None and (entry / "settings.json").is_file())
-        if not ok:
-            return False
-    return True
-
-
-def _check_out(out: Path) -> None:
-    """Refuse a file, or a non-empty folder that is neither a latent folder nor a partial one of ours."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; pass a folder path")
-    if out.is_dir() and any(out.iterdir()):
-        if is_latent_folder(out):
-            read_meta(out)  # refuse to overwrite a foreign meta.json
-        elif not _is_our_partial_folder(out):
-            raise DataError(f"--out {out} exists, is not empty and is not a latent folder; choose a new --out folder")
-
-
-def _stage(out: Path, settings: dict) -> Path:
-    """The generation folder to write: an unlisted one prepared with the same ``settings`` (resumed),
-    else a new one."""
-    live = _live_generation(out)
-    gens = _generations(out)
-    for k in sorted(gens, reverse=True):
-        folder = gens[k]
-        if folder.name == live:
-            continue
-        try:
-            same = json.loads((folder / "settings.json").read_text()) == settings
-        except (OSError, ValueError):
-            same = False
-        if same:
-            return folder
-    folder = out / f"gen-{max(gens, default=0) + 1}"
-    folder.mkdir()
-    atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2) + "\n")
-    return folder
-
-
-def _finished_split(stage: Path, split: str, prefix: str) -> dict | None:
-    """The entry of a split this rank finished in an earlier, interrupted run (its shards checked)."""
-    path = stage / f"{split}{'-' + prefix.rstrip('-') if prefix else ''}.json"
-    try:
-        entry = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if all(_rows(stage.parent / name) is not None for name in entry.get("shards", [])):
-        return entry
-    return None
-
-
-def _finished_shards(stage: Path, split: str, prefix: str, shard_size: int) -> list[str]:
-    """The leading full shards of this rank's split that an interrupted run wrote and that open."""
-    kept = []
-    while True:
-        name = f"{stage.name}/{split}/shard-{prefix}{len(kept):05d}.safetensors"
-        if _rows(stage.parent / name) != shard_size:
-            return kept
-        kept.append(name)
-
-
-def _rows(path: Path) -> int | None:
-    """Rows of a shard whose tensors all open with one row count (header only), else None."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            counts = {f.get_slice(k).get_shape()[0] for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
-    except Exception:  # noqa: BLE001 - a missing or damaged file is simply not finished
-        return None
-    if len(counts) != 1:
-        return None
-    if path.with_name(path.name.replace(".safetensors", ".captions.json")).exists():
-        try:
-            if len(json.loads(captions_file(path).read_text(encoding="utf-8"))) not in counts:
-                return None
-        except (OSError, ValueError):
-            return None
-    return counts.pop()
-
-
-def _remove_old_generations(out: Path, keep: str) -> None:
-    """After the new ``meta.json`` landed: delete the other generations and an older version's
-    ``train/`` and ``test/`` shards (only the files this package writes there)."""
-    for folder in _generations(out).values():
-        if folder.name != keep:
-            shutil.rmtree(folder, ignore_errors=True)
-    for split in SPLITS:
-        folder = out / split
-        if folder.is_dir() and not folder.is_symlink():
-            for f in folder.glob("shard-*"):
-                if f.name.endswith((".safetensors", ".captions.json")):
-                    f.unlink(missing_ok=True)
-            if not any(folder.iterdir()):
-                folder.rmdir()
-
-
 # --- encoding -------------------------------------------------------------------------------------
 def _encode_rows(model, images: Tensor, labels: Tensor, scale: float, shift: float, encoder, hflip: bool) -> dict[str, Tensor]:
     """Every tensor a shard stores for these images, row by row."""
@@ -262,10 +129,10 @@ def _encode_split(model, batches, info: dict, stage: Path, split: str, scale: fl
 
     out = stage.parent
     (stage / split).mkdir(exist_ok=True)
-    finished = _finished_split(stage, split, prefix)
+    finished = finished_split(stage, split, prefix)
     if finished is not None:
         return finished
-    shards = _finished_shards(stage, split, prefix, shard_size)
+    shards = finished_shards(stage, split, prefix, shard_size)
     done_rows, pos, count = len(shards) * shard_size, 0, 0
     buf: dict[str, list[Tensor]] = {}
     buf_c: list[str] = []
@@ -364,12 +231,10 @@ def prepare_latents(
     shift = float(getattr(cfg, "shift_factor", None) or 0.0)
     encoder = None
     if repa_encoder is not None:
-        from patchforcing.encoders import load_encoder
-
         encoder = load_encoder(repa_encoder, device, resolution)
     out_dir = Path(out).expanduser()
     procs = procs or Processes(device=torch.device(device))
-    run_on_main(lambda: _check_out(out_dir), procs)
+    run_on_main(lambda: check_out(out_dir), procs)
     try:
         lock = own_folder(out_dir, procs)
     except RunFolderError:
@@ -380,7 +245,7 @@ def prepare_latents(
         settings = {"data": data, "vae": vae_name, "resolution": resolution, "batch_size": batch_size, "scale_factor": scale,
                     "shard_size": shard_size, "split": split, "seed": seed, "repa_encoder": repa_encoder, "hflip": hflip,
                     "world_size": procs.world_size}
-        stage = run_on_main(lambda: _stage(out_dir, settings), procs)  # then every rank may write its shards
+        stage = run_on_main(lambda: stage_folder(out_dir, settings), procs)  # then every rank may write its shards
         meta_splits, info = {}, None
         prefix = f"r{procs.rank:03d}-" if procs.distributed else ""
         for name in SPLITS if split == "all" else (split,):
@@ -405,5 +270,5 @@ def _write_meta(out_dir: Path, stage: Path, parts: list[dict], split: str, data:
     meta["num_images"] = {k: v["num_images"] for k, v in meta_splits.items()}
     meta["shards"] = {k: v["shards"] for k, v in meta_splits.items()}
     atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2) + "\n")
-    _remove_old_generations(out_dir, keep=stage.name)
+    remove_old_generations(out_dir, keep=stage.name)
     return out_dir

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from patchforcing.data.folders import read_image
 from patchforcing.data.rows import LazyRows
 from patchforcing.errors import DataError
 
@@ -57,8 +58,6 @@ class StreamedImages(LazyRows):
 
     def _read_rows(self, rows: np.ndarray) -> Tensor:
         """Images ``rows`` (R,) decoded as float32 ``(R, 3, R, R)`` in [-1, 1]."""
-        from patchforcing.data.datasets import read_image
-
         out = torch.empty((len(rows), 3, self.resolution, self.resolution), dtype=torch.float32)
         for k, row in enumerate(rows.tolist()):
             img = read_image(self.paths[row], self.resolution)  # (3, R, R) uint8

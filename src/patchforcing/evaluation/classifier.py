@@ -1,131 +1,37 @@
-"""A small CNN classifier for the ``digits`` data, used as the feature extractor for FID and
-precision/recall on digits and to score class-conditional samples.
+"""The digits classifier as an evaluator: the feature extractor for FID and precision/recall on
+digits, and the accuracy of class-conditional samples.
 
-The weights ship inside the package (``patchforcing/assets/digits_classifier.safetensors``,
-about 0.5 MB) and are produced by ``scripts/train_digits_classifier.py``, which trains on
-``load_dataset("digits", split="train")`` only and records the accuracy on the held-out
-``split="test"`` in the file's metadata.
+The network and its shipped weights live in ``patchforcing.digits_classifier`` (re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
 from torch import nn
 
-from patchforcing.errors import CheckpointError, ShapeError
+from patchforcing.digits_classifier import (
+    DIGITS_CLASSES,
+    DIGITS_RESOLUTION,
+    TRAIN_SCRIPT,
+    DigitsClassifier,
+    default_weights_path,
+    load_digits_classifier,
+)
+from patchforcing.errors import ShapeError
 
-DIGITS_RESOLUTION = 16
-DIGITS_CLASSES = 10
-TRAIN_SCRIPT = "scripts/train_digits_classifier.py"
-
-
-def default_weights_path() -> Path:
-    """Where the shipped classifier weights live inside the installed package."""
-    return Path(str(resources.files("patchforcing") / "assets" / "digits_classifier.safetensors"))
-
-
-class DigitsClassifier(nn.Module):
-    """Four 3x3 convolutions, two 2x2 max-pools and one hidden layer whose output is the feature.
-
-    Args:
-        width: channels of the first two convolutions; the last two use ``2 * width``.
-        feature_dim: size F of the penultimate layer returned by :meth:`features`.
-        dropout: dropout before the output layer (active in training only).
-    """
-
-    def __init__(self, width: int = 32, feature_dim: int = 64, dropout: float = 0.3) -> None:
-        super().__init__()
-        self.config = {"width": width, "feature_dim": feature_dim, "dropout": dropout}
-        w = width
-        self.body = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
-            nn.MaxPool2d(2),  # (B, w, 8, 8)
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.GELU(),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
-            nn.MaxPool2d(2),  # (B, 2w, 4, 4)
-            nn.Flatten(),
-            # GELU, not ReLU, so no feature is identically zero and the FID covariance stays full rank.
-            nn.Linear(2 * w * (DIGITS_RESOLUTION // 4) ** 2, feature_dim), nn.GELU(),
-        )
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, DIGITS_CLASSES))
-
-    def _check(self, x: torch.Tensor) -> None:
-        expected = (1, DIGITS_RESOLUTION, DIGITS_RESOLUTION)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise ShapeError(
-                f"DigitsClassifier expects images of shape (B, 1, 16, 16) in [-1, 1], got "
-                f"{tuple(x.shape)}; use the digits data at its native resolution."
-            )
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer features.
-
-        Args:
-            x: (B, 1, 16, 16) images in [-1, 1].
-
-        Returns:
-            (B, F) features, F = ``feature_dim``.
-        """
-        self._check(x)
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits.
-
-        Args:
-            x: (B, 1, 16, 16) images in [-1, 1].
-
-        Returns:
-            (B, 10) logits.
-        """
-        return self.head(self.features(x))
-
-
-def load_digits_classifier(
-    device: str | torch.device = "cpu", path: str | Path | None = None
-) -> DigitsClassifier:
-    """Load the shipped digits classifier in eval mode.
-
-    Args:
-        device: where to put the network.
-        path: a weights file; defaults to the one inside the package.
-
-    Returns:
-        The classifier, eval mode, gradients off. ``model.metadata`` holds the file's metadata
-        (held-out accuracy, architecture, the command that trained it).
-
-    Raises:
-        CheckpointError: when the file is missing or does not fit the architecture.
-    """
-    path = Path(path) if path is not None else default_weights_path()
-    if not path.is_file():
-        raise CheckpointError(
-            f"digits classifier weights not found at {path}; regenerate them with "
-            f"`python {TRAIN_SCRIPT}` (a few minutes on CPU)."
-        )
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-        state = load_file(str(path))
-        config = json.loads(metadata.get("architecture", "{}"))
-        model = DigitsClassifier(**config)
-        model.load_state_dict(state)
-    except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as err:
-        raise CheckpointError(
-            f"{path} is not a digits classifier checkpoint ({err}); regenerate it with "
-            f"`python {TRAIN_SCRIPT}`."
-        ) from None
-    model.metadata = metadata
-    return model.to(device).eval().requires_grad_(False)
+__all__ = [
+    "DIGITS_CLASSES",
+    "DIGITS_RESOLUTION",
+    "TRAIN_SCRIPT",
+    "DigitsClassifier",
+    "classification_accuracy",
+    "default_weights_path",
+    "extract_features",
+    "load_digits_classifier",
+]
 
 
 def extract_features(

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError
+from patchforcing.text import text_condition
 
 
 class ConditionSource:
@@ -87,8 +88,6 @@ class Prompts(ConditionSource):
         self.attributes = dict(attributes or {})
 
     def condition(self, indices: Tensor, device: torch.device | str) -> dict[str, Condition]:
-        from patchforcing.text import text_condition
-
         return {"condition": text_condition(self.encoder, [self.prompts[int(i)] for i in indices], device)}
 
     def describe(self) -> dict[str, Any]:

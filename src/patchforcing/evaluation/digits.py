@@ -8,6 +8,7 @@ from functools import lru_cache
 import numpy as np
 from torch import Tensor
 
+from patchforcing.data import load_dataset
 from patchforcing.evaluation.classifier import classification_accuracy, extract_features, load_digits_classifier
 from patchforcing.evaluation.frechet import feature_statistics, frechet_distance
 from patchforcing.evaluation.prdc import precision_recall
@@ -16,8 +17,6 @@ from patchforcing.evaluation.prdc import precision_recall
 @lru_cache(maxsize=2)
 def reference_features(split: str = "train") -> np.ndarray:
     """Classifier features of the real digits of ``split`` (the reference set of the metrics)."""
-    from patchforcing.data import load_dataset
-
     data = load_dataset("digits", split=split)
     return extract_features(load_digits_classifier().features, data.images)
 

@@ -31,8 +31,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from patchforcing.errors import ConfigError, ShapeError
+from patchforcing.errors import ConfigError, PatchForcingError, ShapeError
 from patchforcing.evaluation.conditions import ClassLabels, ConditionSource, Prompts
+from patchforcing.evaluation.digits import digits_metrics
+from patchforcing.evaluation.frechet import feature_statistics, frechet_distance, load_statistics
 from patchforcing.evaluation.generate import generate_images
 from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the held-out diagnostics
     DIGITS,
@@ -40,6 +42,7 @@ from patchforcing.evaluation.held_out import (  # noqa: F401 - re-exported: the 
     held_out_data,
     validation_report,
 )
+from patchforcing.evaluation.inception import inception_features, load_inception
 from patchforcing.evaluation.parts import generate_parts, load_parts, parts_identity, require_finite
 from patchforcing.evaluation.t2i import ATTRIBUTE_METRICS, attribute_scores, digit_prompt_source
 from patchforcing.images import pixels_to_float, to_uint8_nhwc
@@ -90,7 +93,7 @@ def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Call
     """
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    if getattr(cfg, "is_text", False) and data not in DIGITS_DATA:
+    if cfg.is_text and data not in DIGITS_DATA:
         raise ConfigError(f"text-to-image networks are evaluated on the digits-captions prompts here, not on {data!r}: "
                           "drop --data (or pass --data digits-captions)")
     if data in DIGITS_DATA:
@@ -117,9 +120,6 @@ def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Call
         return DIGITS, None
     if stats is None:
         return None, "no reference statistics: pass --stats REF.npz (an ADM reference batch, or mu and sigma)"
-    from patchforcing.errors import PatchForcingError
-    from patchforcing.evaluation.frechet import load_statistics
-    from patchforcing.evaluation.inception import load_inception
 
     load_statistics(stats)  # a missing or malformed file fails now
     try:
@@ -203,7 +203,7 @@ def evaluate_model(
     plan = as_plan(plan, guide=None if guide_model is None else GUIDE_IN_MEMORY, **loose)
     steps, used = plan_evaluation(model, plan, num_samples=num_samples, data=data, stats=stats,
                                   inception_weights=inception_weights, decoder=decoder, guide_model=guide_model)
-    if getattr(model.config, "is_text", False):
+    if model.config.is_text:
         data = "digits-captions"
     if conditions is None:
         conditions = default_conditions(model, num_samples, seed, encoder)
@@ -254,7 +254,7 @@ def evaluate_model(
 
 def default_conditions(model: nn.Module, num_samples: int, seed: int = 0, encoder=None) -> ConditionSource:
     """Balanced class labels, or for a text network the balanced digits-captions prompts."""
-    if getattr(model.config, "is_text", False):
+    if model.config.is_text:
         return digit_prompt_source(model, num_samples, seed, encoder)
     return ClassLabels.balanced(num_samples, model.config.num_classes, seed)
 
@@ -283,15 +283,11 @@ def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_wei
         missing = ("fid", "precision", "recall", "accuracy") + (ATTRIBUTE_METRICS if attributes else ())
         return {**{k: None for k in missing}, "feature_network": None, "not_computed": {k: reason for k in missing}}
     if kind == DIGITS:
-        from patchforcing.evaluation.digits import digits_metrics
-
         images = pixels_to_float(pixels)
         out = digits_metrics(images, labels if conditional else None, k=PR_NEIGHBOURS)
         extra = attribute_scores(images, labels, conditions.attributes) if attributes else {}
         return {"fid": out["fid"], "precision": out["precision"], "recall": out["recall"],
                 "accuracy": out.get("accuracy"), "feature_network": "digits-classifier", **extra}
-    from patchforcing.evaluation.frechet import feature_statistics, frechet_distance, load_statistics
-    from patchforcing.evaluation.inception import inception_features
 
     device = next(model.parameters()).device
     mu_r, sigma_r = load_statistics(stats)

@@ -22,6 +22,7 @@ import torch
 from scipy import linalg
 
 from patchforcing.errors import DataError, ShapeError
+from patchforcing.runs import atomic_write
 
 # Largest imaginary part of the diagonal of sqrtm(sigma1 @ sigma2) that is treated as round-off.
 _IMAG_ATOL = 1e-3
@@ -136,8 +137,6 @@ def save_statistics(
     Raises:
         ShapeError: when ``mu`` and ``sigma`` do not fit each other.
     """
-    from patchforcing.runs import atomic_write
-
     mu, sigma = _as_float64(mu), _as_float64(sigma)
     _check_statistics(mu, sigma, f"for {path}")
 

@@ -23,7 +23,7 @@ def held_out_data(model: nn.Module, data: str = DIGITS, split: str = "test"):
     """The ``split`` of ``data`` as an ImageDataset, checked against the network's sample shape
     (a text network's ``digits`` are the captioned ``digits-captions``)."""
     cfg = model.config
-    if getattr(cfg, "is_text", False) and data == DIGITS:
+    if cfg.is_text and data == DIGITS:
         data = "digits-captions"
     dataset = load_dataset(data, split=split)
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
@@ -40,7 +40,7 @@ def _labels_for(model: nn.Module, dataset, encoder=None) -> Tensor | None:
     class-conditional on the same classes; for a text network the encoded captions (M, L, D);
     else None."""
     cfg = model.config
-    if getattr(cfg, "is_text", False):
+    if cfg.is_text:
         captions = getattr(dataset, "captions", None)
         if not captions:
             raise DataError(f"data {dataset.name!r} has no captions; a text-to-image network is measured on captioned "

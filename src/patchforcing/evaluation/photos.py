@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from patchforcing.data import load_dataset
 from patchforcing.errors import ShapeError
 from patchforcing.evaluation.frechet import feature_statistics, frechet_distance
 from patchforcing.evaluation.prdc import precision_recall
@@ -49,8 +50,6 @@ def photo_features(images: Tensor) -> np.ndarray:
 @lru_cache(maxsize=2)
 def reference_photo_features(split: str = "train", resolution: int = 32) -> np.ndarray:
     """Features of the bundled photo crops of ``split`` (the reference set of the metrics)."""
-    from patchforcing.data import load_dataset
-
     return photo_features(load_dataset("photos", split=split, resolution=resolution).images)
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from patchforcing.data.captions import PHRASINGS, digit_caption, measure_digit_attributes
 from patchforcing.errors import ConfigError
 from patchforcing.evaluation.conditions import Prompts
+from patchforcing.text import check_encoder_fits, load_text_encoder
 
 ATTRIBUTE_METRICS = ("thickness_adherence", "slant_adherence", "attribute_adherence")
 
@@ -39,8 +40,6 @@ def digit_prompts(num_samples: int, seed: int = 0) -> tuple[list[str], Tensor, T
 
 def digit_prompt_source(model: nn.Module, num_samples: int, seed: int = 0, encoder=None) -> Prompts:
     """The balanced digits-captions prompts for a text network, with their digit and attribute targets."""
-    from patchforcing.text import check_encoder_fits, load_text_encoder
-
     cfg = model.config
     if (cfg.in_channels, cfg.input_size) != (1, 16):
         raise ConfigError(f"digits-captions metrics need a 1-channel 16x16 network, this one makes "

@@ -47,7 +47,7 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
     settings = {"nfe": nfe} if sampler is None else {"nfe": nfe, "sampler": sampler}
     pipe = PatchForcingPipeline.from_checkpoint(source, vae=vae, **settings)
     pipe.plan()  # the default sampler and budget must fit the network
-    if getattr(pipe.network.config, "is_text", False) and pipe.config.text_encoder is None:
+    if pipe.network.config.is_text and pipe.config.text_encoder is None:
         pipe.register_to_config(text_encoder=pipe.network.config.text_encoder)  # the encoder's id in model_index.json
     ensure_writable_folder(out)
     pipe.save_pretrained(out)

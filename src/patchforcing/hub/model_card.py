@@ -100,7 +100,7 @@ def _table(rows: list[tuple[str, Any]]) -> str:
 
 def sampling_snippet(repo: str, network_config: Any, sampler: str, nfe: int) -> str:
     """Python that loads the folder (or its Hub id) and samples four images."""
-    if getattr(network_config, "is_text", False):
+    if network_config.is_text:
         condition = 'prompt=["a bold seven, upright", "the digit 2, thin"]'
     elif network_config.num_classes > 0:
         labels = [i % network_config.num_classes for i in range(4)]
@@ -127,7 +127,7 @@ def model_card(*, name: str, repo: str, source: str, network: Any, parameters: i
         vae: the VAE the run recorded (latent networks). text_encoder: a text network's encoder.
     """
     cfg = network.to_dict()
-    is_text = bool(getattr(network, "is_text", False))
+    is_text = network.is_text
     kind = "text-to-image" if is_text else ("class-conditional" if network.num_classes > 0 else "unconditional")
     tags = ["patch-forcing", "diffusion", "image-generation", "diffusers", kind]
     header = ["---", "library_name: patchforcing",

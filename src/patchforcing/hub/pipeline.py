@@ -163,7 +163,7 @@ class PatchForcingPipeline(DiffusionPipeline):
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ConfigError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
         device = self._execution_device
-        if getattr(cfg, "is_text", False):
+        if cfg.is_text:
             if class_labels is not None or prompt is None:
                 raise ConfigError("this is a text-to-image network: pass prompt='...' (or a list of prompts), not class_labels")
             prompts = _as_list(prompt, "prompt")

@@ -10,7 +10,7 @@ import dataclasses
 import enum
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from patchforcing.errors import ConfigError
 
@@ -34,6 +34,7 @@ class NetworkConfig:
     """
 
     _NAME = "model"
+    is_text: ClassVar[bool] = False  # True for networks conditioned on text-encoder states (``T2IConfig``)
 
     @property
     def grid_size(self) -> int:
@@ -65,6 +66,7 @@ class NetworkConfig:
 class ModelConfig(NetworkConfig):
     """Everything that decides a network's shape. Written as JSON beside every checkpoint."""
 
+    is_text: ClassVar[bool] = False  # conditioned on class labels
     kind: Kind = Kind.PATCH_FORCING
     input_size: int = 32  # H == W of the input (pixels or latent cells)
     in_channels: int = 4

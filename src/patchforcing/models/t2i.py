@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -89,7 +89,7 @@ class T2IConfig(NetworkConfig):
     def out_channels(self) -> int:
         return self.in_channels + 1  # the reference always has the logvar channel
 
-    is_text = True  # conditioned on text-encoder states, not class labels
+    is_text: ClassVar[bool] = True  # conditioned on text-encoder states, not class labels
     num_classes = 0
     has_null_class = False
     null_label = None

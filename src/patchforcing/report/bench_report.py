@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from patchforcing.report.bench import NETWORKS
+from patchforcing.report.bench_settings import NETWORKS
 from patchforcing.report.common import fmt, machine_line
 from patchforcing.report.plots import PALETTE, panel_plot
 from patchforcing.runs import atomic_write

@@ -25,6 +25,7 @@ from patchforcing.runs import RunFolder, atomic_write, newest_step
 from patchforcing.sampling import Guidance, SamplingPlan, get_sampler, parse_schedule
 from patchforcing.sampling.schedules import UNIFORM
 from patchforcing.streams import EVAL_SEED_STRIDE
+from patchforcing.training import train
 
 METRICS = ("fid", "precision", "recall", "accuracy")
 Log = Callable[[str], None]
@@ -34,18 +35,6 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def prepare_out(out: str | Path) -> Path:
-    """Create the report folder; a path that is a file, or cannot be created, is a clear error."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file; give a folder (it is created when missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create the folder {str(out)!r} ({err.strerror}); choose another --out") from None
-    return out
-
-
 # --- training ---------------------------------------------------------------------------------------
 def train_or_reuse(config, log: Log = say) -> dict[str, Any]:
     """Train ``config`` unless its run folder already holds a finished run of ``config.steps`` steps.
@@ -53,8 +42,6 @@ def train_or_reuse(config, log: Log = say) -> dict[str, Any]:
     Rerunning the trainer on a finished run is itself a quick no-op (it checks the checkpoint fits
     the config); a run with fewer steps resumes. Returns the trainer's summary plus ``reused``.
     """
-    from patchforcing.training import train
-
     run_dir = Path(config.out)
     before = newest_step(run_dir)
     if before is not None and before > config.steps:

@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from patchforcing.checkpoints import load_model
+from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError
+from patchforcing.evaluation.calibration import difficulty_calibration
+from patchforcing.report import animation, html
 from patchforcing.report.common import (
     RowCache,
     SamplingSettings,
@@ -34,8 +38,12 @@ from patchforcing.report.common import (
     train_or_reuse,
     training_facts,
 )
+from patchforcing.report.plots import training_curve
 from patchforcing.runs import newest_step
+from patchforcing.runtime import own_folder
 from patchforcing.sampling import SAMPLERS
+from patchforcing.training import resolve_config
+from patchforcing.viz import save_image_grid
 
 ANIMATED = ("look-ahead", "dual-loop", "euler-pf")  # adaptive samplers, and plain Euler to compare with
 
@@ -85,8 +93,6 @@ class DemoSettings:
         return cls(**{**base, **{k: v for k, v in values.items() if v is not None}})
 
     def train_config(self, out: Path):
-        from patchforcing.training import resolve_config
-
         steps = {"steps": self.steps} if self.steps is not None else {}
         return resolve_config("digits", out=str(out / "run"), **steps, **self.train_options)
 
@@ -107,18 +113,11 @@ def run_demo(out: str | Path = "demo", settings: DemoSettings | None = None, *, 
     Raises:
         RunFolderError: another demo runs in ``out`` (one per folder; the training locks ``run/``).
     """
-    from patchforcing.runtime import own_folder
-
     with own_folder(out, log=log):
         return _demo(Path(out), settings or DemoSettings(), log)
 
 
 def _demo(out: Path, settings: DemoSettings, log) -> dict[str, Any]:
-    from patchforcing import load_model
-    from patchforcing.report import animation, html
-    from patchforcing.report.plots import training_curve
-    from patchforcing.viz import save_image_grid
-
     t0 = time.perf_counter()
     config = settings.train_config(out)
     trained = train_or_reuse(config, log)
@@ -163,8 +162,5 @@ def _demo(out: Path, settings: DemoSettings, log) -> dict[str, Any]:
 
 def _calibration(model) -> list[dict[str, float]]:
     """Difficulty-head calibration on the held-out digits (correlations per time)."""
-    from patchforcing.data import load_dataset
-    from patchforcing.evaluation.calibration import difficulty_calibration
-
     test = load_dataset("digits", split="test")
     return difficulty_calibration(model, test.images, labels=test.labels)

@@ -20,139 +20,46 @@ Writes into ``out``: ``runs/<network>/`` (training runs; a finished one is reuse
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchforcing.errors import ConfigError
+from patchforcing.checkpoints import load_model
+from patchforcing.data import load_dataset
+from patchforcing.evaluation.digits import digits_metrics
+from patchforcing.evaluation.generate import generate_images
+from patchforcing.evaluation.photos import photos_metrics
+from patchforcing.report import study_report
+from patchforcing.report.common import RowCache, class_ordered, machine_info, newest_step, say, train_or_reuse, training_facts
+from patchforcing.report.study_mechanism import context_effect, mask_composition, mask_picture
+from patchforcing.report.study_settings import (
+    NETWORKS,
+    SAMPLERS,
+    TINY,
+    StudyNetwork,
+    StudySettings,
+    grid_path,
+    row_key,
+)
+from patchforcing.runtime import own_folder
+from patchforcing.sampling import SamplingPlan
 from patchforcing.runs import RunFolder
 from patchforcing.streams import EVAL_SEED_STRIDE
+from patchforcing.viz import grid, save_image_grid
 
-
-@dataclass(frozen=True)
-class StudyNetwork:
-    """One network of the study: a training recipe on top of the ``digits`` preset."""
-
-    data: str  # training data set (built-in name)
-    label: str
-    overrides: dict  # TrainConfig fields beyond the shared ones (size, data, steps)
-
-
-# The bench's recipe (PF-XS/2 at depth 2, width 64, 2x2 patches, 3000 steps of 64) on digits; photos at
-# 32x32 with 4x4 patches, so the token grid (8x8) matches the digits network, for 2000 steps; the wider
-# digits network doubles the width (4x the weights) for 1000 steps. The step counts of the last two are
-# what the shared 2-core machine allowed (see docs/study.md), not what convergence needs.
-NETWORKS: dict[str, StudyNetwork] = {
-    "digits": StudyNetwork("digits", "digits, PF width 64", {}),
-    "photos": StudyNetwork("photos-labeled", "photos 32x32, PF width 64, 4x4 patches", {"patch_size": 4, "steps": 2000}),
-    "digits-wide": StudyNetwork("digits", "digits, PF width 128", {"hidden_size": 128, "num_heads": 4, "steps": 1000}),
-    # The control for digits-wide: the digits network at the same 1000 steps (the same seed and data order, so
-    # its weights are those of the digits run's step-1000 checkpoint).
-    "digits-1000": StudyNetwork("digits", "digits, PF width 64, 1000 steps", {"steps": 1000}),
-}
-
-# Samplers compared at equal NFE. inverted-look-ahead and spread-look-ahead live in the study's registry.
-SAMPLERS = ("euler-pf", "look-ahead", "random-look-ahead", "inverted-look-ahead", "spread-look-ahead")
-
-TINY: dict[str, Any] = dict(steps=6, num_samples=20, seeds=2, nfe=(8,), mechanism_images=8, mechanism_times=(0.3, 0.7),
-                            p_values=(0.4,), context_ratios=(1.4,), picture_images=4,
-                            train_options=dict(batch_size=16, depth=1, hidden_size=32, num_heads=2, log_every=2, val_every=3,
-                                               val_size=32, ckpt_every=0, sample_every=0, warmup_steps=1, ema_decay=0.0,
-                                               lr=3e-3))
-
-
-@dataclass(frozen=True)
-class StudySettings:
-    """Everything the study depends on; the defaults fit about 40 single-thread CPU minutes."""
-
-    steps: int = 3000  # training steps of the digits network (photos and digits-wide: their own, see NETWORKS)
-    num_samples: int = 500  # images per (network, sampler, seed) row
-    seeds: int = 3
-    nfe: tuple[int, ...] = (16,)
-    networks: tuple[str, ...] = tuple(NETWORKS)
-    samplers: tuple[str, ...] = SAMPLERS
-    # the mechanism (question 3)
-    mechanism_images: int = 256  # held-out images per time
-    mechanism_times: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-    p_values: tuple[float, ...] = (0.2, 0.4, 0.6)  # certain fractions tried (context_ratio 1.4)
-    context_ratios: tuple[float, ...] = (1.2, 1.4, 2.0)  # tried at p = 0.4
-    picture_images: int = 8  # held-out images in the mask pictures
-    eval_batch_size: int = 250
-    tiny: bool = False
-    train_options: dict = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "num_samples", "seeds", "mechanism_images", "picture_images", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
-        if self.num_samples < 10:
-            raise ConfigError(f"--num-samples {self.num_samples}: the metrics need at least 10 images per row")
-        if not self.nfe or min(self.nfe) < 4:
-            raise ConfigError(f"--nfe {self.nfe!r}: give budgets of at least 4 network evaluations, e.g. 16")
-        unknown = [n for n in self.networks if n not in NETWORKS]
-        if unknown or not self.networks:
-            raise ConfigError(f"unknown network(s) {unknown or '(none given)'}; choose from: {', '.join(NETWORKS)}")
-        if any(not 0 < p < 1 for p in self.p_values) or any(r < 1 for r in self.context_ratios):
-            raise ConfigError("p values must lie in (0, 1) and context ratios must be at least 1")
-        if any(not 0 < t < 1 for t in self.mechanism_times):
-            raise ConfigError(f"mechanism times {self.mechanism_times!r} must lie in (0, 1)")
-        object.__setattr__(self, "nfe", tuple(sorted(set(self.nfe))))
-        object.__setattr__(self, "networks", tuple(dict.fromkeys(self.networks)))
-
-    @classmethod
-    def create(cls, tiny: bool = False, **values: Any) -> "StudySettings":
-        base = dict(TINY, tiny=True) if tiny else {}
-        return cls(**{**base, **{k: v for k, v in values.items() if v is not None}})
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings that decide a row's numbers (seeds, budgets, networks and samplers only add rows)."""
-        keep = ("steps", "num_samples", "mechanism_images", "mechanism_times", "picture_images", "train_options")
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(self, k)) for k in keep)}  # as JSON reads back
-
-    def train_config(self, network: str, out: Path):
-        from patchforcing.training import resolve_config
-
-        spec = NETWORKS[network]
-        values = {"steps": self.steps, **spec.overrides, **self.train_options}
-        if self.tiny:  # the tiny run keeps its tiny size and steps for every network
-            values.update(self.train_options, steps=self.steps)
-        return resolve_config("digits", out=str(out / "runs" / network), data=spec.data, model="PF-XS/2", seed=0, **values)
-
-    def command(self, out: Path) -> str:
-        parts = ["patchforcing", "study", "--out", str(out)] + (["--tiny"] if self.tiny else [])
-        parts += ["--steps", str(self.steps), "--num-samples", str(self.num_samples), "--seeds", str(self.seeds),
-                  "--nfe", ",".join(map(str, self.nfe))]
-        if self.networks != tuple(NETWORKS):
-            parts += ["--networks", ",".join(self.networks)]
-        return " ".join(parts)
-
-
-def row_key(network: str, sampler: str, budget: int, seed: int) -> str:
-    return f"{network}|{sampler}|nfe{budget}|seed{seed}"
-
-
-def grid_path(network: str, sampler: str, budget: int) -> str:
-    """Where the sample grid of a row lives, relative to the study folder."""
-    return f"study/samples/{network}_{sampler}_nfe{budget}.png"
+__all__ = ["NETWORKS", "SAMPLERS", "TINY", "StudyNetwork", "StudySettings", "grid_path", "row_key", "run_study"]
 
 
 def sample_metrics(data: str, images, labels) -> dict[str, Any]:
     """FID, precision, recall (and accuracy on digits) in the data set's feature space."""
-    from patchforcing.evaluation.digits import digits_metrics
-    from patchforcing.evaluation.photos import photos_metrics
-
     metrics = digits_metrics(images, labels) if data == "digits" else photos_metrics(images)
     return {k: float(metrics[k]) if metrics.get(k) is not None else None for k in ("fid", "precision", "recall", "accuracy")}
 
 
 def evaluate_study_row(model, data: str, *, sampler: str, nfe: int, num_samples: int, seed: int, batch_size: int):
     """Generate ``num_samples`` images within ``nfe`` network calls and score them (seeded as the bench)."""
-    from patchforcing.evaluation.generate import generate_images
-    from patchforcing.sampling import SamplingPlan
-
     plan = SamplingPlan.from_nfe(sampler, nfe)
     t0 = time.perf_counter()
     _, images, labels, info = generate_images(model, plan, num_samples=num_samples, seed=seed * EVAL_SEED_STRIDE,
@@ -165,8 +72,6 @@ def evaluate_study_row(model, data: str, *, sampler: str, nfe: int, num_samples:
 
 def held_out(network: str, count: int):
     """The first ``count`` held-out images of a network's data set and their labels (None if unconditional)."""
-    from patchforcing.data import load_dataset
-
     data = load_dataset(NETWORKS[network].data, split="test")
     labels = data.labels[:count] if data.num_classes else None
     return data.images[:count], labels
@@ -192,21 +97,12 @@ def run_study(out: str | Path, settings: StudySettings | None = None, *, log=Non
     Raises:
         RunFolderError: another study runs in ``out`` (one per folder: both would rewrite ``results.json``).
     """
-    from patchforcing.report.common import say
-    from patchforcing.runtime import own_folder
-
     log = log or say
     with own_folder(out, log=log):
         return _study(Path(out), settings or StudySettings(), log, command)
 
 
 def _study(out: Path, settings: StudySettings, log, command: str | None) -> dict[str, Any]:
-    from patchforcing import load_model
-    from patchforcing.report import study_report
-    from patchforcing.report.common import RowCache, class_ordered, machine_info, training_facts
-    from patchforcing.report.study_mechanism import context_effect, mask_composition, mask_picture
-    from patchforcing.viz import grid, save_image_grid
-
     wall0, cpu0 = time.perf_counter(), time.process_time()
     cache = RowCache(out / "results.json", settings.fingerprint(), log)
     training: dict[str, Any] = dict(cache.doc.get("training") or {})
@@ -263,8 +159,6 @@ def _study(out: Path, settings: StudySettings, log, command: str | None) -> dict
 def _train_or_reuse(config, log) -> dict[str, Any]:
     """A run whose newest checkpoint is its last step is loaded as it is (the trainer is not started,
     so a run written by an older version of the package stays usable); any other run trains or resumes."""
-    from patchforcing.report.common import newest_step, train_or_reuse
-
     if newest_step(Path(config.out)) == config.steps:
         log(f"reusing the finished run {config.out} ({config.steps} steps)")
         return {"reused": True, "wall_minutes": None}
@@ -273,8 +167,6 @@ def _train_or_reuse(config, log) -> dict[str, Any]:
 
 def _network_size(run_dir: Path) -> dict[str, Any]:
     """Depth, width and patch size of a trained network, read from its run's ``config.json``."""
-    import json
-
     model = json.loads(RunFolder(run_dir).config.read_text()).get("model_config") or {}
     return {k: model.get(k) for k in ("depth", "hidden_size", "patch_size")}
 

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from patchforcing.flow import interpolate, pixels_to_patch_mean
 from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_mask, spread_mask
 from patchforcing.streams import study_seed
+from patchforcing.viz import colormap, to_uint8
 
 MASK_KINDS = ("difficulty", "random", "inverted", "spread")
 
@@ -158,8 +159,6 @@ def mask_picture(model: nn.Module, x1: Tensor, labels: Tensor | None, *, times: 
     In an overlay the certain (ahead-running) patches show the clean image tinted red; the others
     are dimmed. Returns (rows = images x times, H, (3 + len(kinds)) * W, 3) uint8.
     """
-    from patchforcing.viz import colormap, to_uint8
-
     cfg = model.config
     p = cfg.patch_size
     param = next(model.parameters())

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.report.common import fmt, machine_line, mean_over_seeds, mean_std
+from patchforcing.report.plots import panel_plot
 from patchforcing.report.study_mechanism import MASK_KINDS, summarize
+from patchforcing.report.study_settings import NETWORKS, grid_path
 
 METRICS = ("fid", "precision", "recall", "accuracy")
 NEW = "spread-look-ahead"
@@ -49,8 +51,6 @@ def verdict(summary: list[dict], rows: list[dict], settings) -> dict[str, Any]:
     network trained on it, at every budget. It is kept in the public registry only if it wins at least
     two data sets (several networks on one data set count once).
     """
-    from patchforcing.report.study import NETWORKS
-
     claims, wins = [], {}
     for network in settings.networks:
         for budget in settings.nfe:
@@ -81,8 +81,6 @@ def _mechanism(results: dict[str, Any], network: str) -> dict[tuple, dict[str, f
 def plot_all(out: Path, results: dict[str, Any], settings) -> dict[str, str]:
     """One figure per network: per time, the relative change of the uncertain patches' realised and
     predicted error and of the step error, per mask kind (p = 0.4, context_ratio = 1.4)."""
-    from patchforcing.report.plots import panel_plot
-
     figures = {}
     for network in settings.networks:
         rows = [r for r in results["mechanism"][network]["context"]
@@ -127,8 +125,6 @@ def write_markdown(out: Path, results: dict[str, Any], settings) -> Path:
         lines += ["", f"## Samples at an NFE budget of {budget}", "",
                   "| network | sampler | NFE (steps) | FID ↓ | precision ↑ | recall ↑ | accuracy ↑ | grid |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        from patchforcing.report.study import grid_path
-
         for e in results["summary"]:
             if e["budget"] == budget:
                 lines.append(f"| {e['network']} | {e['sampler']} | {e['nfe']} ({e['steps']}) | {fmt(e['fid'], 2, e['fid_std'])} | "

@@ -158,7 +158,7 @@ class SamplingPlan:
                 raise ConfigError("a guide network was given but the plan names none; build the plan with "
                                   "Guidance(guide=...)")
             check_guide_model(model, guide_model)
-        elif g.active and not getattr(cfg, "is_text", False) and getattr(cfg, "null_label", None) is None:
+        elif g.active and not cfg.is_text and cfg.null_label is None:
             raise ConfigError(f"cfg_scale={g.scale} needs a null class, but this network has none (unconditional, or "
                               "trained with class_dropout_prob=0): use cfg_scale 1, or autoguidance (--guide-checkpoint)")
         return self

@@ -39,8 +39,6 @@ class Context:
             self.recorder(**items)
 
 
-def _per_patch(value: Tensor, b: int, n: int) -> Tensor:
-    return value.expand(b, n) if value.ndim == 0 else value
 
 
 # --- plain Euler ------------------------------------------------------------------------------

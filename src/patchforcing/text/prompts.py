@@ -10,6 +10,7 @@ from torch import nn
 
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError
+from patchforcing.text import check_encoder_fits, load_text_encoder, text_condition
 
 
 def read_prompts(prompts: Sequence[str] | None, prompts_file: str | None) -> list[str]:
@@ -43,13 +44,12 @@ def prompt_condition(model: nn.Module, prompts: list[str], num_samples: int | No
     prompts are an error; returns ``(None, num_samples)`` so labels are handled as before.
     """
     cfg = model.config
-    if not getattr(cfg, "is_text", False):
+    if not cfg.is_text:
         if prompts:
             raise ConfigError("--prompt/--prompts-file need a text-to-image network; this one is class-conditional: use --labels")
         return None, num_samples
     if not prompts:
         raise ConfigError("this is a text-to-image network: give --prompt \"...\" (repeatable) or --prompts-file FILE")
-    from patchforcing.text import check_encoder_fits, load_text_encoder, text_condition
 
     n = num_samples if num_samples is not None else len(prompts)
     encoder = load_text_encoder(encoder_name or cfg.text_encoder, max_length=cfg.text_length, device=device)

@@ -13,14 +13,13 @@ From Python::
 Only this package touches distributed code, mixed precision and optimizers.
 """
 
+from patchforcing.errors import ConfigError
 from patchforcing.training.config import PRESETS, TrainConfig, load_config_file, resolve_config
+from patchforcing.training.loop import train as _train
 
 
 def train(config: TrainConfig) -> dict:
     """Train or resume ``config.out``; see :func:`patchforcing.training.loop.train`."""
-    from patchforcing.errors import ConfigError
-    from patchforcing.training.loop import train as _train  # imports the data and sampling packages
-
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"train() takes a TrainConfig, got {type(config).__name__}; build one with resolve_config('digits', out=..., steps=...)")
     return _train(config)

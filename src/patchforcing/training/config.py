@@ -24,6 +24,7 @@ from patchforcing.errors import ConfigError
 from patchforcing.models import PRESETS as MODEL_PRESETS
 from patchforcing.models import T2I_PRESETS, Kind, ModelConfig, T2IConfig, preset_config, t2i_preset_config
 from patchforcing.timesteps import DISTRIBUTIONS, PER_SAMPLE
+from patchforcing.training.repa import target_source
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**63  # torch generators take seeds below 2^64; image i of a run uses seed + i
@@ -338,8 +339,6 @@ def network_config(config: TrainConfig, data: Any, repa_dim: int | None = None) 
     repa = {}
     if config.repa_encoder is not None:
         if repa_dim is None:
-            from patchforcing.training.repa import target_source
-
             repa_dim = target_source(config, data).feature_dim
         repa = {"repa_dim": repa_dim, "repa_projector_dim": config.repa_projector_dim,
                 **({"repa_depth": config.repa_depth} if config.repa_depth is not None else {})}

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from patchforcing.encoders import encode_in_batches, load_encoder
 from patchforcing.errors import ConfigError
 
 CACHE_BYTES = 1 << 30  # encode an image data set once when its features take at most this much memory
@@ -57,7 +58,6 @@ def target_source(config: Any, data: Any, device: str | torch.device = "cpu") ->
                 f"images behind them: rerun `patchforcing prepare-latents ... --repa-encoder {name}`"
             )
         return RepaTargets(name, int(stored.shape[-1]), stored=stored)
-    from patchforcing.encoders import encode_in_batches, load_encoder
 
     images = data.images
     encoder = load_encoder(name, device, int(images.shape[-1]))

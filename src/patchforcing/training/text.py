@@ -17,18 +17,10 @@ from torch import Tensor
 
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, DataError
+from patchforcing.models import T2I_PRESETS
 from patchforcing.text import TextEncoder, load_text_encoder, text_condition
 from patchforcing.streams import STREAM_TEXT_DROPOUT, make_generator
 from patchforcing.training.batches import StepBatches
-
-TEXT_LTG_LOC = 0.5  # SPEC 2 / 7.9: the text-to-image ltg location
-
-
-def is_text_preset(model: str) -> bool:
-    from patchforcing.models import T2I_PRESETS
-
-    return model in T2I_PRESETS
-
 
 class TextConditioner:
     """Captions of the training data, the frozen encoder, and the text dropout.
@@ -46,7 +38,7 @@ class TextConditioner:
     @classmethod
     def for_run(cls, cfg: Any, data: Any) -> "TextConditioner | None":
         """The conditioner of a run with a T2I model preset, or None for class-conditional runs."""
-        if not is_text_preset(cfg.model):
+        if cfg.model not in T2I_PRESETS:
             if cfg.text_encoder is not None:
                 raise ConfigError(f"--text-encoder needs a text-to-image network (a T2I-* model), not {cfg.model}")
             return None
@@ -56,7 +48,6 @@ class TextConditioner:
                 f"{data.name} has no captions; a text-to-image network needs captioned data: digits-captions, "
                 "a folder with a .txt beside each image, or one with a captions.jsonl"
             )
-        from patchforcing.models import T2I_PRESETS
 
         preset = T2I_PRESETS[cfg.model]
         if cfg.text_encoder is None or cfg.text_encoder == preset["text_encoder"]:
