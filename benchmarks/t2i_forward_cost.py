@@ -1,4 +1,4 @@
-"""Cost of one text-to-image forward (SPEC_T2I 7.5): this project's network against a literal
+"""Cost of one text-to-image forward (docs/method.md §8.7): this project's network against a literal
 reference-style forward with the same weights, side by side, CPU float32.
 
     OMP_NUM_THREADS=1 python benchmarks/t2i_forward_cost.py                  # width 384, 4 blocks, 256 tokens, 64 text tokens
@@ -64,7 +64,7 @@ def _swiglu(x, w):
 
 
 def reference_style_forward(sd: dict, x, t, y, *, p: int, head_dim: int, txt_head_dim: int):
-    """SPEC_T2I 7.5 as the reference evaluates it at every call (per-token time path, text refined each call)."""
+    """docs/method.md §8.7 as the reference evaluates it at every call (per-token time path, text refined each call)."""
     b, c_in, hh, ww = x.shape
     h, w = hh // p, ww // p
     # text: projection and refiner

@@ -1,7 +1,7 @@
 """Shared fixtures: tiny networks (depth 2, width 32, 8x8 inputs) with randomised weights, a tiny
 VAE and folders of random images.
 
-The adaLN and output layers of a fresh network are zero (SPEC 3), so a fresh network outputs
+The adaLN and output layers of a fresh network are zero (docs/method.md §3.5), so a fresh network outputs
 exactly zero and every comparison against it is trivial. ``make_model`` therefore perturbs every
 learned parameter with seeded noise unless asked for the fresh initialisation.
 """

@@ -1,16 +1,16 @@
-"""An independent, deliberately literal re-implementation of SPEC sections 3-5, for tests only.
+"""An independent, deliberately literal re-implementation of docs/method.md §3-5, for tests only.
 
-Written from the SPEC text (not from ``src/``): slow loops, explicit formulas, float64. Tests
-compare the package against these functions; when the two disagree, read the SPEC, not this file
+Written from docs/method.md (not from ``src/``): slow loops, explicit formulas, float64. Tests
+compare the package against these functions; when the two disagree, read docs/method.md, not this file
 or the package, to decide which one is wrong.
 
 Contents:
-    * ``ref_pos_embed``       -- SPEC 3, 2-D sin-cos position embedding.
-    * ``ref_forward``         -- SPEC 3, the whole network from a state_dict, token by token.
-    * ``ref_difficulty_mask`` -- SPEC 5, patch-averaged difficulty and the per-sample quantile.
-    * ``RefGuide``            -- SPEC 5, guided evaluation with an NFE counter.
-    * ``ref_euler``, ``ref_dual_loop``, ``ref_look_ahead`` -- SPEC 5 samplers as plain loops.
-    * ``ref_training_loss``   -- SPEC 4 objective.
+    * ``ref_pos_embed``       -- docs/method.md §3.1, 2-D sin-cos position embedding.
+    * ``ref_forward``         -- docs/method.md §3, the whole network from a state_dict, token by token.
+    * ``ref_difficulty_mask`` -- docs/method.md §5.2, patch-averaged difficulty and the per-sample quantile.
+    * ``RefGuide``            -- docs/method.md §5, guided evaluation with an NFE counter.
+    * ``ref_euler``, ``ref_dual_loop``, ``ref_look_ahead`` -- docs/method.md §5 samplers as plain loops.
+    * ``ref_training_loss``   -- docs/method.md §4 objective.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def linear(x: Tensor, sd: dict, name: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC 3: position embedding
+# docs/method.md §3.1: position embedding
 # --------------------------------------------------------------------------------------------
 def ref_pos_embed(dim: int, grid: int) -> Tensor:
     """(grid*grid, dim): token ``n = i*grid + j`` (row i, column j); first dim/2 encode the column.
@@ -70,7 +70,7 @@ def ref_pos_embed(dim: int, grid: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC 3: the network, token by token
+# docs/method.md §3: the network, token by token
 # --------------------------------------------------------------------------------------------
 def time_features(t: Tensor) -> Tensor:
     """[cos(t f_k), sin(t f_k)], f_k = exp(-ln(10000) k / 128), k = 0..127 -> (..., 256)."""
@@ -107,7 +107,7 @@ def ref_forward(
     num_heads: int,
     head: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """The Patch Forcing / SiT network of SPEC 3 evaluated from a state_dict, in float64.
+    """The Patch Forcing / SiT network of docs/method.md §3 evaluated from a state_dict, in float64.
 
     Args:
         sd: state_dict with the released parameter names.
@@ -176,7 +176,7 @@ def ref_forward(
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC 4: training objective
+# docs/method.md §4: training objective
 # --------------------------------------------------------------------------------------------
 def patch_times_to_pixels(t: Tensor, patch_size: int, height: int, width: int) -> Tensor:
     """(B,) or (B, N) -> (B, 1, H, W): every pixel of patch (i, j) gets t[:, i*w + j]."""
@@ -190,7 +190,7 @@ def patch_times_to_pixels(t: Tensor, patch_size: int, height: int, width: int) -
 
 
 def ref_training_loss(net: Callable, x1: Tensor, x0: Tensor, t: Tensor, y: Tensor | None, patch_size: int, lam: float = 0.01):
-    """(loss, flow, nll) of SPEC 4 with ``net(x, t, y) -> (v, logvar or None)``."""
+    """(loss, flow, nll) of docs/method.md §4 with ``net(x, t, y) -> (v, logvar or None)``."""
     tp = patch_times_to_pixels(t.to(F64), patch_size, x1.shape[-2], x1.shape[-1])
     xt = tp * x1 + (1 - tp) * x0
     u = x1 - x0
@@ -205,7 +205,7 @@ def ref_training_loss(net: Callable, x1: Tensor, x0: Tensor, t: Tensor, y: Tenso
 
 
 # --------------------------------------------------------------------------------------------
-# SPEC 5: guidance, mask, samplers
+# docs/method.md §5: guidance, mask, samplers
 # --------------------------------------------------------------------------------------------
 class RefGuide:
     """``G(x, t) -> (v, logvar, v_cond)``; one network call per evaluation, counted in ``nfe``."""
@@ -327,7 +327,7 @@ def ref_look_ahead(net, noise, steps, *, labels=None, w=1.0, null=None, patch_si
 
 
 def ref_nfe(sampler: str, steps: int, n_inner: int = 4) -> int:
-    """NFE of SPEC 5, counted from the float32 grid."""
+    """NFE of docs/method.md §5.8, counted from the float32 grid."""
     if sampler in ("euler", "euler-pf"):
         return steps
     if sampler in ("dual-loop", "random-dual-loop"):

@@ -1,13 +1,13 @@
-"""An independent, deliberately literal re-implementation of SPEC_T2I section 7, for tests only.
+"""An independent, deliberately literal re-implementation of docs/method.md §8, for tests only.
 
-Written from the SPEC text (not from ``src/``): explicit formulas, per-head and per-token loops,
-float64, everything read from a state_dict by name. When it disagrees with the package, read the
-SPEC to decide which one is wrong.
+Written from docs/method.md (not from ``src/``): explicit formulas, per-head and per-token loops,
+float64, everything read from a state_dict by name. When it disagrees with the package, docs/method.md §8
+decides which one is wrong.
 
 Contents:
-    * ``ref_freqs_2d``, ``ref_freqs_1d`` -- 7.3 RoPE frequency tables.
-    * ``ref_image_positions``             -- 7.3 canvas positions, patch-averaged.
-    * ``ref_t2i_forward``                 -- 7.5 the whole network.
+    * ``ref_freqs_2d``, ``ref_freqs_1d`` -- §8.5 RoPE frequency tables.
+    * ``ref_image_positions``             -- §8.5 canvas positions, patch-averaged.
+    * ``ref_t2i_forward``                 -- §8.7 the whole network.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ EPS = 1e-6
 
 
 # --------------------------------------------------------------------------------------------
-# 7.2 elementary pieces
+# §8.2-8.4 elementary pieces
 # --------------------------------------------------------------------------------------------
 def silu(x: Tensor) -> Tensor:
     return x / (1.0 + torch.exp(-x))
@@ -46,7 +46,7 @@ def swiglu(x: Tensor, up: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# 7.3 positions and RoPE
+# §8.5 positions and RoPE
 # --------------------------------------------------------------------------------------------
 def ref_freqs_2d(num_heads: int, head_dim: int) -> Tensor:
     """(H, K) with [h, k] = F_{k H + h}, F_j = pi * 10^(j / (H K)), computed in float32."""
@@ -128,7 +128,7 @@ def softmax_rows(a: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# 7.4 layers for ONE sample
+# §8.6 layers for ONE sample
 # --------------------------------------------------------------------------------------------
 def self_attention(z: Tensor, u: Tensor, sd: dict, pre: str, head_dim: int, angle_fn) -> Tensor:
     """z + out_proj(concat_h softmax(q_h k_h^T) v_h), q/k cosine-scaled then rotated."""
@@ -167,7 +167,7 @@ def feed_forward(z: Tensor, u: Tensor, sd: dict, pre: str) -> Tensor:
 
 
 def time_embedding(t: Tensor, sd: dict) -> Tensor:
-    """c for one scalar t: Fourier features, time_in_proj, mapping network (7.2)."""
+    """c for one scalar t: Fourier features, time_in_proj, mapping network (§8.3)."""
     omega = sd["t_embedder.time_emb.weight"][:, 0]
     f = 2 * math.pi * t * omega
     e = lin(torch.cat([torch.cos(f), torch.sin(f)]), sd["t_embedder.time_in_proj.weight"])
@@ -186,10 +186,10 @@ def ada(z: Tensor, c: Tensor, weight: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# 7.5 the network
+# §8.7 the network
 # --------------------------------------------------------------------------------------------
 def ref_t2i_forward(sd: dict, x: Tensor, t: Tensor, txt_emb: Tensor, *, patch_size: int, head_dim: int, txt_head_dim: int):
-    """SPEC_T2I 7.5 in float64 from a state_dict. x (B, C, Hx, Wx), t (B, N), txt_emb (B, L, D_in).
+    """docs/method.md §8.7 in float64 from a state_dict. x (B, C, Hx, Wx), t (B, N), txt_emb (B, L, D_in).
 
     Returns (velocity (B, C, Hx, Wx), logvar (B, 1, Hx, Wx)).
     """

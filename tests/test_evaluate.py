@@ -183,7 +183,7 @@ def test_calibration_and_validation_loss(ckpt, net, tmp_path, one_thread):
     assert all(-1 <= row["spearman"] <= 1 and row["num_patches"] == 297 * 64 for row in metrics["calibration"])
     assert len(metrics["val_loss_segments"]) == 8
     assert metrics["val_loss"] == pytest.approx(np.mean(metrics["val_loss_segments"]))
-    # Same as the SPEC-4 loss over the whole test split at once, with noise seed i for image i.
+    # Same as the validation loss of docs/method.md §4.4 over the whole test split at once, with noise seed i for image i.
     test = load_dataset("digits", split="test")
     x0 = noise_for_seeds(range(len(test)), (1, 16, 16), dtype=torch.float64)
     mean, per_segment = pf.validation_loss(net, test.images.double(), x0=x0, labels=test.labels)

@@ -1,4 +1,4 @@
-"""The flow (SPEC 1, 4): per-patch interpolation, the training objective, the validation loss."""
+"""The flow (docs/method.md §1, §4): per-patch interpolation, the training objective, the validation loss."""
 
 from __future__ import annotations
 

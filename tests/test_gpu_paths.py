@@ -20,7 +20,7 @@ B, N = 4, 16  # tiny network: 8x8 inputs, patch 2
 
 
 def explicit_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) v written out, the textbook formula (SPEC 3)."""
+    """softmax(q k^T / sqrt(d)) v written out, the textbook formula (docs/method.md §3.3)."""
     b, n, d = x.shape
     h = attn.num_heads
     q, k, v = attn.qkv(x).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4)  # each (B, h, N, d_head)

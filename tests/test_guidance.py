@@ -226,7 +226,7 @@ def test_autoguidance_matches_reference_samplers(sampler, steps):
     x, info = pf.sample(main, noise, sampler=sampler, steps=steps, labels=LABELS, cfg_scale=1.7, guide_model=weak, return_info=True)
     fn = {"dual-loop": ref_dual_loop, "look-ahead": ref_look_ahead}[sampler]
     ref, nfe = fn(_weak_as_unconditional(main, weak), noise, steps, labels=LABELS, w=1.7, null=NULL)
-    torch.testing.assert_close(x, ref, rtol=0, atol=1e-6)  # the SPEC tolerance against the reference
+    torch.testing.assert_close(x, ref, rtol=0, atol=1e-6)  # the tolerance of docs/method.md (1e-6 in float64) against the reference
     assert info["nfe"] == info["guide_nfe"] == nfe
 
 

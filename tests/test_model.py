@@ -1,4 +1,4 @@
-"""The network (SPEC 3) against the literal reference of ``reference_impl``, plus its invariants."""
+"""The network (docs/method.md §3) against the literal reference of ``reference_impl``, plus its invariants."""
 
 from __future__ import annotations
 
@@ -279,7 +279,7 @@ def test_config_round_trips_through_dict():
         pf.ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
 
 
-# --- initialisation (SPEC 3) -----------------------------------------------------------------------
+# --- initialisation (docs/method.md §3.5) -----------------------------------------------------------------------
 def test_initialisation():
     torch.manual_seed(0)
     model = pf.create_model(tiny_config(hidden_size=64, num_heads=4))

@@ -26,7 +26,7 @@ def _inputs(seed=0, b=2, n=16):
 
 
 def independent_features(sd: dict, x, t, y, *, patch_size: int, num_heads: int, encoder_depth: int):
-    """SPEC_T2I 8.1 written out: patch tokens, ``encoder_depth`` adaLN-Zero blocks, then the
+    """docs/method.md §7.1 written out: patch tokens, ``encoder_depth`` adaLN-Zero blocks, then the
     projector ``Linear -> SiLU -> Linear -> SiLU -> Linear`` on every token. Float64, loops."""
     sd = {k: v.detach().to(F64) for k, v in sd.items()}
     b, _, hh, ww = x.shape
@@ -82,7 +82,7 @@ def test_every_preset_takes_a_projector_with_the_repa_default_depth(preset, dept
 
 
 def test_features_match_an_independent_reimplementation_of_the_reference_file(tmp_path):
-    """A reference-layout REPA file loads exactly; ``features`` agree with SPEC_T2I 8.1 in float64."""
+    """A reference-layout REPA file loads exactly; ``features`` agree with docs/method.md §7.1 in float64."""
     model = make_model(seed=3, depth=2, repa_dim=6, repa_depth=2, repa_projector_dim=12)
     loaded = pf.load_model(_reference_file(tmp_path, model))
     assert loaded.config.repa_dim == 6 and loaded.config.repa_depth == 2 and loaded.config.repa_projector_dim == 12

@@ -1,4 +1,4 @@
-"""Samplers (SPEC 5) against the literal loops of ``reference_impl``, plus their invariants."""
+"""Samplers (docs/method.md §5) against the literal loops of ``reference_impl``, plus their invariants."""
 
 from __future__ import annotations
 
@@ -186,7 +186,7 @@ def test_difficulty_mask_picks_the_easiest_patches():
 
 @pytest.mark.parametrize("p, grid", [(2, 4), (4, 2), (2, 8)])
 def test_certain_count_matches_the_quantile_rule_for_every_fraction(p, grid):
-    """``certain_count`` must equal the number of patches the quantile rule of SPEC 5 marks, for
+    """``certain_count`` must equal the number of patches the quantile rule of docs/method.md §5.2 marks, for
     any p_frac (the random-mask ablation draws that many). With M = N p^2 sorted pixels and
     pos = q (M - 1), the pixels strictly below the interpolated quantile are those of the
     ceil(pos) smallest, i.e. ceil(pos) // p^2 whole patches (floor(pos / p^2) is short by one

@@ -44,7 +44,7 @@ def _spread_by_hand(logvar: torch.Tensor, p: int, p_frac: float, block: int = 2)
 
 
 def _look_ahead_by_hand(model, x: torch.Tensor, steps: int, mask_fn, rho: float = 1.4) -> tuple[torch.Tensor, int]:
-    """Look-ahead (SPEC 5) as a plain loop over a given mask rule; returns (sample, network calls)."""
+    """Look-ahead (docs/method.md §5.5) as a plain loop over a given mask rule; returns (sample, network calls)."""
     grid = time_grid(steps)
     n, p, calls = model.config.num_patches, model.config.patch_size, 0
     for k in range(steps):

@@ -1,4 +1,4 @@
-"""Reading the reference's text-to-image files and writing our own (SPEC_T2I 7.7, 7.10)."""
+"""Reading the reference's text-to-image files and writing our own (docs/method.md §8.9)."""
 
 from __future__ import annotations
 

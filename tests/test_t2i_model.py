@@ -1,4 +1,4 @@
-"""The text-to-image network (SPEC_T2I 7) against the literal float64 reference of ``reference_t2i``."""
+"""The text-to-image network (docs/method.md §8) against the literal float64 reference of ``reference_t2i``."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from patchforcing.models import PatchForcingT2I, T2IConfig, config_from_dict, cr
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 F64 = torch.float64
-# The tiny example config of SPEC_T2I 7.7.
-SPEC_TINY = dict(in_channels=4, input_size=8, depth=2, hidden_dim=64, head_dim=16, mapping_dim=32, mapping_depth=2, patch_size=2,
+# The tiny example config of docs/method.md §8.9.
+TINY_EXAMPLE = dict(in_channels=4, input_size=8, depth=2, hidden_dim=64, head_dim=16, mapping_dim=32, mapping_depth=2, patch_size=2,
                  txt_in_dim=24, txt_refiner_dim=48, txt_refiner_head_dim=16, txt_refiner_depth=1)
 
 
 def make_t2i(seed: int = 0, randomize: bool = True, **overrides) -> PatchForcingT2I:
     torch.manual_seed(seed)
-    model = create_model(T2IConfig(**{**SPEC_TINY, **overrides})).to(F64)
+    model = create_model(T2IConfig(**{**TINY_EXAMPLE, **overrides})).to(F64)
     if randomize:  # the zero-initialised layers would make every output trivially 0
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -52,7 +52,7 @@ def _reference(model, x, t, y):
 
 
 @pytest.mark.parametrize("time", ["distinct", "two", "global"])
-@pytest.mark.parametrize("shape", [(8, 8), (8, 16)])  # powers of two: float32 positions are exact (7.3)
+@pytest.mark.parametrize("shape", [(8, 8), (8, 16)])  # powers of two: float32 positions are exact (docs/method.md §8.5)
 def test_forward_matches_reference_float64(time, shape):
     model = make_t2i(seed=3)
     x, t, y = _inputs(model, hx=shape[0], wx=shape[1], time=time)
@@ -90,7 +90,7 @@ def test_text_and_time_both_matter():
 
 
 def test_state_dict_names_shapes_order_and_counts_of_spec_example():
-    model = create_model(T2IConfig(**SPEC_TINY))
+    model = create_model(T2IConfig(**TINY_EXAMPLE))
     sd = model.state_dict()
     assert len(sd) == 53
     assert sum(v.numel() for k, v in sd.items() if k != "t_embedder.time_emb.weight") == 200_847
@@ -114,9 +114,9 @@ def test_state_dict_names_shapes_order_and_counts_of_spec_example():
     assert [k for i, k in enumerate(tops) if i == 0 or tops[i - 1] != k] == ["t_embedder", "merge", "blocks", "split", "txt_proj", "txt_refiner"]
     cross = [k.split("cross_attn.")[1] for k in sd if k.startswith("blocks.0.cross_attn.")]
     assert cross == ["scale", "norm.linear.weight", "norm_cross.scale", "q_proj.weight", "kv_proj.weight", "out_proj.weight", "pos_emb.freqs"]
-    # Frozen RoPE tables with the SPEC's values; the Fourier buffer lives in the state_dict.
+    # Frozen RoPE tables with the values of docs/method.md §8.5; the Fourier buffer lives in the state_dict.
     assert not model.blocks[0].self_attn.pos_emb.freqs.requires_grad
-    # float32 tables: equal up to a few float32 ulps (how the log-ladder is rounded is not fixed by the SPEC)
+    # float32 tables: equal up to a few float32 ulps (how the log-ladder is rounded is not fixed by docs/method.md §8.5)
     torch.testing.assert_close(sd["blocks.0.cross_attn.pos_emb.freqs"][1], ref_freqs_2d(4, 16), rtol=2e-6, atol=0)
     torch.testing.assert_close(sd["txt_refiner.0.self_attn.pos_emb.freqs"], ref_freqs_1d(3, 16), rtol=2e-6, atol=0)
     torch.testing.assert_close(sd["txt_refiner.0.self_attn.pos_emb.freqs"][0], torch.tensor([1e-4, 1e-3, 1e-2, 1e-1]))
@@ -190,8 +190,8 @@ def test_bad_inputs_and_configs_raise_one_clear_error():
     with pytest.raises(ShapeError, match="one time per patch"):
         model(x, t[:, :3], y)
     with pytest.raises(ConfigError, match="head_dim"):
-        T2IConfig(**{**SPEC_TINY, "head_dim": 12, "hidden_dim": 48})
+        T2IConfig(**{**TINY_EXAMPLE, "head_dim": 12, "hidden_dim": 48})
     with pytest.raises(ConfigError, match="unknown text-to-image preset"):
         t2i_preset_config("T2I-Q/2")
-    cfg = T2IConfig(**SPEC_TINY)
+    cfg = T2IConfig(**TINY_EXAMPLE)
     assert config_from_dict(cfg.to_dict()) == cfg

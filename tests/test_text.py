@@ -1,4 +1,4 @@
-"""Text encoders (SPEC_T2I 7.8): the bundled toy, Hugging Face models built offline, caching, errors."""
+"""Text encoders (docs/method.md §9.1): the bundled toy, Hugging Face models built offline, caching, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training-time timestep distributions (SPEC 2): ranges, structure and exact laws (KS tests).
+"""Training-time timestep distributions (docs/method.md §2): ranges, structure and exact laws (KS tests).
 
 All statistical tests use fixed seeds, so they are deterministic; the thresholds (p > 0.001,
 generous tolerances) are chosen so that a correct implementation passes for any seed.

@@ -32,7 +32,7 @@ from patchforcing.models.t2i import REFERENCE_TARGET as T2I_TARGET
 FORMAT = "patchforcing-model"
 TRAIN_FORMAT = "patchforcing-train"
 REPA_TARGET = "patch_flow.models.pf_transformer_repa.REPAPatchForcingDiT"
-# The reference REPA class's own parameters and defaults (SPEC_T2I 8.1) -> our config fields.
+# The reference REPA class's own parameters and defaults (docs/method.md §7.1) -> our config fields.
 _REPA_PARAMS = {"z_dim": ("repa_dim", 768), "encoder_depth": ("repa_depth", 8), "projector_dim": ("repa_projector_dim", 2048)}
 REFERENCE_TARGETS = {
     "patch_flow.models.pf_transformer.PatchForcingDiT": Kind.PATCH_FORCING,
@@ -203,7 +203,7 @@ def _reference_config(cfg: Any, path: Path) -> ModelConfig:
     if not isinstance(cfg, dict) or "target" not in cfg:
         raise CheckpointError(f"{str(path)!r}: model config has no 'target' (found {cfg!r:.200})")
     target, params = cfg["target"], dict(cfg.get("params") or {})
-    if target == T2I_TARGET:  # the text-to-image network (SPEC_T2I 7), its own parameter names
+    if target == T2I_TARGET:  # the text-to-image network (docs/method.md §8), its own parameter names
         try:
             return T2IConfig.from_reference(params)
         except (ConfigError, TypeError, ValueError) as err:

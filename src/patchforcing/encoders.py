@@ -1,4 +1,4 @@
-"""Frozen image encoders that give REPA its targets (SPEC 6; Yu et al. 2024).
+"""Frozen image encoders that give REPA its targets (docs/method.md §7.3; Yu et al. 2024).
 
 An encoder is any callable ``images (B, C, H, W) in [-1, 1] -> features (B, N', z)``: one
 feature vector per token of a square grid, row-major, no class token, computed without

@@ -1,4 +1,4 @@
-"""Timestep distributions for training (SPEC 2). Each returns ``t`` of shape (B, N) in [0, 1].
+"""Timestep distributions for training (docs/method.md §2). Each returns ``t`` of shape (B, N) in [0, 1].
 
 A *timestep distribution* is what training draws ``t`` from; the inference solvers are
 *samplers* (``patchforcing.sampling``). Every distribution is a callable
@@ -55,7 +55,7 @@ class LogitNormal:
 
 @dataclass(frozen=True)
 class UniformPatch:
-    """Independent ``t ~ U(0, 1)`` per patch (naive Diffusion Forcing; trains badly, SPEC 2)."""
+    """Independent ``t ~ U(0, 1)`` per patch (naive Diffusion Forcing; trains badly, docs/method.md §2.3)."""
 
     def __call__(self, batch: int, num_patches: int, *, generator=None, device=None, dtype=None) -> Tensor:
         device, dtype = _resolve(device, dtype)
@@ -108,7 +108,7 @@ class TruncatedGaussian:
 
 @dataclass(frozen=True)
 class LogitNormalTruncatedGaussian:
-    """The paper's distribution (SPEC 2): controls the MAXIMUM information in a sample.
+    """The paper's distribution (docs/method.md §2.7): controls the MAXIMUM information in a sample.
 
     ``t_max = sigmoid(loc + scale n)`` per sample, then every patch lies at or below ``t_max``.
     Defaults are the ImageNet ones; the paper uses ``loc = 0.5`` for text-to-image.
@@ -202,7 +202,7 @@ PER_SAMPLE = ("uniform", "logit-normal")  # one time per sample: the classical g
 
 
 def timestep_distribution(name: str, **params) -> TimestepDistribution:
-    """Build a timestep distribution by name (SPEC 2), e.g. ``timestep_distribution("ltg", loc=0.5)``."""
+    """Build a timestep distribution by name (docs/method.md §2), e.g. ``timestep_distribution("ltg", loc=0.5)``."""
     if name not in DISTRIBUTIONS:
         raise ConfigError(f"unknown timestep distribution {name!r}; choose one of: {', '.join(DISTRIBUTIONS)}")
     cls = DISTRIBUTIONS[name]

@@ -19,7 +19,7 @@ _INT_FIELDS = {"input_size": 1, "in_channels": 1, "patch_size": 1, "hidden_size"
 
 
 class Kind(str, enum.Enum):
-    """What the network conditions on (SPEC 3)."""
+    """What the network conditions on (docs/method.md §3)."""
 
     PATCH_FORCING = "patch-forcing"  # per-patch time (B, N) + difficulty head (log-variance channel)
     SIT = "sit"  # global-time baseline of the same layout, no head
@@ -78,7 +78,7 @@ class ModelConfig(NetworkConfig):
     num_classes: int = 1000  # 0: unconditional (only the null row exists)
     class_dropout_prob: float = 0.1  # > 0 adds the null-class row used for guidance
     learn_sigma: bool = False  # legacy DiT/SiT option: extra C output channels, discarded
-    # REPA (SPEC 6, SPEC_T2I 8.1): a token-wise projector D -> P -> P -> z on the hidden tokens
+    # REPA (docs/method.md §7.1): a token-wise projector D -> P -> P -> z on the hidden tokens
     # right after block ``repa_depth`` (1-based); ``repa_dim = 0`` means no projector.
     repa_dim: int = 0  # z: the frozen encoder's feature width (768 for DINOv2-B)
     repa_depth: int = 0  # the reference's encoder_depth (8 for XL, 4 for B in the REPA paper)
@@ -152,7 +152,7 @@ class ModelConfig(NetworkConfig):
         return self.num_classes if self.has_null_class else None
 
 
-# Sizes of SPEC 3 (depth, width, heads); XS is this project's CPU size.
+# Sizes of docs/method.md §3.6 (depth, width, heads); XS is this project's CPU size.
 _SIZES = {
     "XS": dict(depth=4, hidden_size=128, num_heads=4),
     "S": dict(depth=12, hidden_size=384, num_heads=6),

@@ -1,4 +1,4 @@
-"""Building blocks of the Patch Forcing transformer (SPEC 3). Parameter names follow the
+"""Building blocks of the Patch Forcing transformer (docs/method.md §3). Parameter names follow the
 released checkpoints (``x_embedder.proj``, ``t_embedder.mlp``, ``attn.qkv``, ``mlp.fc1`` ...)."""
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class Block(nn.Module):
-    """adaLN-Zero block with token-wise modulation (SPEC 3).
+    """adaLN-Zero block with token-wise modulation (docs/method.md §3.3).
 
     The modulation arrives precomputed (see ``Conditioning``), so that tokens sharing a
     (sample, time) pair share one ``Linear(D, 6D)`` evaluation.

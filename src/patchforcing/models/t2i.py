@@ -1,9 +1,9 @@
-"""The text-to-image Patch Forcing transformer (SPEC_T2I 7), with its config and presets.
+"""The text-to-image Patch Forcing transformer (docs/method.md §8), with its config and presets.
 
 ``model(x (B, C, H, W), t (B, N) or (B,), y (B, L, D_in)) -> ModelOutput(velocity, logvar)``,
 ``y`` being the states of a frozen text encoder. Time enters only through per-token AdaRMSNorm
 gains; the text enters through cross-attention to a refined copy of ``y``. The quirks of the
-reference (SPEC_T2I 7.11) are reproduced: unrotated text keys, no padding mask unless one is
+reference (docs/method.md §8.10) are reproduced: unrotated text keys, no padding mask unless one is
 passed (an extension), cosine attention with learned temperatures, half-rotated heads.
 
 The refined text and each block's text keys depend on ``y`` only. Under ``torch.no_grad`` the
@@ -104,7 +104,7 @@ class T2IConfig(NetworkConfig):
         """The config of a reference checkpoint's ``{"target": REFERENCE_TARGET, "params": ...}``.
 
         The reference network is resolution-free; ``input_size`` defaults to 32 (256 px with an 8x
-        autoencoder) and the text encoder to the paper's (SPEC_T2I 7.8). Missing params take the
+        autoencoder) and the text encoder to the paper's (docs/method.md §9.1). Missing params take the
         values of the paper's 1.2B network.
         """
         unknown = sorted(set(params) - set(_REFERENCE_PARAMS) - set(_REFERENCE_IGNORED))
@@ -118,7 +118,7 @@ class T2IConfig(NetworkConfig):
         return super().from_dict({k: v for k, v in d.items() if k != "architecture"})
 
 
-# Presets. 1.2B: the paper's network (SPEC_T2I 7.1, in_channels 32 for FLUX.2 latents).
+# Presets. 1.2B: the paper's network (docs/method.md §8.1, in_channels 32 for FLUX.2 latents).
 # XS: this project's CPU size for 16x16 one-channel digits with the bundled byte-level encoder.
 T2I_PRESETS: dict[str, dict[str, Any]] = {
     "T2I-XS/2": dict(input_size=16, in_channels=1, hidden_dim=128, depth=4, head_dim=32, mapping_dim=64, mapping_depth=1,
@@ -185,7 +185,7 @@ class _TextCache:
 
 
 class PatchForcingT2I(Network):
-    """SPEC_T2I 7.5. State-dict names and order as in the reference (7.7)."""
+    """docs/method.md §8.7. State-dict names and order as in the reference (docs/method.md §8.9)."""
 
     def __init__(self, config: T2IConfig):
         super().__init__()
@@ -207,7 +207,7 @@ class PatchForcingT2I(Network):
 
     # --- text ---------------------------------------------------------------------------------
     def refine_text(self, y: Tensor, text_mask: Tensor | None = None) -> Tensor:
-        """Steps 1-2 of SPEC_T2I 7.5: ``txt_proj`` then the refiner. (B, L, D_in) -> (B, L, D_t)."""
+        """Steps 1-2 of docs/method.md §8.7: ``txt_proj`` then the refiner. (B, L, D_in) -> (B, L, D_t)."""
         text = self.txt_proj(y)
         pos = torch.arange(y.shape[1], device=y.device, dtype=torch.float32)  # token indices 0 .. L-1
         for layer in self.txt_refiner:
@@ -260,7 +260,7 @@ class PatchForcingT2I(Network):
         return ModelOutput(out[:, :c], out[:, c:] if self.has_difficulty_head else None)
 
     def _rotations(self, pos: Tensor, dtype: torch.dtype) -> list[Rotation]:
-        """The image RoPE of every block's self- then cross-attention (SPEC_T2I 7.3), for pos (N, 2).
+        """The image RoPE of every block's self- then cross-attention (docs/method.md §8.5), for pos (N, 2).
 
         The frozen tables normally all hold the same values: each distinct table is evaluated once
         per forward. Which tables are equal is read again only when one of them changes.

@@ -1,4 +1,4 @@
-"""Building blocks of the text-to-image Patch Forcing transformer (SPEC_T2I 7.2-7.4).
+"""Building blocks of the text-to-image Patch Forcing transformer (docs/method.md §8.2-8.6).
 
 Parameter names and shapes follow the reference (``norm.linear.weight``, ``qkv_proj``,
 ``pos_emb.freqs`` ...) so that its state_dicts load as-is. No layer has a bias except the text
@@ -18,7 +18,7 @@ EPS = 1e-6
 
 
 def _stat_dtype(x: Tensor) -> torch.dtype:
-    """Norm statistics in at least float32 (SPEC_T2I 7.2)."""
+    """Norm statistics in at least float32 (docs/method.md §8.2)."""
     return torch.promote_types(x.dtype, torch.float32)
 
 
@@ -89,7 +89,7 @@ def _zero_linear(d_in: int, d_out: int) -> nn.Linear:
     return layer
 
 
-# --- time embedding (7.2) -----------------------------------------------------------------------
+# --- time embedding (docs/method.md §8.3) -----------------------------------------------------------------------
 class FourierFeatures(nn.Module):
     """Random Fourier features: buffer ``weight`` (M/2, 1) ~ N(0, 1), saved in the checkpoint."""
 
@@ -142,7 +142,7 @@ class TimestepEmbedder(nn.Module):
         return self.mapping(self.time_in_proj(self.time_emb(t.to(dtype)).to(dtype)))
 
 
-# --- positions and RoPE (7.3) -------------------------------------------------------------------
+# --- positions and RoPE (docs/method.md §8.5) -------------------------------------------------------------------
 def image_positions(rows: int, cols: int, patch_size: int, device: torch.device | None = None) -> Tensor:
     """Patch-centre positions (rows/p * cols/p, 2) as (row, column), float32 as the reference builds them.
 
@@ -213,7 +213,7 @@ def rotate(x: Tensor, rot: Rotation) -> Tensor:
     return torch.cat([x1 * rot.cos - x2 * rot.sin, x2 * rot.cos + x1 * rot.sin, rest], dim=-1)
 
 
-# --- attention (7.2, 7.4) -----------------------------------------------------------------------
+# --- attention (docs/method.md §8.4, §8.6) -----------------------------------------------------------------------
 def cosine_scale(x: Tensor, scale: Tensor) -> Tensor:
     """``x * sqrt(s_h) / sqrt(sum x^2 + 1e-6)`` per head; x (B, H, N, d), scale (H,)."""
     dtype = _stat_dtype(x)
@@ -264,7 +264,7 @@ class SelfAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Residual cosine cross-attention from image tokens to the refined text.
 
-    RoPE rotates the image queries only; the text keys are not rotated (SPEC_T2I 7.11).
+    RoPE rotates the image queries only; the text keys are not rotated (docs/method.md §8.10).
     """
 
     def __init__(self, dim: int, head_dim: int, cond_dim: int, text_dim: int):
@@ -332,7 +332,7 @@ class TextBlock(nn.Module):
         return self.ff(self.self_attn(x, rot, key_mask=key_mask))
 
 
-# --- token layouts (7.4) ------------------------------------------------------------------------
+# --- token layouts (docs/method.md §8.6) ------------------------------------------------------------------------
 class TokenMerge2D(nn.Module):
     """(B, C, H, W) -> (B, N, D); a token's features are ordered (in-patch row, column, channel)."""
 

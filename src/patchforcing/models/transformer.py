@@ -1,9 +1,9 @@
-"""The Patch Forcing transformer (SPEC 3): DiT/SiT with per-token conditioning.
+"""The Patch Forcing transformer (docs/method.md §3): DiT/SiT with per-token conditioning.
 
 The network knows nothing about noise, time distributions or samplers. It maps
 ``(x (B, C, H, W), t (B,) or (B, N), y (B,))`` to ``ModelOutput(velocity (B, C, H, W),
 logvar (B, 1, H, W) or None)``. With a REPA projector (``config.repa_dim > 0``) and
-``return_features=True`` the output also carries ``features`` (B, N, z) (SPEC_T2I 8.1).
+``return_features=True`` the output also carries ``features`` (B, N, z) (docs/method.md §7.1).
 
 Shared modulation: the adaLN ``Linear(D, 6D)`` of every block depends only on the token's
 conditioning vector ``c = t_emb(t) + y_emb(y)``. At inference most tokens of a sample share a
@@ -117,9 +117,9 @@ class PatchForcingTransformer(Network):
             self._initialize_projector()
 
     def initialize_weights(self) -> None:
-        """SPEC 3: Xavier linears, zero biases, zero adaLN and output layers, N(0, 0.02) embeddings.
+        """docs/method.md §3.5: Xavier linears, zero biases, zero adaLN and output layers, N(0, 0.02) embeddings.
 
-        The REPA projector gets the same Xavier/zero-bias initialisation (SPEC_T2I 8.1), drawn last,
+        The REPA projector gets the same Xavier/zero-bias initialisation (docs/method.md §7.1), drawn last,
         so a network with a projector starts with the same other weights as one without.
         """
         projector = list(self.projector.modules()) if hasattr(self, "projector") else []

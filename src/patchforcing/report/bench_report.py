@@ -15,7 +15,7 @@ SAMPLER_COLORS = {"euler": "#000000", "euler-pf": PALETTE[0], "dual-loop": PALET
                   "random-dual-loop": PALETTE[4], "random-look-ahead": PALETTE[3]}
 NETWORK_STYLES = {"sit-uniform": ("-", "s"), "pf-ltg": ("-", "o"), "pf-uniform-patch": ("--", "^"), "pf-srm": (":", "v")}
 
-# The paper's orderings (SPEC 5), as (claim, left, relation, right): FID of left `relation` FID of right.
+# The paper's orderings (docs/method.md §5.9), as (claim, left, relation, right): FID of left `relation` FID of right.
 CLAIMS = (
     ("Patch Forcing (ltg) with Euler beats the SiT baseline with Euler", ("pf-ltg", "euler-pf"), "<", ("sit-uniform", "euler")),
     ("dual-loop beats Euler on the same Patch Forcing network", ("pf-ltg", "dual-loop"), "<", ("pf-ltg", "euler-pf")),
@@ -100,7 +100,7 @@ def write_markdown(out: Path, results: dict[str, Any], settings) -> Path:
         "",
         "## Reading (automatic)",
         "",
-        "The paper's orderings (SPEC 5; ImageNet-256: SiT-B/2 33.0 > PF-B/2 Euler 27.9 > dual-loop 26.0 > "
+        "The paper's orderings (docs/method.md §5.9; ImageNet-256: SiT-B/2 33.0 > PF-B/2 Euler 27.9 > dual-loop 26.0 > "
         "look-ahead 24.2 FID, and random masks worse than Euler) checked on these numbers: first on the mean "
         "over seeds, then seed by seed (every sampler and network sees the same noise and labels for a given seed, so "
         "a seed-by-seed comparison is paired).",

@@ -10,7 +10,7 @@ from typing import Any
 from patchforcing.report.common import fmt, machine_line
 from patchforcing.runs import atomic_write
 
-# What each sampler does, in a sentence or three (SPEC 5).
+# What each sampler does, in a sentence or three (docs/method.md §5).
 SAMPLER_TEXT = {
     "euler": "Plain Euler with one global time per image: every patch is denoised in lock-step. "
              "The integrator of ordinary diffusion transformers.",

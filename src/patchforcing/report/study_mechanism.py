@@ -1,6 +1,6 @@
 """The mechanism behind look-ahead, measured on held-out data (questions 3 and 4 of ``docs/study.md``).
 
-Look-ahead (SPEC 5) evaluates the network at ``x_t``, pushes the certain patches ahead to
+Look-ahead (docs/method.md §5.5) evaluates the network at ``x_t``, pushes the certain patches ahead to
 ``t_ctx = min(rho t, 1)`` with the predicted velocity, and re-predicts the uncertain patches with that
 cleaner context. The paper's explanation is that context helps: the second prediction of the patches
 left behind is better than the first. Here, at a global time ``t`` on held-out images with known

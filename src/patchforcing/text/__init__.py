@@ -35,7 +35,7 @@ class EncoderPreset:
 
 
 TEXT_ENCODERS: dict[str, EncoderPreset] = {
-    # The paper's encoder (SPEC_T2I 7.8): the text model of Qwen3-VL-Embedding-2B, bf16, 256 tokens, D = 2048.
+    # The paper's encoder (docs/method.md §9.1): the text model of Qwen3-VL-Embedding-2B, bf16, 256 tokens, D = 2048.
     "qwen3-vl-embedding-2b": EncoderPreset("Qwen/Qwen3-VL-Embedding-2B", 256, torch.bfloat16, "the paper's encoder, D = 2048"),
     "t5-xxl": EncoderPreset("google/t5-v1_1-xxl", 512, torch.bfloat16,
                             "T5 v1.1 XXL encoder (the original pre-training objective), D = 4096"),

@@ -1,4 +1,4 @@
-"""Frozen text encoders: captions -> states (B, L, D) for the text-to-image network (SPEC_T2I 7.8).
+"""Frozen text encoders: captions -> states (B, L, D) for the text-to-image network (docs/method.md §9.1).
 
 Two kinds:
     * ``HFTextEncoder``: any Hugging Face ``transformers`` model from a local folder or the local

@@ -54,16 +54,16 @@ class TrainConfig:
     hidden_size: int | None = knob(None, "override the network preset's width (none: keep the preset's)")
     num_heads: int | None = knob(None, "override the network preset's attention heads (none: keep the preset's)")
     patch_size: int | None = knob(None, "override the preset's patch size (none: keep the preset's)")
-    class_dropout_prob: float = knob(0.1, "label dropout for classifier-free guidance (SPEC 3; 0.1 in the paper)")
-    # --- text-to-image (SPEC_T2I 7): T2I-* networks on captioned data ------------------------------
+    class_dropout_prob: float = knob(0.1, "label dropout for classifier-free guidance (docs/method.md §3.2; 0.1 in the paper)")
+    # --- text-to-image (docs/method.md §8): T2I-* networks on captioned data ------------------------------
     text_encoder: str | None = knob(None, "T2I-* only: byte-toy (bundled toy), qwen3-vl-embedding-2b, t5-xxl, t5-xxl-authors, clip-l, clip-l-authors, a HF repo id or folder; none: the preset's")
     text_length: int | None = knob(None, "T2I-* only: padded token count of the captions (none: the encoder's, 256 for the paper's)")
-    text_dropout: float = knob(0.1, "T2I-* only: probability a caption is replaced by the empty prompt (SPEC_T2I 7.9: 0.1)")
-    # --- objective (SPEC 4) -------------------------------------------------------------------------
+    text_dropout: float = knob(0.1, "T2I-* only: probability a caption is replaced by the empty prompt (docs/method.md §9.2: 0.1)")
+    # --- objective (docs/method.md §4) -------------------------------------------------------------------------
     timesteps: str = knob("auto", "training timestep distribution; auto: ltg for PF-*, uniform for SiT-*")
     timestep_options: str = knob("", "distribution parameters as key=value pairs, e.g. 'loc=0.5,std=0.6'")
     uncertainty_weight: float = knob(0.01, "lambda of loss = flow + lambda * nll (0.01 in the paper)")
-    # --- REPA (SPEC 6): align hidden tokens with a frozen encoder's features of the clean image ----
+    # --- REPA (docs/method.md §7): align hidden tokens with a frozen encoder's features of the clean image ----
     repa_encoder: str | None = knob(None, "REPA target encoder: digits-cnn (ships with the package), dinov2-b, dinov2:FOLDER; none: off")
     repa_weight: float = knob(0.5, "weight of the REPA loss in loss = flow + lambda * nll + w * repa (0.5 in the REPA paper)")
     repa_depth: int | None = knob(None, "REPA aligns the tokens after this block (none: the preset size's, 8 for XL, 4 for B)")
@@ -193,7 +193,7 @@ class TrainConfig:
             if not eq:
                 raise ConfigError(f"--timestep-options {self.timestep_options!r}: write key=value pairs separated by commas, e.g. 'loc=0.5,std=0.6'")
         if self.is_text and self.timestep_name == "ltg":
-            params.setdefault("loc", 0.5)  # SPEC 2 / SPEC_T2I 7.9: text-to-image uses ltg with loc 0.5
+            params.setdefault("loc", 0.5)  # docs/method.md §2.7, §9.2: text-to-image uses ltg with loc 0.5
         return params
 
     def model_overrides(self) -> dict[str, Any]:
@@ -219,8 +219,8 @@ FIELD_TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 _DIGITS_NET = dict(depth=2, hidden_size=64, num_heads=2)
 _SIZE_FIELDS = ("depth", "hidden_size", "num_heads", "patch_size")
 
-# The ImageNet-256 settings of SPEC 4 (SD-VAE latents 4x32x32 written by `patchforcing prepare-latents`).
-# SPEC 4 gives the batch per GPU (64 for B, 32 for XL); 256 is the global batch of SiT/DiT, i.e. 4 GPUs x 64
+# The ImageNet-256 settings of docs/method.md §4.3 (SD-VAE latents 4x32x32 written by `patchforcing prepare-latents`).
+# docs/method.md §4.3 gives the batch per GPU (64 for B, 32 for XL); 256 is the global batch of SiT/DiT, i.e. 4 GPUs x 64
 # (B) or 8 GPUs x 32 (XL). With another GPU count set --batch-size to (GPUs x per-GPU batch).
 _IMAGENET = dict(
     data="latents/imagenet-256", steps=400_000, batch_size=256,

@@ -1,5 +1,5 @@
 """Periodic evaluation during training, always with the EMA network: the validation loss of
-SPEC 4 on a fixed held-out batch, and sample grids written as PNG."""
+docs/method.md §4.4 on a fixed held-out batch, and sample grids written as PNG."""
 
 from __future__ import annotations
 

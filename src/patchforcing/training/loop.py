@@ -1,4 +1,4 @@
-"""``train(config)``: the training loop of SPEC 4, resumable by running it again.
+"""``train(config)``: the training loop of docs/method.md §4, resumable by running it again.
 
     patchforcing train --out runs/digits                          # the default digits preset, CPU
     torchrun --nproc_per_node 8 -m patchforcing train --preset imagenet-xl2 --data latents/in256

@@ -1,4 +1,4 @@
-"""Where a training run gets its REPA targets (SPEC 6): a frozen encoder applied to the clean
+"""Where a training run gets its REPA targets (docs/method.md §7.3): a frozen encoder applied to the clean
 images of each step (image data), or the features stored beside the latents by
 ``patchforcing prepare-latents --repa-encoder NAME`` (latent data: training never decodes).
 

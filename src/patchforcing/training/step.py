@@ -34,7 +34,7 @@ def warmup_factor(warmup_steps: int):
 
 
 def make_optimizer(net: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over the trainable weights (SPEC 4: lr 1e-4, default betas, no weight decay) with a
+    """AdamW over the trainable weights (docs/method.md §4.3: lr 1e-4, default betas, no weight decay) with a
     linear warm-up then a constant learning rate."""
     params = [p for p in net.parameters() if p.requires_grad]  # the fixed position embedding is not trained
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)

@@ -2,7 +2,7 @@
 
 The trainer draws images, noise and times exactly as for class-conditional networks
 (``batches.py``); for a text network it then asks ``TextConditioner`` for the condition of the
-same rows. Which captions are dropped (replaced by the empty prompt, SPEC_T2I 7.9) is drawn for the
+same rows. Which captions are dropped (replaced by the empty prompt, docs/method.md §9.2) is drawn for the
 GLOBAL batch from its own stream seeded by ``(seed, step)``, so resuming and any number of
 processes see the same drops. The encoder is frozen and keeps the states of captions it has
 seen (``EncodingCache``): on a small captioned data set every caption is encoded once.
