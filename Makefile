@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -- set up, then train the default network on the bundled digits and write demo/index.html
-#   make test   -- set up, then run the test suite
+#   make test   -- set up, then lint (ruff) and run the test suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -18,6 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest
 
 demo: setup

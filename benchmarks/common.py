@@ -7,7 +7,7 @@ import shlex
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -47,7 +47,7 @@ def paired_ratios(num: list[float], den: list[float]) -> tuple[float, float, flo
     Calls of one round run back to back, so a load that comes and goes on a shared machine hits
     both sides of a pair; the spread of the pairs says how far a single ratio can be trusted.
     """
-    ratios = sorted(a / b for a, b in zip(num, den))
+    ratios = sorted(a / b for a, b in zip(num, den, strict=False))
     q1, med, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
     return q1, med, q3
 

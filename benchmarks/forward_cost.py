@@ -19,9 +19,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import command_line, describe_machine, interleaved_medians  # noqa: E402
-
 import patchforcing as pf  # noqa: E402
+from common import command_line, describe_machine, interleaved_medians  # noqa: E402
 
 
 def main() -> None:

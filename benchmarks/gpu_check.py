@@ -39,9 +39,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from gpu_throughput import bench_training, device_peak, sync  # noqa: E402
-
 import patchforcing as pf  # noqa: E402
+from gpu_throughput import bench_training, device_peak, sync  # noqa: E402
 from patchforcing.models import create_model  # noqa: E402
 from patchforcing.runtime import resolve_device  # noqa: E402
 from patchforcing.timesteps import timestep_distribution  # noqa: E402
@@ -125,7 +124,7 @@ def check_training(name: str, overrides: dict, device: torch.device, sz) -> list
 
     a, b = losses(eager), losses(compiled)
     finite = all(np.isfinite(a + b))
-    rel = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b))
+    rel = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b, strict=False))
     ok = finite and rel <= COMPILE_TOL
     backend = "inductor" if device.type == "cuda" else "aot_eager"
     return [(f"train bf16 {name} eager vs compiled ({backend})", "PASS" if ok else "FAIL",
@@ -279,8 +278,9 @@ def check_throughput(device: torch.device, sz) -> list[tuple]:
 
 
 def _tiny_bench(name: str, sz, device: torch.device, peak) -> dict:
-    from gpu_throughput import train_step_fn
     from torch.utils.flop_counter import FlopCounterMode
+
+    from gpu_throughput import train_step_fn
 
     torch.manual_seed(0)
     net = create_model(name, num_classes=1000, in_channels=4, **sz.pf).to(device).train()

@@ -23,13 +23,13 @@ import time
 import torch
 
 from patchforcing.evaluation.generate import sampler_steps
-from patchforcing.training.example import training_loss
 from patchforcing.models import create_model
 from patchforcing.runtime import resolve_device
 from patchforcing.sampling import sample
 from patchforcing.sampling.registry import SAMPLERS
 from patchforcing.timesteps import timestep_distribution
 from patchforcing.training.distributed import compile_network
+from patchforcing.training.example import training_loss
 
 # Dense bf16 tensor-core peaks (TFLOP/s) of the SXM parts, from the vendor's data sheets.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "4090": 165.0}

@@ -28,8 +28,8 @@ import torch
 from patchforcing import load_model
 from patchforcing.evaluation.digits import digits_metrics
 from patchforcing.evaluation.generate import generate_images, sampler_steps
-from patchforcing.streams import EVAL_SEED_STRIDE as SEED_STRIDE
 from patchforcing.runs import checkpoint_path, list_checkpoints
+from patchforcing.streams import EVAL_SEED_STRIDE as SEED_STRIDE
 from patchforcing.training import resolve_config, train
 
 METRICS = ("fid", "precision", "recall", "accuracy")

@@ -20,9 +20,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import command_line, describe_machine  # noqa: E402
-
 import patchforcing as pf  # noqa: E402
+from common import command_line, describe_machine  # noqa: E402
 
 
 class TimedNetwork(torch.nn.Module):

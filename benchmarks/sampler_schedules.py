@@ -36,9 +36,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import command_line  # noqa: E402
-
 import patchforcing as pf  # noqa: E402
+from common import command_line  # noqa: E402
 from patchforcing.errors import ConfigError  # noqa: E402
 from patchforcing.evaluation.evaluate import evaluate_model  # noqa: E402
 from patchforcing.report.common import fmt, machine_info, mean_std, parse_ints  # noqa: E402
@@ -195,7 +194,7 @@ def nfe_to_reach(summary: dict, network: str, sampler: str, schedule: str, budge
         return "n/a"
     if pts[0][1] <= target:
         return f"<= {pts[0][0]}"
-    for (n0, f0), (n1, f1) in zip(pts, pts[1:]):
+    for (n0, f0), (n1, f1) in zip(pts, pts[1:], strict=False):
         if f1 <= target:
             frac = (f0 - target) / (f0 - f1)
             return f"~{math.exp(math.log(n0) + frac * (math.log(n1) - math.log(n0))):.0f}"

@@ -35,7 +35,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import command_line, describe_machine, interleaved_times, paired_ratios  # noqa: E402
-
 from patchforcing.models import create_model  # noqa: E402
 
 

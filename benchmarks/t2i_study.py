@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import command_line, describe_machine  # noqa: E402
-
 import patchforcing as pf  # noqa: E402
+from common import command_line, describe_machine  # noqa: E402
 from patchforcing.evaluation import evaluate_model  # noqa: E402
 from patchforcing.evaluation.conditions import Prompts  # noqa: E402
 from patchforcing.evaluation.generate import generate_images  # noqa: E402
@@ -71,7 +70,7 @@ def main() -> None:
     # grid: rows = prompts, columns = (network, sampler), the same noise per row, CFG 2
     tiles = []
     for prompt_index, prompt in enumerate(GRID_PROMPTS):
-        for name, net in nets.items():
+        for net in nets.values():
             for sampler in SAMPLERS:
                 plan = SamplingPlan.from_nfe(sampler, args.nfe, guidance=pf.Guidance(2.0))
                 _, img, _, _ = generate_images(net, plan, num_samples=1, seed=100 + prompt_index,

@@ -22,13 +22,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import command_line, describe_machine  # noqa: E402
-
 from patchforcing.data import load_dataset  # noqa: E402
-from patchforcing.training.example import training_loss  # noqa: E402
 from patchforcing.models import create_model  # noqa: E402
 from patchforcing.text import load_text_encoder  # noqa: E402
 from patchforcing.training import resolve_config  # noqa: E402
 from patchforcing.training.config import text_network_config  # noqa: E402
+from patchforcing.training.example import training_loss  # noqa: E402
 from patchforcing.training.step import make_optimizer  # noqa: E402
 
 

@@ -32,9 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import command_line, describe_machine, interleaved_times, paired_ratios  # noqa: E402
-
 import patchforcing as pf  # noqa: E402
+from common import command_line, describe_machine, interleaved_times, paired_ratios  # noqa: E402
 from patchforcing.flow import interpolate
 from patchforcing.loss import gaussian_nll  # noqa: E402
 

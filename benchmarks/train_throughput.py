@@ -24,11 +24,11 @@ from pathlib import Path
 import torch
 
 from patchforcing.data import load_dataset
-from patchforcing.training.example import training_loss
 from patchforcing.models import PatchForcingTransformer
 from patchforcing.timesteps import timestep_distribution
 from patchforcing.training import resolve_config, train
 from patchforcing.training.config import network_config
+from patchforcing.training.example import training_loss
 
 
 def bare_images_per_sec(cfg, steps: int, warmup: int) -> float:

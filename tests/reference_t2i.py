@@ -210,7 +210,7 @@ def ref_t2i_forward(sd: dict, x: Tensor, t: Tensor, txt_emb: Tensor, *, patch_si
             pre = f"txt_refiner.{r}"
             freqs = sd[f"{pre}.self_attn.pos_emb.freqs"]
             u = rmsnorm(txt, sd[f"{pre}.self_attn.norm.scale"])
-            txt = self_attention(txt, u, sd, f"{pre}.self_attn", txt_head_dim, lambda hh: angles_1d(length, freqs, hh))
+            txt = self_attention(txt, u, sd, f"{pre}.self_attn", txt_head_dim, lambda hh, length=length, freqs=freqs: angles_1d(length, freqs, hh))
             txt = feed_forward(txt, rmsnorm(txt, sd[f"{pre}.ff.norm.scale"]), sd, f"{pre}.ff")
             r += 1
         # 3: per-token time embedding.
@@ -232,7 +232,7 @@ def ref_t2i_forward(sd: dict, x: Tensor, t: Tensor, txt_emb: Tensor, *, patch_si
             pre = f"blocks.{k}"
             freqs = sd[f"{pre}.self_attn.pos_emb.freqs"]
             z = self_attention(z, ada(z, c, sd[f"{pre}.self_attn.norm.linear.weight"]), sd, f"{pre}.self_attn", head_dim,
-                               lambda hh: angles_2d(pos, freqs, hh))
+                               lambda hh, freqs=freqs: angles_2d(pos, freqs, hh))
             z = cross_attention(z, ada(z, c, sd[f"{pre}.cross_attn.norm.linear.weight"]), txt, sd, f"{pre}.cross_attn", head_dim, pos)
             z = feed_forward(z, ada(z, c, sd[f"{pre}.ff.norm.linear.weight"]), sd, f"{pre}.ff")
             k += 1

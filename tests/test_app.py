@@ -11,9 +11,9 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import make_model
 
 import patchforcing as pf
+from conftest import make_model
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
-from conftest import make_model, randomize_
 
 import patchforcing as pf
+from conftest import make_model, randomize_
 from patchforcing import checkpoints
 from patchforcing.models import Kind
 

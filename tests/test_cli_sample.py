@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from conftest import make_vae
 
 import patchforcing as pf
+from conftest import make_vae
 from patchforcing.cli import main
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from conftest import make_vae
 
+from conftest import make_vae
+from patchforcing.autoencoder import encode_latents
 from patchforcing.data import ImageDataset, digits_split_indices, load_dataset, prepare_latents, split_image_files
 from patchforcing.data.builtin import PHOTOS_TEST_FRACTION, photo_crop_plan, photo_regions
-from patchforcing.autoencoder import encode_latents
 from patchforcing.errors import DataError
 
 # ----------------------------------------------------------------------------- digits

@@ -21,9 +21,9 @@ from PIL import Image
 import patchforcing as pf
 from patchforcing import runs
 from patchforcing.cli import main
+from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.evaluation.evaluate import evaluate_model, plan_evaluation, validation_report
-from patchforcing.data import load_dataset
 from patchforcing.evaluation.generate import balanced_labels
 from patchforcing.images import save_grid as save_image_grid
 from patchforcing.images import to_uint8_nhwc

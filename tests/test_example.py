@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
 
 import patchforcing as pf
+from conftest import make_model
 from patchforcing.loss import NUM_SEGMENTS, Example, example_loss, held_out_loss, segment_times
 from patchforcing.streams import STREAM_STEP, make_generator
 from patchforcing.timesteps import timestep_distribution

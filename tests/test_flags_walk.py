@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_vae
 
 import patchforcing as pf
+from conftest import make_vae
 from patchforcing.commands import build_parser, main
 from patchforcing.models import create_model
 

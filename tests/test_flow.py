@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from conftest import make_model, tiny_config
-from reference_impl import ref_forward, ref_training_loss
 
 import patchforcing as pf
+from conftest import make_model, tiny_config
 from patchforcing.models import ModelOutput
+from reference_impl import ref_forward, ref_training_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

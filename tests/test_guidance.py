@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_model
-from reference_impl import ref_dual_loop, ref_look_ahead, ref_nfe, ref_time_grid
 
 import patchforcing as pf
+from conftest import make_model
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.models import ModelOutput
 from patchforcing.sampling import expected_nfe, time_grid
+from reference_impl import ref_dual_loop, ref_look_ahead, ref_nfe, ref_time_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

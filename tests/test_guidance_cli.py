@@ -12,9 +12,9 @@ from PIL import Image
 import patchforcing as pf
 from patchforcing.checkpoints import TRAIN_FORMAT
 from patchforcing.cli import main
+from patchforcing.commands.plan_flags import parse_interval, resolve_guide_path
 from patchforcing.errors import CheckpointError, ConfigError
 from patchforcing.runs import checkpoint_path
-from patchforcing.commands.plan_flags import parse_interval, resolve_guide_path
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

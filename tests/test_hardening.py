@@ -202,8 +202,8 @@ def test_full_disk_during_training_keeps_the_run(tmp_path, capsys, monkeypatch):
         real_save(obj, f, *args, **kwargs)
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 996928 vs 996816")
+        except OSError as err:  # torch raises its RuntimeError while handling the OSError
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 996928 vs 996816") from err
 
     monkeypatch.setattr(torch, "save", full_disk)
     assert main(["train", "--out", str(out), *TRAIN, "--steps", "4", "--log-every", "1"]) == 1

@@ -9,13 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_model, tiny_config
-from reference_impl import RefGuide, patch_mean, ref_difficulty_mask
 
 import patchforcing as pf
+from conftest import make_model, tiny_config
 from patchforcing.flow import patch_time_to_pixels
 from patchforcing.models import ModelOutput
 from patchforcing.sampling.schedules import time_grid
+from reference_impl import RefGuide, patch_mean, ref_difficulty_mask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -217,7 +217,7 @@ def test_every_evaluation_of_a_step_follows_its_guidance_decision(sampler):
     assert len(calls) == info["nfe"] == pf.expected_nfe(sampler, 4)
     per_step = {"heun": [2, 2, 2, 1], "heun-pf": [2, 2, 2, 1], "look-ahead-heun": [1, 3, 3, 2], "corrected-look-ahead": [1, 3, 3, 3]}[sampler]
     guided = [False, False, True, True]  # t_k = 0, 0.25, 0.5, 0.75 against the interval (0.3, 1)
-    expected = [2 * B if g else B for g, count in zip(guided, per_step) for _ in range(count)]
+    expected = [2 * B if g else B for g, count in zip(guided, per_step, strict=False) for _ in range(count)]
     assert [batch for batch, _ in calls] == expected
 
 

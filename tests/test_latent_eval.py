@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import make_vae
 
+from conftest import make_vae
 from patchforcing import load_model
 from patchforcing.autoencoder import latent_decoder, recorded_latents
 from patchforcing.cli import main

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy import linalg
 
+from patchforcing.data import load_dataset
 from patchforcing.errors import (
     CheckpointError,
     ConfigError,
@@ -18,7 +19,6 @@ from patchforcing.errors import (
     PatchForcingError,
     ShapeError,
 )
-from patchforcing.data import load_dataset
 from patchforcing.evaluation import (
     classification_accuracy,
     extract_features,

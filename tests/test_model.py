@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from conftest import make_model, tiny_config
-from reference_impl import ref_forward, ref_pos_embed
 
 import patchforcing as pf
+from conftest import make_model, tiny_config
 from patchforcing.models import Kind, preset_config
+from reference_impl import ref_forward, ref_pos_embed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

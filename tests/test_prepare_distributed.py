@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import image_folder_of_noise, make_vae
 
+from conftest import image_folder_of_noise, make_vae
 from patchforcing.data import load_dataset, prepare_latents
 from patchforcing.data.latents import load_latent_dataset
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import image_folder_of_noise, make_vae
 
 import patchforcing.data.prepare as prepare
+from conftest import image_folder_of_noise, make_vae
 from patchforcing.data import load_dataset, prepare_latents
 from patchforcing.data.latents import (
     LATENT_FORMAT,

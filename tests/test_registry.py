@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_model, tiny_config
 
 import patchforcing as pf
+from conftest import make_model, tiny_config
 from patchforcing.errors import ConfigError
 from patchforcing.models import ModelOutput
 from patchforcing.sampling import REGISTRY, SAMPLERS, Guidance, GuidanceInterval, MaskKind, SamplingPlan, time_grid

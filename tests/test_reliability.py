@@ -10,9 +10,9 @@ import torch
 
 import patchforcing as pf
 from patchforcing import runs
-from patchforcing.evaluation import parts
 from patchforcing.cli import main
 from patchforcing.errors import RunFolderError
+from patchforcing.evaluation import parts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

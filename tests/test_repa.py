@@ -6,12 +6,12 @@ import math
 
 import pytest
 import torch
-from conftest import make_model, tiny_config
-from reference_impl import attention, gelu_tanh, layer_norm, linear, silu, time_features
 
 import patchforcing as pf
+from conftest import make_model, tiny_config
 from patchforcing.errors import CheckpointError, ConfigError, ShapeError
 from patchforcing.models import FeatureOutput, preset_config
+from reference_impl import attention, gelu_tanh, layer_norm, linear, silu, time_features
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_vae
 
 import patchforcing as pf
+from conftest import make_vae
 from patchforcing.cli import main
 from patchforcing.errors import ConfigError
 from patchforcing.training import resolve_config

@@ -7,9 +7,9 @@ import math
 
 import pytest
 import torch
-from conftest import make_model
 
 import patchforcing as pf
+from conftest import make_model
 from patchforcing.sampling import REGISTRY, SamplingPlan, time_grid
 from patchforcing.sampling.schedules import EDM_SIGMA_MAX, EDM_SIGMA_MIN, parse_schedule, warmup_count
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import image_folder_of_noise
 
+from conftest import image_folder_of_noise
 from patchforcing.data.datasets import load_folder_dataset
 from patchforcing.data.streamed import StreamedImages
 from patchforcing.errors import DataError

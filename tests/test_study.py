@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
-from conftest import make_model
 
 import patchforcing as pf
+from conftest import make_model
 from patchforcing.errors import ConfigError
 from patchforcing.sampling import SAMPLERS, certain_count, difficulty_mask
 from patchforcing.sampling.masks import inverted_mask, spread_mask

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_t2i_model import _inputs, make_t2i
 
 import patchforcing as pf
 from patchforcing.errors import CheckpointError
 from patchforcing.models import PatchForcingT2I
+from test_t2i_model import _inputs, make_t2i
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -25,14 +25,14 @@ def test_prompts_cover_every_digit_and_attribute_evenly():
     prompts, digits, thickness, slant = t2i.digit_prompts(120, seed=3)
     assert len(prompts) == 120 and torch.bincount(digits).tolist() == [12] * 10
     assert torch.bincount(thickness).tolist() == [60, 60] and torch.bincount(slant).tolist() == [40, 40, 40]
-    assert all(("thin" in p) == (th == 0) for p, th in zip(prompts, thickness.tolist()))
+    assert all(("thin" in p) == (th == 0) for p, th in zip(prompts, thickness.tolist(), strict=False))
 
 
 def test_scores_of_images_that_follow_their_prompts():
     data = load_dataset("digits-captions")
     prompts, digits, thickness, slant = t2i.digit_prompts(60)
     rows = []
-    for d, th, sl in zip(digits.tolist(), thickness.tolist(), slant.tolist()):
+    for d, th, sl in zip(digits.tolist(), thickness.tolist(), slant.tolist(), strict=False):
         match = (data.labels == d) & (data.attributes["thickness"] == th) & (data.attributes["slant"] == sl)
         rows.append(int(match.nonzero()[0, 0]))
     scores = t2i.attribute_scores(data.images[rows], digits, {"thickness": thickness, "slant": slant})

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from conftest import make_vae
 
 import patchforcing as pf
+from conftest import make_vae
 from patchforcing.data import load_dataset, prepare_latents
 from patchforcing.data.captions import CaptionedDataset
 from patchforcing.training import resolve_config

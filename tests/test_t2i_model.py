@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_t2i import ref_freqs_1d, ref_freqs_2d, ref_image_positions, ref_t2i_forward
 
 from patchforcing.errors import ConfigError, ShapeError
-from patchforcing.models.t2i_layers import image_positions
 from patchforcing.models import PatchForcingT2I, T2IConfig, config_from_dict, create_model, t2i_preset_config
+from patchforcing.models.t2i_layers import image_positions
+from reference_t2i import ref_freqs_1d, ref_freqs_2d, ref_image_positions, ref_t2i_forward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -24,7 +24,7 @@ def make_t2i(seed: int = 0, randomize: bool = True, **overrides) -> PatchForcing
     if randomize:  # the zero-initialised layers would make every output trivially 0
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for name, p in model.named_parameters():
+            for _name, p in model.named_parameters():
                 if p.requires_grad:
                     p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=F64))
     return model.eval()
@@ -168,7 +168,7 @@ def test_refined_text_is_computed_once_per_prompt_under_no_grad(monkeypatch):
         first = model(x, t, y).velocity
         second = model(x, t * 0.5, y.clone()).velocity  # a new tensor with the same values: cached
         assert len(calls) == 1
-        model(x, t, y + 1).velocity  # other text: recomputed
+        _ = model(x, t, y + 1).velocity  # other text: recomputed
         assert len(calls) == 2
         model.txt_proj.bias.add_(0.1)  # new weights: recomputed
         model(x, t, y + 1)

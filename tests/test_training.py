@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from conftest import image_folder_of_noise, make_vae
 
 import patchforcing as pf
+from conftest import image_folder_of_noise, make_vae
 from patchforcing.cli import main
 from patchforcing.errors import ConfigError, TrainingError
 from patchforcing.loss import example_loss
+from patchforcing.timesteps import timestep_distribution
 from patchforcing.training import PRESETS, TrainConfig, resolve_config
 from patchforcing.training.batches import StepBatches
-from patchforcing.timesteps import timestep_distribution
 
 TINY = ["--depth", "2", "--hidden-size", "32", "--num-heads", "2", "--batch-size", "16", "--device", "cpu",
         "--val-size", "32", "--sample-count", "10", "--sample-steps", "2"]

@@ -24,8 +24,8 @@ from patchforcing.loss import validation_loss
 from patchforcing.models import PRESETS, ModelConfig, ModelOutput, PatchForcingTransformer, create_model
 from patchforcing.sampling import SAMPLERS, Guidance, GuidanceInterval, SamplingPlan, expected_nfe, sample, steps_for_nfe
 from patchforcing.timesteps import DISTRIBUTIONS, timestep_distribution
-from patchforcing.training.example import training_loss  # draws an example, then patchforcing.loss.example_loss
 from patchforcing.training import train
+from patchforcing.training.example import training_loss  # draws an example, then patchforcing.loss.example_loss
 
 __version__ = "0.1.0"
 

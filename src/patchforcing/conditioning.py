@@ -41,7 +41,7 @@ class Condition:
 
     # --- factories -----------------------------------------------------------------------------
     @classmethod
-    def from_labels(cls, labels: Tensor, null_label: int) -> "Condition":
+    def from_labels(cls, labels: Tensor, null_label: int) -> Condition:
         """Class labels (B,) and the index of the null class (the network's last table row)."""
         labels = torch.as_tensor(labels)
         if labels.ndim != 1 or labels.dtype.is_floating_point:
@@ -50,7 +50,7 @@ class Condition:
         return cls(labels, torch.full_like(labels, int(null_label)))
 
     @classmethod
-    def from_text(cls, states: Tensor, null_states: Tensor) -> "Condition":
+    def from_text(cls, states: Tensor, null_states: Tensor) -> Condition:
         """Text-encoder states (B, L, D) and the empty-prompt states (L, D), (1, L, D) or (B, L, D)."""
         if states.ndim != 3 or not states.dtype.is_floating_point:
             raise ShapeError(f"text states must be float (B, L, D), got {states.dtype} {tuple(states.shape)}")
@@ -75,7 +75,7 @@ class Condition:
     def __len__(self) -> int:
         return self.batch_size
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Condition":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Condition:
         """Move to ``device``; ``dtype`` casts text states only (labels stay long)."""
         cast = dtype if self.is_text else None
         return Condition(self.value.to(device=device, dtype=cast), self.null.to(device=device, dtype=cast))
@@ -84,6 +84,6 @@ class Condition:
         """``[null; value]`` (2B, ...): the unconditional half first, as classifier-free guidance batches it."""
         return torch.cat([self.null, self.value])
 
-    def select(self, index: Tensor | slice | list[int]) -> "Condition":
+    def select(self, index: Tensor | slice | list[int]) -> Condition:
         """The conditions of the samples at ``index`` (along the batch)."""
         return Condition(self.value[index], self.null[index])

@@ -23,8 +23,8 @@ Named encoders (``load_encoder(name)``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +52,13 @@ class FrozenEncoder(nn.Module):
     name: str = ""
     feature_dim: int = 0
 
-    def freeze(self) -> "FrozenEncoder":
+    def freeze(self) -> FrozenEncoder:
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
         return self
 
-    def train(self, mode: bool = True) -> "FrozenEncoder":  # a frozen encoder stays in eval mode
+    def train(self, mode: bool = True) -> FrozenEncoder:  # a frozen encoder stays in eval mode
         return super().train(False)
 
     def encode(self, images: Tensor) -> Tensor:

@@ -8,8 +8,8 @@ A *timestep distribution* is what training draws ``t`` from; the inference solve
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor

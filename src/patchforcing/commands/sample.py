@@ -20,10 +20,8 @@ from patchforcing.checkpoints import load_model
 from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, plan_from_args
 from patchforcing.errors import ConfigError
 from patchforcing.evaluation.evaluate import check_decoder
-from patchforcing.runs import atomic_write
-from patchforcing.runs import ensure_writable_file
-from patchforcing.runtime import check_seed
-from patchforcing.runtime import resolve_device
+from patchforcing.runs import atomic_write, ensure_writable_file
+from patchforcing.runtime import check_seed, resolve_device
 from patchforcing.sampling import noise_for_seeds, sample
 from patchforcing.streams import mask_generators
 from patchforcing.text.prompts import prompt_condition, read_prompts

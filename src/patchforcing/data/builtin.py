@@ -20,6 +20,7 @@ from torch import Tensor
 
 from patchforcing.data.base import SPLITS, ImageDataset, check_split
 from patchforcing.errors import DataError
+from patchforcing.images import from_uint8
 
 DIGITS_NUM_IMAGES, DIGITS_NUM_TEST = 1797, 297
 DIGITS_RESOLUTION = 16  # the 8x8 digits upsampled bilinearly; the evaluation classifier expects this
@@ -95,7 +96,7 @@ def photo_regions(split: str, resolution: int = PHOTOS_RESOLUTION) -> list[tuple
     """
     regions = []
     for name, photo in _load_photos():
-        x = torch.from_numpy(photo).permute(2, 0, 1).float() / 127.5 - 1  # (3, H, W)
+        x = from_uint8(torch.from_numpy(photo).permute(2, 0, 1))  # (3, H, W)
         cut = int(x.shape[2] * (1 - PHOTOS_TEST_FRACTION))
         region = x[:, :, :cut] if check_split(split) == "train" else x[:, :, cut:]
         smallest = min(x.shape[1], x.shape[2] - cut)

@@ -31,6 +31,7 @@ from patchforcing.data.base import ImageDataset
 from patchforcing.data.builtin import load_digits_dataset
 from patchforcing.data.folders import FOLDER_RESOLUTION, read_image, report_skipped, scan_image_folder, split_image_files
 from patchforcing.errors import DataError
+from patchforcing.images import from_uint8
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 THICKNESS = ("thin", "bold")
@@ -122,7 +123,7 @@ def load_digits_captions(split: str = "train", resolution: int = 16) -> Captione
     attrs = measure_digit_attributes(base.images, base.labels, resolution)
     captions = [
         digit_caption(int(d), int(th), int(sl), phrasing=i)
-        for i, (d, th, sl) in enumerate(zip(base.labels, attrs.thickness, attrs.slant))
+        for i, (d, th, sl) in enumerate(zip(base.labels, attrs.thickness, attrs.slant, strict=False))
     ]
     return CaptionedDataset(base.images, base.labels, 10, "digits-captions", base.class_names, captions=captions,
                             attributes={"thickness": attrs.thickness, "slant": attrs.slant})
@@ -217,5 +218,5 @@ def load_captioned_folder(root: str | Path, split: str = "train", resolution: in
     report_skipped(root, unreadable)
     if not images:
         raise DataError(f"none of the captioned '{split}' images in {root} could be read; check the image files")
-    x = torch.stack(images).float() / 127.5 - 1
+    x = from_uint8(torch.stack(images))
     return CaptionedDataset(x, torch.tensor(labels, dtype=torch.int64), len(class_names), str(root), class_names, captions=captions)

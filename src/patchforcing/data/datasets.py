@@ -25,6 +25,7 @@ from patchforcing.data.folders import FOLDER_RESOLUTION, folder_split_files, rea
 from patchforcing.data.latents import is_latent_folder, load_latent_dataset
 from patchforcing.data.streamed import STREAM_MIN_IMAGES, StreamedImages, readable_files
 from patchforcing.errors import DataError
+from patchforcing.images import from_uint8
 
 
 def load_folder_dataset(root: str | Path, split: str = "train", resolution: int = FOLDER_RESOLUTION,
@@ -62,7 +63,7 @@ def load_folder_dataset(root: str | Path, split: str = "train", resolution: int 
         raise DataError(
             f"none of the {len(files)} '{split}' image file(s) in {root} could be read; check that they are valid image files"
         )
-    x = torch.stack(images).float() / 127.5 - 1  # (M, 3, R, R)
+    x = from_uint8(torch.stack(images))  # (M, 3, R, R)
     return ImageDataset(x, torch.tensor(labels, dtype=torch.int64), len(class_names), str(root), class_names)
 
 

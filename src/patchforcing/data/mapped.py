@@ -111,4 +111,4 @@ def _runs(shard: np.ndarray, local: np.ndarray) -> list[tuple[int, int]]:
         return []
     step = (np.diff(shard) != 0) | (np.diff(local) != 1)  # (R-1,) a run ends before position i+1
     cuts = np.concatenate([[0], np.nonzero(step)[0] + 1, [shard.size]])
-    return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+    return list(zip(cuts[:-1].tolist(), cuts[1:].tolist(), strict=False))

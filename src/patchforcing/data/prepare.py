@@ -52,6 +52,7 @@ from patchforcing.data.generations import (
 from patchforcing.data.latents import LATENT_FORMAT, LATENT_VERSION, captions_file, is_latent_folder
 from patchforcing.encoders import load_encoder
 from patchforcing.errors import DataError, RunFolderError
+from patchforcing.images import from_uint8
 from patchforcing.runs import atomic_save_safetensors, atomic_write_text
 from patchforcing.runtime import Processes, gather_to_main, own_folder, run_on_main
 
@@ -78,7 +79,7 @@ def _batches(data: str, split: str, resolution: int, batch_size: int, seed: int,
                 skipped += [p for img, _, p in chunk if img is None]
                 ok = [(img, label) for img, label, _ in chunk if img is not None]
                 if ok:
-                    yield torch.stack([i for i, _ in ok]).float() / 127.5 - 1, torch.tensor([lab for _, lab in ok]), None
+                    yield from_uint8(torch.stack([i for i, _ in ok])), torch.tensor([lab for _, lab in ok]), None
             report_skipped(path, skipped)
 
         return {"num_items": len(files), "num_classes": len(class_names), "class_names": class_names, "channels": 3}, stream()

@@ -33,7 +33,7 @@ class LazyRows:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def float(self) -> "LazyRows":
+    def float(self) -> LazyRows:
         """Rows come out as float32 (the conversion happens per read)."""
         return self
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from patchforcing.data.folders import read_image
 from patchforcing.data.rows import LazyRows
 from patchforcing.errors import DataError
+from patchforcing.images import from_uint8
 
 STREAM_MIN_IMAGES = 20_000  # about 3 GB as float32 at 64 px, 47 GB at 256 px
 
@@ -64,5 +65,5 @@ class StreamedImages(LazyRows):
             if img is None:
                 raise DataError(f"cannot decode {self.paths[row]} (its header read when the folder was opened); "
                                 "replace or delete the file and rerun the same command to resume")
-            out[k] = img.float() / 127.5 - 1
+            out[k] = from_uint8(img)
         return out

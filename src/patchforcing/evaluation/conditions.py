@@ -51,7 +51,7 @@ class ClassLabels(ConditionSource):
         self.kind = kind
 
     @classmethod
-    def balanced(cls, num_samples: int, num_classes: int, seed: int = 0) -> "ClassLabels":
+    def balanced(cls, num_samples: int, num_classes: int, seed: int = 0) -> ClassLabels:
         """Every class equally often (up to one), shuffled by ``seed``; all ``-1`` without classes."""
         if num_classes <= 0:
             return cls(torch.full((num_samples,), -1, dtype=torch.long), "unconditional")

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,10 +46,10 @@ from patchforcing.evaluation.inception import inception_features, load_inception
 from patchforcing.evaluation.parts import generate_parts, load_parts, parts_identity, require_finite
 from patchforcing.evaluation.t2i import ATTRIBUTE_METRICS, attribute_scores, digit_prompt_source
 from patchforcing.images import pixels_to_float, to_uint8_nhwc
-from patchforcing.sampling import SamplingPlan
-from patchforcing.sampling.plan import GUIDE_IN_MEMORY, as_plan
 from patchforcing.runs import atomic_write
 from patchforcing.runtime import Processes, gather_to_main, require_group, run_on_main
+from patchforcing.sampling import SamplingPlan
+from patchforcing.sampling.plan import GUIDE_IN_MEMORY, as_plan
 
 DIGITS_DATA = (DIGITS, "digits-captions")  # scored by the digits classifier (captions: plus the attributes)
 DIGITS_SHAPE = (1, 16, 16)  # (C, H, W) of the networks the digits classifier can score

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import PIL.Image
@@ -85,7 +85,7 @@ class PatchForcingPipeline(DiffusionPipeline):
 
     # --- building -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> "PatchForcingPipeline":
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PatchForcingPipeline:
         """Load a saved pipeline from a folder or a Hub id already in the local Hugging Face cache
         (an id that is not cached raises ``CheckpointError`` naming ``huggingface-cli download``)."""
         folder = resolve_source(str(pretrained_model_name_or_path))
@@ -93,7 +93,7 @@ class PatchForcingPipeline(DiffusionPipeline):
 
     @classmethod
     def from_checkpoint(cls, source: str | os.PathLike, *, vae: str | None = None, device: str | torch.device = "cpu",
-                        **settings: Any) -> "PatchForcingPipeline":
+                        **settings: Any) -> PatchForcingPipeline:
         """A pipeline around a checkpoint ``load_model`` reads (a run folder records its VAE and
         latent scale; ``vae`` overrides it); an exported folder or cached id loads as saved.
 

@@ -39,7 +39,7 @@ class PatchForcingTransformerModel(ModelMixin, ConfigMixin):
         self.network = build_model(config_from_dict(dict(network_config)))
 
     @classmethod
-    def from_network(cls, network: nn.Module) -> "PatchForcingTransformerModel":
+    def from_network(cls, network: nn.Module) -> PatchForcingTransformerModel:
         """Wrap an existing network: same weights (copied), same dtype and device, eval mode."""
         network = unwrap_model(network)
         weight = next(network.parameters())

@@ -100,7 +100,7 @@ class T2IConfig(NetworkConfig):
         return {"architecture": ARCHITECTURE, **super().to_dict()}
 
     @classmethod
-    def from_reference(cls, params: dict[str, Any]) -> "T2IConfig":
+    def from_reference(cls, params: dict[str, Any]) -> T2IConfig:
         """The config of a reference checkpoint's ``{"target": REFERENCE_TARGET, "params": ...}``.
 
         The reference network is resolution-free; ``input_size`` defaults to 32 (256 px with an 8x
@@ -114,7 +114,7 @@ class T2IConfig(NetworkConfig):
         return cls(**fields)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "T2IConfig":
+    def from_dict(cls, d: dict[str, Any]) -> T2IConfig:
         return super().from_dict({k: v for k, v in d.items() if k != "architecture"})
 
 
@@ -250,7 +250,7 @@ class PatchForcingT2I(Network):
         pos = image_positions(x.shape[2], x.shape[3], self.patch_size, x.device)  # (N, 2) float32
         z = self.merge(x)  # (B, N, D)
         rots = self._rotations(pos, z.dtype)
-        for block, block_keys, (self_rot, cross_rot) in zip(self.blocks, keys, zip(rots[::2], rots[1::2])):
+        for block, block_keys, (self_rot, cross_rot) in zip(self.blocks, keys, zip(rots[::2], rots[1::2], strict=False), strict=False):
             z = block.self_attn(z, self_rot, cond.apply(block.self_attn.norm.linear))
             z = block.cross_attn(z, cross_rot, cond.apply(block.cross_attn.norm.linear), block_keys, text_mask)
             z = block.ff(z, cond.apply(block.ff.norm.linear))

@@ -201,7 +201,7 @@ class Rotation(NamedTuple):
     sin: Tensor
 
     @classmethod
-    def of(cls, theta: Tensor, dtype: torch.dtype) -> "Rotation":
+    def of(cls, theta: Tensor, dtype: torch.dtype) -> Rotation:
         return cls(theta.cos().to(dtype), theta.sin().to(dtype))
 
 

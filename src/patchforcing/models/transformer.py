@@ -42,7 +42,7 @@ class FeatureOutput(ModelOutput):
 
     features: Tensor
 
-    def __new__(cls, velocity: Tensor, logvar: Tensor | None, features: Tensor) -> "FeatureOutput":
+    def __new__(cls, velocity: Tensor, logvar: Tensor | None, features: Tensor) -> FeatureOutput:
         self = super().__new__(cls, velocity, logvar)
         self.features = features
         return self

@@ -92,7 +92,7 @@ class BenchSettings:
         object.__setattr__(self, "networks", tuple(dict.fromkeys(self.networks)))
 
     @classmethod
-    def create(cls, tiny: bool = False, **values: Any) -> "BenchSettings":
+    def create(cls, tiny: bool = False, **values: Any) -> BenchSettings:
         """Defaults (or the tiny ones), then ``values`` (None means: keep the default)."""
         base = dict(TINY, tiny=True) if tiny else {}
         return cls(**{**base, **{k: v for k, v in values.items() if v is not None}})

@@ -87,7 +87,7 @@ class DemoSettings:
                               f"(one step of each); use {smallest} or more")
 
     @classmethod
-    def create(cls, tiny: bool = False, **values: Any) -> "DemoSettings":
+    def create(cls, tiny: bool = False, **values: Any) -> DemoSettings:
         """Defaults (or the tiny ones), then ``values`` (None means: keep the default)."""
         base = dict(TINY, tiny=True) if tiny else {}
         return cls(**{**base, **{k: v for k, v in values.items() if v is not None}})

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 Series = tuple[str, Sequence[float], Sequence[float], "Sequence[float] | None", dict]
 
@@ -47,12 +48,12 @@ def panel_plot(path: Path, panels: list[tuple[str, list[Series]]], *, xlabel: st
     fig = Figure(figsize=(7.5 if n == 1 else 3.4 * n, 4.6 + 0.17 * legend_rows), dpi=110)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n, sharey=True, squeeze=False)[0]
-    for ax, (title, series) in zip(axes, panels):
+    for ax, (title, series) in zip(axes, panels, strict=False):
         for label, xs, ys, yerr, style in series:
-            pts = [(x, y, e) for x, y, e in zip(xs, ys, yerr or [None] * len(xs)) if y is not None]
+            pts = [(x, y, e) for x, y, e in zip(xs, ys, yerr or [None] * len(xs), strict=False) if y is not None]
             if not pts:
                 continue
-            px, py, pe = zip(*pts)
+            px, py, pe = zip(*pts, strict=False)
             kw: dict[str, Any] = dict(label=label, color=style.get("color"), marker=style.get("marker", "o"),
                                       linestyle=style.get("linestyle", "-"), linewidth=1.6, markersize=4)
             if yerr is not None and any(e for e in pe):
@@ -87,7 +88,7 @@ def _svg_plot(path: Path, series: list[Series], *, title: str, xlabel: str, ylab
     """The same lines as a plain SVG (no error bars, no dependencies)."""
     width, height, left, right, top, bottom = 760, 420, 60, 230, 30, 45
     tf = (lambda v: math.log10(v)) if logy else (lambda v: v)
-    pts = [(x, tf(y)) for _, xs, ys, _, _ in series for x, y in zip(xs, ys) if y is not None and (not logy or y > 0)]
+    pts = [(x, tf(y)) for _, xs, ys, _, _ in series for x, y in zip(xs, ys, strict=False) if y is not None and (not logy or y > 0)]
     if not pts:
         pts = [(0.0, 0.0), (1.0, 1.0)]
     x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
@@ -110,7 +111,7 @@ def _svg_plot(path: Path, series: list[Series], *, title: str, xlabel: str, ylab
         out.append(f'<text x="{left - 4}" y="{sy(yv) + 4:.1f}" text-anchor="end">{ylab:.3g}</text>')
     for i, (label, xs, ys, _, style) in enumerate(series):
         color = style.get("color") or PALETTE[i % len(PALETTE)]
-        line = " ".join(f"{sx(x):.1f},{sy(tf(y)):.1f}" for x, y in zip(xs, ys) if y is not None and (not logy or y > 0))
+        line = " ".join(f"{sx(x):.1f},{sy(tf(y)):.1f}" for x, y in zip(xs, ys, strict=False) if y is not None and (not logy or y > 0))
         dash = _SVG_DASH.get(style.get("linestyle", "-"), "")
         out.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.6"{dash} points="{line}"/>')
         ly = top + 14 * i

@@ -43,9 +43,9 @@ from patchforcing.report.study_settings import (
     grid_path,
     row_key,
 )
+from patchforcing.runs import RunFolder
 from patchforcing.runtime import own_folder
 from patchforcing.sampling import SamplingPlan
-from patchforcing.runs import RunFolder
 from patchforcing.streams import EVAL_SEED_STRIDE
 from patchforcing.viz import grid, save_image_grid
 

@@ -17,7 +17,8 @@ the effect is lost to the error of the advance itself.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

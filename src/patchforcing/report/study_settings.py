@@ -84,7 +84,7 @@ class StudySettings:
         object.__setattr__(self, "networks", tuple(dict.fromkeys(self.networks)))
 
     @classmethod
-    def create(cls, tiny: bool = False, **values: Any) -> "StudySettings":
+    def create(cls, tiny: bool = False, **values: Any) -> StudySettings:
         base = dict(TINY, tiny=True) if tiny else {}
         return cls(**{**base, **{k: v for k, v in values.items() if v is not None}})
 

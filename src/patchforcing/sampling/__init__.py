@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.conditioning import Condition
-from patchforcing.sampling.guidance import Guide, Guided, GuidanceInterval, check_condition, check_labels
+from patchforcing.errors import ConfigError, ShapeError
+from patchforcing.sampling.guidance import GuidanceInterval, Guide, Guided, check_condition, check_labels
 from patchforcing.sampling.masks import certain_count, difficulty_mask, random_mask
 from patchforcing.sampling.plan import GUIDE_IN_MEMORY, Guidance, SamplingPlan, as_plan
 from patchforcing.sampling.registry import (

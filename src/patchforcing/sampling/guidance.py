@@ -83,13 +83,13 @@ class GuidanceInterval:
     sigma: tuple[float, float] | None = None
 
     @classmethod
-    def closed(cls, lo: float, hi: float) -> "GuidanceInterval":
+    def closed(cls, lo: float, hi: float) -> GuidanceInterval:
         """``lo <= t_k <= hi`` (t form), both ends rounded to float32."""
         lo, hi = check_interval((lo, hi))
         return cls(lo, hi)
 
     @classmethod
-    def from_sigma(cls, sigma_lo: float, sigma_hi: float) -> "GuidanceInterval":
+    def from_sigma(cls, sigma_lo: float, sigma_hi: float) -> GuidanceInterval:
         """``sigma_lo < sigma_k <= sigma_hi``: ``t in [1 / (1 + sigma_hi), 1 / (1 + sigma_lo))``."""
         try:
             lo, hi = float(sigma_lo), float(sigma_hi)
@@ -100,7 +100,7 @@ class GuidanceInterval:
         return cls(1.0 / (1.0 + hi), 1.0 / (1.0 + lo), lo_open=False, hi_open=True, sigma=(lo, hi))
 
     @classmethod
-    def parse(cls, text: str) -> "GuidanceInterval":
+    def parse(cls, text: str) -> GuidanceInterval:
         """``"0.25,0.75"`` (t, closed) or ``"sigma:0.34,1.02"`` (sigma, half-open ``(lo, hi]``)."""
         body = text.strip()
         is_sigma = body.lower().startswith("sigma:")
@@ -115,7 +115,7 @@ class GuidanceInterval:
         return cls.from_sigma(lo, hi) if is_sigma else cls.closed(lo, hi)
 
     @classmethod
-    def coerce(cls, value: Any) -> "GuidanceInterval | None":
+    def coerce(cls, value: Any) -> GuidanceInterval | None:
         """None, a ``GuidanceInterval``, text (``parse``), a JSON dict, or ``(lo, hi)`` in t (closed)."""
         if value is None or isinstance(value, cls):
             return value
@@ -155,7 +155,7 @@ class GuidanceInterval:
         return out
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "GuidanceInterval":
+    def from_json(cls, d: dict[str, Any]) -> GuidanceInterval:
         if d.get("sigma") is not None:
             return cls.from_sigma(*d["sigma"])
         return cls.closed(*d["t"])

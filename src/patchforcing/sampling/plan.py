@@ -70,7 +70,7 @@ class Guidance:
                 "guide": self.guide}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Guidance":
+    def from_json(cls, d: dict[str, Any]) -> Guidance:
         return cls(scale=d.get("scale", 1.0), interval=d.get("interval"), guide=d.get("guide"))
 
 
@@ -110,7 +110,7 @@ class SamplingPlan:
 
     @classmethod
     def from_nfe(cls, sampler: str, nfe: int, *, guidance: Guidance | None = None, schedule: str = UNIFORM,
-                 **options: Any) -> "SamplingPlan":
+                 **options: Any) -> SamplingPlan:
         """The most outer steps of ``sampler`` whose NFE on the grid of ``schedule`` fits within the budget ``nfe``."""
         spec = get_sampler(sampler)
         opts = spec.make_options(options)
@@ -132,10 +132,10 @@ class SamplingPlan:
         """Main-network calls per image (a guided batch counts once)."""
         return self.spec.nfe(self.steps, self.options, self.schedule)
 
-    def replace(self, **changes: Any) -> "SamplingPlan":
+    def replace(self, **changes: Any) -> SamplingPlan:
         return dataclasses.replace(self, **changes)
 
-    def check(self, model: nn.Module, guide_model: nn.Module | None = None) -> "SamplingPlan":
+    def check(self, model: nn.Module, guide_model: nn.Module | None = None) -> SamplingPlan:
         """Every check of the plan against the network, in one place; returns the plan.
 
         Raises:
@@ -192,7 +192,7 @@ class SamplingPlan:
         return out if self.schedule == UNIFORM else {**out, "schedule": self.schedule}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "SamplingPlan":
+    def from_json(cls, d: dict[str, Any]) -> SamplingPlan:
         return cls(d["sampler"], d["steps"], d.get("options") or {}, Guidance.from_json(d.get("guidance") or {}),
                    nfe_budget=d.get("nfe_budget"), schedule=d.get("schedule") or UNIFORM)
 

@@ -14,8 +14,9 @@ else a sampler needs. The second-order samplers live in ``sampling/heun.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,7 +46,7 @@ class Context:
 def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Global-time Euler: ``x += (t_{k+1} - t_k) v``, ``t`` passed as (B,). NFE = S."""
     b = x.shape[0]
-    for t_cur, t_next, t32 in outer_steps(grid, x, guide):
+    for t_cur, t_next, _t32 in outer_steps(grid, x, guide):
         out = guide(x, t_cur.expand(b))
         ctx.record(x=x, t=t_cur.expand(b, ctx.num_patches), logvar=out.logvar)
         x = x + (t_next - t_cur) * out.velocity
@@ -60,7 +61,7 @@ def euler_nfe(steps: int, options: Any, grid: Tensor) -> int:
 def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Euler for Patch Forcing networks: the same step, ``t`` passed as (B, N), all equal. NFE = S."""
     b, n = x.shape[0], ctx.num_patches
-    for t_cur, t_next, t32 in outer_steps(grid, x, guide):
+    for t_cur, t_next, _t32 in outer_steps(grid, x, guide):
         t = t_cur.expand(b, n)
         out = guide(x, t)
         ctx.record(x=x, t=t, logvar=out.logvar)
@@ -75,7 +76,7 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     NFE = S * K."""
     k_inner = int(ctx.options.n_inner)
     b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
-    for t_cur, t_next, t32 in outer_steps(grid, x, guide):
+    for t_cur, t_next, _t32 in outer_steps(grid, x, guide):
         dt = t_next - t_cur
         small = dt / k_inner
         out = guide(x, t_cur.expand(b, n))

@@ -34,8 +34,8 @@ has more warm-up steps and, for the look-ahead samplers, a slightly lower NFE fo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor

@@ -18,7 +18,7 @@ captions in training, and the empty prompt used for guidance, are encoded once.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -85,7 +85,7 @@ class TextEncoder:
         found = {c: self.cache.get(c) for c in dict.fromkeys(captions)}
         todo = [c for c, states in found.items() if states is None]
         if todo:
-            for caption, states in zip(todo, self._encode_batch(todo).float().cpu()):
+            for caption, states in zip(todo, self._encode_batch(todo).float().cpu(), strict=False):
                 found[caption] = states
                 self.cache.put(caption, states)
         if not captions:
@@ -183,7 +183,7 @@ class HFTextEncoder(TextEncoder):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = _text_part(model).to(device).eval().requires_grad_(False)
         cfg = getattr(self.model, "config", config)
-        self.dim = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "d_model"))
+        self.dim = int(getattr(cfg, "hidden_size", None) or cfg.d_model)
         self.device = torch.device(device)
 
     def tokenize(self, captions: list[str]) -> dict[str, Tensor]:

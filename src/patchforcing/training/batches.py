@@ -34,6 +34,7 @@ from patchforcing.streams import STREAM_EPOCH, STREAM_LATENT_VIEW, STREAM_STEP, 
 from patchforcing.timesteps import TimestepDistribution
 from patchforcing.training.example import draw_example
 
+
 class StepBatches(Dataset):
     """Map-style data set over STEPS: ``batches[step]`` is this process's slice of the step's batch.
 

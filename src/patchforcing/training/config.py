@@ -56,7 +56,9 @@ class TrainConfig:
     patch_size: int | None = knob(None, "override the preset's patch size (none: keep the preset's)")
     class_dropout_prob: float = knob(0.1, "label dropout for classifier-free guidance (docs/method.md §3.2; 0.1 in the paper)")
     # --- text-to-image (docs/method.md §8): T2I-* networks on captioned data ------------------------------
-    text_encoder: str | None = knob(None, "T2I-* only: byte-toy (bundled toy), qwen3-vl-embedding-2b, t5-xxl, t5-xxl-authors, clip-l, clip-l-authors, a HF repo id or folder; none: the preset's")
+    text_encoder: str | None = knob(
+        None, "T2I-* only: byte-toy (bundled toy), qwen3-vl-embedding-2b, t5-xxl, t5-xxl-authors, clip-l, clip-l-authors, "
+        "a HF repo id or folder; none: the preset's")
     text_length: int | None = knob(None, "T2I-* only: padded token count of the captions (none: the encoder's, 256 for the paper's)")
     text_dropout: float = knob(0.1, "T2I-* only: probability a caption is replaced by the empty prompt (docs/method.md §9.2: 0.1)")
     # --- objective (docs/method.md §4) -------------------------------------------------------------------------
@@ -129,8 +131,10 @@ class TrainConfig:
         self.timestep_params()  # raises on a malformed --timestep-options
 
     def _check_ranges(self) -> None:
-        positive = ("steps", "batch_size", "grad_accum", "keep_checkpoints", "val_size", "sample_count", "sample_steps", "log_every", "repa_projector_dim")
-        non_negative = ("warmup_steps", "ckpt_every", "val_every", "sample_every", "num_workers", "grad_clip", "weight_decay", "uncertainty_weight", "repa_weight")
+        positive = ("steps", "batch_size", "grad_accum", "keep_checkpoints", "val_size", "sample_count", "sample_steps", "log_every",
+                    "repa_projector_dim")
+        non_negative = ("warmup_steps", "ckpt_every", "val_every", "sample_every", "num_workers", "grad_clip", "weight_decay",
+                        "uncertainty_weight", "repa_weight")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -206,7 +210,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 

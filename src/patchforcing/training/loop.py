@@ -20,21 +20,21 @@ from typing import Any
 
 import torch
 
+from patchforcing import runtime
 from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError, DataError, TrainingError
 from patchforcing.loss import example_loss
 from patchforcing.models import Kind, build_model
-from patchforcing.timesteps import timestep_distribution
-from patchforcing import runtime
 from patchforcing.runs import RunFolder
+from patchforcing.timesteps import timestep_distribution
 from patchforcing.training import distributed, evaluate, monitor, repa, state
 from patchforcing.training.batches import StepBatches, iterate, latent_views
 from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
-from patchforcing.training.text import TextConditioner
 from patchforcing.training.ema import EMA
 from patchforcing.training.example import step_example
 from patchforcing.training.resume import changed_settings, check_resumable, write_config
 from patchforcing.training.step import LossTracker, make_optimizer, micro_batches, warmup_factor
+from patchforcing.training.text import TextConditioner
 
 DIGEST_ENV = "PATCHFORCING_PRINT_WEIGHTS_DIGEST"  # "1": every process prints a hash of its final weights
 

@@ -12,8 +12,9 @@ step's images: resume stays exact and any number of processes computes the same 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from patchforcing.runs import RunFolder, atomic_write
 from patchforcing.errors import ConfigError, PatchForcingError
 from patchforcing.models import config_from_dict
+from patchforcing.runs import RunFolder, atomic_write
 from patchforcing.training import state
 from patchforcing.training.config import TrainConfig, config_json
 

@@ -75,4 +75,4 @@ class LossTracker:
         """Means since the last call, averaged over processes (so the global batch's loss)."""
         means = runtime.all_reduce_mean(self.sums / self.count, self.procs).tolist()
         self.sums, self.count = None, 0
-        return dict(zip(self.names, means))
+        return dict(zip(self.names, means, strict=False))

@@ -10,7 +10,8 @@ seen (``EncodingCache``): on a small captioned data set every caption is encoded
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,9 +19,10 @@ from torch import Tensor
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, DataError
 from patchforcing.models import T2I_PRESETS
-from patchforcing.text import TextEncoder, load_text_encoder, text_condition
 from patchforcing.streams import STREAM_TEXT_DROPOUT, make_generator
+from patchforcing.text import TextEncoder, load_text_encoder, text_condition
 from patchforcing.training.batches import StepBatches
+
 
 class TextConditioner:
     """Captions of the training data, the frozen encoder, and the text dropout.
@@ -36,7 +38,7 @@ class TextConditioner:
         self.encoder, self.captions, self.dropout, self.seed = encoder, list(captions), float(dropout), seed
 
     @classmethod
-    def for_run(cls, cfg: Any, data: Any) -> "TextConditioner | None":
+    def for_run(cls, cfg: Any, data: Any) -> TextConditioner | None:
         """The conditioner of a run with a T2I model preset, or None for class-conditional runs."""
         if cfg.model not in T2I_PRESETS:
             if cfg.text_encoder is not None:
