@@ -317,3 +317,11 @@ def test_bench_and_demo_take_the_generated_sampling_flags():
         settings(DemoSettings, ["demo", "--tiny", "--samplers", "euler-pf,look-ahead", "--n-inner", "2"])
     with pytest.raises(ConfigError, match="cfg-scale 1"):
         settings(DemoSettings, ["demo", "--tiny", "--guidance-interval", "0.2,0.8"])
+
+
+def test_default_and_plain_samplers_follow_the_network():
+    from patchforcing.sampling.registry import default_sampler, plain_sampler
+
+    pf_cfg, sit_cfg = make_model(seed=0).config, make_model("sit", seed=0).config
+    assert (plain_sampler(pf_cfg), plain_sampler(sit_cfg)) == ("euler-pf", "euler")
+    assert (default_sampler(pf_cfg), default_sampler(sit_cfg)) == ("look-ahead", "euler")

@@ -39,7 +39,7 @@ from patchforcing.hub.folder import is_pipeline_folder, resolve_source
 from patchforcing.hub.transformer import PatchForcingTransformerModel
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import Guidance, SamplingPlan, sample
-from patchforcing.sampling.registry import OPTION_ALIASES, get_sampler
+from patchforcing.sampling.registry import OPTION_ALIASES, default_sampler, get_sampler
 from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -107,7 +107,7 @@ class PatchForcingPipeline(DiffusionPipeline):
         if is_pipeline_folder(resolve_source(source)) and vae is None:
             return cls.from_pretrained(str(source), **settings).to(device)
         network = load_model(source, map_location=device)
-        settings.setdefault("sampler", "look-ahead" if network.config.has_difficulty_head else "euler")  # SiT: global time only
+        settings.setdefault("sampler", default_sampler(network.config))  # SiT: global time only
         decoder = latent_decoder(source, vae=vae, device=device)
         latents = {} if decoder is None else {"vae": decoder.vae, "latent_scale": decoder.scale_factor,
                                                "latent_shift": decoder.shift_factor}

@@ -264,6 +264,20 @@ def get_sampler(name: str) -> SamplerSpec:
     return spec
 
 
+def plain_sampler(model_config: Any) -> str:
+    """The public first-order sampler without a mask that fits the network: one time per patch for
+    Patch Forcing networks, one per sample for global-time ones (what training grids use)."""
+    per_patch = network_takes_per_patch_time(model_config)
+    return next(n for n, s in SAMPLERS.items()
+                if s.mask is MaskKind.NONE and s.needs_per_patch_time == per_patch and not s.needs_difficulty_head)
+
+
+def default_sampler(model_config: Any) -> str:
+    """The sampler a network is sampled with when none is named: ``look-ahead`` (the paper's best)
+    where the network has a difficulty head, else ``plain_sampler``."""
+    return "look-ahead" if model_config.has_difficulty_head else plain_sampler(model_config)
+
+
 def resolve_options(name: str, options: dict[str, Any]) -> tuple[SamplerSpec, SamplerOptions]:
     """The spec of ``name`` and its checked options (``p`` accepted for ``p_frac``)."""
     spec = get_sampler(name)
@@ -288,5 +302,5 @@ def network_takes_per_patch_time(model_config: Any) -> bool:
 
 
 __all__ = ["REGISTRY", "SAMPLERS", "STUDY_SAMPLERS", "DualLoopOptions", "LookAheadOptions", "MaskKind", "NoOptions",
-           "SamplerOptions", "SamplerSpec", "expected_nfe", "get_sampler", "make_mask_fn", "network_takes_per_patch_time",
-           "option", "resolve_options", "steps_for_nfe"]
+           "SamplerOptions", "SamplerSpec", "default_sampler", "expected_nfe", "get_sampler", "make_mask_fn",
+           "network_takes_per_patch_time", "option", "plain_sampler", "resolve_options", "steps_for_nfe"]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from patchforcing.images import save_grid
 from patchforcing.loss import held_out_loss
 from patchforcing.sampling import sample
+from patchforcing.sampling.registry import plain_sampler
 from patchforcing.streams import STREAM_SAMPLES, STREAM_VALIDATION, make_generator
 
 MIN_CELL = 48  # small images are enlarged (nearest neighbour) to at least this many pixels a cell
@@ -64,7 +65,7 @@ def write_sample_grid(net: nn.Module, path: Path, *, count: int, steps: int, cfg
     noise = torch.randn((count, cfg.in_channels, cfg.input_size, cfg.input_size), generator=g).to(device)
     labels = sample_labels(count, cfg.num_classes)
     labels = labels.to(device) if labels is not None else None
-    sampler = "euler-pf" if cfg.has_difficulty_head else "euler"
+    sampler = plain_sampler(cfg)
     if prompts is not None:
         images = sample(net, noise, sampler=sampler, steps=steps, condition=prompts(count), cfg_scale=cfg_scale)
         return save_training_grid(images, path, grid_columns(count, 10))
