@@ -79,6 +79,21 @@ def test_progress_bar_counts_network_evaluations():
     assert "9/9" in stream.getvalue()  # look-ahead: 9 network calls fit a budget of 10
 
 
+def test_a_progress_bar_that_reports_a_refresh_never_replaces_the_output(monkeypatch):
+    """tqdm's ``update`` returns True when it redraws: the tick must not become the network's output."""
+    import contextlib
+
+    class Redrawing:
+        def update(self, n: int = 1) -> bool:
+            return True
+
+    pipe = pipeline(make_model(dtype=torch.float32))
+    monkeypatch.setattr(pipe, "progress_bar", lambda total=None: contextlib.nullcontext(Redrawing()))
+    noise = pipe.prepare_noise(2, torch.Generator().manual_seed(3))
+    out = pipe(class_labels=[1, 2], generator=torch.Generator().manual_seed(3), output_type="latent", nfe=8).images
+    assert torch.equal(out, pf.sample(pipe.network, noise, pipe.plan(nfe=8), labels=torch.tensor([1, 2])))
+
+
 @pytest.mark.parametrize("call, message", [
     (dict(class_labels=[0], nfe=8, num_inference_steps=4), "not both"),
     (dict(class_labels=[0], sampler="rk4"), "unknown sampler"),

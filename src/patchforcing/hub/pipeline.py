@@ -238,7 +238,10 @@ class PatchForcingPipeline(DiffusionPipeline):
         noise = self.prepare_noise(batch, generator)
         net = self.network
         with self.progress_bar(total=plan.nfe) as bar:
-            hook = net.register_forward_hook(lambda *_: bar.update())  # one tick per network evaluation
+            def tick(*_: Any) -> None:  # one tick per network evaluation; returns None, so the output is kept
+                bar.update()  # (a forward hook's non-None return value would replace the network's output)
+
+            hook = net.register_forward_hook(tick)
             try:
                 x, info = sample(net, noise, plan, generator=generator, return_info=True, **given)
             finally:
