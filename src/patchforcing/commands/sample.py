@@ -3,7 +3,7 @@
     patchforcing sample --checkpoint PF-XL-2.pt --sampler look-ahead --steps 32 \\
         --labels 207,360,387,974 --vae stabilityai/sd-vae-ft-ema --out grid.png --show-difficulty
     patchforcing sample --checkpoint runs/digits-t2i --prompt "a bold seven, upright" --prompt "the digit 2, thin" --out t2i.png
-    patchforcing sample --checkpoint PF-XL-2.pt --sampler dual-loop --nfe 32 --n-inner 2 --cfg-scale 2 \
+    patchforcing sample --checkpoint PF-XL-2.pt --sampler dual-loop --nfe 32 --n-inner 2 --cfg-scale 2 \\
         --guidance-interval sigma:0.34,1.02 --out grid.png    # DiT-XL/2's published interval, half-open in sigma
 """
 
