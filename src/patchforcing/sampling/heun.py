@@ -42,9 +42,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from patchforcing.flow import pixels_to_patch_mean
 from patchforcing.sampling.guidance import Guide
-from patchforcing.sampling.samplers import Context
+from patchforcing.sampling.samplers import Context, context_jump
 from patchforcing.sampling.schedules import WARMUP_T32, outer_steps, warmup_count
 
 
@@ -83,7 +82,7 @@ def look_ahead_heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tens
             x = x + h * out.cond_velocity
             continue
         certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
-        x_ctx, t_ctx, _ = _context(x, t, t_cur, out.cond_velocity, certain, ctx)
+        x_ctx, t_ctx, _ = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
         ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context
         v_ctx = guide(x_ctx, t_ctx).velocity
         d1 = torch.where(certain, out.velocity, v_ctx)  # look-ahead's velocity
@@ -103,7 +102,7 @@ def corrected_look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) ->
             x = x + h * out.cond_velocity
             continue
         certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
-        x_euler, t_ctx, delta = _context(x, t, t_cur, out.cond_velocity, certain, ctx)
+        x_euler, t_ctx, delta = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
         c2 = guide(x_euler, t_ctx).cond_velocity  # conditional velocity at the Euler jump's end
         ctx.record(x=x_euler, t=t_ctx, logvar=None, certain=certain, inner=True)  # the context's corrector call
         x_ctx = x + delta * (out.cond_velocity + c2) / 2 * certain
@@ -125,18 +124,6 @@ def _heun_update(guide: Guide, x: Tensor, d1: Tensor, h: Tensor, t_next: Tensor,
     t_rec = t_next if t_next.ndim == 2 else t_next[:, None].expand(x.shape[0], ctx.num_patches)
     ctx.record(x=x_pred, t=t_rec, logvar=None, certain=certain, inner=True)
     return x + h * (d1 + d2) / 2
-
-
-def _context(x: Tensor, t: Tensor, t_cur: Tensor, cond_velocity: Tensor, certain: Tensor,
-             ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
-    """Look-ahead's context: certain patches jump by Euler to ``min(rho t_k, 1)`` with the
-    conditional velocity. Returns ``x_ctx`` (B, C, H, W), the per-patch times ``t_ctx`` (B, N)
-    and the advance ``delta = min(rho t_k, 1) - t_k`` (a scalar tensor)."""
-    rho = float(ctx.options.context_ratio)
-    delta = torch.clamp(rho * t_cur, max=1.0) - t_cur
-    x_ctx = x + delta * cond_velocity * certain
-    certain_patch = pixels_to_patch_mean(certain.to(x.dtype), ctx.patch_size) > 0.5  # (B, N)
-    return x_ctx, t + delta * certain_patch, delta
 
 
 # --- NFE rules: exact network evaluations per image on ``grid`` (guidance batches count once) -------------

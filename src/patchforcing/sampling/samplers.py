@@ -104,9 +104,7 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Certain patches are pushed ahead to ``t_ctx = min(rho t_k, 1)`` with the conditional
     velocity; the uncertain ones are then predicted with that cleaner context (docs/method.md, samplers).
     NFE = 1 while ``t_k <= 0.05``, else 2 per step."""
-    rho = float(ctx.options.context_ratio)
-    b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
-    h, w = x.shape[-2:]
+    b, n = x.shape[0], ctx.num_patches
     for t_cur, t_next, t32 in outer_steps(grid, x, guide):
         dt = t_next - t_cur
         t = t_cur.expand(b, n)
@@ -117,14 +115,23 @@ def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
             x = x + dt * out.cond_velocity
             continue
         certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
-        delta = torch.clamp(rho * t_cur, max=1.0) - t_cur
-        x_ctx = x + delta * out.cond_velocity * certain
-        certain_patch = pixels_to_patch_mean(certain.to(x.dtype), patch) > 0.5  # (B, N)
-        t_ctx = t + delta * certain_patch
+        x_ctx, t_ctx, _ = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
         ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context at t_ctx
         v_ctx = guide(x_ctx, t_ctx).velocity
         x = x + dt * torch.where(certain, out.velocity, v_ctx)
     return x
+
+
+def context_jump(x: Tensor, t: Tensor, t_cur: Tensor, cond_velocity: Tensor, certain: Tensor,
+                 ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
+    """Look-ahead's context: certain patches jump by Euler to ``min(rho t_k, 1)`` with the
+    conditional velocity. Returns ``x_ctx`` (B, C, H, W), the per-patch times ``t_ctx`` (B, N)
+    and the advance ``delta = min(rho t_k, 1) - t_k`` (a scalar tensor)."""
+    rho = float(ctx.options.context_ratio)
+    delta = torch.clamp(rho * t_cur, max=1.0) - t_cur
+    x_ctx = x + delta * cond_velocity * certain
+    certain_patch = pixels_to_patch_mean(certain.to(x.dtype), ctx.patch_size) > 0.5  # (B, N)
+    return x_ctx, t + delta * certain_patch, delta
 
 
 def look_ahead_nfe(steps: int, options: Any, grid: Tensor) -> int:
