@@ -52,22 +52,26 @@ def client(served):
     return gradio_client.Client(served[1], verbose=False)
 
 
-def _expected(net, label: int, seed: int, sampler: str, nfe: int, scale: float) -> np.ndarray:
+def _expected(net, label: int, seed: int, sampler: str, nfe: int, scale: float, schedule: str = "uniform") -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
-    x = pf.sample(net, randn_tensor((1, 1, 8, 8), generator=g), sampler=sampler, steps=pf.steps_for_nfe(sampler, nfe),
+    x = pf.sample(net, randn_tensor((1, 1, 8, 8), generator=g), sampler=sampler,
+                  steps=pf.steps_for_nfe(sampler, nfe, schedule=schedule), schedule=schedule,
                   labels=torch.tensor([label]), cfg_scale=scale, generator=g)
     pixels = ((x[0, 0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     return np.kron(pixels, np.ones((32, 32), dtype=np.uint8))  # the page upscales 8 px to 256 px (nearest)
 
 
-@pytest.mark.parametrize("sampler, scale", [("look-ahead", 1.0), ("random-dual-loop", 2.0)])
-def test_endpoint_returns_the_image_of_sample_for_the_seed(served, client, sampler, scale):
+@pytest.mark.parametrize("sampler, scale, schedule", [("look-ahead", 1.0, "uniform"), ("random-dual-loop", 2.0, "uniform"),
+                                                      ("look-ahead", 1.0, "shift:3")])
+def test_endpoint_returns_the_image_of_sample_for_the_seed(served, client, sampler, scale, schedule):
     net, _ = served
-    result = client.predict("3", sampler, 8, scale, 0.0, 1.0, 11, api_name="/generate")
+    result = client.predict("3", sampler, 8, scale, 0.0, 1.0, 11, schedule, api_name="/generate")
     image = np.asarray(Image.open(result[0]))
-    assert image.shape == (256, 256) and np.array_equal(image, _expected(net, 3, 11, sampler, 8, scale))
-    steps = pf.steps_for_nfe(sampler, 8)
-    assert f"{steps} outer steps, {pf.expected_nfe(sampler, steps)} network evaluations" in result[1]
+    assert image.shape == (256, 256) and np.array_equal(image, _expected(net, 3, 11, sampler, 8, scale, schedule))
+    if schedule != "uniform":  # the grid changes the image, and the summary names it
+        assert not np.array_equal(image, _expected(net, 3, 11, sampler, 8, scale)) and f"time grid {schedule}" in result[1]
+    steps = pf.steps_for_nfe(sampler, 8, schedule=schedule)
+    assert f"{steps} outer steps, {pf.expected_nfe(sampler, steps, schedule=schedule)} network evaluations" in result[1]
     assert result[2]["maximum"] > steps and result[2]["value"] == result[2]["maximum"]  # the slider ends on the result
     first = client.predict(1, api_name="/step")  # scrubbing: the session's frames, first evaluation
     assert first[-1].startswith("evaluation 1/") and len(first) == 5
@@ -77,10 +81,11 @@ def test_endpoint_returns_the_image_of_sample_for_the_seed(served, client, sampl
 
 
 @pytest.mark.parametrize("values, message", [
-    (("3", "look-ahead", 0, 1.0, 0.0, 1.0, 0), "NFE must be a whole number from 1"),
-    (("3", "look-ahead", 8, 1.0, 0.7, 0.2, 0), "guidance interval"),
-    (("3", "look-ahead", 8, 1.0, 0.0, 1.0, -1), "seed"),
-    (("3", "dual-loop", 2, 1.0, 0.0, 1.0, 0), "budget"),
+    (("3", "look-ahead", 0, 1.0, 0.0, 1.0, 0, "uniform"), "NFE must be a whole number from 1"),
+    (("3", "look-ahead", 8, 1.0, 0.7, 0.2, 0, "uniform"), "guidance interval"),
+    (("3", "look-ahead", 8, 1.0, 0.0, 1.0, -1, "uniform"), "seed"),
+    (("3", "dual-loop", 2, 1.0, 0.0, 1.0, 0, "uniform"), "budget"),
+    (("3", "look-ahead", 8, 1.0, 0.0, 1.0, 0, "cosine"), "time grid: unknown schedule 'cosine'; choose uniform, shift:S"),
 ])
 def test_bad_values_get_a_message(client, values, message):
     with pytest.raises(Exception, match=message) as err:
@@ -122,7 +127,7 @@ def test_page_in_a_headless_browser_shows_the_image_and_the_step_slider(served, 
     grey = pixels.mean(axis=-1)
     assert _find(grey, _expected(net, 0, 0, "look-ahead", 8, 1.0))  # the page's default image, pixel for pixel
     orange = (pixels[..., 0] > 200) & (pixels[..., 1] > 80) & (pixels[..., 1] < 180) & (pixels[..., 2] < 80)
-    assert orange[750:850].sum() > 3000  # the step slider's filled track, below the Generate button (690-730)
+    assert orange[850:950].sum() > 3000  # the step slider's filled track, below the Generate button (780-820)
 
 
 def test_app_command_with_a_missing_checkpoint_is_one_line(tmp_path, capsys):
@@ -154,3 +159,24 @@ def test_text_network_page_samples_the_prompt_and_renders_every_frame():
     assert all(f["panels"]["state"].size == (256, 256) for f in frames)
     with pytest.raises(gr.Error, match="prompt"):
         check_request(pipe, "  ", "dual-loop", 8, 2.0, 0.0, 1.0, 5)
+
+
+def test_time_grid_goes_into_the_request_and_the_plan():
+    from patchforcing.app import check_request, run_request
+
+    net = make_model(dtype=torch.float32, in_channels=1, input_size=8)
+    pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net), schedule="shift:2")
+    assert check_request(pipe, "2", "look-ahead", 8, 1.0, 0.0, 1.0, 4).schedule == "shift:2"  # default: the saved grid
+    assert check_request(pipe, "2", "look-ahead", 8, 1.0, 0.0, 1.0, 4, " ").schedule == "shift:2"
+    request = check_request(pipe, "2", "dual-loop", 8, 1.5, 0.0, 1.0, 4, "edm:7.0")
+    assert request.schedule == "edm:7"  # canonical spelling
+    image, frames, info = run_request(pipe, request)
+    g = torch.Generator().manual_seed(4)
+    plan = pf.SamplingPlan.from_nfe("dual-loop", 8, schedule="edm:7", guidance=pf.Guidance(1.5))
+    want = pf.sample(net, randn_tensor((1, 1, 8, 8), generator=g), plan, labels=torch.tensor([2]), generator=g)
+    assert torch.equal(image, want.clamp(-1, 1)) and info["schedule"] == "edm:7" and info["steps"] == plan.steps
+    uniform, _, _ = run_request(pipe, check_request(pipe, "2", "dual-loop", 8, 1.5, 0.0, 1.0, 4, "uniform"))
+    assert not torch.equal(uniform, image)
+    for bad, message in [("cosine", "unknown schedule 'cosine'; choose uniform, shift:S"), ("shift:-2", "shift needs a finite number > 0")]:
+        with pytest.raises(gr.Error, match=message):
+            check_request(pipe, "2", "dual-loop", 8, 1.5, 0.0, 1.0, 4, bad)

@@ -41,6 +41,7 @@ def test_export_writes_the_pipeline_folder_and_loads_with_the_runs_images(export
     assert {p.name for p in out.iterdir()} == {"model_index.json", "transformer", "README.md"}  # pixels: no vae/
     index = json.loads((out / "model_index.json").read_text())
     assert index["transformer"] == ["patchforcing.hub.transformer", "PatchForcingTransformerModel"] and index["nfe"] == 8
+    assert index["schedule"] == "uniform"  # no --schedule: the paper's grid
     net = pf.load_model(exported / "run")
     assert all(torch.equal(a, b) for a, b in zip(pf.load_model(out).state_dict().values(), net.state_dict().values(), strict=False))
     pipe = pf.PatchForcingPipeline.from_pretrained(out)
@@ -145,3 +146,35 @@ def test_global_time_network_exports_with_euler(tmp_path):
     assert 'sampler="euler", nfe=4' in (tmp_path / "out" / "README.md").read_text()
     pipe = pf.PatchForcingPipeline.from_pretrained(tmp_path / "out")
     assert pipe(class_labels=[0], output_type="latent").steps == 4
+
+
+def test_export_with_a_schedule_records_it_in_the_pipeline_and_the_card(tmp_path, monkeypatch, capsys):
+    from conftest import make_model
+
+    net = make_model(dtype=torch.float32)
+    file = pf.save_model(net, tmp_path / "pf.safetensors")
+    out = tmp_path / "out"
+    assert main(["export", "--checkpoint", str(file), "--out", str(out), "--nfe", "8", "--schedule", "shift:3.0"]) == 0
+    assert json.loads((out / "model_index.json").read_text())["schedule"] == "shift:3"  # canonical spelling
+    card = (out / "README.md").read_text()
+    snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    assert 'sampler="look-ahead", nfe=8, schedule="shift:3"' in snippet and "time grid `shift:3`" in card
+    pipe = pf.PatchForcingPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    got = pipe(class_labels=[1, 4], generator=torch.Generator().manual_seed(0), output_type="latent")
+    plan = pf.SamplingPlan.from_nfe("look-ahead", 8, schedule="shift:3")
+    want = pf.sample(net, randn_tensor((2, 3, 8, 8), generator=torch.Generator().manual_seed(0)), plan, labels=torch.tensor([1, 4]))
+    assert got.steps == plan.steps and torch.equal(got.images, want)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})  # the card's snippet runs with the schedule it names
+    assert (tmp_path / "sample.png").is_file()
+    # re-exporting the folder keeps its grid unless --schedule says otherwise
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "again"), "--nfe", "8"]) == 0
+    assert json.loads((tmp_path / "again" / "model_index.json").read_text())["schedule"] == "shift:3"
+    assert main(["export", "--checkpoint", str(out), "--out", str(tmp_path / "flat"), "--nfe", "8", "--schedule", "uniform"]) == 0
+    assert json.loads((tmp_path / "flat" / "model_index.json").read_text())["schedule"] == "uniform"
+    assert "schedule=" not in re.search(r"```python\n(.*?)```", (tmp_path / "flat" / "README.md").read_text(), re.S).group(1)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", str(file), "--out", str(tmp_path / "bad"), "--schedule", "cosine"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown schedule 'cosine'; choose uniform, shift:S") and len(err.strip().splitlines()) == 1

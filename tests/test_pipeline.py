@@ -4,6 +4,7 @@ exactly, for class-conditional, latent and text networks; save/load round trips 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -102,6 +103,8 @@ def test_a_progress_bar_that_reports_a_refresh_never_replaces_the_output(monkeyp
     (dict(prompt="a cat"), "text-to-image"),
     (dict(class_labels=[0], output_type="jpeg"), "output_type"),
     (dict(class_labels=[0], nfe=1, sampler="dual-loop"), "budget"),
+    (dict(class_labels=[0], schedule="cosine"), "unknown schedule 'cosine'; choose uniform, shift:S"),
+    (dict(class_labels=[0], schedule="edm:0"), "edm needs a finite number > 0"),
 ])
 def test_bad_calls_name_the_fix(call, message):
     pipe = pipeline(make_model(dtype=torch.float32))
@@ -120,6 +123,61 @@ def test_save_and_load_round_trip_offline(tmp_path):
     assert torch.equal(loaded(**kw).images, pipe(**{**kw, "generator": torch.Generator().manual_seed(2)}).images)
     assert torch.equal(pf.load_model(tmp_path / "pipe").pos_embed, net.pos_embed)  # load_model reads the folder too
     assert all(torch.equal(a, b) for a, b in zip(pf.load_model(tmp_path / "pipe").state_dict().values(), net.state_dict().values(), strict=False))
+
+
+@pytest.mark.parametrize("sampler, budget", [("look-ahead", dict(nfe=8)), ("dual-loop", dict(num_inference_steps=3))])
+def test_schedule_gives_the_images_of_sample_on_that_grid(sampler, budget):
+    net = make_model(dtype=torch.float32)
+    pipe = pipeline(net)
+    kw = dict(class_labels=[0, 3], sampler=sampler, generator=torch.Generator().manual_seed(5), output_type="latent", **budget)
+    out = pipe(**kw, schedule="shift:3")
+    plan = (pf.SamplingPlan.from_nfe(sampler, 8, schedule="shift:3") if "nfe" in budget
+            else pf.SamplingPlan(sampler, 3, schedule="shift:3"))
+    noise = pipe.prepare_noise(2, torch.Generator().manual_seed(5))
+    want = pf.sample(net, noise, plan, labels=torch.tensor([0, 3]))
+    assert plan.schedule == "shift:3" and torch.equal(out.images, want)
+    assert out.steps == plan.steps and out.nfe == plan.nfe
+    uniform = pipe(**{**kw, "generator": torch.Generator().manual_seed(5)})
+    assert (uniform.images - out.images).abs().max() > 1e-4  # the grid changes the images
+    assert torch.equal(uniform.images, pipe(**{**kw, "generator": torch.Generator().manual_seed(5)}, schedule="uniform").images)
+
+
+def test_saved_schedule_is_the_default_and_round_trips(tmp_path):
+    net = make_model(dtype=torch.float32)
+    pipe = pipeline(net, nfe=8, schedule="edm:7.0")
+    assert pipe.config.schedule == "edm:7" and pipe.plan().schedule == "edm:7"  # canonical spelling, used by default
+    kw = dict(class_labels=[1, 2], output_type="latent")
+    saved_default = pipe(**kw, generator=torch.Generator().manual_seed(2)).images
+    noise = pipe.prepare_noise(2, torch.Generator().manual_seed(2))
+    assert torch.equal(saved_default, pf.sample(net, noise, pf.SamplingPlan.from_nfe("look-ahead", 8, schedule="edm:7"),
+                                                labels=torch.tensor([1, 2])))
+    pipe.save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["schedule"] == "edm:7"
+    loaded = pf.PatchForcingPipeline.from_pretrained(tmp_path / "pipe")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.schedule == "edm:7"
+    assert torch.equal(loaded(**kw, generator=torch.Generator().manual_seed(2)).images, saved_default)
+    uniform = loaded(**kw, generator=torch.Generator().manual_seed(2), schedule="uniform").images  # a call overrides it
+    assert not torch.equal(uniform, saved_default)
+    # a folder saved before the schedule was a setting: no key in model_index.json -> the uniform grid
+    del index["schedule"]
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(index))
+    old = pf.PatchForcingPipeline.from_pretrained(tmp_path / "pipe")
+    old.set_progress_bar_config(disable=True)
+    assert old.config.schedule == "uniform" and old.plan().schedule == "uniform"
+    assert torch.equal(old(**kw, generator=torch.Generator().manual_seed(2)).images, uniform)
+
+
+def test_bad_saved_schedule_names_the_valid_forms(tmp_path):
+    net = make_model(dtype=torch.float32)
+    with pytest.raises(ConfigError, match="choose uniform, shift:S .* or edm:RHO"):
+        pipeline(net, schedule="shift")
+    pipeline(net).save_pretrained(tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps({**index, "schedule": "cosine"}))
+    with pytest.raises(ConfigError, match="unknown schedule 'cosine'"):
+        pf.PatchForcingPipeline.from_pretrained(tmp_path / "pipe")
 
 
 def test_float64_network_keeps_its_weights_exact():

@@ -2,12 +2,16 @@
 
     patchforcing app --checkpoint runs/digits            # then open http://127.0.0.1:7860
 
-Pick a class (or type a prompt for a text network), a sampler, the NFE budget, the guidance scale
-and interval and a seed; the page shows the image, then a slider walks through the recorded
-network evaluations: the current state, the clean image the network predicts from it, the
-difficulty map of the head and the per-patch time map (as the demo's GIFs,
+Pick a class (or type a prompt for a text network), a sampler, the NFE budget, the time grid of
+the outer steps (``uniform``, ``shift:S`` or ``edm:RHO``; default the pipeline's saved schedule),
+the guidance scale and interval and a seed; the page shows the image, then a slider walks through
+the recorded network evaluations: the current state, the clean image the network predicts from
+it, the difficulty map of the head and the per-patch time map (as the demo's GIFs,
 ``patchforcing.report.animation``). The image is ``pf.sample`` on the pipeline's noise for that
 seed (``PatchForcingPipeline.prepare_noise``). Bad values get a message in the page.
+
+The sampling endpoint ``/generate`` takes, in order: the class or prompt, the sampler, the NFE,
+the guidance scale, the interval's from and to, the seed and the time grid.
 
 Needs Gradio (extra ``[app]``) and diffusers (extra ``[vae]``).
 """
@@ -24,18 +28,20 @@ import PIL.Image
 import torch
 from torch import Tensor
 
-from patchforcing.errors import PatchForcingError
+from patchforcing.errors import ConfigError, PatchForcingError
 from patchforcing.flow import patch_time_to_pixels
 from patchforcing.hub.pipeline import PatchForcingPipeline
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.runtime import resolve_device
 from patchforcing.sampling import SAMPLERS, sample
+from patchforcing.sampling.schedules import UNIFORM, parse_schedule
 from patchforcing.viz import colormap, patch_map_to_pixels
 
 MAX_NFE = 512  # a page that asks for more is probably a typo; the CLI has no such bound
 DISPLAY_PX = 256  # images are upscaled (nearest) to at least this many pixels
 PANELS = ("state", "prediction", "difficulty", "patch time")
 STEP_LABEL = "step: network evaluation, then the result"
+SCHEDULES = (UNIFORM, "shift:3", "edm:7")  # the time grid's suggestions; any shift:S or edm:RHO may be typed
 
 
 @dataclass
@@ -48,6 +54,7 @@ class Request:
     guidance_scale: float
     guidance_interval: tuple[float, float] | None
     seed: int
+    schedule: str = UNIFORM  # the time grid, in its canonical spelling
 
 
 def _integer(value: Any, name: str, low: int, high: int) -> int:
@@ -61,8 +68,9 @@ def _integer(value: Any, name: str, low: int, high: int) -> int:
 
 
 def check_request(pipe: PatchForcingPipeline, choice: Any, sampler: Any, nfe: Any, guidance_scale: Any,
-                  interval_lo: Any, interval_hi: Any, seed: Any) -> Request:
-    """The page's values as a ``Request``; a bad value raises ``gr.Error`` with the fix."""
+                  interval_lo: Any, interval_hi: Any, seed: Any, schedule: Any = None) -> Request:
+    """The page's values as a ``Request``; a bad value raises ``gr.Error`` with the fix.
+    ``schedule`` None (or left empty) is the pipeline's saved time grid."""
     cfg = pipe.network.config
     if cfg.is_text:
         if not isinstance(choice, str) or not choice.strip():
@@ -84,7 +92,14 @@ def check_request(pipe: PatchForcingPipeline, choice: Any, sampler: Any, nfe: An
     if not 0.0 <= lo <= hi <= 1.0:
         raise gr.Error(f"the guidance interval needs 0 <= from <= to <= 1, got {lo:g} and {hi:g}")
     interval = None if lo <= 0.0 and hi >= 1.0 else (lo, hi)
-    return Request(condition, sampler, _integer(nfe, "NFE", 1, MAX_NFE), scale, interval, _integer(seed, "the seed", 0, 2**63 - 1))
+    if schedule is None or (isinstance(schedule, str) and not schedule.strip()):
+        schedule = pipe.config.schedule
+    try:
+        grid = str(parse_schedule(schedule))
+    except ConfigError as err:
+        raise gr.Error(f"time grid: {err}") from None
+    return Request(condition, sampler, _integer(nfe, "NFE", 1, MAX_NFE), scale, interval, _integer(seed, "the seed", 0, 2**63 - 1),
+                   grid)
 
 
 @torch.no_grad()
@@ -95,7 +110,7 @@ def run_request(pipe: PatchForcingPipeline, request: Request) -> tuple[Tensor, l
     generator then draws the random masks, as in the pipeline's call.
     """
     plan = pipe.plan(request.sampler, nfe=request.nfe, guidance_scale=request.guidance_scale,
-                     guidance_interval=request.guidance_interval or (0.0, 1.0))
+                     guidance_interval=request.guidance_interval or (0.0, 1.0), schedule=request.schedule)
     given, batch = pipe.condition(**request.condition)
     generator = torch.Generator().manual_seed(request.seed)
     noise = pipe.prepare_noise(batch, generator)
@@ -158,7 +173,8 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing") -> gr.Bl
     samplers = list(SAMPLERS) if cfg.has_difficulty_head else ["euler"]
     default_choice = "a bold seven, upright" if is_text else ("0" if cfg.num_classes > 0 else "unconditional network")
     defaults = (default_choice, pipe.config.sampler if pipe.config.sampler in samplers else samplers[0], pipe.config.nfe,
-                pipe.config.guidance_scale, 0.0, 1.0, 0)
+                pipe.config.guidance_scale, 0.0, 1.0, 0, pipe.config.schedule)
+    schedules = list(dict.fromkeys([pipe.config.schedule, *SCHEDULES]))  # the saved grid first
 
     def results(*values) -> dict[str, Any]:
         request = check_request(pipe, *values)
@@ -166,7 +182,8 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing") -> gr.Bl
             image, frames, info = run_request(pipe, request)
         except PatchForcingError as err:
             raise gr.Error(str(err)) from None
-        summary = f"{info['sampler']}: {info['steps']} outer steps, {info['nfe']} network evaluations, seed {request.seed}"
+        summary = (f"{info['sampler']}: {info['steps']} outer steps, {info['nfe']} network evaluations, seed {request.seed}"
+                   + ("" if request.schedule == UNIFORM else f", time grid {request.schedule}"))
         return {"image": _upscale(to_uint8_nhwc(image)[0]), "summary": summary, "frames": frames}
 
     def generate(*values):
@@ -195,6 +212,8 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing") -> gr.Bl
                     choice = gr.Textbox(label="class", value=defaults[0], interactive=False)
                 sampler = gr.Dropdown(choices=samplers, value=defaults[1], label="sampler")
                 nfe = gr.Number(value=defaults[2], label="NFE (network evaluations)", precision=0)
+                schedule = gr.Dropdown(choices=schedules, value=defaults[7], allow_custom_value=True,
+                                       label="time grid (uniform, shift:S or edm:RHO; type any S or RHO > 0)")
                 scale = gr.Number(value=defaults[3], label="guidance scale (1 = off)")
                 with gr.Row():
                     lo = gr.Number(value=defaults[4], label="guide from t =")
@@ -210,7 +229,7 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing") -> gr.Bl
             panel_views = [gr.Image(value=last["panels"][p], label=p, type="pil", format="png") for p in PANELS]
         caption = gr.Markdown(last["caption"])
         gr.Markdown("Colours: dark blue = low, yellow = high (difficulty: easy -> hard; patch time: noise -> clean).")
-        button.click(generate, [choice, sampler, nfe, scale, lo, hi, seed],
+        button.click(generate, [choice, sampler, nfe, scale, lo, hi, seed, schedule],
                      [image, summary, step, frames, *panel_views, caption], api_name="generate")
         step.change(show, [frames, step], [*panel_views, caption], api_name="step")
     return page

@@ -1,6 +1,6 @@
 """``patchforcing export`` and ``patchforcing app``: the Hugging Face side of the command line.
 
-    patchforcing export --checkpoint runs/digits --out exported/digits [--eval eval/la]
+    patchforcing export --checkpoint runs/digits --out exported/digits [--eval eval/la] [--schedule shift:3]
     patchforcing app    --checkpoint runs/digits [--port 7860]
 
 diffusers (extra ``[vae]``) and Gradio (extra ``[app]``) are imported when these commands run, so
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from patchforcing.commands.plan_flags import add_schedule_flag
 from patchforcing.errors import ConfigError
 
 
@@ -27,11 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repo-id", default=None, help="the Hub id the card's snippet loads (default: the --out folder)")
     p.add_argument("--sampler", default=None, help="the pipeline's default sampler (default: look-ahead; euler for a SiT network)")
     p.add_argument("--nfe", type=int, default=32, help="the pipeline's default budget of network evaluations")
+    add_schedule_flag(p, default=None, default_help="uniform (re-exporting a folder: its saved grid); saved as the pipeline's default")
     p.set_defaults(func=run_export)
 
     a = sub.add_parser("app", help="an interactive page: sample, then scrub through the sampler's steps",
                        description="A local Gradio page (extra [app]): pick a class or type a prompt, a sampler, the NFE, "
-                       "guidance and a seed; see the image, then scrub through the steps (image, prediction, difficulty "
+                       "the time grid, guidance and a seed; see the image, then scrub through the steps (image, prediction, difficulty "
                        "map, per-patch time map).")
     a.add_argument("--checkpoint", required=True, help="a run folder, a checkpoint file, an exported folder or a cached Hub id")
     a.add_argument("--vae", default=None, help="latent networks: the AutoencoderKL (folder or cached id) when the run records none")
@@ -52,7 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
     from patchforcing.hub.export import export_pipeline  # diffusers: optional extra [vae]
 
     out = export_pipeline(args.checkpoint, args.out, eval_dirs=args.eval, vae=args.vae, repo_id=args.repo_id,
-                          sampler=args.sampler, nfe=args.nfe)
+                          sampler=args.sampler, nfe=args.nfe, schedule=args.schedule)
     print(f"wrote {out} (model_index.json, transformer/{', vae/' if (out / 'vae').is_dir() else ''}, README.md); "
           f"publish it with `huggingface-cli upload OWNER/NAME {out} .`")
     return 0

@@ -93,9 +93,7 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", de
                        help=f"{meta['help']} ({', '.join(owners)}; default {f.default}, {describe_range(meta)})")
     for old, new in OPTION_ALIASES.items():  # old spellings still parse (hidden)
         g.add_argument(flag(old), dest=new, type=float, default=None, help=argparse.SUPPRESS)
-    g.add_argument("--schedule", default=UNIFORM, metavar="GRID",
-                   help=f"time grid of the outer steps: {SCHEDULE_HELP}; shift:S > 1 and small RHO put more steps "
-                        "near the noise (docs/method.md section 10); default uniform, t_k = k / S (the paper's)")
+    add_schedule_flag(g)
     g.add_argument("--cfg-scale", type=float, default=1.0, help="guidance weight w (1 = off)")
     g.add_argument("--guidance-interval", default=None, metavar="LO,HI",
                    help="guide only the outer steps whose grid time t_k lies in [LO, HI] (t=0 noise, t=1 data), or "
@@ -105,6 +103,15 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", de
         g.add_argument("--guide-checkpoint", default=None, metavar="PATH",
                        help="autoguidance: a weaker network of the same kind and shape replaces the unconditional "
                             "branch (a checkpoint file, a run folder, or RUN_FOLDER@step=N); --cfg-scale is its weight")
+
+
+def add_schedule_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: str | None = UNIFORM,
+                      default_help: str = "uniform, t_k = k / S (the paper's)") -> None:
+    """``--schedule GRID``, the time grid of the outer steps: one flag and help for ``add_plan_flags``
+    (read by ``schedule_from_args``) and ``patchforcing export`` (the pipeline's saved default)."""
+    parser.add_argument("--schedule", default=default, metavar="GRID",
+                        help=f"time grid of the outer steps: {SCHEDULE_HELP}; shift:S > 1 and small RHO put more steps "
+                             f"near the noise (docs/method.md section 10); default {default_help}")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 The Hub reads the YAML header (library, tags; the license is left for the owner); the body names
 the network, the training data and steps (the run's ``config.json``), the metrics the run has
-(its ``metrics.jsonl`` and ``metrics.json`` of ``patchforcing evaluate``) and a sampling snippet.
+(its ``metrics.jsonl`` and ``metrics.json`` of ``patchforcing evaluate``) and a sampling snippet
+with the pipeline's default plan (sampler, NFE and, when it is not uniform, the time grid).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from patchforcing.errors import ConfigError
 from patchforcing.runs import RunFolder
+from patchforcing.sampling.schedules import UNIFORM
 
 PAPER = ("Schusterbauer, Gui, Li, Ma, Krause, Ommer, \"Denoising, Fast and Slow: Difficulty-Aware Adaptive Sampling for "
          "Image Generation\", CVPR 2026, arXiv 2604.19141")
@@ -98,8 +100,9 @@ def _table(rows: list[tuple[str, Any]]) -> str:
     return "\n".join(["| field | value |", "| --- | --- |", *[f"| {k} | {_value(v)} |" for k, v in rows]])
 
 
-def sampling_snippet(repo: str, network_config: Any, sampler: str, nfe: int) -> str:
-    """Python that loads the folder (or its Hub id) and samples four images."""
+def sampling_snippet(repo: str, network_config: Any, sampler: str, nfe: int, schedule: str = UNIFORM) -> str:
+    """Python that loads the folder (or its Hub id) and samples four images (a non-uniform
+    ``schedule`` is spelled out, so the snippet shows the setting the saved default uses)."""
     if network_config.is_text:
         condition = 'prompt=["a bold seven, upright", "the digit 2, thin"]'
     elif network_config.num_classes > 0:
@@ -107,23 +110,24 @@ def sampling_snippet(repo: str, network_config: Any, sampler: str, nfe: int) -> 
         condition = f"class_labels={labels}"
     else:
         condition = "num_images_per_prompt=4"
+    grid = "" if schedule == UNIFORM else f', schedule="{schedule}"'
     return "\n".join([
         "import torch, patchforcing as pf",
         "",
         f'pipe = pf.PatchForcingPipeline.from_pretrained("{repo}")',
-        f'images = pipe({condition}, sampler="{sampler}", nfe={nfe}, generator=torch.Generator().manual_seed(0)).images',
+        f'images = pipe({condition}, sampler="{sampler}", nfe={nfe}{grid}, generator=torch.Generator().manual_seed(0)).images',
         'images[0].save("sample.png")',
     ])
 
 
 def model_card(*, name: str, repo: str, source: str, network: Any, parameters: int, record: RunRecord, sampler: str, nfe: int,
-               vae: str | None, text_encoder: str | None) -> str:
+               vae: str | None, text_encoder: str | None, schedule: str = UNIFORM) -> str:
     """The text of ``README.md``.
 
     Args:
         name: the title. repo: the id or folder the snippet loads. source: what was exported.
         network: the network's config. parameters: its parameter count.
-        record: what the run recorded (``read_run``). sampler, nfe: the pipeline's default plan.
+        record: what the run recorded (``read_run``). sampler, nfe, schedule: the pipeline's default plan.
         vae: the VAE the run recorded (latent networks). text_encoder: a text network's encoder.
     """
     cfg = network.to_dict()
@@ -134,11 +138,15 @@ def model_card(*, name: str, repo: str, source: str, network: Any, parameters: i
               "# license: left for the owner to set before publishing (for example mit, apache-2.0 or other)",
               f"pipeline_tag: {'text-to-image' if is_text else 'unconditional-image-generation'}", "tags:",
               *[f"- {t}" for t in tags], "---"]
+    grid = ("`t_k = k / S`, the paper's" if schedule == UNIFORM else
+            "a non-uniform grid of the outer steps, docs/method.md section 10; `schedule=\"uniform\"` is the paper's `t_k = k / S`")
     parts = ["\n".join(header), f"# {name}",
              (f"A Patch Forcing network: every image patch has its own diffusion time, a small head predicts how hard each "
               f"patch is, and adaptive samplers let easy patches run ahead ({PAPER}). Exported with `patchforcing export` "
               f"from `{source}`."),
-             "## Sampling", "```python\n" + sampling_snippet(repo, network, sampler, nfe) + "\n```",
+             "## Sampling", "```python\n" + sampling_snippet(repo, network, sampler, nfe, schedule) + "\n```",
+             (f"The pipeline's saved defaults: sampler `{sampler}`, NFE {nfe}, time grid `{schedule}` ({grid}); "
+              "a call's `sampler=`, `nfe=` and `schedule=` override them."),
              ("`pip install 'patchforcing[vae]'` gives the pipeline (diffusers). The network alone: "
               f'`net = pf.load_model("{repo}")`, then `pf.sample(net, noise, sampler=..., steps=...)`. A Hub id is read '
               "from the local Hugging Face cache (`huggingface-cli download ID` first)."),

@@ -9,8 +9,9 @@ The images equal ``pf.sample`` on the same noise, then the VAE decode: the noise
 image), and the same ``generator`` then draws the random masks of the ``random-*`` samplers.
 Components: ``transformer`` (the network, ``PatchForcingTransformerModel``) and ``vae`` (a
 diffusers ``AutoencoderKL`` for latent networks, else None). The sampler settings (sampler, NFE
-budget, guidance, sampler options), the latent scale and shift, and the text encoder's name are
-saved configuration (``model_index.json``).
+budget, guidance, sampler options, time grid ``schedule``), the latent scale and shift, and the
+text encoder's name are saved configuration (``model_index.json``); a folder saved before the
+schedule was a setting loads with the uniform grid, as it sampled then.
 
 diffusers' generic ``DiffusionPipeline.from_pretrained(folder)`` looks the pipeline class up in
 the diffusers package only; for this package's class the one line is
@@ -40,6 +41,7 @@ from patchforcing.hub.transformer import PatchForcingTransformerModel
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import Guidance, SamplingPlan, sample
 from patchforcing.sampling.registry import OPTION_ALIASES, default_sampler, get_sampler
+from patchforcing.sampling.schedules import UNIFORM, parse_schedule
 from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -63,7 +65,9 @@ class PatchForcingPipeline(DiffusionPipeline):
         nfe: default budget of network evaluations; the outer steps are ``steps_for_nfe(sampler, nfe)``.
         guidance_scale: default classifier-free guidance weight (1 = off).
         guidance_interval: default ``(lo, hi)``: guide only outer steps with ``lo <= t_k <= hi``.
-        sampler_options: default options (``p``, ``n_inner``, ``context_ratio``) of the samplers that take them.
+        sampler_options: default options (``p_frac`` or ``p``, ``n_inner``, ``context_ratio``) of the samplers that take them.
+        schedule: default time grid of the outer steps: ``uniform`` (``t_k = k / S``, the paper's),
+            ``shift:S`` or ``edm:RHO`` (``pf.SamplingPlan.schedule``; saved in its canonical spelling).
         latent_scale, latent_shift: latents are stored as ``(z - shift) * scale`` (None: the VAE's config).
         text_encoder: text networks: the encoder's name, Hub id or folder (None: the one the network records).
     """
@@ -74,13 +78,13 @@ class PatchForcingPipeline(DiffusionPipeline):
     def __init__(self, transformer: PatchForcingTransformerModel, vae: AutoencoderKL | None = None, sampler: str = "look-ahead",
                  nfe: int = 32, guidance_scale: float = 1.0, guidance_interval: Sequence[float] | None = None,
                  sampler_options: dict[str, Any] | None = None, latent_scale: float | None = None,
-                 latent_shift: float | None = None, text_encoder: str | None = None):
+                 latent_shift: float | None = None, text_encoder: str | None = None, schedule: str = UNIFORM):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae)
         interval = None if guidance_interval is None else [float(v) for v in guidance_interval]
         self.register_to_config(sampler=sampler, nfe=int(nfe), guidance_scale=float(guidance_scale), guidance_interval=interval,
                                 sampler_options=dict(sampler_options or {}), latent_scale=latent_scale,
-                                latent_shift=latent_shift, text_encoder=text_encoder)
+                                latent_shift=latent_shift, text_encoder=text_encoder, schedule=_schedule(schedule))
         self._encoder: TextEncoder | None = None
 
     # --- building -------------------------------------------------------------------------------
@@ -101,7 +105,7 @@ class PatchForcingPipeline(DiffusionPipeline):
             source: a run folder, a checkpoint file, an exported folder or a cached Hub id.
             vae: an ``AutoencoderKL`` folder or cached id for a latent network.
             device: where the network and VAE run.
-            **settings: sampler settings of ``__init__`` (``sampler``, ``nfe``, ``guidance_scale`` ...); the
+            **settings: sampler settings of ``__init__`` (``sampler``, ``nfe``, ``guidance_scale``, ``schedule`` ...); the
                 sampler defaults to ``look-ahead``, for a global-time (SiT) network to ``euler``.
         """
         if is_pipeline_folder(resolve_source(source)) and vae is None:
@@ -121,11 +125,13 @@ class PatchForcingPipeline(DiffusionPipeline):
 
     def plan(self, sampler: str | None = None, num_inference_steps: int | None = None, nfe: int | None = None,
              options: dict[str, Any] | None = None, guidance_scale: float | None = None,
-             guidance_interval: Any = None) -> SamplingPlan:
+             guidance_interval: Any = None, schedule: str | None = None) -> SamplingPlan:
         """The ``SamplingPlan`` of a call: ``num_inference_steps`` outer steps, or the most that fit
-        ``nfe`` network evaluations (default: the saved budget); settings left at None take the
-        saved configuration (of the saved options, those the sampler takes)."""
+        ``nfe`` network evaluations (default: the saved budget) on the time grid of ``schedule``;
+        settings left at None take the saved configuration (of the saved options, those the
+        sampler takes; a folder saved without a schedule samples on the uniform grid)."""
         spec = get_sampler(sampler or self.config.sampler)
+        grid = _schedule(self.config.schedule if schedule is None else schedule)
         fields = {f.name for f in dataclasses.fields(spec.options_type)}
         takes = fields | {old for old, new in OPTION_ALIASES.items() if new in fields}
         options = {**{k: v for k, v in self.config.sampler_options.items() if k in takes}, **(options or {})}
@@ -137,11 +143,11 @@ class PatchForcingPipeline(DiffusionPipeline):
         if num_inference_steps is not None:
             if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
                 raise ConfigError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
-            return SamplingPlan(spec.name, num_inference_steps, options, guidance)
+            return SamplingPlan(spec.name, num_inference_steps, options, guidance, schedule=grid)
         budget = self.config.nfe if nfe is None else nfe
         if isinstance(budget, bool) or not isinstance(budget, int):
             raise ConfigError(f"nfe must be a positive integer, got {budget!r}")
-        return SamplingPlan.from_nfe(spec.name, budget, guidance=guidance, **options)
+        return SamplingPlan.from_nfe(spec.name, budget, guidance=guidance, schedule=grid, **options)
 
     def text_encoder_for_prompts(self) -> TextEncoder:
         """The text encoder of a text network (loaded once, from a local folder or the cache)."""
@@ -214,9 +220,10 @@ class PatchForcingPipeline(DiffusionPipeline):
                  negative_prompt: str | Sequence[str] | None = None, num_inference_steps: int | None = None, nfe: int | None = None,
                  sampler: str | None = None, guidance_scale: float | None = None, guidance_interval: Sequence[float] | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
-                 return_dict: bool = True, num_images_per_prompt: int = 1, **sampler_options: Any):
+                 return_dict: bool = True, num_images_per_prompt: int = 1, schedule: str | None = None,
+                 **sampler_options: Any):
         """Generate images. Settings left at None take the pipeline's saved configuration
-        (``look-ahead``, NFE 32 and guidance 1 unless saved otherwise).
+        (``look-ahead``, NFE 32, guidance 1 and the uniform time grid unless saved otherwise).
 
         Args:
             class_labels: class networks: an integer or a list (B,).
@@ -229,11 +236,13 @@ class PatchForcingPipeline(DiffusionPipeline):
                 or ``"latent"`` (the sampler's output as it is).
             return_dict: return ``PatchForcingPipelineOutput`` (else a tuple ``(images,)``).
             num_images_per_prompt: images per label or prompt.
-            **sampler_options: ``p``, ``n_inner``, ``context_ratio``.
+            schedule: the time grid of the outer steps: ``uniform`` (``t_k = k / S``), ``shift:S``
+                (``S > 1``: more steps near the noise) or ``edm:RHO`` (``docs/method.md``, section 10).
+            **sampler_options: ``p_frac`` (or ``p``), ``n_inner``, ``context_ratio``.
         """
         if output_type not in OUTPUT_TYPES:
             raise ConfigError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-        plan = self.plan(sampler, num_inference_steps, nfe, sampler_options, guidance_scale, guidance_interval)
+        plan = self.plan(sampler, num_inference_steps, nfe, sampler_options, guidance_scale, guidance_interval, schedule)
         given, batch = self.condition(class_labels, prompt, negative_prompt, num_images_per_prompt)
         noise = self.prepare_noise(batch, generator)
         net = self.network
@@ -251,6 +260,11 @@ class PatchForcingPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return PatchForcingPipelineOutput(images=images, nfe=info["nfe"], steps=plan.steps)
+
+
+def _schedule(schedule: Any) -> str:
+    """A schedule in its canonical spelling; a bad one raises ``ConfigError`` naming the valid forms."""
+    return str(parse_schedule(schedule))
 
 
 def _as_list(value: str | Sequence[str], name: str) -> list[str]:
