@@ -1,24 +1,31 @@
-"""Time-grid schedules and second-order samplers at equal NFE on digits: writes ``docs/samplers.md``.
+"""Time-grid schedules and second-order samplers at equal NFE on digits and photos: writes ``docs/samplers.md``.
 
-    # the bench's networks (``patchforcing bench --out bench`` trains them); about 50 CPU minutes (estimate)
-    python benchmarks/sampler_schedules.py --pf-run bench/runs/pf-ltg --sit-run bench/runs/sit-uniform --out sched
+    # digits: the bench's networks (``patchforcing bench --out bench --networks sit-uniform,pf-ltg``);
+    # photos: the study's photos network and its SiT twin (the two ``patchforcing train`` commands in
+    # docs/samplers.md). About 45 CPU minutes for digits and 25 for photos, cached rows resume.
+    python benchmarks/sampler_schedules.py --pf-run bench/runs/pf-ltg --sit-run bench/runs/sit-uniform \
+        --photos-pf-run photos/runs/pf --photos-sit-run photos/runs/sit --out sched
     python benchmarks/sampler_schedules.py --tiny --out /tmp/sched       # seconds: tiny untrained networks
 
-1. Tuning (once, then frozen in ``OUT/tuning.json``): the shift ``S`` of ``shift:S`` from
-   ``--shifts`` and the ``RHO`` of ``edm:RHO`` from ``--rhos`` are each chosen by the lowest mean
-   FID of the Patch Forcing network with ``--tune-samplers`` at the two smallest budgets, on the
-   held-out evaluation seed ``HELD_OUT_SEED`` (never one of the measured seeds).
-2. Measurement: every sampler x schedule (uniform, the frozen shift, the frozen edm) x budget x
-   seed; the Patch Forcing network with ``PF_SAMPLERS``, the SiT baseline with Euler and Heun on the same
-   schedules. One JSON row per (network, sampler, schedule, budget, seed) in ``OUT/rows``; a rerun
-   of the same command skips the finished rows (resume).
+1. Tuning (once, then frozen in ``OUT/tuning.json`` and used for both data sets): the shift ``S``
+   of ``shift:S`` from ``SHIFTS`` and the ``RHO`` of ``edm:RHO`` from ``RHOS`` are each chosen by
+   the lowest mean FID of the digits Patch Forcing network with ``TUNE_SAMPLERS`` at the two
+   smallest budgets, on the held-out evaluation seed ``HELD_OUT_SEED`` (never one of the measured seeds).
+2. Measurement, per data set: every sampler x schedule (uniform, the frozen shift, the frozen edm)
+   x budget x seed; the Patch Forcing network with ``PF_SAMPLERS``, the SiT baseline with Euler and
+   Heun on the same schedules. Digits are scored in the digit classifier's features (1000 images
+   per row), photos in the study's photo features (``evaluation/photos.py``, 500 images per row).
+   One JSON row per (network, sampler, schedule, budget, seed) in ``OUT/rows``; a rerun of the
+   same command skips the finished rows (resume). ``--photos-pf-early CKPT`` adds euler-pf and
+   look-ahead rows of an earlier checkpoint of the photos network (does training longer change
+   whether look-ahead pays?).
 3. Report: tables (FID, precision, recall; mean +- std over seeds), the rule below, the NFE each
    configuration needs to reach look-ahead's NFE-16 FID, and a FID-vs-NFE plot.
 
 The rule (fixed before the run): a sampler or schedule becomes public only if it beats the paper's
 best (look-ahead, uniform) at equal NFE on both data sets at two of the three budgets, in most
-paired seeds (same seed = same noise and labels). This script measures digits; its verdict is the
-digits half of the rule.
+paired seeds (same seed = same noise and labels). Without the photos networks the report gives
+the digits half only.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ import patchforcing as pf  # noqa: E402
 from common import command_line  # noqa: E402
 from patchforcing.errors import ConfigError  # noqa: E402
 from patchforcing.evaluation.evaluate import evaluate_model  # noqa: E402
+from patchforcing.evaluation.generate import generate_images  # noqa: E402
+from patchforcing.evaluation.photos import photos_metrics  # noqa: E402
 from patchforcing.report.common import fmt, machine_info, mean_std, parse_ints  # noqa: E402
 from patchforcing.report.plots import PALETTE, panel_plot  # noqa: E402
 from patchforcing.runs import atomic_write_text, newest_step  # noqa: E402
@@ -53,29 +62,44 @@ TARGET_BUDGET = 16  # "reach look-ahead's NFE-16 FID"
 HELD_OUT_SEED = 9  # tuning seed; the measured seeds are 0 .. seeds - 1
 SHIFTS, RHOS = (1.5, 2.0, 3.0), (3.0, 5.0, 7.0)
 TUNE_SAMPLERS = ("look-ahead", "heun-pf")
-TINY = dict(num_samples=12, seeds=1, nfe=(4, 8), shifts=(1.5, 3.0), rhos=(3.0, 7.0), batch_size=16)
+TINY = dict(num_samples=12, photos_num_samples=12, seeds=1, nfe=(4, 8), shifts=(1.5, 3.0), rhos=(3.0, 7.0), batch_size=16)
+EARLY_SAMPLERS = ("euler-pf", "look-ahead")  # the rows of --photos-pf-early (uniform grid)
+# network key -> data set; the digits keys stay "pf" and "sit" (the names of the rows cached before photos existed)
+DATASET = {"pf": "digits", "sit": "digits", "photos-pf": "photos", "photos-sit": "photos", "photos-pf-early": "photos"}
+PF_KEY = {"digits": "pf", "photos": "photos-pf"}
+SIT_KEY = {"digits": "sit", "photos": "photos-sit"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pf-run", help="the Patch Forcing digits network (run folder or checkpoint), e.g. bench/runs/pf-ltg")
     ap.add_argument("--sit-run", help="the SiT digits baseline (run folder or checkpoint), e.g. bench/runs/sit-uniform")
+    ap.add_argument("--photos-pf-run", help="the Patch Forcing photos network (run folder or checkpoint), e.g. photos/runs/pf")
+    ap.add_argument("--photos-sit-run", help="the SiT photos baseline (run folder or checkpoint), e.g. photos/runs/sit")
+    ap.add_argument("--photos-pf-early", help="an earlier checkpoint of the photos Patch Forcing network (euler-pf and look-ahead rows)")
     ap.add_argument("--out", required=True, help="folder of the cached rows, tuning.json and the plot")
     ap.add_argument("--doc", help="the report (default docs/samplers.md; OUT/samplers.md with --tiny)")
     ap.add_argument("--nfe", default=None, help="budgets, e.g. 8,16,32")
     ap.add_argument("--seeds", type=int, default=None, help="evaluation seeds per row (default 3)")
-    ap.add_argument("--num-samples", type=int, default=None, help="images per row (default 1000)")
+    ap.add_argument("--num-samples", type=int, default=None, help="images per digits row (default 1000)")
+    ap.add_argument("--photos-num-samples", type=int, default=None, help="images per photos row (default 500)")
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--tiny", action="store_true", help="tiny untrained networks and a few images: a smoke test")
     args = ap.parse_args(argv)
-    base = dict(TINY) if args.tiny else dict(num_samples=1000, seeds=3, nfe=(8, 16, 32), shifts=SHIFTS, rhos=RHOS)
+    base = dict(TINY) if args.tiny else dict(num_samples=1000, photos_num_samples=500, seeds=3, nfe=(8, 16, 32), shifts=SHIFTS,
+                                             rhos=RHOS)
     args.nfe = tuple(sorted(set(parse_ints(args.nfe, "nfe")))) if args.nfe else base["nfe"]
     args.seeds = args.seeds or base["seeds"]
     args.num_samples = args.num_samples or base["num_samples"]
+    args.photos_num_samples = args.photos_num_samples or base["photos_num_samples"]
     args.batch_size = base.get("batch_size", args.batch_size)
     args.shifts, args.rhos = base["shifts"], base["rhos"]
     if not args.tiny and not (args.pf_run and args.sit_run):
         raise ConfigError("pass --pf-run PATH and --sit-run PATH (the bench's runs/pf-ltg and runs/sit-uniform), or --tiny")
+    if not args.tiny and bool(args.photos_pf_run) != bool(args.photos_sit_run):
+        raise ConfigError("pass both --photos-pf-run and --photos-sit-run (the photos networks), or neither")
+    if args.photos_pf_early and not args.photos_pf_run:
+        raise ConfigError("--photos-pf-early compares with --photos-pf-run; pass that too")
     if len(args.nfe) < 2:
         raise ConfigError("--nfe needs at least two budgets (the tuning uses the two smallest)")
     args.doc = Path(args.doc or (Path(args.out) / "samplers.md" if args.tiny else "docs/samplers.md"))
@@ -83,11 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- networks ---------------------------------------------------------------------------------------
-def tiny_network(kind: str) -> torch.nn.Module:
-    """A 1-block width-32 network of digits' shape with seeded random weights (untrained)."""
+def tiny_network(kind: str, data: str = "digits") -> torch.nn.Module:
+    """A 1-block width-32 network of the data set's shape with seeded random weights (untrained)."""
     torch.manual_seed(0)
-    net = pf.create_model("PF-XS/2" if kind == "pf" else "SiT-XS/2", depth=1, hidden_size=32, num_heads=2,
-                          input_size=16, in_channels=1, num_classes=10)
+    shape = dict(input_size=16, in_channels=1, num_classes=10) if data == "digits" else \
+        dict(input_size=32, in_channels=3, num_classes=8, patch_size=4)
+    net = pf.create_model("PF-XS/2" if kind == "pf" else "SiT-XS/2", depth=1, hidden_size=32, num_heads=2, **shape)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in net.named_parameters():
@@ -97,17 +122,33 @@ def tiny_network(kind: str) -> torch.nn.Module:
 
 
 def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
-    """``{"pf": (model, identity), "sit": (model, identity)}``; the identity goes into every row."""
+    """``{key: (model, identity)}`` for the keys of ``DATASET`` that were given; the identity goes into every row."""
     if args.tiny:
-        return {"pf": (tiny_network("pf"), "tiny-pf"), "sit": (tiny_network("sit"), "tiny-sit")}
+        return {"pf": (tiny_network("pf"), "tiny-pf"), "sit": (tiny_network("sit"), "tiny-sit"),
+                "photos-pf": (tiny_network("pf", "photos"), "tiny-photos-pf"),
+                "photos-sit": (tiny_network("sit", "photos"), "tiny-photos-sit")}
     nets = {}
-    for name, path in (("pf", args.pf_run), ("sit", args.sit_run)):
+    flags = {"pf": "--pf-run", "sit": "--sit-run", "photos-pf": "--photos-pf-run", "photos-sit": "--photos-sit-run",
+             "photos-pf-early": "--photos-pf-early"}
+    for name, flag in flags.items():
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if not path:
+            continue
         model = pf.load_model(path)
         step = newest_step(path) if Path(path).is_dir() else None
         nets[name] = (model, f"{Path(path).resolve()}@{step}")
-    if not nets["pf"][0].config.has_difficulty_head or nets["sit"][0].config.has_difficulty_head:
-        raise ConfigError("--pf-run must be a Patch Forcing network and --sit-run a SiT network; are they swapped?")
+        wants_pf = not name.endswith("sit")
+        if model.config.has_difficulty_head != wants_pf:
+            raise ConfigError(f"{flag} must be a {'Patch Forcing' if wants_pf else 'SiT'} network; are --*-pf-run and --*-sit-run swapped?")
+        channels = model.config.in_channels
+        if (DATASET[name] == "digits") != (channels == 1):
+            raise ConfigError(f"{path} has {channels} input channel(s), which does not fit the {DATASET[name]} data; check the flag")
     return nets
+
+
+def datasets(nets: dict) -> list[str]:
+    """The data sets measured in this run (digits first)."""
+    return [d for d in ("digits", "photos") if PF_KEY[d] in nets]
 
 
 # --- rows ---------------------------------------------------------------------------------------------
@@ -115,19 +156,32 @@ def row_path(out: Path, network: str, sampler: str, schedule: str, budget: int, 
     return out / "rows" / f"{network}__{sampler}__{schedule.replace(':', '-')}__nfe{budget}__seed{seed}.json"
 
 
+def score_photos(model: torch.nn.Module, plan: SamplingPlan, num_samples: int, seed: int, batch_size: int) -> dict[str, Any]:
+    """The study's photos row (balanced labels, ``generate_images``, photo features) on any plan."""
+    t0 = time.perf_counter()
+    _, images, _, info = generate_images(model, plan, num_samples=num_samples, seed=seed, batch_size=batch_size)
+    metrics = photos_metrics(images)
+    return {"fid": float(metrics["fid"]), "precision": float(metrics["precision"]), "recall": float(metrics["recall"]),
+            "accuracy": None, "nfe": int(info["nfe"] or plan.nfe), "steps": plan.steps, "seconds": time.perf_counter() - t0,
+            "plan": plan.to_json()}
+
+
 def get_row(out: Path, nets: dict, args: argparse.Namespace, network: str, sampler: str, schedule: str,
             budget: int, seed: int) -> dict[str, Any]:
-    """The cached row, or a fresh evaluation written to its file (``evaluate_model``, digits metrics)."""
+    """The cached row, or a fresh evaluation written to its file (digits: ``evaluate_model``; photos: ``score_photos``)."""
     path = row_path(out, network, sampler, schedule, budget, seed)
     model, identity = nets[network]
-    fingerprint = {"network_id": identity, "num_samples": args.num_samples}
+    photos = DATASET[network] == "photos"
+    fingerprint = {"network_id": identity, "num_samples": args.photos_num_samples if photos else args.num_samples}
     if path.exists():
         row = json.loads(path.read_text())
         if all(row.get(k) == v for k, v in fingerprint.items()):
             return row
     plan = SamplingPlan.from_nfe(sampler, budget, schedule=schedule)  # the most steps whose exact NFE fits
-    result = evaluate_model(model, plan, num_samples=args.num_samples, seed=seed * EVAL_SEED_STRIDE,
-                            batch_size=args.batch_size)
+    if photos:
+        result = score_photos(model, plan, fingerprint["num_samples"], seed * EVAL_SEED_STRIDE, args.batch_size)
+    else:
+        result = evaluate_model(model, plan, num_samples=args.num_samples, seed=seed * EVAL_SEED_STRIDE, batch_size=args.batch_size)
     row = {"network": network, "sampler": sampler, "schedule": schedule, "budget": budget, "seed": seed, **fingerprint,
            **{k: result[k] for k in ("fid", "precision", "recall", "accuracy", "nfe", "steps", "seconds", "plan")}}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +192,7 @@ def get_row(out: Path, nets: dict, args: argparse.Namespace, network: str, sampl
 
 
 def tune(out: Path, nets: dict, args: argparse.Namespace) -> dict[str, Any]:
-    """Choose S and RHO on the held-out seed (read back from ``tuning.json`` once chosen: frozen)."""
+    """Choose S and RHO on the held-out seed with the digits network (read back from ``tuning.json`` once chosen: frozen)."""
     path = out / "tuning.json"
     if path.exists():
         return json.loads(path.read_text())
@@ -152,6 +206,17 @@ def tune(out: Path, nets: dict, args: argparse.Namespace) -> dict[str, Any]:
            "shift": best["shift"], "edm": best["edm"]}
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
     return doc
+
+
+def planned_rows(nets: dict, args: argparse.Namespace, schedules: list[str]) -> list[tuple]:
+    """Every measured (network, sampler, schedule, budget, seed) of this run."""
+    todo = []
+    for data in datasets(nets):
+        for network, samplers in ((PF_KEY[data], PF_SAMPLERS), (SIT_KEY[data], SIT_SAMPLERS)):
+            todo += [(network, s, sc, b, k) for s in samplers for sc in schedules for b in args.nfe for k in range(args.seeds)]
+    if "photos-pf-early" in nets:
+        todo += [("photos-pf-early", s, "uniform", b, k) for s in EARLY_SAMPLERS for b in args.nfe for k in range(args.seeds)]
+    return todo
 
 
 # --- analysis -----------------------------------------------------------------------------------------
@@ -169,12 +234,13 @@ def summarize(rows: list[dict]) -> dict[tuple, dict[str, Any]]:
     return out
 
 
-def verdict(summary: dict, sampler: str, schedule: str, budgets: tuple[int, ...]) -> tuple[int, list[str]]:
-    """Budgets at which (sampler, schedule) beats (look-ahead, uniform): lower mean FID and a lower
-    FID in most paired seeds. Returns (budgets won, one note per budget)."""
+def verdict(summary: dict, network: str, sampler: str, schedule: str, budgets: tuple[int, ...],
+            baseline: tuple[str, str] = BASELINE) -> tuple[int, list[str]]:
+    """Budgets at which (sampler, schedule) beats ``baseline`` on ``network``: lower mean FID and a
+    lower FID in most paired seeds. Returns (budgets won, one note per budget)."""
     won, notes = 0, []
     for b in budgets:
-        mine, base = summary.get(("pf", sampler, schedule, b)), summary.get(("pf", *BASELINE, b))
+        mine, base = summary.get((network, sampler, schedule, b)), summary.get((network, *baseline, b))
         if mine is None or base is None or mine["fid"] is None or base["fid"] is None:
             notes.append(f"{b}: n/a")
             continue
@@ -182,7 +248,7 @@ def verdict(summary: dict, sampler: str, schedule: str, budgets: tuple[int, ...]
         wins = sum(mine["fids"][s] < base["fids"][s] for s in paired)
         ok = mine["fid"] < base["fid"] and wins * 2 > len(paired)
         won += ok
-        notes.append(f"{b}: {'win' if ok else 'no'} ({wins}/{len(paired)} seeds)")
+        notes.append(f"{b}: {'win' if ok else 'no'} ({wins}/{len(paired)})")
     return won, notes
 
 
@@ -201,72 +267,124 @@ def nfe_to_reach(summary: dict, network: str, sampler: str, schedule: str, budge
     return f"> {pts[-1][0]}"
 
 
-# --- report -------------------------------------------------------------------------------------------
-def write_report(args, rows, tuning, schedules, plot_name: str, cpu_minutes: float) -> None:
-    summary = summarize(rows)
-    budgets = args.nfe
-    target_budget = TARGET_BUDGET if TARGET_BUDGET in budgets else budgets[-1]
-    base = summary.get(("pf", *BASELINE, target_budget))
-    target = base["fid"] if base else None
+def target_fid(summary: dict, data: str, budgets: tuple[int, ...]) -> tuple[int, float | None]:
+    """(budget, FID) of look-ahead on the uniform grid at NFE 16 (or the largest budget) on ``data``."""
+    budget = TARGET_BUDGET if TARGET_BUDGET in budgets else budgets[-1]
+    base = summary.get((PF_KEY[data], *BASELINE, budget))
+    return budget, (base["fid"] if base else None)
+
+
+def rule(summary: dict, measured: list[str], budgets: tuple[int, ...], schedules: list[str]) -> list[dict[str, Any]]:
+    """Per (sampler, schedule) other than the baseline: budgets won per data set and the verdict
+    (public only if it wins at 2 of the 3 budgets on every data set, and both data sets were measured)."""
     need = min(2, len(budgets))
-    lines = ["# Samplers: time-grid schedules and second-order steps at equal NFE (digits)", "",
-             "Every configuration gets the same budget of network evaluations per image (NFE); the number in "
-             "brackets is the NFE actually used (a sampler takes the most outer steps that fit). FID, precision and "
-             f"recall in the digit classifier's features, {args.num_samples} images per seed, mean ± std over "
-             f"{args.seeds} seeds (the same noise and labels for every configuration of a seed). Method: `docs/method.md`.", "",
-             f"Schedules chosen on the held-out seed {tuning['seed']} by the mean FID of {', '.join(tuning['samplers'])} at NFE "
-             f"{', '.join(map(str, tuning['budgets']))}, then frozen: **{tuning['shift']}** and **{tuning['edm']}** "
-             f"(candidates: {', '.join(f'{k} {v:.3f}' for k, v in tuning['mean_fid'].items())}).", ""]
-    for network, samplers, title in (("pf", PF_SAMPLERS, "Patch Forcing network"), ("sit", SIT_SAMPLERS, "SiT baseline")):
-        lines += [f"## {title}", "", "| sampler | schedule | " + " | ".join(f"FID @ {b}" for b in budgets)
-                  + " | " + " | ".join(f"prec / rec @ {b}" for b in budgets) + " |",
-                  "|---|---|" + "---:|" * (2 * len(budgets))]
-        for sampler in samplers:
-            for schedule in schedules:
-                cells, pr = [], []
-                for b in budgets:
-                    e = summary.get((network, sampler, schedule, b))
-                    cells.append("n/a" if e is None else f"{fmt(e['fid'], 2, e['fid_std'])} ({e['nfe']})")
-                    pr.append("n/a" if e is None else f"{fmt(e['precision'], 3)} / {fmt(e['recall'], 3)}")
-                lines.append(f"| {sampler} | {schedule} | " + " | ".join(cells) + " | " + " | ".join(pr) + " |")
-        lines.append("")
-    lines += [f"## The rule and the NFE to reach look-ahead's NFE-{target_budget} FID", "",
-              f"Target: look-ahead on the uniform grid at NFE {target_budget}, FID {fmt(target)}. A configuration passes "
-              f"the digits half of the rule when it wins at {need} of the {len(budgets)} budgets (lower mean FID and lower "
-              "FID in most paired seeds). Nothing becomes public on digits alone: the photos half is not measured here.", "",
-              "| sampler | schedule | budgets won | digits half | per budget | NFE to reach the target |",
-              "|---|---|---:|---|---|---:|"]
+    out = []
     for sampler in PF_SAMPLERS:
         for schedule in schedules:
             if (sampler, schedule) == BASELINE:
                 continue
-            won, notes = verdict(summary, sampler, schedule, budgets)
-            lines.append(f"| {sampler} | {schedule} | {won} of {len(budgets)} | {'passes' if won >= need else 'fails'} | "
-                         f"{'; '.join(notes)} | "
-                         f"{nfe_to_reach(summary, 'pf', sampler, schedule, budgets, target)} |")
-    lines += ["", f"![FID against NFE]({plot_name})", "",
-              f"Command: `{command_line()}`. Sampling and metrics of the rows made by this invocation: "
+            entry: dict[str, Any] = {"sampler": sampler, "schedule": schedule, "halves": {}}
+            for data in measured:
+                won, notes = verdict(summary, PF_KEY[data], sampler, schedule, budgets)
+                budget, target = target_fid(summary, data, budgets)
+                entry["halves"][data] = {"won": won, "passes": won >= need, "notes": notes,
+                                         "reach": nfe_to_reach(summary, PF_KEY[data], sampler, schedule, budgets, target)}
+            entry["public"] = set(measured) == {"digits", "photos"} and all(h["passes"] for h in entry["halves"].values())
+            out.append(entry)
+    return out
+
+
+# --- report -------------------------------------------------------------------------------------------
+DATA_TEXT = {"digits": ("digits", "the digit classifier's features", "num_samples"),
+             "photos": ("photos (32x32 crops, 8 classes)", "the photo features of `evaluation/photos.py` (colour layout and "
+                        "texture; they compare samplers with each other, not with published numbers)", "photos_num_samples")}
+
+
+def network_table(summary: dict, network: str, samplers: tuple[str, ...], schedules: list[str], budgets: tuple[int, ...]) -> list[str]:
+    lines = ["| sampler | schedule | " + " | ".join(f"FID @ {b}" for b in budgets) + " | "
+             + " | ".join(f"prec / rec @ {b}" for b in budgets) + " |", "|---|---|" + "---:|" * (2 * len(budgets))]
+    for sampler in samplers:
+        for schedule in schedules:
+            if not any((network, sampler, schedule, b) in summary for b in budgets):
+                continue
+            cells, pr = [], []
+            for b in budgets:
+                e = summary.get((network, sampler, schedule, b))
+                cells.append("n/a" if e is None else f"{fmt(e['fid'], 2, e['fid_std'])} ({e['nfe']})")
+                pr.append("n/a" if e is None else f"{fmt(e['precision'], 3)} / {fmt(e['recall'], 3)}")
+            lines.append(f"| {sampler} | {schedule} | " + " | ".join(cells) + " | " + " | ".join(pr) + " |")
+    return lines + [""]
+
+
+def write_report(args, rows, tuning, schedules, measured: list[str], nets: dict, plot_names: dict[str, str], cpu_minutes: float) -> None:
+    summary = summarize(rows)
+    budgets = args.nfe
+    need = min(2, len(budgets))
+    lines = ["# Samplers: time-grid schedules and second-order steps at equal NFE", "",
+             "Every configuration gets the same budget of network evaluations per image (NFE); the number in "
+             "brackets is the NFE actually used (a sampler takes the most outer steps that fit). FID, precision and "
+             f"recall, mean ± std over {args.seeds} seeds (the same noise and labels for every configuration of a seed). "
+             "Method: `docs/method.md`.", "",
+             f"Schedules chosen on the held-out seed {tuning['seed']} with the digits network by the mean FID of "
+             f"{', '.join(tuning['samplers'])} at NFE {', '.join(map(str, tuning['budgets']))}, then frozen for both data sets: "
+             f"**{tuning['shift']}** and **{tuning['edm']}** "
+             f"(candidates: {', '.join(f'{k} {v:.3f}' for k, v in tuning['mean_fid'].items())}).", ""]
+    for data in measured:
+        name, space, count = DATA_TEXT[data]
+        lines += [f"## {name[0].upper() + name[1:]}", "",
+                  f"{getattr(args, count)} images per seed, scored in {space}. Networks: `{nets[PF_KEY[data]][1]}` and "
+                  f"`{nets[SIT_KEY[data]][1]}`.", "",
+                  "### Patch Forcing network", "", *network_table(summary, PF_KEY[data], PF_SAMPLERS, schedules, budgets),
+                  "### SiT baseline", "", *network_table(summary, SIT_KEY[data], SIT_SAMPLERS, schedules, budgets),
+                  f"![FID against NFE on {data}]({plot_names[data]})", ""]
+    if "photos-pf-early" in nets:
+        lines += ["## Photos: an earlier checkpoint of the same network", "",
+                  f"`{nets['photos-pf-early'][1]}` against `{nets['photos-pf'][1]}` (uniform grid): does look-ahead beat "
+                  "euler-pf once the network has trained longer?", "",
+                  *network_table(summary, "photos-pf-early", EARLY_SAMPLERS, ["uniform"], budgets)]
+        for network in ("photos-pf-early", "photos-pf"):
+            won, notes = verdict(summary, network, "look-ahead", "uniform", budgets, baseline=("euler-pf", "uniform"))
+            lines.append(f"- `{nets[network][1]}`: look-ahead beats euler-pf at {won} of {len(budgets)} budgets ({'; '.join(notes)} seeds).")
+        lines.append("")
+    halves = " and ".join(measured)
+    targets = "; ".join(f"{d}: FID {fmt(target_fid(summary, d, budgets)[1])}" for d in measured)
+    lines += ["## The rule, and the NFE to reach look-ahead's NFE-16 FID", "",
+              f"A configuration becomes public only if it beats look-ahead on the uniform grid at equal NFE at {need} of the "
+              f"{len(budgets)} budgets (lower mean FID and a lower FID in most paired seeds) on digits **and** on photos. "
+              f"Measured here: {halves}." + ("" if len(measured) == 2 else " The photos half is not measured, so nothing can pass.")
+              + f" Target for the last columns: look-ahead, uniform, at NFE {target_fid(summary, measured[0], budgets)[0]} "
+              f"({targets}).", "",
+              "| sampler | schedule | " + " | ".join(f"{d}: won (per budget, seeds won)" for d in measured) + " | verdict | "
+              + " | ".join(f"{d}: NFE to reach the target" for d in measured) + " |",
+              "|---|---|" + "---|" * len(measured) + "---|" + "---:|" * len(measured)]
+    for entry in rule(summary, measured, budgets, schedules):
+        h = entry["halves"]
+        lines.append(f"| {entry['sampler']} | {entry['schedule']} | "
+                     + " | ".join(f"{h[d]['won']} of {len(budgets)} ({'; '.join(h[d]['notes'])})" for d in measured)
+                     + f" | {'**public**' if entry['public'] else 'study only'} | " + " | ".join(h[d]["reach"] for d in measured) + " |")
+    lines += ["", f"Command: `{command_line()}`. Sampling and metrics of the rows made by this invocation: "
               f"{cpu_minutes:.1f} CPU min; summed over every row in the cache: "
-              f"{sum(r['seconds'] for r in rows) / 60:.1f} min. Machine: {machine_info()['cpu']}, "
-              f"{torch.get_num_threads()} torch thread(s).", ""]
+              + ", ".join(f"{d} {sum(r['seconds'] for r in rows if DATASET[r['network']] == d) / 60:.1f} min" for d in measured)
+              + f". Machine: {machine_info()['cpu']}, {torch.get_num_threads()} torch thread(s).", ""]
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.doc, "\n".join(lines))
 
 
-def plot(path: Path, rows: list[dict], schedules: list[str]) -> Path:
+def plot(path: Path, rows: list[dict], schedules: list[str], data: str) -> Path:
     """One panel per schedule: FID (mean over seeds) against the NFE used, one line per sampler."""
     summary = summarize(rows)
     panels = []
     for schedule in schedules:
         series = []
-        for i, (network, sampler) in enumerate([("sit", s) for s in SIT_SAMPLERS] + [("pf", s) for s in PF_SAMPLERS]):
+        for i, (network, sampler) in enumerate([(SIT_KEY[data], s) for s in SIT_SAMPLERS] + [(PF_KEY[data], s) for s in PF_SAMPLERS]):
             pts = sorted((e["nfe"], e["fid"], e["fid_std"]) for (n, s, sc, _), e in summary.items()
                          if (n, s, sc) == (network, sampler, schedule))
-            style = {"color": PALETTE[i % len(PALETTE)], "linestyle": "--" if network == "sit" else "-"}
-            series.append((f"{network} / {sampler}", [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], style))
+            sit = network == SIT_KEY[data]
+            style = {"color": PALETTE[i % len(PALETTE)], "linestyle": "--" if sit else "-"}
+            series.append((f"{'sit' if sit else 'pf'} / {sampler}", [p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts], style))
         panels.append((schedule, series))
     return panel_plot(path, panels, xlabel="NFE per image", ylabel="FID (lower is better)", logy=True,
-                      suptitle="FID against NFE on digits, per time-grid schedule")
+                      suptitle=f"FID against NFE on {data}, per time-grid schedule")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,13 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.process_time()
         tuning = tune(out, nets, args)
         schedules = ["uniform", tuning["shift"], tuning["edm"]]
-        todo = [(n, s, sc, b, k) for n, samplers in (("pf", PF_SAMPLERS), ("sit", SIT_SAMPLERS)) for s in samplers
-                for sc in schedules for b in args.nfe for k in range(args.seeds)]
-        rows = [get_row(out, nets, args, *key) for key in todo]
-        plot_path = plot(args.doc.parent / "samplers" / "fid_vs_nfe.png", rows, schedules)
-        write_report(args, rows, tuning, schedules, os.path.relpath(plot_path, args.doc.parent),
+        rows = [get_row(out, nets, args, *key) for key in planned_rows(nets, args, schedules)]
+        measured = datasets(nets)
+        plots = {d: plot(args.doc.parent / "samplers" / ("fid_vs_nfe.png" if d == "digits" else f"fid_vs_nfe_{d}.png"), rows,
+                         schedules, d) for d in measured}
+        write_report(args, rows, tuning, schedules, measured, nets, {d: os.path.relpath(p, args.doc.parent) for d, p in plots.items()},
                      (time.process_time() - t0) / 60)
-        print(f"wrote {args.doc} and {plot_path}")
+        print(f"wrote {args.doc} and {', '.join(map(str, plots.values()))}")
         return 0
     except pf.PatchForcingError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -208,22 +208,35 @@ def test_measurement_script_tunes_measures_reports_and_resumes(tmp_path, monkeyp
     rows = [json.loads(p.read_text()) for p in (out / "rows").glob("*.json")]
     measured = [r for r in rows if r["seed"] != script.HELD_OUT_SEED]
     schedules = {"uniform", tuning["shift"], tuning["edm"]}
-    assert len(measured) == (len(script.PF_SAMPLERS) + len(script.SIT_SAMPLERS)) * 3 * 2  # samplers x schedules x budgets, one seed
+    per_dataset = (len(script.PF_SAMPLERS) + len(script.SIT_SAMPLERS)) * 3 * 2  # samplers x schedules x budgets, one seed
+    assert len(measured) == 2 * per_dataset  # digits and photos
     assert {r["schedule"] for r in measured} == schedules
+    photos = [r for r in measured if r["network"].startswith("photos-")]
+    assert len(photos) == per_dataset and all(r["accuracy"] is None and r["fid"] > 0 for r in photos)
+    # photos rows are the study's rows on a plan: the same images and score as generate_images + photos_metrics
+    row = next(r for r in photos if (r["sampler"], r["schedule"], r["budget"]) == ("look-ahead", tuning["shift"], 8))
+    plan = pf.SamplingPlan.from_nfe("look-ahead", 8, schedule=tuning["shift"])
+    _, images, _, _ = script.generate_images(script.tiny_network("pf", "photos"), plan, num_samples=12, seed=0, batch_size=16)
+    assert row["fid"] == pytest.approx(script.photos_metrics(images)["fid"], rel=1e-12)
     for r in measured:  # the budget holds and the row's NFE is what the sampler declares on its grid
         assert r["nfe"] <= r["budget"]
         assert r["nfe"] == pf.expected_nfe(r["sampler"], r["steps"], schedule=r["schedule"])
     doc = (out / "samplers.md").read_text()
-    assert "## Patch Forcing network" in doc and "## SiT baseline" in doc and "look-ahead-heun" in doc
-    assert (out / "samplers" / "fid_vs_nfe.png").exists() or (out / "samplers" / "fid_vs_nfe.svg").exists()
+    assert "## Digits" in doc and "## Photos" in doc and "### SiT baseline" in doc and "look-ahead-heun" in doc
+    assert "digits and photos" in doc and ("**public**" in doc or "study only" in doc)
+    for name in ("fid_vs_nfe", "fid_vs_nfe_photos"):
+        assert (out / "samplers" / f"{name}.png").exists() or (out / "samplers" / f"{name}.svg").exists()
 
     def no_evaluation(*args, **kwargs):
         raise AssertionError("a cached row was evaluated again")
 
     monkeypatch.setattr(script, "evaluate_model", no_evaluation)
+    monkeypatch.setattr(script, "generate_images", no_evaluation)
     assert script.main(["--tiny", "--out", str(out)]) == 0  # resume: every row is read back
 
 
 def test_measurement_script_needs_both_networks(tmp_path, capsys):
     assert _script().main(["--out", str(tmp_path)]) == 2
     assert "--pf-run" in capsys.readouterr().err
+    assert _script().main(["--out", str(tmp_path), "--pf-run", "a", "--sit-run", "b", "--photos-pf-run", "c"]) == 2
+    assert "--photos-sit-run" in capsys.readouterr().err
