@@ -16,9 +16,9 @@
    Heun on the same schedules. Digits are scored in the digit classifier's features (1000 images
    per row), photos in the study's photo features (``evaluation/photos.py``, 500 images per row).
    One JSON row per (network, sampler, schedule, budget, seed) in ``OUT/rows``; a rerun of the
-   same command skips the finished rows (resume). ``--photos-pf-early CKPT`` adds euler-pf and
-   look-ahead rows of an earlier checkpoint of the photos network (does training longer change
-   whether look-ahead pays?).
+   same command skips the finished rows (resume). ``--photos-pf-early CKPT[,CKPT...]`` adds
+   euler-pf and look-ahead rows (uniform grid) of earlier checkpoints of the photos network: does
+   training longer change whether look-ahead pays?
 3. Report: tables (FID, precision, recall; mean +- std over seeds), the rule below, the NFE each
    configuration needs to reach look-ahead's NFE-16 FID, and a FID-vs-NFE plot.
 
@@ -64,8 +64,13 @@ SHIFTS, RHOS = (1.5, 2.0, 3.0), (3.0, 5.0, 7.0)
 TUNE_SAMPLERS = ("look-ahead", "heun-pf")
 TINY = dict(num_samples=12, photos_num_samples=12, seeds=1, nfe=(4, 8), shifts=(1.5, 3.0), rhos=(3.0, 7.0), batch_size=16)
 EARLY_SAMPLERS = ("euler-pf", "look-ahead")  # the rows of --photos-pf-early (uniform grid)
+EARLY = "photos-pf-early"  # network keys photos-pf-early1, photos-pf-early2, ... (one per --photos-pf-early checkpoint)
 # network key -> data set; the digits keys stay "pf" and "sit" (the names of the rows cached before photos existed)
-DATASET = {"pf": "digits", "sit": "digits", "photos-pf": "photos", "photos-sit": "photos", "photos-pf-early": "photos"}
+DATASET = {"pf": "digits", "sit": "digits", "photos-pf": "photos", "photos-sit": "photos"}
+
+
+def dataset_of(network: str) -> str:
+    return "photos" if network.startswith(EARLY) else DATASET[network]
 PF_KEY = {"digits": "pf", "photos": "photos-pf"}
 SIT_KEY = {"digits": "sit", "photos": "photos-sit"}
 
@@ -76,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sit-run", help="the SiT digits baseline (run folder or checkpoint), e.g. bench/runs/sit-uniform")
     ap.add_argument("--photos-pf-run", help="the Patch Forcing photos network (run folder or checkpoint), e.g. photos/runs/pf")
     ap.add_argument("--photos-sit-run", help="the SiT photos baseline (run folder or checkpoint), e.g. photos/runs/sit")
-    ap.add_argument("--photos-pf-early", help="an earlier checkpoint of the photos Patch Forcing network (euler-pf and look-ahead rows)")
+    ap.add_argument("--photos-pf-early", help="earlier checkpoints of the photos Patch Forcing network, comma-separated "
+                    "(euler-pf and look-ahead rows on the uniform grid)")
     ap.add_argument("--out", required=True, help="folder of the cached rows, tuning.json and the plot")
     ap.add_argument("--doc", help="the report (default docs/samplers.md; OUT/samplers.md with --tiny)")
     ap.add_argument("--nfe", default=None, help="budgets, e.g. 8,16,32")
@@ -128,10 +134,11 @@ def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, 
                 "photos-pf": (tiny_network("pf", "photos"), "tiny-photos-pf"),
                 "photos-sit": (tiny_network("sit", "photos"), "tiny-photos-sit")}
     nets = {}
-    flags = {"pf": "--pf-run", "sit": "--sit-run", "photos-pf": "--photos-pf-run", "photos-sit": "--photos-sit-run",
-             "photos-pf-early": "--photos-pf-early"}
-    for name, flag in flags.items():
-        path = getattr(args, flag[2:].replace("-", "_"))
+    flags = {"pf": ("--pf-run", args.pf_run), "sit": ("--sit-run", args.sit_run),
+             "photos-pf": ("--photos-pf-run", args.photos_pf_run), "photos-sit": ("--photos-sit-run", args.photos_sit_run)}
+    early = [p for p in (args.photos_pf_early or "").split(",") if p]
+    flags.update({f"{EARLY}{i}": ("--photos-pf-early", p) for i, p in enumerate(early, start=1)})
+    for name, (flag, path) in flags.items():
         if not path:
             continue
         model = pf.load_model(path)
@@ -141,8 +148,8 @@ def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, 
         if model.config.has_difficulty_head != wants_pf:
             raise ConfigError(f"{flag} must be a {'Patch Forcing' if wants_pf else 'SiT'} network; are --*-pf-run and --*-sit-run swapped?")
         channels = model.config.in_channels
-        if (DATASET[name] == "digits") != (channels == 1):
-            raise ConfigError(f"{path} has {channels} input channel(s), which does not fit the {DATASET[name]} data; check the flag")
+        if (dataset_of(name) == "digits") != (channels == 1):
+            raise ConfigError(f"{path} has {channels} input channel(s), which does not fit the {dataset_of(name)} data; check {flag}")
     return nets
 
 
@@ -171,7 +178,7 @@ def get_row(out: Path, nets: dict, args: argparse.Namespace, network: str, sampl
     """The cached row, or a fresh evaluation written to its file (digits: ``evaluate_model``; photos: ``score_photos``)."""
     path = row_path(out, network, sampler, schedule, budget, seed)
     model, identity = nets[network]
-    photos = DATASET[network] == "photos"
+    photos = dataset_of(network) == "photos"
     fingerprint = {"network_id": identity, "num_samples": args.photos_num_samples if photos else args.num_samples}
     if path.exists():
         row = json.loads(path.read_text())
@@ -208,14 +215,18 @@ def tune(out: Path, nets: dict, args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def early_networks(nets: dict) -> list[str]:
+    return [n for n in nets if n.startswith(EARLY)]
+
+
 def planned_rows(nets: dict, args: argparse.Namespace, schedules: list[str]) -> list[tuple]:
     """Every measured (network, sampler, schedule, budget, seed) of this run."""
     todo = []
     for data in datasets(nets):
         for network, samplers in ((PF_KEY[data], PF_SAMPLERS), (SIT_KEY[data], SIT_SAMPLERS)):
             todo += [(network, s, sc, b, k) for s in samplers for sc in schedules for b in args.nfe for k in range(args.seeds)]
-    if "photos-pf-early" in nets:
-        todo += [("photos-pf-early", s, "uniform", b, k) for s in EARLY_SAMPLERS for b in args.nfe for k in range(args.seeds)]
+    for network in early_networks(nets):
+        todo += [(network, s, "uniform", b, k) for s in EARLY_SAMPLERS for b in args.nfe for k in range(args.seeds)]
     return todo
 
 
@@ -337,14 +348,17 @@ def write_report(args, rows, tuning, schedules, measured: list[str], nets: dict,
                   "### Patch Forcing network", "", *network_table(summary, PF_KEY[data], PF_SAMPLERS, schedules, budgets),
                   "### SiT baseline", "", *network_table(summary, SIT_KEY[data], SIT_SAMPLERS, schedules, budgets),
                   f"![FID against NFE on {data}]({plot_names[data]})", ""]
-    if "photos-pf-early" in nets:
-        lines += ["## Photos: an earlier checkpoint of the same network", "",
-                  f"`{nets['photos-pf-early'][1]}` against `{nets['photos-pf'][1]}` (uniform grid): does look-ahead beat "
-                  "euler-pf once the network has trained longer?", "",
-                  *network_table(summary, "photos-pf-early", EARLY_SAMPLERS, ["uniform"], budgets)]
-        for network in ("photos-pf-early", "photos-pf"):
+    if early_networks(nets):
+        compared = early_networks(nets) + ["photos-pf"]
+        lines += ["## Photos: does training longer make look-ahead pay?", "",
+                  "euler-pf and look-ahead on the uniform grid, on earlier checkpoints of the same photos network and on the one "
+                  "measured above.", ""]
+        for network in compared:
+            lines += [f"`{nets[network][1]}`:", "", *network_table(summary, network, EARLY_SAMPLERS, ["uniform"], budgets)]
+        for network in compared:
             won, notes = verdict(summary, network, "look-ahead", "uniform", budgets, baseline=("euler-pf", "uniform"))
-            lines.append(f"- `{nets[network][1]}`: look-ahead beats euler-pf at {won} of {len(budgets)} budgets ({'; '.join(notes)} seeds).")
+            lines.append(f"- `{nets[network][1]}`: look-ahead beats euler-pf at {won} of {len(budgets)} budgets "
+                         f"({'; '.join(notes)}, seeds won).")
         lines.append("")
     halves = " and ".join(measured)
     targets = "; ".join(f"{d}: FID {fmt(target_fid(summary, d, budgets)[1])}" for d in measured)
@@ -364,7 +378,7 @@ def write_report(args, rows, tuning, schedules, measured: list[str], nets: dict,
                      + f" | {'**public**' if entry['public'] else 'study only'} | " + " | ".join(h[d]["reach"] for d in measured) + " |")
     lines += ["", f"Command: `{command_line()}`. Sampling and metrics of the rows made by this invocation: "
               f"{cpu_minutes:.1f} CPU min; summed over every row in the cache: "
-              + ", ".join(f"{d} {sum(r['seconds'] for r in rows if DATASET[r['network']] == d) / 60:.1f} min" for d in measured)
+              + ", ".join(f"{d} {sum(r['seconds'] for r in rows if dataset_of(r['network']) == d) / 60:.1f} min" for d in measured)
               + f". Machine: {machine_info()['cpu']}, {torch.get_num_threads()} torch thread(s).", ""]
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.doc, "\n".join(lines))
