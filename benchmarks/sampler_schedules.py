@@ -128,7 +128,8 @@ def tiny_network(kind: str, data: str = "digits") -> torch.nn.Module:
 
 
 def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
-    """``{key: (model, identity)}`` for the keys of ``DATASET`` that were given; the identity goes into every row."""
+    """``{key: (model, identity)}`` for the networks given; the identity (resolved path @ step) goes into every row.
+    ``LABELS`` gets each network's path as given on the command line (for the report)."""
     if args.tiny:
         return {"pf": (tiny_network("pf"), "tiny-pf"), "sit": (tiny_network("sit"), "tiny-sit"),
                 "photos-pf": (tiny_network("pf", "photos"), "tiny-photos-pf"),
@@ -144,6 +145,7 @@ def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, 
         model = pf.load_model(path)
         step = newest_step(path) if Path(path).is_dir() else None
         nets[name] = (model, f"{Path(path).resolve()}@{step}")
+        LABELS[name] = path if step is None else f"{path} (step {step})"
         wants_pf = not name.endswith("sit")
         if model.config.has_difficulty_head != wants_pf:
             raise ConfigError(f"{flag} must be a {'Patch Forcing' if wants_pf else 'SiT'} network; are --*-pf-run and --*-sit-run swapped?")
@@ -151,6 +153,13 @@ def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, 
         if (dataset_of(name) == "digits") != (channels == 1):
             raise ConfigError(f"{path} has {channels} input channel(s), which does not fit the {dataset_of(name)} data; check {flag}")
     return nets
+
+
+LABELS: dict[str, str] = {}  # network key -> its path as given (tiny networks: their identity)
+
+
+def label(nets: dict, network: str) -> str:
+    return LABELS.get(network, nets[network][1])
 
 
 def datasets(nets: dict) -> list[str]:
@@ -301,8 +310,34 @@ def rule(summary: dict, measured: list[str], budgets: tuple[int, ...], schedules
                 entry["halves"][data] = {"won": won, "passes": won >= need, "notes": notes,
                                          "reach": nfe_to_reach(summary, PF_KEY[data], sampler, schedule, budgets, target)}
             entry["public"] = set(measured) == {"digits", "photos"} and all(h["passes"] for h in entry["halves"].values())
+            entry["ratio"] = mean_ratio(summary, measured, sampler, schedule, budgets)
             out.append(entry)
     return out
+
+
+def mean_ratio(summary: dict, measured: list[str], sampler: str, schedule: str, budgets: tuple[int, ...]) -> float | None:
+    """Mean over data sets and budgets of FID / the baseline's FID at the same budget (the tie-break
+    among configurations that pass the rule: the lowest becomes the recommended one)."""
+    ratios = []
+    for data in measured:
+        for b in budgets:
+            mine, base = summary.get((PF_KEY[data], sampler, schedule, b)), summary.get((PF_KEY[data], *BASELINE, b))
+            if mine is None or base is None or mine["fid"] is None or not base["fid"]:
+                return None
+            ratios.append(mine["fid"] / base["fid"])
+    return statistics.fmean(ratios)
+
+
+def kept_reading(doc: Path) -> list[str]:
+    """The hand-written ``## Reading`` section of the existing report (kept when the tables are rewritten)."""
+    if not doc.exists():
+        return []
+    text = doc.read_text()
+    start = text.find("\n## Reading")
+    if start < 0:
+        return []
+    end = text.find("\n## ", start + 1)
+    return text[start + 1:end if end >= 0 else len(text)].rstrip("\n").split("\n") + [""]
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -343,8 +378,8 @@ def write_report(args, rows, tuning, schedules, measured: list[str], nets: dict,
     for data in measured:
         name, space, count = DATA_TEXT[data]
         lines += [f"## {name[0].upper() + name[1:]}", "",
-                  f"{getattr(args, count)} images per seed, scored in {space}. Networks: `{nets[PF_KEY[data]][1]}` and "
-                  f"`{nets[SIT_KEY[data]][1]}`.", "",
+                  f"{getattr(args, count)} images per seed, scored in {space}. Networks: `{label(nets, PF_KEY[data])}` and "
+                  f"`{label(nets, SIT_KEY[data])}`.", "",
                   "### Patch Forcing network", "", *network_table(summary, PF_KEY[data], PF_SAMPLERS, schedules, budgets),
                   "### SiT baseline", "", *network_table(summary, SIT_KEY[data], SIT_SAMPLERS, schedules, budgets),
                   f"![FID against NFE on {data}]({plot_names[data]})", ""]
@@ -354,10 +389,10 @@ def write_report(args, rows, tuning, schedules, measured: list[str], nets: dict,
                   "euler-pf and look-ahead on the uniform grid, on earlier checkpoints of the same photos network and on the one "
                   "measured above.", ""]
         for network in compared:
-            lines += [f"`{nets[network][1]}`:", "", *network_table(summary, network, EARLY_SAMPLERS, ["uniform"], budgets)]
+            lines += [f"`{label(nets, network)}`:", "", *network_table(summary, network, EARLY_SAMPLERS, ["uniform"], budgets)]
         for network in compared:
             won, notes = verdict(summary, network, "look-ahead", "uniform", budgets, baseline=("euler-pf", "uniform"))
-            lines.append(f"- `{nets[network][1]}`: look-ahead beats euler-pf at {won} of {len(budgets)} budgets "
+            lines.append(f"- `{label(nets, network)}`: look-ahead beats euler-pf at {won} of {len(budgets)} budgets "
                          f"({'; '.join(notes)}, seeds won).")
         lines.append("")
     halves = " and ".join(measured)
@@ -369,13 +404,20 @@ def write_report(args, rows, tuning, schedules, measured: list[str], nets: dict,
               + f" Target for the last columns: look-ahead, uniform, at NFE {target_fid(summary, measured[0], budgets)[0]} "
               f"({targets}).", "",
               "| sampler | schedule | " + " | ".join(f"{d}: won (per budget, seeds won)" for d in measured) + " | verdict | "
-              + " | ".join(f"{d}: NFE to reach the target" for d in measured) + " |",
-              "|---|---|" + "---|" * len(measured) + "---|" + "---:|" * len(measured)]
-    for entry in rule(summary, measured, budgets, schedules):
+              + " | ".join(f"{d}: NFE to reach the target" for d in measured) + " | mean FID / baseline |",
+              "|---|---|" + "---|" * len(measured) + "---|" + "---:|" * (len(measured) + 1)]
+    entries = rule(summary, measured, budgets, schedules)
+    for entry in entries:
         h = entry["halves"]
         lines.append(f"| {entry['sampler']} | {entry['schedule']} | "
                      + " | ".join(f"{h[d]['won']} of {len(budgets)} ({'; '.join(h[d]['notes'])})" for d in measured)
-                     + f" | {'**public**' if entry['public'] else 'study only'} | " + " | ".join(h[d]["reach"] for d in measured) + " |")
+                     + f" | {'**public**' if entry['public'] else 'study only'} | " + " | ".join(h[d]["reach"] for d in measured)
+                     + f" | {fmt(entry['ratio'], 3)} |")
+    passed = sorted((e for e in entries if e["public"] and e["ratio"] is not None), key=lambda e: e["ratio"])
+    lines += ["", "Passing the rule: " + (", ".join(f"{e['sampler']} on {e['schedule']}" for e in passed) or "nothing") + ". "
+              + (f"Recommended (the lowest mean FID / baseline among them, over both data sets and the {len(budgets)} budgets): "
+                 f"**{passed[0]['sampler']} on {passed[0]['schedule']}** ({passed[0]['ratio']:.3f})." if passed else ""), ""]
+    lines += kept_reading(args.doc)
     lines += ["", f"Command: `{command_line()}`. Sampling and metrics of the rows made by this invocation: "
               f"{cpu_minutes:.1f} CPU min; summed over every row in the cache: "
               + ", ".join(f"{d} {sum(r['seconds'] for r in rows if dataset_of(r['network']) == d) / 60:.1f} min" for d in measured)

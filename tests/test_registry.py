@@ -56,6 +56,11 @@ def pf_net():
 def test_one_registry_with_public_and_study_views():
     assert set(SAMPLERS) | set(STUDY_SAMPLERS) == set(REGISTRY) and not set(SAMPLERS) & set(STUDY_SAMPLERS)
     assert all(s.public for s in SAMPLERS.values()) and not any(s.public for s in STUDY_SAMPLERS.values())
+    # the bench and the demo compare the paper's six by default; samplers added since are public but not among them
+    from patchforcing.sampling import PAPER_SAMPLERS
+
+    assert list(PAPER_SAMPLERS) == ["euler", "euler-pf", "dual-loop", "look-ahead", "random-dual-loop", "random-look-ahead"]
+    assert set(PAPER_SAMPLERS) < set(SAMPLERS)
     assert pf.SAMPLERS is SAMPLERS
     for name, spec in REGISTRY.items():
         assert spec.name == name and spec.description and isinstance(spec.mask, MaskKind)

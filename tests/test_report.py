@@ -23,7 +23,7 @@ from patchforcing.errors import ConfigError
 from patchforcing.report import BenchSettings, DemoSettings, run_bench, run_demo
 from patchforcing.report.bench_report import reading
 from patchforcing.report.plots import line_plot
-from patchforcing.sampling import SAMPLERS, steps_for_nfe
+from patchforcing.sampling import PAPER_SAMPLERS, steps_for_nfe
 
 METRICS = ("fid", "precision", "recall", "accuracy")
 
@@ -234,7 +234,7 @@ def test_demo_page_is_self_contained_and_every_file_exists(demo):
     assert "http://" not in text and "https://" not in text
     for link in parser.links:
         assert not link.startswith("/") and (out / link).is_file(), link
-    assert {f"samples/{s}.png" for s in SAMPLERS} <= set(parser.links)
+    assert {f"samples/{s}.png" for s in PAPER_SAMPLERS} <= set(parser.links)
     assert {"animations/look-ahead.gif", "animations/dual-loop.gif", results["training_curve"]} <= set(parser.links)
     assert "Spearman" in text and "image" in text and "patch time" in text
     assert any(line.startswith("open ") and "index.html" in line for line in lines)
@@ -243,7 +243,7 @@ def test_demo_page_is_self_contained_and_every_file_exists(demo):
 def test_demo_metrics_cover_every_sampler_at_equal_nfe(demo):
     out, settings, _, _ = demo
     doc = json.loads((out / "results.json").read_text())
-    assert [r["sampler"] for r in doc["rows"]] == list(SAMPLERS)
+    assert [r["sampler"] for r in doc["rows"]] == list(PAPER_SAMPLERS)
     for r in doc["rows"]:
         assert all(isinstance(r[m], float) and math.isfinite(r[m]) for m in METRICS), r
         assert 1 <= r["nfe"] <= settings.nfe and r["sec_per_1000"] > 0

@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--num-samples", type=_positive, default=UNSET, help="images per sampler (default 1000)")
     d.add_argument("--nfe", type=_positive, default=UNSET, help="the NFE budget every sampler gets (default 32)")
     d.add_argument("--animation-samples", type=_positive, default=UNSET, help="digits per animation (default 6)")
-    d.add_argument("--samplers", type=_names, default=UNSET, help="comma-separated samplers (default: all)")
+    d.add_argument("--samplers", type=_names, default=UNSET, help="comma-separated samplers (default: the paper's six; any public sampler may be named)")
     add_plan_flags(d, budget="none", sampler=False, guide=False)
 
     s = _report_parser(

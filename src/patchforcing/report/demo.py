@@ -41,7 +41,7 @@ from patchforcing.report.common import (
 from patchforcing.report.plots import training_curve
 from patchforcing.runs import newest_step
 from patchforcing.runtime import own_folder
-from patchforcing.sampling import SAMPLERS
+from patchforcing.sampling import PAPER_SAMPLERS, SAMPLERS
 from patchforcing.training import resolve_config
 from patchforcing.viz import save_image_grid
 
@@ -62,7 +62,7 @@ class DemoSettings:
     num_samples: int = 1000  # images per sampler for the metrics (~15-20 s per 1,000 at NFE 32): keeps make demo < 10 min
     nfe: int = 32  # the equal-compute budget every sampler gets (network evaluations per image)
     animation_samples: int = 6  # digits shown in each animation
-    samplers: tuple[str, ...] = tuple(SAMPLERS)
+    samplers: tuple[str, ...] = tuple(PAPER_SAMPLERS)
     eval_batch_size: int = 250  # images per sampling batch (does not change the images)
     tiny: bool = False
     train_options: dict = field(default_factory=dict)  # extra TrainConfig fields (the tiny run's network and intervals)
@@ -100,7 +100,7 @@ class DemoSettings:
         parts = ["patchforcing", "demo", "--out", str(out)] + (["--tiny"] if self.tiny else [])
         parts += (["--steps", str(self.steps)] if self.steps is not None else [])
         parts += ["--num-samples", str(self.num_samples), "--nfe", str(self.nfe)]
-        parts += ["--samplers", ",".join(self.samplers)] if self.samplers != tuple(SAMPLERS) else []
+        parts += ["--samplers", ",".join(self.samplers)] if self.samplers != tuple(PAPER_SAMPLERS) else []
         return " ".join(parts + self.sampling.argv())
 
 

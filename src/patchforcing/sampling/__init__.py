@@ -14,6 +14,7 @@ from patchforcing.sampling.guidance import GuidanceInterval, Guide, Guided, chec
 from patchforcing.sampling.masks import certain_count, difficulty_mask, random_mask
 from patchforcing.sampling.plan import GUIDE_IN_MEMORY, Guidance, SamplingPlan, as_plan
 from patchforcing.sampling.registry import (
+    PAPER_SAMPLERS,
     REGISTRY,
     SAMPLERS,
     MaskKind,
@@ -195,6 +196,7 @@ class _ProgressGuide:
 
 
 __all__ = [
+    "PAPER_SAMPLERS",
     "REGISTRY",
     "SAMPLERS",
     "SCHEDULE_HELP",

@@ -167,6 +167,8 @@ class SamplerSpec:
         mask: which patches run ahead.
         description: one line for ``--help`` and the reports.
         public: offered by the commands and reports; False: only by ``patchforcing study``.
+        paper: one of the paper's samplers; the bench and the demo compare these by default
+            (the public samplers added here since, ``docs/samplers.md``, only when named).
     """
 
     name: str
@@ -178,6 +180,7 @@ class SamplerSpec:
     mask: MaskKind
     description: str
     public: bool = True
+    paper: bool = True
 
     def make_options(self, options: SamplerOptions | dict[str, Any] | None = None, **values: Any) -> SamplerOptions:
         """This sampler's options from a dict or keywords (defaults for the rest; ``p`` means ``p_frac``)."""
@@ -219,8 +222,8 @@ class SamplerSpec:
         return best
 
 
-def _spec(name, fn, options_type, nfe_rule, per_patch, head, mask, description, public=True) -> SamplerSpec:
-    return SamplerSpec(name, fn, options_type, nfe_rule, per_patch, head, mask, description, public)
+def _spec(name, fn, options_type, nfe_rule, per_patch, head, mask, description, public=True, paper=True) -> SamplerSpec:
+    return SamplerSpec(name, fn, options_type, nfe_rule, per_patch, head, mask, description, public, paper)
 
 
 REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (
@@ -241,19 +244,22 @@ REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (
           "Ablation: look-ahead where the HARDEST patches run ahead.", public=False),
     _spec("spread-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.SPREAD,
           "Look-ahead whose ahead-running patches are the easiest of every 2x2 window.", public=False),
-    # Second order (sampling/heun.py, docs/method.md section 10): study-only until measured against look-ahead.
+    # Second order (sampling/heun.py, docs/method.md section 10), measured against look-ahead on digits and
+    # photos (docs/samplers.md): the two that beat it there are public, on a shifted or EDM grid only.
     _spec("heun", heun, NoOptions, heun_nfe, False, False, MaskKind.NONE,
-          "Heun with one global time per sample (any network); the last step is Euler.", public=False),
+          "Heun with one global time per sample (any network); the last step is Euler.", public=False, paper=False),
     _spec("heun-pf", heun_pf, NoOptions, heun_nfe, True, False, MaskKind.NONE,
-          "Heun with per-patch times, all equal; the last step is Euler.", public=False),
+          "Heun with per-patch times, all equal; the last step is Euler.", public=False, paper=False),
     _spec("look-ahead-heun", look_ahead_heun, LookAheadOptions, look_ahead_heun_nfe, True, True, MaskKind.DIFFICULTY,
-          "Look-ahead whose main step is Heun.", public=False),
+          "Look-ahead whose main step is Heun; use it with --schedule shift:3 (docs/samplers.md).", paper=False),
     _spec("corrected-look-ahead", corrected_look_ahead, LookAheadOptions, corrected_look_ahead_nfe, True, True,
-          MaskKind.DIFFICULTY, "Look-ahead whose context jump is corrected by a second evaluation.", public=False),
+          MaskKind.DIFFICULTY, "Look-ahead whose context jump is corrected by a second evaluation; use it with "
+          "--schedule shift:3 or edm:3 (docs/samplers.md).", paper=False),
 )}
 
 SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in REGISTRY.items() if s.public}  # what commands offer
 STUDY_SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in REGISTRY.items() if not s.public}
+PAPER_SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in SAMPLERS.items() if s.paper}  # what the bench and demo compare
 
 
 def get_sampler(name: str) -> SamplerSpec:
@@ -301,6 +307,6 @@ def network_takes_per_patch_time(model_config: Any) -> bool:
     return model_config.kind is Kind.PATCH_FORCING
 
 
-__all__ = ["REGISTRY", "SAMPLERS", "STUDY_SAMPLERS", "DualLoopOptions", "LookAheadOptions", "MaskKind", "NoOptions",
+__all__ = ["PAPER_SAMPLERS", "REGISTRY", "SAMPLERS", "STUDY_SAMPLERS", "DualLoopOptions", "LookAheadOptions", "MaskKind", "NoOptions",
            "SamplerOptions", "SamplerSpec", "default_sampler", "expected_nfe", "get_sampler", "make_mask_fn",
            "network_takes_per_patch_time", "option", "plain_sampler", "resolve_options", "steps_for_nfe"]
