@@ -229,7 +229,8 @@ class PatchForcingPipeline(DiffusionPipeline):
             class_labels: class networks: an integer or a list (B,).
             prompt, negative_prompt: text networks: prompts (B) and the guidance null (default "").
             num_inference_steps: outer steps S; or ``nfe``: a budget of network evaluations.
-            sampler: ``euler``, ``euler-pf``, ``dual-loop``, ``look-ahead``, ``random-dual-loop``, ``random-look-ahead``.
+            sampler: a name of ``pf.SAMPLERS``: the paper's ``euler``, ``euler-pf``, ``dual-loop``, ``look-ahead``,
+                ``random-dual-loop``, ``random-look-ahead``, and ``look-ahead-heun``, ``corrected-look-ahead``.
             guidance_scale, guidance_interval: classifier-free guidance weight and ``(lo, hi)`` interval.
             generator: draws the noise (and the random masks); a list: one per image.
             output_type: ``"pil"``, ``"np"`` (B, H, W, C) in [0, 1], ``"pt"`` (B, C, H, W) in [0, 1]

@@ -98,7 +98,8 @@ def sample(
             (one per image) makes each image's masks independent of the batch it is in.
         record_trajectory: keep per-step time and difficulty maps (off by default, free when off).
         sampler: without ``plan``: a name of ``SAMPLERS`` (``euler``, ``euler-pf``, ``dual-loop``,
-            ``look-ahead``, ``random-dual-loop``, ``random-look-ahead``).
+            ``look-ahead``, ``random-dual-loop``, ``random-look-ahead``, ``look-ahead-heun``,
+            ``corrected-look-ahead``) or of ``STUDY_SAMPLERS``.
         steps: without ``plan``: outer steps S on the time grid of ``schedule``.
         schedule: without ``plan``: the time grid (``sampling/schedules.py``): ``uniform`` (default,
             ``t_k = k / S``, the paper's), ``shift:S`` or ``edm:RHO``.
