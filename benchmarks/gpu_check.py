@@ -13,6 +13,9 @@ Rows (status PASS / FAIL / SKIP with the reason, the measured value, the toleran
   * ``prepare-latents`` on the device through a tiny VAE, against the same command on the CPU.
   * ``train`` on those latents, then ``evaluate ... --save-npz`` decoding through the tiny VAE.
   * the SDPA kernel that actually ran (torch.profiler event names: flash, efficient, cudnn, math).
+  * the training step against a literal reference-style step (``benchmarks/train_step_cost.py``'s
+    ``ReferenceStyleNet``), PF-B/2, same weights and batches, bf16, paired rounds: the median and
+    quartiles of the per-round time ratios, eager and with the blocks compiled (target <= 0.95x).
   * throughput, eager bf16: training images/s and MFU against the device's dense bf16 peak
     (``benchmarks/gpu_throughput.py``'s table and FLOP count) for PF-B/2 and SiT-B/2, and sampling
     images/s of every sampler at NFE 32, each as a ratio to the SiT baseline of the same size
@@ -40,11 +43,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import patchforcing as pf  # noqa: E402
+from common import interleaved_times, paired_ratios  # noqa: E402
 from gpu_throughput import bench_training, device_peak, sync  # noqa: E402
 from patchforcing.models import create_model  # noqa: E402
 from patchforcing.runtime import resolve_device  # noqa: E402
 from patchforcing.timesteps import timestep_distribution  # noqa: E402
 from patchforcing.training.distributed import compile_network  # noqa: E402
+from train_step_cost import ReferenceStyleNet, reference_loss  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str, float]] = []
 COMPILE_TOL = 0.02  # relative loss difference, compiled vs eager, bf16
@@ -55,12 +60,12 @@ def sizes(gpu: bool) -> SimpleNamespace:
     """Network sizes and batch sizes of the full (GPU) and tiny (CPU) check."""
     if gpu:
         return SimpleNamespace(pf={}, t2i={}, batch=32, text_length=64, sample_batch=4, nfe=32, bench_batch=64,
-                               bench_steps=10, bench_sample_batch=64, tiny_steps=4)
+                               bench_steps=10, bench_sample_batch=64, tiny_steps=4, cost_repeats=20)
     small = dict(depth=2, hidden_size=64, num_heads=2, input_size=8)
     t2i = dict(depth=2, hidden_dim=64, head_dim=32, mapping_dim=32, txt_in_dim=32, txt_refiner_dim=64,
                txt_refiner_head_dim=32, input_size=8)
     return SimpleNamespace(pf=small, t2i=t2i, batch=4, text_length=8, sample_batch=2, nfe=4, bench_batch=2,
-                           bench_steps=1, bench_sample_batch=1, tiny_steps=2)
+                           bench_steps=1, bench_sample_batch=1, tiny_steps=2, cost_repeats=3)
 
 
 def row(check: str, status: str, value: str = "", note: str = "", seconds: float = 0.0) -> None:
@@ -256,7 +261,58 @@ def check_sdpa(device: torch.device, sz) -> list[tuple]:
              "bf16 forward of PF-B/2; ops: " + ", ".join(sorted(names))[:160])]
 
 
-# --- 7. throughput -----------------------------------------------------------------------------------------
+# --- 7. the training step against the reference-style step ------------------------------------------------
+def check_step_cost(device: torch.device, sz) -> list[tuple]:
+    """Paired rounds of three training steps (forward, loss, backward, clipping, AdamW) on the same
+    weights and batches: the reference-style network, ours eager, ours with compiled blocks."""
+    torch.manual_seed(0)
+    ours = create_model("PF-B/2", num_classes=1000, in_channels=4, **sz.pf).to(device).train()
+    with torch.no_grad():  # non-zero modulation and output weights, so no product is trivially zero
+        for prm in ours.parameters():
+            if prm.requires_grad:
+                prm.normal_(0, 0.02)
+    ref = ReferenceStyleNet(copy.deepcopy(ours)).train()
+    compiled = compile_network(copy.deepcopy(ours), **({} if device.type == "cuda" else {"backend": "aot_eager"}))
+    cfg = ours.config
+    g = torch.Generator().manual_seed(0)
+    batches = [[v.to(device) for v in (torch.randn(sz.batch, 4, cfg.input_size, cfg.input_size, generator=g),
+                                       torch.randn(sz.batch, 4, cfg.input_size, cfg.input_size, generator=g),
+                                       timestep_distribution("ltg")(sz.batch, cfg.num_patches, generator=g),
+                                       torch.randint(0, 1000, (sz.batch,), generator=g))] for _ in range(2)]
+
+    def stepper(net, loss_fn):
+        params = [q for q in net.parameters() if q.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+        count = [0]
+
+        def step() -> None:
+            x1, x0, t, y = batches[count[0] % len(batches)]
+            count[0] += 1
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = loss_fn(net, x1, x0, t, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sync(device)
+        return step
+
+    def ours_loss(net, x1, x0, t, y):
+        return pf.training_loss(net, x1, x0=x0, t=t, labels=y, label_dropout=False)["loss"]
+
+    fns = {"reference": stepper(ref, lambda net, x1, x0, t, y: reference_loss(net, x1, x0, t, y, cfg.patch_size)),
+           "ours": stepper(ours, ours_loss), "compiled": stepper(compiled, ours_loss)}
+    times = interleaved_times(fns, repeats=sz.cost_repeats, warmup=2)
+    rows = []
+    for key, label in (("ours", "eager"), ("compiled", "blocks compiled")):
+        q1, ratio, q3 = paired_ratios(times[key], times["reference"])
+        rows.append((f"train step PF-B/2 vs reference-style step ({label}, {'bf16' if device.type == 'cuda' else 'float32'}, "
+                     f"batch {sz.batch})", "INFO", f"{ratio:.3f}x (quartiles {q1:.3f}-{q3:.3f})",
+                     f"{sz.cost_repeats} paired rounds; target <= 0.95x: {'met' if ratio <= 0.95 else 'not met'}"))
+    return rows
+
+
+# --- 8. throughput -----------------------------------------------------------------------------------------
 def check_throughput(device: torch.device, sz) -> list[tuple]:
     peak = device_peak(device, None)
     args = SimpleNamespace(compile=False, batch_size=sz.bench_batch, warmup=2, steps=sz.bench_steps)
@@ -328,7 +384,7 @@ def _sampling_rows(train: dict, device: torch.device, sz) -> list[tuple]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:K or cpu")
-    ap.add_argument("--skip", nargs="*", default=[], choices=("train", "ddp", "samplers", "prepare", "evaluate", "sdpa", "throughput"),
+    ap.add_argument("--skip", nargs="*", default=[], choices=("train", "ddp", "samplers", "prepare", "evaluate", "sdpa", "step-cost", "throughput"),
                     help="leave out some checks")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -345,6 +401,7 @@ def main() -> int:
             "prepare": [("prepare-latents", lambda: check_prepare(device, work))],
             "evaluate": [("train + evaluate via tiny VAE", lambda: check_evaluate(device, work, sz))],
             "sdpa": [("SDPA kernel", lambda: check_sdpa(device, sz))],
+            "step-cost": [("train step vs reference-style", lambda: check_step_cost(device, sz))],
             "throughput": [("throughput", lambda: check_throughput(device, sz))],
         }
         for key, items in checks.items():

@@ -60,7 +60,7 @@ class ReferenceStyleNet(nn.Module):
         """x (B, C, H, W), t (B, N), y (B,) -> velocity (B, C, H, W), logvar (B, 1, H, W)."""
         z = self.x_embedder(x) + self.pos_embed  # (B, N, D)
         half = 128
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t.float()[..., None] * freqs
         c = self.t_embedder.mlp(torch.cat([args.cos(), args.sin()], -1).to(z.dtype))  # (B, N, D): one per token
         c = c + self.y_embedder.embedding_table(y)[:, None]

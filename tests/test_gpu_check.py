@@ -21,6 +21,7 @@ def test_gpu_check_runs_every_step_on_the_cpu():
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     table = done.stdout[done.stdout.index("| check | status |"):]
     for check in ("train bf16 PF-B/2", "train bf16 T2I-B/2", "DDP nccl", "samplers x", "prepare-latents --device cpu",
-                  "evaluate --save-npz", "SDPA kernel", "train PF-B/2 images/s", "sample PF-B/2 look-ahead"):
+                  "evaluate --save-npz", "SDPA kernel", "train step PF-B/2 vs reference-style step (eager",
+                  "train step PF-B/2 vs reference-style step (blocks compiled", "train PF-B/2 images/s", "sample PF-B/2 look-ahead"):
         assert check in table, check
     assert "| FAIL |" not in table and "0 failed of" in done.stdout
