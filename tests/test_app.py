@@ -180,3 +180,17 @@ def test_time_grid_goes_into_the_request_and_the_plan():
     for bad, message in [("cosine", "unknown schedule 'cosine'; choose uniform, shift:S"), ("shift:-2", "shift needs a finite number > 0")]:
         with pytest.raises(gr.Error, match=message):
             check_request(pipe, "2", "dual-loop", 8, 1.5, 0.0, 1.0, 4, bad)
+
+
+@pytest.mark.parametrize("sampler", list(pf.SAMPLERS))
+def test_every_public_sampler_gives_its_image_and_frames(sampler):
+    from patchforcing.app import check_request, run_request
+
+    net = make_model(dtype=torch.float32, in_channels=1, input_size=8)
+    pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net))
+    image, frames, info = run_request(pipe, check_request(pipe, "3", sampler, 8, 1.0, 0.0, 1.0, 5, "shift:3"))
+    g = torch.Generator().manual_seed(5)
+    want = pf.sample(net, randn_tensor((1, 1, 8, 8), generator=g), pf.SamplingPlan.from_nfe(sampler, 8, schedule="shift:3"),
+                     labels=torch.tensor([3]), generator=g)
+    assert torch.equal(image, want.clamp(-1, 1)) and info["sampler"] == sampler
+    assert len(frames) >= 2 and all(set(f["panels"]) == {"state", "prediction", "difficulty", "patch time"} for f in frames)
