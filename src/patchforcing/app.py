@@ -34,7 +34,7 @@ from patchforcing.hub.pipeline import PatchForcingPipeline
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.runtime import resolve_device
 from patchforcing.sampling import SAMPLERS, sample
-from patchforcing.sampling.schedules import UNIFORM, parse_schedule
+from patchforcing.sampling.schedules import UNIFORM, canonical_schedule
 from patchforcing.viz import colormap, patch_map_to_pixels
 
 MAX_NFE = 512  # a page that asks for more is probably a typo; the CLI has no such bound
@@ -95,7 +95,7 @@ def check_request(pipe: PatchForcingPipeline, choice: Any, sampler: Any, nfe: An
     if schedule is None or (isinstance(schedule, str) and not schedule.strip()):
         schedule = pipe.config.schedule
     try:
-        grid = str(parse_schedule(schedule))
+        grid = canonical_schedule(schedule)
     except ConfigError as err:
         raise gr.Error(f"time grid: {err}") from None
     return Request(condition, sampler, _integer(nfe, "NFE", 1, MAX_NFE), scale, interval, _integer(seed, "the seed", 0, 2**63 - 1),

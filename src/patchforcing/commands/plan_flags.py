@@ -33,7 +33,7 @@ from patchforcing.errors import CheckpointError, ConfigError
 from patchforcing.runs import checkpoint_path, list_checkpoints
 from patchforcing.sampling import SAMPLERS, SCHEDULE_HELP, Guidance, GuidanceInterval, SamplingPlan, get_sampler
 from patchforcing.sampling.registry import OPTION_ALIASES, describe_range
-from patchforcing.sampling.schedules import UNIFORM, parse_schedule
+from patchforcing.sampling.schedules import UNIFORM, canonical_schedule
 
 _AT_STEP = re.compile(r"^(?P<run>.+)@step=(?P<step>\d+)$")
 
@@ -145,7 +145,7 @@ def pop_sampling_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def schedule_from_args(args: argparse.Namespace) -> str:
     """``--schedule`` in its canonical spelling (a bad one is a ``ConfigError`` naming the forms)."""
-    return str(parse_schedule(getattr(args, "schedule", UNIFORM)))
+    return canonical_schedule(getattr(args, "schedule", UNIFORM))
 
 
 def plan_from_args(args: argparse.Namespace, *, steps: int | None = None, nfe: int | None = None) -> SamplingPlan:

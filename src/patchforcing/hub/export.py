@@ -20,7 +20,7 @@ from patchforcing.hub.folder import PIPELINE_INDEX
 from patchforcing.hub.model_card import model_card, read_run
 from patchforcing.hub.pipeline import PatchForcingPipeline
 from patchforcing.runs import atomic_write_text, ensure_writable_folder
-from patchforcing.sampling.schedules import parse_schedule
+from patchforcing.sampling.schedules import canonical_schedule
 
 
 def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_dirs: list[str | os.PathLike] = (),
@@ -54,7 +54,7 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
     if sampler is not None:
         settings["sampler"] = sampler
     if schedule is not None:
-        settings["schedule"] = str(parse_schedule(schedule))
+        settings["schedule"] = canonical_schedule(schedule)
     pipe = PatchForcingPipeline.from_checkpoint(source, vae=vae, **settings)
     pipe.plan()  # the default sampler, budget and time grid must fit the network
     if pipe.network.config.is_text and pipe.config.text_encoder is None:

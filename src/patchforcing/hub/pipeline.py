@@ -41,7 +41,7 @@ from patchforcing.hub.transformer import PatchForcingTransformerModel
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import Guidance, SamplingPlan, sample
 from patchforcing.sampling.registry import OPTION_ALIASES, default_sampler, get_sampler
-from patchforcing.sampling.schedules import UNIFORM, parse_schedule
+from patchforcing.sampling.schedules import UNIFORM, canonical_schedule
 from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -84,7 +84,7 @@ class PatchForcingPipeline(DiffusionPipeline):
         interval = None if guidance_interval is None else [float(v) for v in guidance_interval]
         self.register_to_config(sampler=sampler, nfe=int(nfe), guidance_scale=float(guidance_scale), guidance_interval=interval,
                                 sampler_options=dict(sampler_options or {}), latent_scale=latent_scale,
-                                latent_shift=latent_shift, text_encoder=text_encoder, schedule=_schedule(schedule))
+                                latent_shift=latent_shift, text_encoder=text_encoder, schedule=canonical_schedule(schedule))
         self._encoder: TextEncoder | None = None
 
     # --- building -------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class PatchForcingPipeline(DiffusionPipeline):
         settings left at None take the saved configuration (of the saved options, those the
         sampler takes; a folder saved without a schedule samples on the uniform grid)."""
         spec = get_sampler(sampler or self.config.sampler)
-        grid = _schedule(self.config.schedule if schedule is None else schedule)
+        grid = self.config.schedule if schedule is None else schedule  # SamplingPlan checks and spells it
         fields = {f.name for f in dataclasses.fields(spec.options_type)}
         takes = fields | {old for old, new in OPTION_ALIASES.items() if new in fields}
         options = {**{k: v for k, v in self.config.sampler_options.items() if k in takes}, **(options or {})}
@@ -261,11 +261,6 @@ class PatchForcingPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return PatchForcingPipelineOutput(images=images, nfe=info["nfe"], steps=plan.steps)
-
-
-def _schedule(schedule: Any) -> str:
-    """A schedule in its canonical spelling; a bad one raises ``ConfigError`` naming the valid forms."""
-    return str(parse_schedule(schedule))
 
 
 def _as_list(value: str | Sequence[str], name: str) -> list[str]:

@@ -23,8 +23,8 @@ from patchforcing.errors import ConfigError
 from patchforcing.evaluation.digits import digits_metrics
 from patchforcing.evaluation.generate import generate_images
 from patchforcing.runs import RunFolder, atomic_write, newest_step
-from patchforcing.sampling import Guidance, SamplingPlan, get_sampler, parse_schedule
-from patchforcing.sampling.schedules import UNIFORM
+from patchforcing.sampling import Guidance, SamplingPlan, get_sampler
+from patchforcing.sampling.schedules import UNIFORM, canonical_schedule
 from patchforcing.streams import EVAL_SEED_STRIDE
 from patchforcing.training import train
 
@@ -109,7 +109,7 @@ class SamplingSettings:
     schedule: str = UNIFORM
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "schedule", str(parse_schedule(self.schedule)))
+        object.__setattr__(self, "schedule", canonical_schedule(self.schedule))
 
     def check(self, samplers) -> None:
         """Every option must belong to one of ``samplers``; the guidance must be valid and need no guide network."""

@@ -27,7 +27,7 @@ from patchforcing.sampling.registry import (
     get_sampler,
     network_takes_per_patch_time,
 )
-from patchforcing.sampling.schedules import UNIFORM, parse_schedule, time_grid
+from patchforcing.sampling.schedules import UNIFORM, canonical_schedule, time_grid
 
 # ``Guidance.guide`` of a weak network handed over in Python rather than named by a path.
 GUIDE_IN_MEMORY = "<in memory>"
@@ -105,7 +105,7 @@ class SamplingPlan:
         object.__setattr__(self, "options", spec.make_options(self.options))
         if not isinstance(self.guidance, Guidance):
             raise ConfigError(f"guidance must be a patchforcing.sampling.Guidance, got {type(self.guidance).__name__}")
-        object.__setattr__(self, "schedule", str(parse_schedule(self.schedule)))
+        object.__setattr__(self, "schedule", canonical_schedule(self.schedule))
         time_grid(self.steps, self.schedule)  # a grid that collapses in float32 fails here, once
 
     @classmethod
@@ -114,7 +114,7 @@ class SamplingPlan:
         """The most outer steps of ``sampler`` whose NFE on the grid of ``schedule`` fits within the budget ``nfe``."""
         spec = get_sampler(sampler)
         opts = spec.make_options(options)
-        schedule = str(parse_schedule(schedule))
+        schedule = canonical_schedule(schedule)
         return cls(sampler, spec.steps_for_nfe(nfe, opts, schedule), opts, guidance or Guidance(), nfe_budget=int(nfe),
                    schedule=schedule)
 

@@ -87,6 +87,12 @@ def parse_schedule(schedule: str | Schedule) -> Schedule:
     raise ConfigError(f"unknown schedule {schedule!r}; choose {SCHEDULE_HELP}")
 
 
+def canonical_schedule(schedule: str | Schedule) -> str:
+    """The canonical spelling of a schedule (``"shift:3.0"`` -> ``"shift:3"``), as plans, saved
+    pipelines and report rows record it; a bad one raises ``ConfigError`` naming the valid forms."""
+    return str(parse_schedule(schedule))
+
+
 def time_grid(steps: int, schedule: str | Schedule = UNIFORM) -> Tensor:
     """The ``S + 1`` grid times of ``schedule``: float32 (S + 1,) on the CPU, 0 first, 1 last.
 
