@@ -3,6 +3,7 @@ run are fair on a noisy machine."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import statistics
 import sys
@@ -13,7 +14,10 @@ import torch
 
 
 def command_line() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    """The command that ran, with ``OMP_NUM_THREADS=N`` in front when it was set (the thread count
+    decides the timings these scripts print)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    return ("" if threads is None else f"OMP_NUM_THREADS={shlex.quote(threads)} ") + "python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
 def interleaved_times(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2,

@@ -127,13 +127,12 @@ def tiny_network(kind: str, data: str = "digits") -> torch.nn.Module:
     return net.eval()
 
 
-def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str]]:
-    """``{key: (model, identity)}`` for the networks given; the identity (resolved path @ step) goes into every row.
-    ``LABELS`` gets each network's path as given on the command line (for the report)."""
+def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, str, str]]:
+    """``{key: (model, identity, label)}`` for the networks given: the identity (resolved path @ step)
+    goes into every row, the label (the path as given on the command line) into the report."""
     if args.tiny:
-        return {"pf": (tiny_network("pf"), "tiny-pf"), "sit": (tiny_network("sit"), "tiny-sit"),
-                "photos-pf": (tiny_network("pf", "photos"), "tiny-photos-pf"),
-                "photos-sit": (tiny_network("sit", "photos"), "tiny-photos-sit")}
+        kinds = {"pf": ("pf", "digits"), "sit": ("sit", "digits"), "photos-pf": ("pf", "photos"), "photos-sit": ("sit", "photos")}
+        return {key: (tiny_network(*kind), f"tiny-{key}", f"tiny-{key}") for key, kind in kinds.items()}
     nets = {}
     flags = {"pf": ("--pf-run", args.pf_run), "sit": ("--sit-run", args.sit_run),
              "photos-pf": ("--photos-pf-run", args.photos_pf_run), "photos-sit": ("--photos-sit-run", args.photos_sit_run)}
@@ -144,8 +143,7 @@ def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, 
             continue
         model = pf.load_model(path)
         step = newest_step(path) if Path(path).is_dir() else None
-        nets[name] = (model, f"{Path(path).resolve()}@{step}")
-        LABELS[name] = path if step is None else f"{path} (step {step})"
+        nets[name] = (model, f"{Path(path).resolve()}@{step}", path if step is None else f"{path} (step {step})")
         wants_pf = not name.endswith("sit")
         if model.config.has_difficulty_head != wants_pf:
             raise ConfigError(f"{flag} must be a {'Patch Forcing' if wants_pf else 'SiT'} network; are --*-pf-run and --*-sit-run swapped?")
@@ -155,11 +153,8 @@ def load_networks(args: argparse.Namespace) -> dict[str, tuple[torch.nn.Module, 
     return nets
 
 
-LABELS: dict[str, str] = {}  # network key -> its path as given (tiny networks: their identity)
-
-
 def label(nets: dict, network: str) -> str:
-    return LABELS.get(network, nets[network][1])
+    return nets[network][2]
 
 
 def datasets(nets: dict) -> list[str]:
@@ -186,7 +181,7 @@ def get_row(out: Path, nets: dict, args: argparse.Namespace, network: str, sampl
             budget: int, seed: int) -> dict[str, Any]:
     """The cached row, or a fresh evaluation written to its file (digits: ``evaluate_model``; photos: ``score_photos``)."""
     path = row_path(out, network, sampler, schedule, budget, seed)
-    model, identity = nets[network]
+    model, identity, _ = nets[network]
     photos = dataset_of(network) == "photos"
     fingerprint = {"network_id": identity, "num_samples": args.photos_num_samples if photos else args.num_samples}
     if path.exists():
@@ -336,8 +331,8 @@ def kept_reading(doc: Path) -> list[str]:
     start = text.find("\n## Reading")
     if start < 0:
         return []
-    end = text.find("\n## ", start + 1)
-    return text[start + 1:end if end >= 0 else len(text)].rstrip("\n").split("\n") + [""]
+    ends = [i for i in (text.find("\n## ", start + 1), text.find("\nCommand: `", start + 1)) if i >= 0]
+    return text[start + 1:min(ends, default=len(text))].rstrip("\n").split("\n") + [""]
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -418,7 +413,7 @@ def write_report(args, rows, tuning, schedules, measured: list[str], nets: dict,
               + (f"Recommended (the lowest mean FID / baseline among them, over both data sets and the {len(budgets)} budgets): "
                  f"**{passed[0]['sampler']} on {passed[0]['schedule']}** ({passed[0]['ratio']:.3f})." if passed else ""), ""]
     lines += kept_reading(args.doc)
-    lines += ["", f"Command: `{command_line()}`. Sampling and metrics of the rows made by this invocation: "
+    lines += [f"Command: `{command_line()}`. Sampling and metrics of the rows made by this invocation: "
               f"{cpu_minutes:.1f} CPU min; summed over every row in the cache: "
               + ", ".join(f"{d} {sum(r['seconds'] for r in rows if dataset_of(r['network']) == d) / 60:.1f} min" for d in measured)
               + f". Machine: {machine_info()['cpu']}, {torch.get_num_threads()} torch thread(s).", ""]

@@ -232,7 +232,11 @@ def test_measurement_script_tunes_measures_reports_and_resumes(tmp_path, monkeyp
 
     monkeypatch.setattr(script, "evaluate_model", no_evaluation)
     monkeypatch.setattr(script, "generate_images", no_evaluation)
+    doc_path = out / "samplers.md"  # a hand-written reading survives a rewrite of the tables, once
+    doc_path.write_text(doc.replace("\nCommand: `", "\n## Reading (written for this run)\n\nA note.\n\nCommand: `"))
     assert script.main(["--tiny", "--out", str(out)]) == 0  # resume: every row is read back
+    again = doc_path.read_text()
+    assert again.count("## Reading") == 1 and again.count("A note.") == 1 and again.count("\nCommand: `") == 1
 
 
 def test_measurement_script_needs_both_networks(tmp_path, capsys):
