@@ -96,6 +96,19 @@ def cli(*args: str, env: dict | None = None, launcher: list[str] | None = None, 
     return done.stdout
 
 
+def training_batches(cfg, sz, device: torch.device, count: int, text: bool = False) -> list[list[torch.Tensor]]:
+    """``count`` seeded batches ``[x1, x0, t (ltg, per patch), labels or text states]`` on ``device``."""
+    g = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(count):
+        x1 = torch.randn(sz.batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
+        cond = (torch.randn(sz.batch, sz.text_length, cfg.txt_in_dim, generator=g) if text
+                else torch.randint(0, 1000, (sz.batch,), generator=g))
+        t = timestep_distribution("ltg")(sz.batch, cfg.num_patches, generator=g)
+        batches.append([v.to(device) for v in (x1, torch.randn(x1.shape, generator=g), t, cond)])
+    return batches
+
+
 # --- 1. bf16 training steps, eager and compiled ---------------------------------------------------
 def check_training(name: str, overrides: dict, device: torch.device, sz) -> list[tuple]:
     torch.manual_seed(0)
@@ -104,15 +117,7 @@ def check_training(name: str, overrides: dict, device: torch.device, sz) -> list
     eager = create_model(name, **{**extra, **overrides}).to(device).train()
     compiled = copy.deepcopy(eager)
     compile_network(compiled, **({} if device.type == "cuda" else {"backend": "aot_eager"}))
-    cfg = eager.config
-    g = torch.Generator().manual_seed(0)
-    batches = []
-    for _ in range(3):
-        x1 = torch.randn(sz.batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)
-        cond = (torch.randn(sz.batch, sz.text_length, cfg.txt_in_dim, generator=g) if text
-                else torch.randint(0, 1000, (sz.batch,), generator=g))
-        t = timestep_distribution("ltg")(sz.batch, cfg.num_patches, generator=g)
-        batches.append([v.to(device) for v in (x1, torch.randn(x1.shape, generator=g), t, cond)])
+    batches = training_batches(eager.config, sz, device, 3, text=text)
 
     def losses(net) -> list[float]:
         opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
@@ -274,11 +279,7 @@ def check_step_cost(device: torch.device, sz) -> list[tuple]:
     ref = ReferenceStyleNet(copy.deepcopy(ours)).train()
     compiled = compile_network(copy.deepcopy(ours), **({} if device.type == "cuda" else {"backend": "aot_eager"}))
     cfg = ours.config
-    g = torch.Generator().manual_seed(0)
-    batches = [[v.to(device) for v in (torch.randn(sz.batch, 4, cfg.input_size, cfg.input_size, generator=g),
-                                       torch.randn(sz.batch, 4, cfg.input_size, cfg.input_size, generator=g),
-                                       timestep_distribution("ltg")(sz.batch, cfg.num_patches, generator=g),
-                                       torch.randint(0, 1000, (sz.batch,), generator=g))] for _ in range(2)]
+    batches = training_batches(cfg, sz, device, 2)
 
     def stepper(net, loss_fn):
         params = [q for q in net.parameters() if q.requires_grad]
