@@ -14,7 +14,7 @@ from patchforcing.report.common import SamplingSettings, min_budget
 from patchforcing.sampling import PAPER_SAMPLERS
 from patchforcing.training import resolve_config
 
-# Per network kind, every public sampler it can run (the registry says which need per-patch time).
+# Per network kind, every one of the paper's samplers it can run (the registry says which need per-patch time).
 PF_SAMPLERS = tuple(n for n, s in PAPER_SAMPLERS.items() if s.needs_per_patch_time)
 SIT_SAMPLERS = tuple(n for n, s in PAPER_SAMPLERS.items() if not s.needs_per_patch_time)
 
