@@ -4,25 +4,31 @@ against a literal reference-style step with the same weights, side by side, CPU 
     OMP_NUM_THREADS=1 python benchmarks/train_step_cost.py                  # width 384, 4 blocks, 256 tokens, batch 8
     OMP_NUM_THREADS=1 python benchmarks/train_step_cost.py --depth 12 --batch 16 --repeats 30
 
-A step is forward, loss, backward, gradient-norm clipping at 1.0 and an AdamW update. The
-reference-style network (``ReferenceStyleNet`` below) computes what the method describes,
-token by token, as DiT/SiT code does it: the time embedding of every token, ``c = t_emb + y_emb``
-of shape (B, N, D), and every block's ``SiLU -> Linear(D, 6D)`` applied to that (B, N, D) tensor.
-Our step is ``patchforcing.training_loss`` on ``PatchForcingTransformer``. Both steps start from
-the same weights and see the same batches; the losses agree (printed, float64).
+A step is what a trainer runs: forward, loss, backward, gradient-norm clipping at 1.0, PyTorch's
+default AdamW, and the EMA update (ours: one fused lerp over all weights; the reference trainer's:
+``mul_`` then ``add_`` per parameter). The reference-style network (``ReferenceStyleNet`` below)
+computes what the method describes, token by token, as DiT/SiT code does it: the time embedding
+of every token, ``c = t_emb + y_emb`` of shape (B, N, D), and every block's ``SiLU -> Linear(D, 6D)``
+applied to that (B, N, D) tensor inside the block, attention as timm's (fused qkv, ``unbind``,
+SDPA). Our step is ``patchforcing.training_loss`` on ``PatchForcingTransformer``. Both steps start
+from the same weights and see the same batches; the losses agree (printed, float64).
 
 A third step, ours with the per-token modulation gathered through an identity index (what this
-project did before), shows what skipping that copy saves. With ``--compiled``, a fourth: ours with
-the blocks compiled (``train --compile``) and AdamW's fused CPU kernel, the fastest step this
-project can take on a CPU without changing the arithmetic of the matrix products. Reported: median seconds per step of
-each, and the median and quartiles of the round-by-round ratios to the reference (every round runs both back to back, every other round in reverse order,
-so load on a shared machine hits both sides of a pair). Seconds are this process's CPU time by
-default (``--clock cpu``; with one thread, other jobs do not inflate it) or wall time.
+project did before), shows what skipping that copy saves. With ``--compiled``, both steps also
+run compiled region by region with inductor: ours as ``train --compile`` does it (the blocks and
+the final layer), the reference-style one as the reference's ``compile: true`` configurations do
+(each block and the final layer, modulation product inside); the compiled ratio pairs the two.
+Reported: median seconds per step of each, the median and quartiles of the round-by-round
+ratios (every round runs all steps back to back, every other round in reverse order, so load on a
+shared machine hits both sides of a pair), and the share of one profiled step spent in matrix
+products. Seconds are this process's CPU time by default (``--clock cpu``; with one thread, other
+jobs do not inflate it) or wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import statistics
@@ -39,22 +45,58 @@ from common import command_line, describe_machine, interleaved_times, paired_rat
 from patchforcing.flow import interpolate
 from patchforcing.loss import gaussian_nll  # noqa: E402
 from patchforcing.training.distributed import compile_network  # noqa: E402
+from patchforcing.training.ema import EMA  # noqa: E402
 
 
-class ReferenceStyleNet(nn.Module):
-    """The network as the method writes it, per token; same parameter names as ours (loads our weights)."""
+class _LiteralBlock(nn.Module):
+    """One block as the reference writes it: its own ``SiLU -> Linear(D, 6D)`` on the per-token ``c``
+    inside the block (so a compiled block holds the modulation product too, as the reference compiles it)."""
 
-    def __init__(self, net: pf.PatchForcingTransformer):
+    def __init__(self, blk: nn.Module, heads: int):
         super().__init__()
-        cfg = net.config
-        self.p, self.heads, self.c_in, self.grid = cfg.patch_size, cfg.num_heads, cfg.in_channels, cfg.grid_size
-        self.x_embedder, self.t_embedder, self.y_embedder = net.x_embedder, net.t_embedder, net.y_embedder
-        self.pos_embed, self.blocks, self.final_layer = net.pos_embed, net.blocks, net.final_layer
+        self.blk, self.heads = blk, heads
+
+    def forward(self, z, c):
+        blk = self.blk
+        s1, c1, g1, s2, c2, g2 = blk.adaLN_modulation(c).chunk(6, dim=-1)  # (B, N, D) each
+        z = z + g1 * self._attn(blk.attn, blk.norm1(z) * (1 + c1) + s1)
+        return z + g2 * blk.mlp(blk.norm2(z) * (1 + c2) + s2)
 
     def _attn(self, a, x):
         b, n, d = x.shape
-        qkv = a.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        return a.proj(F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(b, n, d))
+        q, k, v = a.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # as timm's Attention
+        return a.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+
+
+class _LiteralFinal(nn.Module):
+    def __init__(self, fl: nn.Module):
+        super().__init__()
+        self.fl = fl
+
+    def forward(self, z, c):
+        shift, scale = self.fl.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.fl.linear(self.fl.norm_final(z) * (1 + scale) + shift)  # (B, N, p*p*C_out)
+
+
+class ReferenceStyleNet(nn.Module):
+    """The network as the method writes it, per token; same parameter names as ours (loads our weights).
+
+    ``compile_options`` (a dict, e.g. ``{}`` or ``{"backend": "aot_eager"}``): compile every block and
+    the final layer with ``torch.compile(fullgraph=True, **compile_options)``, each region holding
+    its own modulation product, as the reference's ``compile: true`` configurations do.
+    """
+
+    def __init__(self, net: pf.PatchForcingTransformer, compile_options: dict | None = None):
+        super().__init__()
+        cfg = net.config
+        self.p, self.c_in, self.grid = cfg.patch_size, cfg.in_channels, cfg.grid_size
+        self.x_embedder, self.t_embedder, self.y_embedder = net.x_embedder, net.t_embedder, net.y_embedder
+        self.pos_embed, self.blocks, self.final_layer = net.pos_embed, net.blocks, net.final_layer
+        # plain lists, not submodules: the weights stay registered (and named) under blocks / final_layer
+        self._regions = [_LiteralBlock(blk, cfg.num_heads) for blk in net.blocks] + [_LiteralFinal(net.final_layer)]
+        if compile_options is not None:
+            for region in self._regions:
+                region.compile(fullgraph=True, **compile_options)
 
     def forward(self, x, t, y):
         """x (B, C, H, W), t (B, N), y (B,) -> velocity (B, C, H, W), logvar (B, 1, H, W)."""
@@ -64,16 +106,21 @@ class ReferenceStyleNet(nn.Module):
         args = t.float()[..., None] * freqs
         c = self.t_embedder.mlp(torch.cat([args.cos(), args.sin()], -1).to(z.dtype))  # (B, N, D): one per token
         c = c + self.y_embedder.embedding_table(y)[:, None]
-        for blk in self.blocks:
-            s1, c1, g1, s2, c2, g2 = blk.adaLN_modulation(c).chunk(6, dim=-1)  # (B, N, D) each
-            z = z + g1 * self._attn(blk.attn, blk.norm1(z) * (1 + c1) + s1)
-            z = z + g2 * blk.mlp(blk.norm2(z) * (1 + c2) + s2)
-        fl = self.final_layer
-        shift, scale = fl.adaLN_modulation(c).chunk(2, dim=-1)
-        o = fl.linear(fl.norm_final(z) * (1 + scale) + shift)  # (B, N, p*p*C_out)
+        for region in self._regions[:-1]:
+            z = region(z, c)
+        o = self._regions[-1](z, c)  # (B, N, p*p*C_out)
         b, g, p = x.shape[0], self.grid, self.p
         o = torch.einsum("nhwpqc->nchpwq", o.reshape(b, g, g, p, p, -1)).reshape(b, -1, g * p, g * p)
         return o[:, : self.c_in], o[:, self.c_in :]
+
+
+@torch.no_grad()
+def reference_ema_update(ema: nn.Module, net: nn.Module, decay: float = 0.9999) -> None:
+    """The reference trainer's EMA step: per named parameter, ``mul_(decay)`` then ``add_`` (two passes each)."""
+    ema_params = dict(ema.named_parameters())
+    for name, prm in net.named_parameters():
+        if prm.requires_grad:
+            ema_params[name].mul_(decay).add_(prm.data, alpha=1 - decay)
 
 
 def reference_loss(net, x1, x0, t, y, p):
@@ -82,6 +129,44 @@ def reference_loss(net, x1, x0, t, y, p):
     v, logvar = net(xt, t, y)
     flow = (v - u).pow(2).mean()
     return flow + 0.01 * gaussian_nll(u, v.detach(), logvar).mean()
+
+
+def training_step(net, batches, loss_fn, ema_update, device: torch.device | None = None):
+    """A step as a trainer runs it, cycling through ``batches`` of ``(x1, x0, t, y)``: zero grads,
+    forward + loss (under bf16 autocast on CUDA), backward, clip at 1.0, AdamW (PyTorch's default,
+    as both trainers use it), the EMA update; on CUDA it waits for the device before returning."""
+    params = [q for q in net.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+    cuda = device is not None and device.type == "cuda"
+    count = {"i": 0}
+
+    def fn():
+        x1, x0, t, y = batches[count["i"] % len(batches)]
+        count["i"] += 1
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            loss = loss_fn(x1, x0, t, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema_update()
+        if cuda:
+            torch.cuda.synchronize(device)
+    return fn
+
+
+def ours_step(net: pf.PatchForcingTransformer, batches, device: torch.device | None = None):
+    """This project's step: ``training_loss`` and its ``EMA`` (one fused lerp)."""
+    ema = EMA(net, 0.9999)
+    return training_step(net, batches, lambda x1, x0, t, y: pf.training_loss(net, x1, x0=x0, t=t, labels=y, label_dropout=False)["loss"],
+                         lambda: ema.update(net), device)
+
+
+def reference_step(net: ReferenceStyleNet, batches, device: torch.device | None = None):
+    """The reference-style step: its loss and its trainer's per-parameter EMA."""
+    ema = copy.deepcopy(net)
+    return training_step(net, batches, lambda x1, x0, t, y: reference_loss(net, x1, x0, t, y, net.p),
+                         lambda: reference_ema_update(ema, net), device)
 
 
 def main() -> None:
@@ -93,7 +178,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
-    ap.add_argument("--compiled", action="store_true", help="also time ours with compiled blocks and fused AdamW (compiles for about 30 s)")
+    ap.add_argument("--compiled", action="store_true", help="also time both steps compiled region by region (inductor; compiles for about a minute)")
     args = ap.parse_args()
     size = dict(depth=args.depth, hidden_size=args.hidden_size, num_heads=args.heads, input_size=args.input_size,
                 in_channels=4, num_classes=1000)
@@ -121,50 +206,56 @@ def main() -> None:
         theirs = reference_loss(ReferenceStyleNet(ours64), x1, x0, t, y, p)
     print(f"float64 agreement of the loss with the reference-style step: |diff| = {abs(float(mine - theirs)):.2e}")
 
-    def stepper(net, loss_fn, fused=None):
-        params = [q for q in net.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=fused)
-        count = {"i": 0}
+    def copy_of_ours():
+        net = pf.create_model(ours.config)
+        net.load_state_dict(ours.state_dict())
+        return net.train()
 
-        def fn():
-            x1, x0, t, y = batches[count["i"] % len(batches)]
-            count["i"] += 1
-            opt.zero_grad(set_to_none=True)
-            loss_fn(x1, x0, t, y).backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-        return fn
-
-    gathered = pf.create_model(ours.config)  # the former per-token path: an identity index_select per modulation
-    gathered.load_state_dict(ours.state_dict())
-    gathered.train()
+    gathered = copy_of_ours()  # the former per-token path: an identity index_select per modulation
     gathered._conditioning = _with_identity_gather(gathered._conditioning)
-    fns = {
-        "reference-style": stepper(ref, lambda x1, x0, t, y: reference_loss(ref, x1, x0, t, y, p)),
-        "ours": stepper(ours, lambda x1, x0, t, y: pf.training_loss(ours, x1, x0=x0, t=t, labels=y, label_dropout=False)["loss"]),
-        "ours-gather": stepper(gathered, lambda x1, x0, t, y: pf.training_loss(gathered, x1, x0=x0, t=t, labels=y,
-                                                                                label_dropout=False)["loss"]),
-    }
-    if args.compiled:
-        compiled = compile_network(pf.create_model(ours.config))
-        compiled.load_state_dict(ours.state_dict())
-        compiled.train()
-        fns["ours-compiled"] = stepper(compiled, lambda x1, x0, t, y: pf.training_loss(compiled, x1, x0=x0, t=t, labels=y,
-                                                                                      label_dropout=False)["loss"], fused=True)
+    fns = {"reference-style": reference_step(ref, batches), "ours": ours_step(ours, batches), "ours-gather": ours_step(gathered, batches)}
+    if args.compiled:  # both compiled region by region with inductor: ours as `train --compile`, the reference as its configs
+        fns["reference-style-compiled"] = reference_step(ReferenceStyleNet(copy_of_ours(), compile_options={}), batches)
+        fns["ours-compiled"] = ours_step(compile_network(copy_of_ours()), batches)
+    shares = {key: matmul_share(fns[key]) for key in ("reference-style", "ours")}
     times = interleaved_times(fns, repeats=args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
     print(f"# {command_line()}")
-    print(f"# {describe_machine()}; PF width {args.hidden_size}, {args.depth} blocks, {n} tokens, batch {b}, AdamW + clip 1.0")
+    print(f"# {describe_machine()}; PF width {args.hidden_size}, {args.depth} blocks, {n} tokens, batch {b}; a step is "
+          "forward, loss, backward, clip 1.0, AdamW and the EMA update, as each trainer runs them")
     print(f"# {args.clock} seconds per step (medians of {args.repeats} interleaved rounds); ratios to the reference-style "
           "step: median and quartiles of the per-round ratios")
-    print(f"{'step':<46} {'s':>8} {'/ ref':>7} {'quartiles':>14}")
-    print(f"{'reference-style (per token, as the method)':<46} {statistics.median(times['reference-style']):>8.4f}")
-    rows = [("ours", "ours (no gather on the per-token path)"), ("ours-gather", "ours with the former identity gather")]
-    rows += [("ours-compiled", "ours, blocks compiled + fused AdamW")] if args.compiled else []
-    for key, label in rows:
-        q1, ratio, q3 = paired_ratios(times[key], times["reference-style"])
-        print(f"{label:<46} {statistics.median(times[key]):>8.4f} {ratio:>7.3f} {q1:>6.3f}-{q3:.3f}")
+    print(f"{'step':<50} {'s':>8} {'/ ref':>7} {'quartiles':>14}")
+    rows = [("reference-style", "reference-style (per token, as the method)", "reference-style"),
+            ("ours", "ours (no gather on the per-token path)", "reference-style"),
+            ("ours-gather", "ours with the former identity gather", "reference-style")]
+    rows += [("reference-style-compiled", "reference-style, regions compiled", "reference-style"),
+             ("ours-compiled", "ours, blocks compiled (train --compile)", "reference-style-compiled")] if args.compiled else []
+    for key, label, base in rows:
+        cells = "" if key == base else "{1:>7.3f} {0:>6.3f}-{2:.3f}".format(*paired_ratios(times[key], times[base]))
+        print(f"{label:<50} {statistics.median(times[key]):>8.4f} {cells}")
+    if args.compiled:
+        print("(the compiled rows' ratio: ours compiled / the reference-style step compiled)")
     q1, ratio, q3 = paired_ratios(times["ours"], times["ours-gather"])
-    print(f"ours / ours with the gather: {ratio:.3f} ({q1:.3f}-{q3:.3f}); target ours / ref <= 0.95")
+    print(f"ours / ours with the gather: {ratio:.3f} ({q1:.3f}-{q3:.3f})")
+    ref_s, ours_s = (statistics.median(times[k]) for k in ("reference-style", "ours"))
+    rest = ours_s * (1 - shares["ours"])
+    need = (ours_s - 0.95 * ref_s) / rest if rest > 0 else float("nan")
+    print(f"matrix products (aten mm/addmm/bmm, profiled step): {shares['reference-style']:.1%} of the reference-style step, "
+          f"{shares['ours']:.1%} of ours (the same products in both); target ours / ref <= 0.95: "
+          + ("met" if ours_s <= 0.95 * ref_s else f"not met; it would take {need:.0%} less of all our other work"))
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_share(step) -> float:
+    """Fraction of one step's CPU time (profiled, after a warm-up step) spent in matrix-product kernels."""
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total
 
 
 def _with_identity_gather(conditioning):

@@ -87,8 +87,10 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, N, d_head)
+        # unbind, not qkv[0..2]: its backward stacks the three gradients in one copy, where three
+        # selects would each fill a zero tensor of the whole qkv size and then add them up
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d_head)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
