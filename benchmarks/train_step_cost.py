@@ -4,8 +4,8 @@ against a literal reference-style step with the same weights, side by side, CPU 
     OMP_NUM_THREADS=1 python benchmarks/train_step_cost.py                  # width 384, 4 blocks, 256 tokens, batch 8
     OMP_NUM_THREADS=1 python benchmarks/train_step_cost.py --depth 12 --batch 16 --repeats 30
 
-A step is what a trainer runs: forward, loss, backward, gradient-norm clipping at 1.0, PyTorch's
-default AdamW, and the EMA update (ours: one fused lerp over all weights; the reference trainer's:
+A step is what a trainer runs: forward, loss, backward, gradient-norm clipping at 1.0, AdamW
+(PyTorch's default in both on a CPU; ours takes the fused kernel on CUDA), and the EMA update (ours: one fused lerp over all weights; the reference trainer's:
 ``mul_`` then ``add_`` per parameter). The reference-style network (``ReferenceStyleNet`` below)
 computes what the method describes, token by token, as DiT/SiT code does it: the time embedding
 of every token, ``c = t_emb + y_emb`` of shape (B, N, D), and every block's ``SiLU -> Linear(D, 6D)``
@@ -46,6 +46,7 @@ from patchforcing.flow import interpolate
 from patchforcing.loss import gaussian_nll  # noqa: E402
 from patchforcing.training.distributed import compile_network  # noqa: E402
 from patchforcing.training.ema import EMA  # noqa: E402
+from patchforcing.training.step import adamw  # noqa: E402
 
 
 class _LiteralBlock(nn.Module):
@@ -131,12 +132,12 @@ def reference_loss(net, x1, x0, t, y, p):
     return flow + 0.01 * gaussian_nll(u, v.detach(), logvar).mean()
 
 
-def training_step(net, batches, loss_fn, ema_update, device: torch.device | None = None):
+def training_step(net, batches, loss_fn, ema_update, optimizer, device: torch.device | None = None):
     """A step as a trainer runs it, cycling through ``batches`` of ``(x1, x0, t, y)``: zero grads,
-    forward + loss (under bf16 autocast on CUDA), backward, clip at 1.0, AdamW (PyTorch's default,
-    as both trainers use it), the EMA update; on CUDA it waits for the device before returning."""
+    forward + loss (under bf16 autocast on CUDA), backward, clip at 1.0, the trainer's AdamW
+    (``optimizer(params, **hyper)``), its EMA update; on CUDA it waits for the device before returning."""
     params = [q for q in net.parameters() if q.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+    opt = optimizer(params, lr=1e-4, weight_decay=0.0)
     cuda = device is not None and device.type == "cuda"
     count = {"i": 0}
 
@@ -156,17 +157,17 @@ def training_step(net, batches, loss_fn, ema_update, device: torch.device | None
 
 
 def ours_step(net: pf.PatchForcingTransformer, batches, device: torch.device | None = None):
-    """This project's step: ``training_loss`` and its ``EMA`` (one fused lerp)."""
+    """This project's step: ``training_loss``, its AdamW (fused on CUDA) and its ``EMA`` (one fused lerp)."""
     ema = EMA(net, 0.9999)
     return training_step(net, batches, lambda x1, x0, t, y: pf.training_loss(net, x1, x0=x0, t=t, labels=y, label_dropout=False)["loss"],
-                         lambda: ema.update(net), device)
+                         lambda: ema.update(net), adamw, device)
 
 
 def reference_step(net: ReferenceStyleNet, batches, device: torch.device | None = None):
-    """The reference-style step: its loss and its trainer's per-parameter EMA."""
+    """The reference-style step: its loss, PyTorch's default AdamW and its trainer's per-parameter EMA."""
     ema = copy.deepcopy(net)
     return training_step(net, batches, lambda x1, x0, t, y: reference_loss(net, x1, x0, t, y, net.p),
-                         lambda: reference_ema_update(ema, net), device)
+                         lambda: reference_ema_update(ema, net), torch.optim.AdamW, device)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from patchforcing.errors import ConfigError
 from patchforcing.models import PatchForcingTransformer
 from patchforcing.models.layers import Attention
 from patchforcing.training.distributed import check_batch_split, compile_network
+from patchforcing.training.step import adamw
 
 B, N = 4, 16  # tiny network: 8x8 inputs, patch 2
 
@@ -118,3 +120,25 @@ def test_grad_accum_must_split_the_batch(monkeypatch):
     with pytest.raises(ConfigError, match="2 processes x 3 micro-batches"):
         check_batch_split(16, 3)
     check_batch_split(12, 3)
+
+
+def test_trainer_adamw_is_the_default_on_the_cpu_and_fused_on_cuda(monkeypatch):
+    """CPU runs keep PyTorch's default AdamW step bit for bit; all-CUDA weights take the fused kernel."""
+    torch.manual_seed(0)
+    ours = torch.nn.Parameter(torch.randn(5, 3))
+    plain = torch.nn.Parameter(ours.detach().clone())
+    ours.grad = torch.randn(5, 3)
+    plain.grad = ours.grad.clone()
+    before = ours.detach().clone()
+    opt = adamw([ours], lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0)
+    assert opt.defaults["fused"] is None
+    opt.step()
+    torch.optim.AdamW([plain], lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0).step()
+    assert torch.equal(ours, plain) and not torch.equal(ours, before)
+
+    seen = []
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, **kw: seen.append(kw.get("fused")))
+    on_cuda = SimpleNamespace(device=torch.device("cuda"))
+    adamw([on_cuda, on_cuda], lr=1.0)
+    adamw([on_cuda, ours], lr=1.0)  # mixed devices: the default implementation
+    assert seen == [True, None]

@@ -33,11 +33,20 @@ def warmup_factor(warmup_steps: int):
     return lambda k: min(1.0, (k + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
+def adamw(params: list[nn.Parameter], **hyper) -> torch.optim.AdamW:
+    """PyTorch's AdamW with ``hyper`` (lr, betas, weight_decay). On CUDA it takes the fused kernel (one
+    launch updates every weight; the same update up to rounding), elsewhere the default
+    implementation, so CPU runs keep the exact steps this project's CPU results were trained with.
+    A resumed run keeps the choice saved in its optimizer state."""
+    fused = bool(params) and all(p.device.type == "cuda" for p in params)
+    return torch.optim.AdamW(params, fused=True if fused else None, **hyper)
+
+
 def make_optimizer(net: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the trainable weights (docs/method.md §4.3: lr 1e-4, default betas, no weight decay) with a
     linear warm-up then a constant learning rate."""
     params = [p for p in net.parameters() if p.requires_grad]  # the fixed position embedding is not trained
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer = adamw(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup_steps))
 
 
