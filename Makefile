@@ -27,9 +27,10 @@ demo: setup
 bench: setup
 	$(VENV)/bin/patchforcing bench --out bench
 
-# Every GPU path on the GPU it finds, one markdown table (<= 10 min on one H100/H200).
+# Every GPU path on the GPU it finds, one markdown table (<= 10 min on one H100/H200);
+# GPU_CHECK_ARGS="--out table.md" also keeps the table in a file, rewritten after every check.
 gpu-check: setup
-	$(PY) benchmarks/gpu_check.py
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) demo bench

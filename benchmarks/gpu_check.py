@@ -2,6 +2,8 @@
 
     python benchmarks/gpu_check.py                  # on the GPU it finds (make gpu-check); <= 10 min on one H100/H200
     python benchmarks/gpu_check.py --device cpu     # a tiny version of every step, a few minutes on 2 CPU cores
+    python benchmarks/gpu_check.py --out table.md   # also keep the table in a file, rewritten after every check,
+                                                    # so a run cut off by a time limit keeps the rows it finished
 
 Rows (status PASS / FAIL / SKIP with the reason, the measured value, the tolerance or note):
   * train bf16, eager and torch.compile (blocks compiled as ``train --compile``), PF-B/2 and
@@ -365,11 +367,35 @@ def _sampling_rows(train: dict, device: torch.device, sz) -> list[tuple]:
 
 
 # --- the table -------------------------------------------------------------------------------------------
+def render_table(where: str, seconds: float, done: bool) -> str:
+    """The markdown table of the rows so far; a table written before the last check says so."""
+    lines = [f"### gpu_check on {where}: torch {torch.__version__}, {seconds:.0f} s" + ("" if done else " (still running)"),
+             f"`python {' '.join(sys.argv)}`", "", "| check | status | value | note | s |", "|---|---|---|---|---|"]
+    for check, status, value, note, secs in ROWS:
+        cells = [c.replace("|", "\\|") for c in (check, status, value, note)] + [f"{secs:.1f}" if secs else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = sum(r[1] == "FAIL" for r in ROWS)
+    lines += ["", f"{failed} failed of {len(ROWS)} rows"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(path: Path | None, text: str) -> None:
+    """Replace ``path`` atomically with ``text`` (a run cut off by a time limit keeps its last table)."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:K or cpu")
     ap.add_argument("--skip", nargs="*", default=[], choices=("train", "ddp", "samplers", "prepare", "evaluate", "sdpa", "step-cost", "throughput"),
                     help="leave out some checks")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="also write the table to this markdown file, rewritten after every check")
     args = ap.parse_args()
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
@@ -394,19 +420,12 @@ def main() -> int:
                 continue
             for name, fn in items:
                 run_check(name, fn)
-    total = time.perf_counter() - start
+                write_table(args.out, render_table(where, time.perf_counter() - start, done=False))
+    text = render_table(where, time.perf_counter() - start, done=True)
+    write_table(args.out, text)
     print()
-    print(f"### gpu_check on {where}: torch {torch.__version__}, {total:.0f} s")
-    print(f"`python {' '.join(sys.argv)}`")
-    print()
-    print("| check | status | value | note | s |")
-    print("|---|---|---|---|---|")
-    for check, status, value, note, seconds in ROWS:
-        cells = [c.replace("|", "\\|") for c in (check, status, value, note)] + [f"{seconds:.1f}" if seconds else ""]
-        print("| " + " | ".join(cells) + " |")
-    failed = [r for r in ROWS if r[1] == "FAIL"]
-    print(f"\n{len(failed)} failed of {len(ROWS)} rows")
-    return 1 if failed else 0
+    print(text, end="")
+    return 1 if any(r[1] == "FAIL" for r in ROWS) else 0
 
 
 if __name__ == "__main__":
