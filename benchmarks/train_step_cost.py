@@ -101,7 +101,7 @@ class ReferenceStyleNet(nn.Module):
 
     def forward(self, x, t, y):
         """x (B, C, H, W), t (B, N), y (B,) -> velocity (B, C, H, W), logvar (B, 1, H, W)."""
-        z = self.x_embedder(x) + self.pos_embed  # (B, N, D)
+        z = self.x_embedder.proj(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D), as timm's PatchEmbed: a transposed view
         half = 128
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = t.float()[..., None] * freqs
@@ -238,12 +238,13 @@ def main() -> None:
         print("(the compiled rows' ratio: ours compiled / the reference-style step compiled)")
     q1, ratio, q3 = paired_ratios(times["ours"], times["ours-gather"])
     print(f"ours / ours with the gather: {ratio:.3f} ({q1:.3f}-{q3:.3f})")
-    ref_s, ours_s = (statistics.median(times[k]) for k in ("reference-style", "ours"))
-    rest = ours_s * (1 - shares["ours"])
-    need = (ours_s - 0.95 * ref_s) / rest if rest > 0 else float("nan")
+    q1, ratio, q3 = paired_ratios(times["ours"], times["reference-style"])
+    ours_s = statistics.median(times["ours"])
+    rest = ours_s * (1 - shares["ours"])  # seconds of everything but the matrix products in our step
+    need = (ratio - 0.95) * ours_s / ratio / rest if rest > 0 else float("nan")
     print(f"matrix products (aten mm/addmm/bmm, profiled step): {shares['reference-style']:.1%} of the reference-style step, "
-          f"{shares['ours']:.1%} of ours (the same products in both); target ours / ref <= 0.95: "
-          + ("met" if ours_s <= 0.95 * ref_s else f"not met; it would take {need:.0%} less of all our other work"))
+          f"{shares['ours']:.1%} of ours (the same products in both); target ours / ref <= 0.95 (paired median {ratio:.3f}): "
+          + ("met" if ratio <= 0.95 else f"not met; it would take {need:.0%} less of all our other work"))
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")

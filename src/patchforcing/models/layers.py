@@ -49,7 +49,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        # Token-major memory, once: the transposed view would make the whole residual stream
+        # inherit the conv's (B, D, N) layout, so every LayerNorm copied it and every residual
+        # add mixed two layouts (a strided loop). The values are the same either way.
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (B, N, D)
 
 
 class TimestepEmbedder(nn.Module):
