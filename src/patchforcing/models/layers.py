@@ -90,9 +90,11 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, n, d = x.shape
-        # unbind, not qkv[0..2]: its backward stacks the three gradients in one copy, where three
-        # selects would each fill a zero tensor of the whole qkv size and then add them up
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        # q, k, v as views (B, heads, N, d_head) of the qkv output, the strides timm's
+        # permute(2, 0, 3, 1, 4).unbind(0) gives. Unbinding the (B, N, 3, heads, d_head) view first
+        # makes the backward stack the three gradients straight into the qkv output's layout (one
+        # copy; unbinding the permuted view stacks them permuted, and the reshape copies again).
+        q, k, v = (part.transpose(1, 2) for part in self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads).unbind(2))
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d_head)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
