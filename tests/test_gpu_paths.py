@@ -37,6 +37,51 @@ def test_sdpa_attention_equals_the_formula_in_float64():
     assert torch.allclose(attn(x), explicit_attention(attn, x), atol=1e-12, rtol=0)
 
 
+def test_attention_equals_the_permute_unbind_form_bit_for_bit():
+    """Our q, k, v views (unbinding the (B, N, 3, heads, d) view) have the strides of the released
+    code's ``permute(2, 0, 3, 1, 4).unbind(0)``: outputs and gradients are the same bits."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    attn = Attention(48, 4)
+    x = torch.randn(3, 10, 48, requires_grad=True)
+
+    def released(x):
+        b, n, d = x.shape
+        q, k, v = attn.qkv(x).reshape(b, n, 3, 4, d // 4).permute(2, 0, 3, 1, 4).unbind(0)
+        return attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d))
+
+    grad = torch.randn(3, 10, 48)
+    ours, theirs = attn(x), released(x)
+    assert torch.equal(ours, theirs)
+    params = [x, attn.qkv.weight, attn.qkv.bias, attn.proj.weight]
+    for a, b in zip(torch.autograd.grad(ours, params, grad), torch.autograd.grad(theirs, params, grad), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_contiguous_tokens_give_the_same_bits_as_the_transposed_view(monkeypatch):
+    """The patch embedding hands the blocks token-major memory; the released code's transposed
+    view gives the same velocity, log-variance and gradients, bit for bit."""
+    torch.manual_seed(0)
+    net = randomize_(PatchForcingTransformer(tiny_config()))
+    cfg = net.config
+    x = torch.randn(B, cfg.in_channels, cfg.input_size, cfg.input_size)
+    t, y = torch.rand(B, cfg.num_patches), torch.randint(0, cfg.num_classes, (B,))
+    assert net.x_embedder(x).is_contiguous()
+
+    def run():
+        net.zero_grad(set_to_none=True)
+        v, logvar = net(x, t, y)
+        (v.square().mean() + logvar.mean()).backward()
+        return [v, logvar] + [p.grad for p in net.parameters() if p.requires_grad]
+
+    ours = run()
+    monkeypatch.setattr(type(net.x_embedder), "forward", lambda self, x: self.proj(x).flatten(2).transpose(1, 2))
+    assert not net.x_embedder(x).is_contiguous()
+    for a, b in zip(ours, run(), strict=True):
+        assert torch.equal(a, b)
+
+
 def _times() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     return {
