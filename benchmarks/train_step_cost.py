@@ -42,6 +42,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
 import patchforcing as pf  # noqa: E402
 from common import command_line, describe_machine, interleaved_times, paired_ratios  # noqa: E402
+from patchforcing import runtime  # noqa: E402
 from patchforcing.flow import interpolate
 from patchforcing.loss import gaussian_nll  # noqa: E402
 from patchforcing.training.distributed import compile_network  # noqa: E402
@@ -179,8 +180,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    ap.add_argument("--glibc-allocator", action="store_true",
+                    help="leave glibc's allocator defaults (page faults add a few %% of run-to-run noise); by default both "
+                         "steps run with runtime.steady_cpu_allocator, as `train` on a CPU")
     ap.add_argument("--compiled", action="store_true", help="also time both steps compiled region by region (inductor; compiles for about a minute)")
     args = ap.parse_args()
+    allocator = "glibc defaults" if args.glibc_allocator or not runtime.steady_cpu_allocator() else "steady (train's CPU setting)"
     size = dict(depth=args.depth, hidden_size=args.hidden_size, num_heads=args.heads, input_size=args.input_size,
                 in_channels=4, num_classes=1000)
     torch.manual_seed(0)
@@ -222,7 +227,7 @@ def main() -> None:
     times = interleaved_times(fns, repeats=args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
     print(f"# {command_line()}")
     print(f"# {describe_machine()}; PF width {args.hidden_size}, {args.depth} blocks, {n} tokens, batch {b}; a step is "
-          "forward, loss, backward, clip 1.0, AdamW and the EMA update, as each trainer runs them")
+          f"forward, loss, backward, clip 1.0, AdamW and the EMA update, as each trainer runs them; allocator: {allocator}")
     print(f"# {args.clock} seconds per step (medians of {args.repeats} interleaved rounds); ratios to the reference-style "
           "step: median and quartiles of the per-round ratios")
     print(f"{'step':<50} {'s':>8} {'/ ref':>7} {'quartiles':>14}")

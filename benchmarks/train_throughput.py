@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from patchforcing import runtime
 from patchforcing.data import load_dataset
 from patchforcing.models import PatchForcingTransformer
 from patchforcing.timesteps import timestep_distribution
@@ -103,11 +104,18 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--allocator", choices=("steady", "glibc"), default="steady",
+                   help="steady: what `train` sets on a CPU (runtime.steady_cpu_allocator), for both steps; glibc: the "
+                        "C library's defaults, for both (the trainer's call is switched off); run both to see the difference")
     args = p.parse_args()
     if args.steps % args.warmup:
         p.error("--steps must be a multiple of --warmup (the trainer logs every --warmup steps)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator == "steady":
+        applied = runtime.steady_cpu_allocator()
+    else:
+        applied, runtime.steady_cpu_allocator = False, lambda: False
     overrides = {"device": "cpu"} | ({"batch_size": args.batch_size} if args.batch_size else {})
     cfg = resolve_config(args.preset, **overrides)
     bare, trainer = [], []
@@ -117,7 +125,8 @@ def main() -> None:
     b, t = statistics.median(bare), statistics.median(trainer)
     print(f"command: {' '.join([os.path.relpath(sys.executable), *sys.argv])}")
     print(f"preset {args.preset}: {cfg.model} depth={cfg.depth} hidden={cfg.hidden_size}, batch {cfg.batch_size}, "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}")
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}, allocator {args.allocator}"
+          f"{'' if applied or args.allocator == 'glibc' else ' (not applied: not glibc, or MALLOC_* set)'}")
     print(f"bare step    {b:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in bare)})")
     print(f"trainer step {t:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in trainer)})")
     print(f"trainer overhead: {100 * (b / t - 1):+.1f}% time per image (end to end; noisy on a shared machine)")

@@ -102,3 +102,43 @@ def test_hung_worker_fails_the_others_after_the_timeout():
     outcome = out[0][2]
     assert outcome != "returned"
     assert float(outcome.split(" after ")[1][:-1]) < 4  # the 1.5 s timeout, not torch's 30 minutes
+
+
+_FAULTS = """
+import resource, sys, torch
+from patchforcing import runtime
+applied = runtime.steady_cpu_allocator() if sys.argv[1] == "steady" else False
+
+def step():  # what a training step does with its activations: allocate and write many, free all
+    blocks = [torch.ones(1 << 20) for _ in range(16)]  # 16 x 4 MiB
+    del blocks
+
+step()  # the first step faults its pages in either way
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "confstr") or not os.confstr("CS_GNU_LIBC_VERSION"), reason="glibc only")
+def test_steady_cpu_allocator_stops_the_per_step_page_faults():
+    """Under glibc's defaults every round of 4 MiB blocks is mapped (or the heap regrown) anew, a page
+    fault per 4 KiB each round; after steady_cpu_allocator later rounds reuse the first round's pages."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    runs = {}
+    for mode in ("glibc", "steady"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, env=env, check=True)
+        applied, faults = out.stdout.split()
+        runs[mode] = (applied == "True", int(faults))
+    assert runs["steady"][0] and not runs["glibc"][0]
+    # glibc's defaults fault whole 4 MiB blocks in again (1,024 pages each) in every later step;
+    # the steady allocator reuses the first step's pages
+    assert runs["glibc"][1] > 5 * 1024 and runs["steady"][1] < 4 * 1024, runs
+    # a user's own glibc settings win: the call then changes nothing
+    out = subprocess.run([sys.executable, "-c", _FAULTS, "steady"], capture_output=True, text=True, check=True,
+                         env={**env, "MALLOC_TRIM_THRESHOLD_": "262144"})
+    assert out.stdout.split()[0] == "False"

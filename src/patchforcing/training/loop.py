@@ -54,6 +54,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     """
     distributed.check_batch_split(config.batch_size, config.grad_accum)
     procs = runtime.setup(config.device, config.dist_timeout)
+    if procs.device.type == "cpu":
+        runtime.steady_cpu_allocator()  # every step reuses the last one's pages
     lock = None
     try:
         lock = runtime.own_folder(config.out, procs)
