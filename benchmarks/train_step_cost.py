@@ -18,6 +18,10 @@ project did before), shows what skipping that copy saves. With ``--compiled``, b
 run compiled region by region with inductor: ours as ``train --compile`` does it (the blocks and
 the final layer), the reference-style one as the reference's ``compile: true`` configurations do
 (each block and the final layer, modulation product inside); the compiled ratio pairs the two.
+With ``--as-processes``, the two steps also run each in its own process, set up as its trainer sets
+its process up: ours with the allocator ``patchforcing train`` sets on a CPU
+(``runtime.steady_cpu_allocator``), the reference-style one with glibc's defaults (the reference
+trainer sets none); the parent sends one step to each per round, never both at once.
 Reported: median seconds per step of each, the median and quartiles of the round-by-round
 ratios (every round runs all steps back to back, every other round in reverse order, so load on a
 shared machine hits both sides of a pair), and the share of one profiled step spent in matrix
@@ -32,6 +36,7 @@ import copy
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -171,6 +176,81 @@ def reference_step(net: ReferenceStyleNet, batches, device: torch.device | None 
                          lambda: reference_ema_update(ema, net), torch.optim.AdamW, device)
 
 
+def build(args) -> tuple[pf.PatchForcingTransformer, ReferenceStyleNet, list]:
+    """Our network (seeded, every trainable weight drawn from N(0, 0.02) so no product is trivially
+    zero), the reference-style network on a copy of the same weights, and four seeded batches."""
+    size = dict(depth=args.depth, hidden_size=args.hidden_size, num_heads=args.heads, input_size=args.input_size,
+                in_channels=4, num_classes=1000)
+    torch.manual_seed(0)
+    ours = pf.create_model("PF-S/2", **size)
+    with torch.no_grad():
+        for prm in ours.parameters():
+            if prm.requires_grad:
+                prm.normal_(0, 0.02)
+    ref_base = pf.create_model(ours.config)
+    ref_base.load_state_dict(ours.state_dict())
+    ref = ReferenceStyleNet(ref_base)
+    ours.train(), ref.train()
+    b, n, side = args.batch, ours.num_patches, args.input_size
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(b, 4, side, side, generator=g), torch.randn(b, 4, side, side, generator=g),
+                torch.rand(b, n, generator=g), torch.randint(0, 1001, (b,), generator=g)) for _ in range(4)]
+    return ours, ref, batches
+
+
+def _clock(args):
+    return time.process_time if args.clock == "cpu" else time.perf_counter
+
+
+def worker(args) -> None:
+    """``--worker ours|reference``: set the process up as that trainer does, then run one step per
+    ``step`` line on stdin and answer with its seconds."""
+    if args.worker == "ours":
+        runtime.steady_cpu_allocator()
+    ours, ref, batches = build(args)
+    fn = ours_step(ours, batches) if args.worker == "ours" else reference_step(ref, batches)
+    clock = _clock(args)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        start = clock()
+        fn()
+        print(clock() - start, flush=True)
+
+
+def as_processes(args) -> dict[str, list[float]]:
+    """Paired rounds across two worker processes (one step each per round, never at the same time;
+    every other round in reverse order): ``{"ours": [...], "reference": [...]}`` seconds."""
+    base = [sys.executable, os.path.abspath(__file__), "--depth", str(args.depth), "--hidden-size", str(args.hidden_size),
+            "--heads", str(args.heads), "--input-size", str(args.input_size), "--batch", str(args.batch), "--clock", args.clock]
+    workers = {name: subprocess.Popen(base + ["--worker", name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for name in ("reference", "ours")}
+    try:
+        for name, proc in workers.items():
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"the {name} worker did not start (exit status {proc.wait()})")
+
+        def step(name: str) -> float:
+            workers[name].stdin.write("step\n")
+            workers[name].stdin.flush()
+            return float(workers[name].stdout.readline())
+
+        fns = {name: (lambda name=name: step(name)) for name in workers}
+        times: dict[str, list[float]] = {name: [] for name in workers}
+        for name in fns:  # warm-up: two steps each
+            fns[name](), fns[name]()
+        for r in range(args.repeats):
+            for name in list(fns)[:: 1 if r % 2 == 0 else -1]:
+                times[name].append(fns[name]())
+        return times
+    finally:
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.stdin.close()
+                proc.wait(timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden-size", type=int, default=384)
@@ -184,24 +264,16 @@ def main() -> None:
                     help="leave glibc's allocator defaults (page faults add a few %% of run-to-run noise); by default both "
                          "steps run with runtime.steady_cpu_allocator, as `train` on a CPU")
     ap.add_argument("--compiled", action="store_true", help="also time both steps compiled region by region (inductor; compiles for about a minute)")
+    ap.add_argument("--as-processes", action="store_true",
+                    help="also time the two steps each in its own process set up as its trainer sets it up: ours with the "
+                         "allocator `train` sets on a CPU, the reference-style step with glibc's defaults (its trainer sets none)")
+    ap.add_argument("--worker", choices=("ours", "reference"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(args)
     allocator = "glibc defaults" if args.glibc_allocator or not runtime.steady_cpu_allocator() else "steady (train's CPU setting)"
-    size = dict(depth=args.depth, hidden_size=args.hidden_size, num_heads=args.heads, input_size=args.input_size,
-                in_channels=4, num_classes=1000)
-    torch.manual_seed(0)
-    ours = pf.create_model("PF-S/2", **size)
-    with torch.no_grad():
-        for prm in ours.parameters():
-            if prm.requires_grad:
-                prm.normal_(0, 0.02)
-    ref_base = pf.create_model(ours.config)
-    ref_base.load_state_dict(ours.state_dict())
-    ref = ReferenceStyleNet(ref_base)
-    ours.train(), ref.train()
+    ours, ref, batches = build(args)
     b, n, p = args.batch, ours.num_patches, ours.patch_size
-    g = torch.Generator().manual_seed(1)
-    batches = [(torch.randn(b, 4, args.input_size, args.input_size, generator=g), torch.randn(b, 4, args.input_size, args.input_size, generator=g),
-                torch.rand(b, n, generator=g), torch.randint(0, 1001, (b,), generator=g)) for _ in range(4)]
 
     # 1. the same loss (float64 copies, before any update)
     x1, x0, t, y = (v.double() if v.is_floating_point() else v for v in batches[0])
@@ -224,7 +296,7 @@ def main() -> None:
         fns["reference-style-compiled"] = reference_step(ReferenceStyleNet(copy_of_ours(), compile_options={}), batches)
         fns["ours-compiled"] = ours_step(compile_network(copy_of_ours()), batches)
     shares = {key: matmul_share(fns[key]) for key in ("reference-style", "ours")}
-    times = interleaved_times(fns, repeats=args.repeats, clock=time.process_time if args.clock == "cpu" else time.perf_counter)
+    times = interleaved_times(fns, repeats=args.repeats, clock=_clock(args))
     print(f"# {command_line()}")
     print(f"# {describe_machine()}; PF width {args.hidden_size}, {args.depth} blocks, {n} tokens, batch {b}; a step is "
           f"forward, loss, backward, clip 1.0, AdamW and the EMA update, as each trainer runs them; allocator: {allocator}")
@@ -250,6 +322,13 @@ def main() -> None:
     print(f"matrix products (aten mm/addmm/bmm, profiled step): {shares['reference-style']:.1%} of the reference-style step, "
           f"{shares['ours']:.1%} of ours (the same products in both); target ours / ref <= 0.95 (paired median {ratio:.3f}): "
           + ("met" if ratio <= 0.95 else f"not met; it would take {need:.0%} less of all our other work"))
+    if args.as_processes:
+        apart = as_processes(args)
+        q1, ratio, q3 = paired_ratios(apart["ours"], apart["reference"])
+        print(f"each step in its own process, set up as its trainer sets it up (ours: the allocator `train` sets on a CPU; "
+              f"the reference-style step: glibc's defaults), {args.repeats} paired rounds: reference-style "
+              f"{statistics.median(apart['reference']):.4f} s, ours {statistics.median(apart['ours']):.4f} s, "
+              f"ours / ref {ratio:.3f} ({q1:.3f}-{q3:.3f}); target <= 0.95: {'met' if ratio <= 0.95 else 'not met'}")
 
 
 MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
