@@ -1,12 +1,14 @@
 """Cost of one class-conditional training step (the paper's network and objective): this project's step
-against a literal reference-style step with the same weights, side by side, CPU float32.
+against a literal reference-style step with the same weights, side by side, CPU float32
+(``benchmarks/gpu_check.py`` runs the same two steps on a GPU in bf16).
 
     OMP_NUM_THREADS=1 python benchmarks/train_step_cost.py                  # width 384, 4 blocks, 256 tokens, batch 8
     OMP_NUM_THREADS=1 python benchmarks/train_step_cost.py --depth 12 --batch 16 --repeats 30
 
 A step is what a trainer runs: forward, loss, backward, gradient-norm clipping at 1.0, AdamW
-(PyTorch's default in both on a CPU; ours takes the fused kernel on CUDA), and the EMA update (ours: one fused lerp over all weights; the reference trainer's:
-``mul_`` then ``add_`` per parameter). The reference-style network (``ReferenceStyleNet`` below)
+(PyTorch's default in both on a CPU; ours takes the fused kernel on CUDA), and the EMA update
+(ours: one fused lerp over all weights; the reference trainer's: ``mul_`` then ``add_`` per
+parameter). The reference-style network (``ReferenceStyleNet`` below)
 computes what the method describes, token by token, as DiT/SiT code does it: the time embedding
 of every token, ``c = t_emb + y_emb`` of shape (B, N, D), and every block's ``SiLU -> Linear(D, 6D)``
 applied to that (B, N, D) tensor inside the block, attention as timm's (fused qkv, ``unbind``,
