@@ -4,6 +4,8 @@
     python benchmarks/gpu_check.py --device cpu     # a tiny version of every step, a few minutes on 2 CPU cores
     python benchmarks/gpu_check.py --out table.md   # also keep the table in a file, rewritten after every check,
                                                     # so a run cut off by a time limit keeps the rows it finished
+    PYTHONPATH=src python3 benchmarks/gpu_check.py  # with a CUDA PyTorch already installed, nothing to install: the
+                                                    # prepare-latents and evaluate rows need diffusers (else SKIP)
 
 Rows (status PASS / FAIL / SKIP with the reason, the measured value, the tolerance or note):
   * train bf16, eager and torch.compile (blocks compiled as ``train --compile``), PF-B/2 and
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import os
 import subprocess
 import sys
@@ -414,9 +417,11 @@ def main() -> int:
             "step-cost": [("train step vs reference-style", lambda: check_step_cost(device, sz))],
             "throughput": [("throughput", lambda: check_throughput(device, sz))],
         }
+        needs_diffusers = "diffusers is not installed (pip install diffusers, or carry its wheel)"
+        missing = {key: needs_diffusers for key in ("prepare", "evaluate") if importlib.util.find_spec("diffusers") is None}
         for key, items in checks.items():
-            if key in args.skip:
-                row(key, "SKIP", "", "--skip")
+            if key in args.skip or key in missing:
+                row(key, "SKIP", "", "--skip" if key in args.skip else missing[key])
                 continue
             for name, fn in items:
                 run_check(name, fn)

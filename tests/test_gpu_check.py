@@ -28,3 +28,18 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert "| FAIL |" not in table and "0 failed of" in done.stdout
     saved = out.read_text()  # the file holds the final table, the one printed last
     assert "(still running)" not in saved and done.stdout.endswith(saved) and "| train bf16 PF-B/2" in saved
+
+
+def test_gpu_check_skips_the_vae_rows_without_diffusers(tmp_path):
+    """On a machine whose PyTorch came without diffusers the two VAE rows say why they did not run."""
+    script = ("import runpy, sys; sys.modules['diffusers'] = None; "  # what find_spec reports for a missing package
+              f"sys.argv = ['gpu_check.py', '--device', 'cpu', '--out', {str(tmp_path / 't.md')!r}, '--skip', "
+              "'train', 'ddp', 'samplers', 'sdpa', 'step-cost', 'throughput']; "
+              f"runpy.run_path({str(ROOT / 'benchmarks' / 'gpu_check.py')!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "t.md").read_text()
+    for key in ("prepare", "evaluate"):
+        assert f"| {key} | SKIP |  | diffusers is not installed" in table
+    assert "| FAIL |" not in table
