@@ -52,6 +52,7 @@ import patchforcing as pf  # noqa: E402
 from common import interleaved_times, paired_ratios  # noqa: E402
 from gpu_throughput import bench_training, device_peak, sync  # noqa: E402
 from patchforcing.models import create_model  # noqa: E402
+from patchforcing.runs import atomic_write_text  # noqa: E402
 from patchforcing.runtime import resolve_device  # noqa: E402
 from patchforcing.timesteps import timestep_distribution  # noqa: E402
 from patchforcing.training.distributed import compile_network  # noqa: E402
@@ -382,16 +383,6 @@ def render_table(where: str, seconds: float, done: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(path: Path | None, text: str) -> None:
-    """Replace ``path`` atomically with ``text`` (a run cut off by a time limit keeps its last table)."""
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (the GPU when there is one), cuda, cuda:K or cpu")
@@ -425,9 +416,11 @@ def main() -> int:
                 continue
             for name, fn in items:
                 run_check(name, fn)
-                write_table(args.out, render_table(where, time.perf_counter() - start, done=False))
+                if args.out:  # replaced atomically: a run cut off by a time limit keeps its last table
+                    atomic_write_text(args.out, render_table(where, time.perf_counter() - start, done=False))
     text = render_table(where, time.perf_counter() - start, done=True)
-    write_table(args.out, text)
+    if args.out:
+        atomic_write_text(args.out, text)
     print()
     print(text, end="")
     return 1 if any(r[1] == "FAIL" for r in ROWS) else 0
