@@ -12,6 +12,9 @@ or with one plan value (sampler, steps, options, guidance), e.g. from an NFE bud
     plan = pf.SamplingPlan.from_nfe("look-ahead", 32, guidance=pf.Guidance(2.0, "sigma:0.34,1.02"))
     x = pf.sample(net, noise, plan, labels=torch.tensor([207, 360, 387, 974]))
 
+Inpainting and per-region editing (docs/inpainting.md): ``pf.inpaint(net, image, mask, plan, seeds=[0, 1, 2, 3])``,
+``pf.edit(net, image, strength_map, plan, seeds=...)``.
+
 With diffusers (extra ``[vae]``): ``pipe = pf.PatchForcingPipeline.from_pretrained(folder_or_cached_id)``,
 then ``pipe(class_labels=[...], nfe=32, generator=g).images``.
 """
@@ -20,6 +23,7 @@ from patchforcing.checkpoints import load_model, save_model
 from patchforcing.conditioning import Condition
 from patchforcing.errors import CheckpointError, ConfigError, DataError, PatchForcingError, ShapeError, TrainingError
 from patchforcing.flow import interpolate
+from patchforcing.inpainting import edit, inpaint
 from patchforcing.loss import validation_loss
 from patchforcing.models import PRESETS, ModelConfig, ModelOutput, PatchForcingTransformer, create_model
 from patchforcing.sampling import SAMPLERS, Guidance, GuidanceInterval, SamplingPlan, expected_nfe, sample, steps_for_nfe
@@ -48,7 +52,9 @@ __all__ = [
     "ShapeError",
     "TrainingError",
     "create_model",
+    "edit",
     "expected_nfe",
+    "inpaint",
     "interpolate",
     "load_model",
     "sample",

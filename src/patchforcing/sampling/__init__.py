@@ -13,6 +13,7 @@ from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.sampling.guidance import GuidanceInterval, Guide, Guided, check_condition, check_labels
 from patchforcing.sampling.masks import certain_count, difficulty_mask, random_mask
 from patchforcing.sampling.plan import GUIDE_IN_MEMORY, Guidance, SamplingPlan, as_plan
+from patchforcing.sampling.region import MODES, KnownMode, Region, RegionGuide
 from patchforcing.sampling.registry import (
     PAPER_SAMPLERS,
     REGISTRY,
@@ -67,6 +68,7 @@ def sample(
     progress: bool = False,
     generator: torch.Generator | None = None,
     record_trajectory: bool = False,
+    region: Region | None = None,
     sampler: str | None = None,
     steps: int | None = None,
     schedule: str | None = None,
@@ -97,6 +99,8 @@ def sample(
         generator: draws the random masks of the ``random-*`` ablations; a list of CPU generators
             (one per image) makes each image's masks independent of the batch it is in.
         record_trajectory: keep per-step time and difficulty maps (off by default, free when off).
+        region: a ``Region`` of an input image to keep (known patches) or to start from (per-patch
+            start times), ``sampling/region.py``; ``pf.inpaint`` and ``pf.edit`` build it. None: plain sampling.
         sampler: without ``plan``: a name of ``SAMPLERS`` (``euler``, ``euler-pf``, ``dual-loop``,
             ``look-ahead``, ``random-dual-loop``, ``random-look-ahead``, ``look-ahead-heun``,
             ``corrected-look-ahead``) or of ``STUDY_SAMPLERS``.
@@ -139,11 +143,19 @@ def sample(
                   guide_model=guide_model)
     recorder = TrajectoryRecorder() if record_trajectory else None
     ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder)
-    ctx.mask_fn = make_mask_fn(spec.mask, opts, cfg.patch_size, generator)
+    x = noise
+    if region is not None:
+        region.check(model, noise)
+    if region is not None and region.active:  # the one place a known region enters (docs/inpainting.md)
+        guide, x = RegionGuide(guide, region, noise, cfg), region.start_state(noise)
+    ctx.mask_fn = make_mask_fn(spec.mask, opts, cfg.patch_size, generator,
+                               among=region.free if region is not None and region.active else None)
     grid = plan.grid  # (S + 1,) float32
     if progress:
         guide = _ProgressGuide(guide, plan.nfe, plan.sampler)
-    x = spec.fn(guide, noise, grid, ctx)
+    x = spec.fn(guide, x, grid, ctx)
+    if region is not None and region.active:
+        x = region.composite(x)
     if progress:
         guide.close()
     if not return_info:
@@ -206,9 +218,12 @@ __all__ = [
     "GuidanceInterval",
     "Guide",
     "Guided",
+    "KnownMode",
+    "MODES",
     "MaskKind",
     "SamplerOptions",
     "SamplerSpec",
+    "Region",
     "SamplingPlan",
     "TrajectoryRecorder",
     "certain_count",

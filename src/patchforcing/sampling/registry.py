@@ -137,15 +137,19 @@ class MaskKind(enum.Enum):
     SPREAD = "spread"  # the easiest of every 2x2 window of patches
 
 
-def make_mask_fn(kind: MaskKind, options: SamplerOptions, patch_size: int, generator) -> Callable | None:
-    """``(guided output, x) -> (B, 1, H, W) bool`` certain-patch mask of ``kind``, or None."""
+def make_mask_fn(kind: MaskKind, options: SamplerOptions, patch_size: int, generator,
+                 among: Tensor | None = None) -> Callable | None:
+    """``(guided output, x) -> (B, 1, H, W) bool`` certain-patch mask of ``kind``, or None; with
+    ``among`` (B, N) bool only those patches are ranked (a region's generated patches, ``sampling/region.py``)."""
     if kind is MaskKind.NONE:
         return None
     p_frac = float(options.p_frac)
     if kind is MaskKind.RANDOM:
-        return lambda out, x: random_mask(tuple(x.shape), patch_size, p_frac, generator, x.device)
+        return lambda out, x: random_mask(tuple(x.shape), patch_size, p_frac, generator, x.device, among=among)
     rule = {MaskKind.DIFFICULTY: difficulty_mask, MaskKind.INVERTED: inverted_mask, MaskKind.SPREAD: spread_mask}[kind]
-    return lambda out, x: rule(out.logvar, patch_size, p_frac)
+    if among is None:
+        return lambda out, x: rule(out.logvar, patch_size, p_frac)
+    return lambda out, x: rule(out.logvar, patch_size, p_frac, among=among)
 
 
 # --- the spec ------------------------------------------------------------------------------------
