@@ -259,6 +259,29 @@ def _ratio(plan: SamplingPlan, context_ratio: float | None) -> float:
     return value
 
 
+# --- latent networks: the pixel mask on the latent grid, and the re-composite after the decode ------------
+def to_latent_grid(values: Tensor, size: int) -> Tensor:
+    """A per-pixel map (B, 1, R, R) of the picture -> (B, 1, size, size) on the latent grid: every latent
+    pixel takes the largest value of the ``R / size`` square of pixels it encodes (a latent pixel is
+    generated if any of its pixels is; a strength takes the largest)."""
+    r = values.shape[-1]
+    if r % size or values.shape[-2] != r:
+        raise ShapeError(f"the picture is {values.shape[-2]}x{r} but the network's latents are {size}x{size}: give a square "
+                         f"picture whose side is a multiple of {size} (the VAE's factor times {size})")
+    return F.max_pool2d(values.float(), r // size, r // size).to(values.dtype)
+
+
+def recomposite(decoded: Tensor, pixels: Tensor, keep: Tensor) -> Tensor:
+    """The decoded picture (B, C, R, R) with the input's pixels put back where ``keep`` (B, 1, R, R) is True.
+
+    A latent network's output keeps its known latents exactly, but the VAE's decoder mixes
+    neighbouring latents, so the decoded kept region differs slightly from the input. The picture's
+    own mask decides, pixel by pixel, with a hard edge (no feathering): kept pixels are the input's
+    exactly; a seam can show where the generated region meets them (docs/inpainting.md).
+    """
+    return torch.where(keep.to(decoded.device), pixels.to(decoded), decoded)
+
+
 # --- pictures (the commands, the pipeline and the app) ----------------------------------------------
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
@@ -291,4 +314,5 @@ def picture_to_strength(picture) -> Tensor:
 
 
 __all__ = ["DEFAULT_MODE", "MASK_THRESHOLD", "MODES", "PIXEL_RANGE", "check_image", "check_mask", "check_strength_map",
-           "edit", "inpaint", "patch_any", "patch_max", "picture_to_image", "picture_to_mask", "picture_to_strength"]
+           "edit", "inpaint", "patch_any", "patch_max", "picture_to_image", "picture_to_mask", "picture_to_strength",
+           "recomposite", "to_latent_grid"]

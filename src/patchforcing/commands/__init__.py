@@ -6,6 +6,8 @@ one command never touches another. The sampling flags of every command come from
 ``commands/plan_flags.py``, generated from the sampler registry.
 
     patchforcing sample   --checkpoint PATH --sampler look-ahead --steps 32 --out grid.png
+    patchforcing inpaint  --checkpoint PATH --image in.png --mask mask.png --mode ahead --out out.png
+    patchforcing edit     --checkpoint PATH --image in.png --strength-map map.png --out out.png
     patchforcing train    --out runs/digits --data digits --model PF-XS/2
     patchforcing prepare-latents --data PATH --vae PATH_OR_ID --out DIR
     patchforcing evaluate --checkpoint PATH --sampler euler-pf --nfe 32 --num-samples 1000 --out DIR
@@ -26,6 +28,7 @@ from patchforcing.errors import PatchForcingError, describe_memory_error, descri
 # Each module defines register(subparsers) -> None.
 _COMMAND_MODULES = (
     "patchforcing.commands.sample",
+    "patchforcing.commands.inpaint",  # inpaint, edit
     "patchforcing.commands.train",
     "patchforcing.commands.prepare",
     "patchforcing.commands.evaluate",
