@@ -90,6 +90,7 @@ EVALUATE = {
     "--p": (["--sampler", "look-ahead", "--nfe", "4"], ["--p", "0.2"], {"class": CHANGES, "text": CHANGES}),
     "--n-inner": (["--sampler", "dual-loop", "--nfe", "4"], ["--n-inner", "2"], {"class": CHANGES, "text": CHANGES}),
     "--context-ratio": (["--sampler", "look-ahead", "--nfe", "4"], ["--context-ratio", "2"], {"class": CHANGES, "text": CHANGES}),
+    "--correct-last": (["--sampler", "look-ahead-heun", "--nfe", "7"], ["--correct-last", "1"], {"class": CHANGES, "text": CHANGES}),
     "--schedule": (["--nfe", "4"], ["--schedule", "edm:7"], {"class": CHANGES, "text": CHANGES}),  # 2 steps either way
     "--cfg-scale": ([], ["--cfg-scale", "3"], {"class": CHANGES, "text": CHANGES}),
     "--guidance-interval": (["--cfg-scale", "3"], ["--guidance-interval", "sigma:0.5,2"], {"class": CHANGES, "text": CHANGES}),
@@ -119,6 +120,7 @@ SAMPLE = {
     "--p": (["--sampler", "look-ahead"], ["--p", "0.2"], {"class": CHANGES, "text": CHANGES}),
     "--n-inner": (["--sampler", "dual-loop"], ["--n-inner", "2"], {"class": CHANGES, "text": CHANGES}),
     "--context-ratio": (["--sampler", "look-ahead"], ["--context-ratio", "2"], {"class": CHANGES, "text": CHANGES}),
+    "--correct-last": (["--sampler", "look-ahead-heun"], ["--correct-last", "1"], {"class": CHANGES, "text": CHANGES}),
     "--schedule": ([], ["--schedule", "shift:3"], {"class": CHANGES, "text": CHANGES}),
     "--cfg-scale": ([], ["--cfg-scale", "3"], {"class": CHANGES, "text": CHANGES}),
     "--guidance-interval": (["--cfg-scale", "3"], ["--guidance-interval", "0.5,1"], {"class": CHANGES, "text": CHANGES}),

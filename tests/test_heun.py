@@ -101,14 +101,14 @@ def _net(model):
     return lambda x, t, y: tuple(model(x, t, y))[:2]
 
 
-def _hand_heun(model, noise, grid, labels, w, per_patch=True):
+def _hand_heun(model, noise, grid, labels, w, per_patch=True, correct_last=False):
     g = RefGuide(_net(model), labels, w, NULL)
     x, b = noise.clone(), noise.shape[0]
     shape = (b, 16) if per_patch else (b,)
     for k in range(len(grid) - 1):
         h = grid[k + 1] - grid[k]
         d1 = g(x, torch.full(shape, float(grid[k]), dtype=F64))[0]
-        if k == len(grid) - 2:
+        if k == len(grid) - 2 and not correct_last:
             x = x + h * d1
         else:
             d2 = g(x + h * d1, torch.full(shape, float(grid[k + 1]), dtype=F64))[0]
@@ -116,7 +116,7 @@ def _hand_heun(model, noise, grid, labels, w, per_patch=True):
     return x, g.nfe
 
 
-def _hand_look_ahead(model, noise, grid, labels, w, *, heun_main, correct_context, p_frac=0.4, rho=1.4):
+def _hand_look_ahead(model, noise, grid, labels, w, *, heun_main, correct_context, p_frac=0.4, rho=1.4, correct_last=False):
     g = RefGuide(_net(model), labels, w, NULL)
     x, b = noise.clone(), noise.shape[0]
     g32 = grid.float()
@@ -135,7 +135,7 @@ def _hand_look_ahead(model, noise, grid, labels, w, *, heun_main, correct_contex
             x_ctx = torch.where(certain, x + delta * (v_c + c2) / 2, x)
         v_ctx = g(x_ctx, t_ctx)[0]
         d1 = torch.where(certain, v, v_ctx)
-        if not heun_main or k == len(grid) - 2:
+        if not heun_main or (k == len(grid) - 2 and not correct_last):
             x = x + h * d1
         else:
             d2 = g(x + h * d1, torch.full((b, 16), float(grid[k + 1]), dtype=F64))[0]
@@ -164,6 +164,54 @@ def test_matches_hand_written_loop_in_float64(sampler, schedule, steps, cfg_scal
     assert info["nfe"] == nfe == pf.expected_nfe(sampler, steps, schedule=schedule)
 
 
+@pytest.mark.parametrize("sampler", ["heun", "heun-pf", "look-ahead-heun"])
+@pytest.mark.parametrize("schedule, steps", [("uniform", 6), ("edm:7", 5)])
+def test_corrected_last_step_matches_hand_written_loop_in_float64(sampler, schedule, steps):
+    """``correct_last=1``: every step, the last one to t = 1 included, is a full Heun step (SiT's ODE sampler)."""
+    model = make_model("patch-forcing", 2, seed=37)
+    noise = _noise(16)
+    x, info = pf.sample(model, noise, sampler=sampler, steps=steps, schedule=schedule, labels=LABELS, cfg_scale=2.0,
+                        correct_last=1, return_info=True)
+    grid = time_grid(steps, schedule).double()
+    if sampler == "look-ahead-heun":
+        ref, nfe = _hand_look_ahead(model, noise, grid, LABELS, 2.0, heun_main=True, correct_context=False, correct_last=True)
+    else:
+        ref, nfe = _hand_heun(model, noise, grid, LABELS, 2.0, per_patch=sampler == "heun-pf", correct_last=True)
+    torch.testing.assert_close(x, ref, atol=1e-12 if sampler != "look-ahead-heun" else 1e-6, rtol=0)
+    assert info["nfe"] == nfe == pf.expected_nfe(sampler, steps, schedule=schedule) + 1
+    euler_last = pf.sample(model, noise, sampler=sampler, steps=steps, schedule=schedule, labels=LABELS, cfg_scale=2.0)
+    assert (x - euler_last).abs().max() > 1e-4
+
+
+class GaussianField(torch.nn.Module):
+    """The exact velocity ``E[x1 - x0 | x_t]`` for data ``x1 ~ N(mu, s^2)`` per pixel and noise ``x0 ~ N(0, 1)``:
+    ``x_t ~ N(t mu, t^2 s^2 + (1 - t)^2)``, so ``v = mu + (x - t mu) (t s^2 - (1 - t)) / (t^2 s^2 + (1 - t)^2)``.
+    The ODE maps ``x0`` to ``mu + s x0`` at ``t = 1``; with a small ``s`` the field bends sharply near the data."""
+
+    def __init__(self, mu=0.5, s=0.1):
+        super().__init__()
+        self.config = tiny_config()
+        self.mu, self.s = mu, s
+
+    def forward(self, x, t, y=None):
+        tp = t[:, None, None, None] if t.ndim == 1 else patch_time_to_pixels(t, 2, 8, 8)
+        var = tp**2 * self.s**2 + (1 - tp) ** 2
+        v = self.mu + (x - tp * self.mu) * (tp * self.s**2 - (1 - tp)) / var
+        return ModelOutput(v, torch.zeros(x.shape[0], 1, 8, 8, dtype=x.dtype))
+
+
+@pytest.mark.parametrize("sampler", ["heun", "heun-pf"])
+def test_corrected_last_step_lowers_the_error_on_a_gaussian_field(sampler):
+    """At S = 32 the Euler last step dominates the error of Heun; correcting it (one more NFE) lowers it."""
+    net, x0 = GaussianField(), _noise(17)
+    exact = net.mu + net.s * x0
+    err = {c: float((pf.sample(net, x0, sampler=sampler, steps=32, correct_last=c) - exact).abs().max()) for c in (0, 1)}
+    assert err[1] < 0.5 * err[0], err
+    for c in (0, 1):  # both second order: doubling S from 32 to 64 divides the error by about 4
+        finer = float((pf.sample(net, x0, sampler=sampler, steps=64, correct_last=c) - exact).abs().max())
+        assert 3.0 < err[c] / finer < 5.0, (c, err[c], finer)
+
+
 def test_second_order_samplers_differ_from_first_order_ones():
     model = make_model("patch-forcing", 2, seed=32)
     noise = _noise(11)
@@ -183,6 +231,8 @@ def test_nfe_formulas():
         warm = -warm
         assert pf.expected_nfe("corrected-look-ahead", steps) == warm + 3 * (steps - warm)
         assert pf.expected_nfe("look-ahead-heun", steps) == (1 if steps == 1 else warm + 3 * (steps - warm) - 1)
+        assert pf.expected_nfe("heun", steps, correct_last=1) == pf.expected_nfe("heun-pf", steps, correct_last=1) == 2 * steps
+        assert pf.expected_nfe("look-ahead-heun", steps, correct_last=1) == warm + 3 * (steps - warm)
 
 
 @pytest.mark.parametrize("sampler", HEUN)

@@ -131,6 +131,33 @@ def test_an_image_does_not_depend_on_its_batch(pf_net, name):
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("schedule", ["uniform", "edm:3"])
+def test_step_end_callback_sees_every_outer_step_and_may_replace_the_sample(pf_net, name, schedule):
+    noise, steps = _noise(8), 5
+    plan = SamplingPlan(name, steps, schedule=schedule)
+    seen = []
+
+    def watch(k, t_k, x):
+        seen.append((k, t_k, x.clone()))
+
+    plain = pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]))
+    watched = pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]), on_step_end=watch)
+    assert torch.equal(watched, plain)  # a callback that returns None changes nothing
+    assert [k for k, _, _ in seen] == list(range(steps))
+    assert [t for _, t, _ in seen] == time_grid(steps, schedule)[:-1].tolist()  # t_k: where each step started
+    assert torch.equal(seen[-1][2], plain)  # the last step's latents are the sample
+    # latents replaced after step 2: the rest of the run continues from them (shifting them moves the result)
+    moved = pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]),
+                      on_step_end=lambda k, t, x: x + 0.5 if k == 2 else None)
+    assert (moved - plain).abs().max() > 0.1
+    zeros = pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]),
+                      on_step_end=lambda k, t, x: torch.zeros_like(x) if k == steps - 1 else None)
+    assert torch.equal(zeros, torch.zeros_like(plain))
+    with pytest.raises(pf.ShapeError, match="step-end callback returned"):
+        pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]), on_step_end=lambda k, t, x: x[:1])
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_options_have_defaults_and_checked_ranges(name):
     spec = get_sampler(name)
     opts = spec.make_options()

@@ -3,6 +3,7 @@ the time grids."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -69,6 +70,7 @@ def sample(
     generator: torch.Generator | None = None,
     record_trajectory: bool = False,
     region: Region | None = None,
+    on_step_end: Callable[[int, float, Tensor], Tensor | None] | None = None,
     sampler: str | None = None,
     steps: int | None = None,
     schedule: str | None = None,
@@ -101,6 +103,9 @@ def sample(
         record_trajectory: keep per-step time and difficulty maps (off by default, free when off).
         region: a ``Region`` of an input image to keep (known patches) or to start from (per-patch
             start times), ``sampling/region.py``; ``pf.inpaint`` and ``pf.edit`` build it. None: plain sampling.
+        on_step_end: called once after every outer step ``k`` as ``on_step_end(k, t_k, x)``, with
+            ``t_k`` the grid time the step started from (a float) and ``x`` (B, C, H, W) the sample
+            after it (at ``t_{k+1}``); a returned tensor of the same shape replaces ``x`` (None keeps it).
         sampler: without ``plan``: a name of ``SAMPLERS`` (``euler``, ``euler-pf``, ``dual-loop``,
             ``look-ahead``, ``random-dual-loop``, ``random-look-ahead``, ``look-ahead-heun``,
             ``corrected-look-ahead``) or of ``STUDY_SAMPLERS``.
@@ -142,7 +147,7 @@ def sample(
     guide = Guide(model, condition, plan.guidance.scale, null_label, guidance_interval=plan.guidance.interval,
                   guide_model=guide_model)
     recorder = TrajectoryRecorder() if record_trajectory else None
-    ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder)
+    ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder, on_step_end=on_step_end)
     x = noise
     if region is not None:
         region.check(model, noise)

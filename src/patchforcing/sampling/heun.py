@@ -16,17 +16,22 @@ Heun's step (the explicit trapezoidal rule, as in EDM's Algorithm 1 and SiT's OD
     d2     = v(x_pred, t_{k+1})            # corrector evaluation
     x      = x + h (d1 + d2) / 2
 
-As in EDM, the last step (to ``t = 1``) takes no correction: it is the Euler predictor alone.
+The last step (to ``t = 1``): by default, as in EDM's Algorithm 1, it takes no correction and is the
+Euler predictor alone (EDM's ODE is undefined at ``sigma = 0``). In flow matching the velocity at
+``t = 1`` is defined, and SiT's ODE sampler (torchdiffeq's fixed-grid Heun) corrects every step,
+the last one too: the option ``correct_last=1`` does that here (``heun``, ``heun-pf``,
+``look-ahead-heun``), for one more evaluation.
 
 * ``heun`` and ``heun-pf``: Heun with one global time per sample (t as (B,), any network: the SiT
-  baseline's second-order sampler) and with per-patch times, all equal (t as (B, N)). NFE = 2 S - 1.
+  baseline's second-order sampler) and with per-patch times, all equal (t as (B, N)).
+  NFE = 2 S - 1, or 2 S with ``correct_last=1``.
 * ``look-ahead-heun``: look-ahead whose main step is Heun. ``d1`` is look-ahead's velocity (the
   guided velocity at ``(x, t_k)`` on the certain patches, the guided velocity with the advanced
   context at ``(x_ctx, t_ctx)`` on the uncertain ones); ``d2`` is the guided velocity at
   ``(x_pred, t_{k+1})`` with every patch at ``t_{k+1}`` (one plain evaluation, no mask, no
   context). Warm-up steps (``t_k <= 0.05``) are look-ahead's: one conditional Euler step, no
   correction. NFE = W + 3 (S - W) - 1 with W warm-up steps (the last step saves its corrector;
-  S = W = 1 gives 1).
+  S = W = 1 gives 1), or W + 3 (S - W) with ``correct_last=1``.
 * ``corrected-look-ahead`` (suggested by ``docs/study.md``: the Euler jump that builds the context
   raises the error of the patches left behind): the certain patches' jump to ``t_ctx`` is
   corrected like a Heun step, ``x_ctx = x + delta (c1 + c2) / 2`` on the certain patches, with
@@ -48,45 +53,45 @@ from patchforcing.sampling.schedules import WARMUP_T32, outer_steps, warmup_coun
 
 
 def heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
-    """Heun with one global time per sample (t as (B,), any network); the last step is Euler. NFE = 2 S - 1."""
+    """Heun with one global time per sample (t as (B,), any network). NFE = 2 S - 1 (last step Euler), 2 S with ``correct_last``."""
     return _plain_heun(guide, x, grid, ctx, per_patch=False)
 
 
 def heun_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
-    """Heun with per-patch times, all equal (t as (B, N)); the last step is Euler. NFE = 2 S - 1."""
+    """Heun with per-patch times, all equal (t as (B, N)). NFE = 2 S - 1 (last step Euler), 2 S with ``correct_last``."""
     return _plain_heun(guide, x, grid, ctx, per_patch=True)
 
 
 def _plain_heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context, *, per_patch: bool) -> Tensor:
     b, n = x.shape[0], ctx.num_patches
     shape = (b, n) if per_patch else (b,)
-    last = grid.numel() - 2
-    for k, (t_cur, t_next, _) in enumerate(outer_steps(grid, x, guide)):
+    last = _uncorrected_step(grid, ctx)
+    for k, (t_cur, t_next, t32) in enumerate(outer_steps(grid, x, guide)):
         h = t_next - t_cur
         out = guide(x, t_cur.expand(shape))
         ctx.record(x=x, t=t_cur.expand(b, n), logvar=out.logvar)
-        x = _heun_update(guide, x, out.velocity, h, t_next.expand(shape), ctx, correct=k < last)
+        x = ctx.end_step(_heun_update(guide, x, out.velocity, h, t_next.expand(shape), ctx, correct=k != last), t32)
     return x
 
 
 def look_ahead_heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
-    """Look-ahead whose main step is Heun (module docstring). NFE = W + 3 (S - W) - 1."""
+    """Look-ahead whose main step is Heun (module docstring). NFE = W + 3 (S - W) - 1, or W + 3 (S - W) with ``correct_last``."""
     b, n = x.shape[0], ctx.num_patches
-    last = grid.numel() - 2
+    last = _uncorrected_step(grid, ctx)
     for k, (t_cur, t_next, t32) in enumerate(outer_steps(grid, x, guide)):
         h = t_next - t_cur
         t = t_cur.expand(b, n)
         out = guide(x, t)
         if t32 <= WARMUP_T32:  # look-ahead's warm-up: the CONDITIONAL velocity, one evaluation
             ctx.record(x=x, t=t, logvar=out.logvar)
-            x = x + h * out.cond_velocity
+            x = ctx.end_step(x + h * out.cond_velocity, t32)
             continue
         certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
         x_ctx, t_ctx, _ = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
         ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context
         v_ctx = guide(x_ctx, t_ctx).velocity
         d1 = torch.where(certain, out.velocity, v_ctx)  # look-ahead's velocity
-        x = _heun_update(guide, x, d1, h, t_next.expand(b, n), ctx, correct=k < last, certain=certain)
+        x = ctx.end_step(_heun_update(guide, x, d1, h, t_next.expand(b, n), ctx, correct=k != last, certain=certain), t32)
     return x
 
 
@@ -99,7 +104,7 @@ def corrected_look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) ->
         out = guide(x, t)
         if t32 <= WARMUP_T32:
             ctx.record(x=x, t=t, logvar=out.logvar)
-            x = x + h * out.cond_velocity
+            x = ctx.end_step(x + h * out.cond_velocity, t32)
             continue
         certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
         x_euler, t_ctx, delta = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
@@ -108,11 +113,17 @@ def corrected_look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) ->
         x_ctx = x + delta * (out.cond_velocity + c2) / 2 * certain
         ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context
         v_ctx = guide(x_ctx, t_ctx).velocity
-        x = x + h * torch.where(certain, out.velocity, v_ctx)
+        x = ctx.end_step(x + h * torch.where(certain, out.velocity, v_ctx), t32)
     return x
 
 
 # --- pieces ----------------------------------------------------------------------------------------
+def _uncorrected_step(grid: Tensor, ctx: Context) -> int:
+    """The index of the step that takes no corrector: the last (EDM's Algorithm 1), or -1 (none:
+    every step is corrected, as SiT's ODE sampler does) with the option ``correct_last=1``."""
+    return -1 if int(ctx.options.correct_last) else grid.numel() - 2
+
+
 def _heun_update(guide: Guide, x: Tensor, d1: Tensor, h: Tensor, t_next: Tensor, ctx: Context, *,
                  correct: bool, certain: Tensor | None = None) -> Tensor:
     """``x + h d1`` (no correction) or ``x + h (d1 + d2) / 2`` with ``d2 = v(x + h d1, t_{k+1})``;
@@ -128,15 +139,16 @@ def _heun_update(guide: Guide, x: Tensor, d1: Tensor, h: Tensor, t_next: Tensor,
 
 # --- NFE rules: exact network evaluations per image on ``grid`` (guidance batches count once) -------------
 def heun_nfe(steps: int, options: Any, grid: Tensor) -> int:
-    """``2 S - 1``: two calls per step, one on the last (heun, heun-pf)."""
-    return 2 * steps - 1
+    """``2 S - 1``: two calls per step, one on the last (heun, heun-pf); ``2 S`` with ``correct_last``."""
+    return 2 * steps - (0 if int(options.correct_last) else 1)
 
 
 def look_ahead_heun_nfe(steps: int, options: Any, grid: Tensor) -> int:
-    """``W + 3 (S - W) - 1`` with W warm-up steps; no saving when the last step is itself a warm-up step."""
+    """``W + 3 (S - W) - 1`` with W warm-up steps; no saving when the last step is itself a warm-up
+    step or is corrected (``correct_last``)."""
     warm = warmup_count(grid)
     last_is_warm = grid[-2].item() <= WARMUP_T32
-    return warm + 3 * (steps - warm) - (0 if last_is_warm else 1)
+    return warm + 3 * (steps - warm) - (0 if last_is_warm or int(options.correct_last) else 1)
 
 
 def corrected_look_ahead_nfe(steps: int, options: Any, grid: Tensor) -> int:

@@ -126,6 +126,20 @@ class LookAheadOptions(SamplerOptions):
     context_ratio: float = option(1.4, "rho: the certain patches run ahead to time min(rho t, 1)", low=1.0)
 
 
+_CORRECT_LAST = dict(help="1: Heun-correct the last step to t = 1 too, as SiT's ODE sampler (one more NFE); "
+                          "0: the last step is Euler, as EDM's Algorithm 1", low=0, high=1, integer=True)
+
+
+@dataclass(frozen=True)
+class HeunOptions(SamplerOptions):
+    correct_last: int = option(0, **_CORRECT_LAST)
+
+
+@dataclass(frozen=True)
+class LookAheadHeunOptions(LookAheadOptions):
+    correct_last: int = option(0, **_CORRECT_LAST)
+
+
 # --- masks ---------------------------------------------------------------------------------------
 class MaskKind(enum.Enum):
     """Which patches a sampler treats as certain (``sampling/masks.py``)."""
@@ -250,11 +264,12 @@ REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (
           "Look-ahead whose ahead-running patches are the easiest of every 2x2 window.", public=False),
     # Second order (sampling/heun.py, docs/method.md section 10), measured against look-ahead on digits and
     # photos (docs/samplers.md): the two that beat it there are public, on a shifted or EDM grid only.
-    _spec("heun", heun, NoOptions, heun_nfe, False, False, MaskKind.NONE,
-          "Heun with one global time per sample (any network); the last step is Euler.", public=False, paper=False),
-    _spec("heun-pf", heun_pf, NoOptions, heun_nfe, True, False, MaskKind.NONE,
-          "Heun with per-patch times, all equal; the last step is Euler.", public=False, paper=False),
-    _spec("look-ahead-heun", look_ahead_heun, LookAheadOptions, look_ahead_heun_nfe, True, True, MaskKind.DIFFICULTY,
+    _spec("heun", heun, HeunOptions, heun_nfe, False, False, MaskKind.NONE,
+          "Heun with one global time per sample (any network); the last step is Euler unless correct_last=1.",
+          public=False, paper=False),
+    _spec("heun-pf", heun_pf, HeunOptions, heun_nfe, True, False, MaskKind.NONE,
+          "Heun with per-patch times, all equal; the last step is Euler unless correct_last=1.", public=False, paper=False),
+    _spec("look-ahead-heun", look_ahead_heun, LookAheadHeunOptions, look_ahead_heun_nfe, True, True, MaskKind.DIFFICULTY,
           "Look-ahead whose main step is Heun; use it with --schedule shift:3 (docs/samplers.md).", paper=False),
     _spec("corrected-look-ahead", corrected_look_ahead, LookAheadOptions, corrected_look_ahead_nfe, True, True,
           MaskKind.DIFFICULTY, "Look-ahead whose context jump is corrected by a second evaluation; use it with "
@@ -311,6 +326,7 @@ def network_takes_per_patch_time(model_config: Any) -> bool:
     return model_config.kind is Kind.PATCH_FORCING
 
 
-__all__ = ["PAPER_SAMPLERS", "REGISTRY", "SAMPLERS", "STUDY_SAMPLERS", "DualLoopOptions", "LookAheadOptions", "MaskKind", "NoOptions",
+__all__ = ["PAPER_SAMPLERS", "REGISTRY", "SAMPLERS", "STUDY_SAMPLERS", "DualLoopOptions", "HeunOptions",
+           "LookAheadHeunOptions", "LookAheadOptions", "MaskKind", "NoOptions",
            "SamplerOptions", "SamplerSpec", "default_sampler", "expected_nfe", "get_sampler", "make_mask_fn",
            "network_takes_per_patch_time", "option", "plain_sampler", "resolve_options", "steps_for_nfe"]
