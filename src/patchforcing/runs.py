@@ -22,8 +22,8 @@ moment leaves the old file or the new one, never half a file; temporaries of kil
 removed by the next owner of the folder (``remove_stale_temporaries``): only files named like
 this project's temporaries, never another hidden file of the user's.
 
-``run.lock`` is opened without following symbolic links: a link in its place is refused, so a
-lock never writes into a file elsewhere. Files get the permissions
+``run.lock`` is opened without following symbolic links, and a lock file with a second hard link or
+of another user is refused before a byte is written: a lock never writes into a file elsewhere. Files get the permissions
 of a normally created file (``0666`` minus the umask: ``0644`` under umask 022).
 """
 
@@ -386,9 +386,10 @@ def lock_run_folder(run_dir: str | os.PathLike) -> RunLock:
         if err.errno == errno.ELOOP or path.is_symlink():
             raise RunFolderError(_LINK_REFUSED.format(path=path)) from None
         raise ConfigError(f"--out: {describe_os_error(err)}; choose another --out") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or a device in its place
+    refused = _foreign_lock(os.fstat(fd), path)
+    if refused is not None:  # checked before anything is written into the file
         os.close(fd)
-        raise RunFolderError(f"{path} is not a plain file; remove it (it is recreated) or choose another --out")
+        raise RunFolderError(refused)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
@@ -408,6 +409,23 @@ def lock_run_folder(run_dir: str | os.PathLike) -> RunLock:
 
 _LINK_REFUSED = ("{path} is a symbolic link; lock files are opened without following links (so a lock never "
                  "writes elsewhere): remove the link (it is recreated as a plain file) or choose another --out")
+
+
+def _foreign_lock(info: os.stat_result, path: Path) -> str | None:
+    """Why the opened ``run.lock`` must not be written (None when it is this user's own plain file).
+
+    A FIFO or device, a file with another hard link (writing the holder's details would overwrite
+    the file it is linked to, anywhere on the file system) and a file of another user are refused.
+    """
+    if not stat.S_ISREG(info.st_mode):  # a FIFO or a device in its place
+        return f"{path} is not a plain file; remove it (it is recreated) or choose another --out"
+    if info.st_nlink > 1:
+        return (f"{path} has {info.st_nlink} hard links, so writing the lock would change another file; remove it "
+                "(`rm` removes only this name; the lock is recreated as a file of its own) or choose another --out")
+    if info.st_uid != os.geteuid():
+        return (f"{path} belongs to another user (uid {info.st_uid}); remove it (it is recreated) "
+                "or choose another --out")
+    return None
 
 
 def _holder(path: Path) -> str:
