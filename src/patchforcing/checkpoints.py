@@ -13,6 +13,7 @@ Formats ``load_model`` understands:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from torch import nn
 from patchforcing import runs
 from patchforcing.errors import CheckpointError, ConfigError
 from patchforcing.hub.folder import is_pipeline_folder, read_pipeline_network, resolve_source
+from patchforcing.json_files import parse_json
 from patchforcing.models import Kind, ModelConfig, PatchForcingTransformer, T2IConfig, build_model, config_from_dict, unwrap_model
 from patchforcing.models.t2i import REFERENCE_TARGET as T2I_TARGET
 
@@ -42,6 +44,7 @@ REFERENCE_TARGETS = {
 _REFERENCE_PARAMS = ("in_channels", "input_size", "depth", "hidden_size", "patch_size", "num_heads", "num_classes")
 _REFERENCE_OPTIONAL = ("mlp_ratio", "class_dropout_prob", "learn_sigma")
 _IGNORED_PARAMS = ("compile", "return_sigma", "predict_uncertainty", "out_channels")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -86,6 +89,8 @@ def load_model(source: str | os.PathLike, map_location: str | torch.device = "cp
         path = runs.newest_checkpoint(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {str(path)!r}: check the path (a file, or a run folder with checkpoints/)")
+    if not path.is_file():  # a device (/dev/zero), a FIFO: never read
+        raise CheckpointError(f"{str(path)!r} is not a regular file; pass a checkpoint file, a run folder or an exported folder")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         config, state = _read_safetensors(path)
     else:
@@ -152,11 +157,8 @@ def _read_safetensors(path: Path) -> tuple[ModelConfig, dict]:
             f"{str(path)!r} is a safetensors file without a patchforcing config in its metadata; "
             "save networks with patchforcing.save_model"
         )
-    try:
-        config = json.loads(meta["config"])
-    except ValueError as err:
-        raise CheckpointError(f"{str(path)!r}: the config in its metadata is not valid JSON ({err}); "
-                              f"{runs.fallback_hint(path)}") from None
+    config = parse_json(meta["config"], f"{str(path)!r}: the config in its metadata", error=CheckpointError,
+                        fix=runs.fallback_hint(path))
     return _config_from_dict(config, path), state
 
 
@@ -234,16 +236,18 @@ def _config_from_dict(d: dict, path: Path) -> ModelConfig | T2IConfig:
     try:
         return config_from_dict(d)
     except (ConfigError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{str(path)!r}: invalid model config ({err})") from None
+        raise CheckpointError(f"{str(path)!r}: invalid model config ({err}); {runs.fallback_hint(path)}") from None
 
 
 def _build(config: ModelConfig | T2IConfig, state: dict, path: Path) -> nn.Module:
     not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     if not_tensors:
         raise CheckpointError(f"{str(path)!r}: weights {not_tensors[:5]} are not tensors; {runs.fallback_hint(path)}")
+    blocks = _blocks_in(state)
     with torch.device("meta"):  # shapes only: a config claiming a huge network costs no memory here
-        expected = build_model(config).state_dict()
-    _check_fit(expected, state, path)
+        expected = build_model(_with_depth(config, min(config.depth, max(blocks, 1)))).state_dict()
+    depth = [] if blocks == config.depth else [f"the config's depth is {config.depth} but the weights hold {blocks} blocks"]
+    _check_fit(expected, state, path, depth)
     model = build_model(config)
     dtype = next(iter(state.values())).dtype if state else torch.float32
     model = model.to(dtype if dtype.is_floating_point else torch.float32)  # keep float64 weights exact
@@ -251,13 +255,32 @@ def _build(config: ModelConfig | T2IConfig, state: dict, path: Path) -> nn.Modul
     return model
 
 
-def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path) -> None:
-    """Refuse weights whose names or shapes differ from those the config builds (``expected``)."""
+def _blocks_in(state: dict[str, torch.Tensor]) -> int:
+    """The transformer blocks the weights hold: one more than the largest ``K`` of ``blocks.K.`` names (0: none)."""
+    found = [int(m.group(1)) for m in map(_BLOCK.match, state) if m]
+    return max(found) + 1 if found else 0
+
+
+def _with_depth(config: ModelConfig | T2IConfig, depth: int) -> ModelConfig | T2IConfig:
+    """``config`` with ``depth`` blocks (its REPA depth kept inside them): a config that claims more
+    blocks than the file holds is built on the meta device with the file's count, so checking it
+    costs what the file's network costs."""
+    if depth == config.depth:
+        return config
+    changes = {"depth": depth}
+    if getattr(config, "repa_depth", 0) > depth:
+        changes["repa_depth"] = depth
+    return dataclasses.replace(config, **changes)
+
+
+def _check_fit(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], path: Path, depth: list[str] = ()) -> None:
+    """Refuse weights whose names or shapes differ from those the config builds (``expected``);
+    ``depth`` holds a note when the config's depth differs from the blocks the weights hold."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: file {tuple(state[k].shape)} vs config {tuple(v.shape)}" for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = []
+    if depth or missing or unexpected or wrong:
+        parts = list(depth)
         if missing:
             parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
         if unexpected:

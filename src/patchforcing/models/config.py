@@ -14,8 +14,17 @@ from typing import Any, ClassVar
 
 from patchforcing.errors import ConfigError
 
-# Integer fields of ModelConfig and their smallest valid value.
-_INT_FIELDS = {"input_size": 1, "in_channels": 1, "patch_size": 1, "hidden_size": 1, "depth": 1, "num_heads": 1, "num_classes": 0}
+# Size limits of every network config, far above the paper's largest network (XL: depth 28, width
+# 1152, 256 tokens; the 1.2B text network: width 1536). A config beyond them (a damaged or hostile
+# file) is refused before any network, even one on the meta device, or position table is built.
+MAX_TOKENS = 65536  # patches per image: a 256 x 256 grid
+MAX_DEPTH = 512
+MAX_WIDTH = 16384  # hidden sizes, head and projector widths
+MAX_MLP_WIDTH = 4 * MAX_WIDTH
+# Integer fields of ModelConfig: (smallest, largest) valid value.
+_INT_FIELDS = {"input_size": (1, 8192), "in_channels": (1, 4096), "patch_size": (1, 256), "hidden_size": (1, MAX_WIDTH),
+               "depth": (1, MAX_DEPTH), "num_heads": (1, MAX_WIDTH), "num_classes": (0, 1_000_000),
+               "repa_dim": (0, MAX_WIDTH), "repa_depth": (0, MAX_DEPTH), "repa_projector_dim": (1, MAX_WIDTH)}
 
 
 class Kind(str, enum.Enum):
@@ -47,6 +56,19 @@ class NetworkConfig:
     @property
     def has_difficulty_head(self) -> bool:
         return self.kind is Kind.PATCH_FORCING
+
+    def _check_sizes(self, limits: dict[str, tuple[int, int]]) -> None:
+        """Each field of ``limits`` is an integer in its ``(smallest, largest)`` range, and an image is
+        at most ``MAX_TOKENS`` patches: checked before anything is built from the config."""
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ConfigError(f"{self._NAME} {name} must be an integer in [{low}, {high}], got {value!r}")
+        tokens = (self.input_size // self.patch_size) ** 2
+        if tokens > MAX_TOKENS:
+            raise ConfigError(f"{self._NAME} input_size {self.input_size} with patch_size {self.patch_size} makes {tokens} "
+                              f"tokens per image, above the limit of {MAX_TOKENS} (a 256 x 256 grid); choose a larger "
+                              "patch_size or a smaller input_size")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -101,8 +123,6 @@ class ModelConfig(NetworkConfig):
             raise ConfigError(f"hidden_size {self.hidden_size} must be divisible by 4 (2-D sin-cos position embedding)")
         if self.learn_sigma and self.kind is Kind.PATCH_FORCING:
             raise ConfigError("learn_sigma cannot be combined with the difficulty head (kind='patch-forcing')")
-        if self.repa_dim < 0 or self.repa_projector_dim < 1:
-            raise ConfigError(f"repa_dim must be >= 0 and repa_projector_dim >= 1, got {self.repa_dim}, {self.repa_projector_dim}")
         if self.repa_dim and not 1 <= self.repa_depth <= self.depth:
             raise ConfigError(
                 f"repa_depth {self.repa_depth} must lie in [1, depth={self.depth}]: the projector reads the tokens "
@@ -113,15 +133,12 @@ class ModelConfig(NetworkConfig):
 
     def _check_values(self) -> None:
         """Every field has its type and range: a network is never built from a config that cannot work."""
-        for name, low in _INT_FIELDS.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"model {name} must be an integer >= {low}, got {value!r}")
+        self._check_sizes(_INT_FIELDS)
         for name in ("mlp_ratio", "class_dropout_prob"):
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, float)):
                 raise ConfigError(f"model {name} must be a number, got {getattr(self, name)!r}")
-        if not (math.isfinite(self.mlp_ratio) and int(self.hidden_size * self.mlp_ratio) >= 1):
-            raise ConfigError(f"model mlp_ratio must be positive and give an MLP of at least one unit, got {self.mlp_ratio!r} "
+        if not (math.isfinite(self.mlp_ratio) and 1 <= int(self.hidden_size * self.mlp_ratio) <= MAX_MLP_WIDTH):
+            raise ConfigError(f"model mlp_ratio must give an MLP of 1 to {MAX_MLP_WIDTH} units, got {self.mlp_ratio!r} "
                               f"(hidden_size {self.hidden_size}); the presets use 4.0")
         if not 0 <= self.class_dropout_prob <= 1:  # 1: every label dropped (an unconditional run; tests use it)
             raise ConfigError(f"model class_dropout_prob must be a probability in [0, 1], got {self.class_dropout_prob!r}; "

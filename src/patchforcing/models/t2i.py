@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from patchforcing.errors import ConfigError, ShapeError
-from patchforcing.models.config import Kind, NetworkConfig
+from patchforcing.models.config import MAX_DEPTH, MAX_WIDTH, Kind, NetworkConfig
 from patchforcing.models.t2i_layers import ImageBlock, Rotation, TextBlock, TimestepEmbedder, TokenMerge2D, TokenSplitLast2D, image_positions
 from patchforcing.models.transformer import ModelOutput, Network
 
@@ -31,6 +31,12 @@ REFERENCE_TARGET = "patch_flow.models.pf_transformer_t2i.PatchForcingTransformer
 _REFERENCE_PARAMS = ("in_dim", "patch_size", "depth", "hidden_dim", "head_dim", "mapping_dim", "mapping_depth",
                      "txt_in_dim", "txt_refiner_dim", "txt_refiner_head_dim", "txt_refiner_depth")
 _REFERENCE_IGNORED = ("compile",)
+MAX_TEXT_TOKENS = 4096  # text_length: padded caption tokens, far above any encoder's (the paper pads to 256)
+# Integer fields of T2IConfig: (smallest, largest) valid value (limits as for ModelConfig).
+_INT_FIELDS = {"input_size": (1, 8192), "in_channels": (1, 4096), "patch_size": (1, 256), "hidden_dim": (1, MAX_WIDTH),
+               "depth": (1, MAX_DEPTH), "head_dim": (1, MAX_WIDTH), "mapping_dim": (1, MAX_WIDTH), "mapping_depth": (0, 64),
+               "txt_in_dim": (1, 65536), "txt_refiner_dim": (1, MAX_WIDTH), "txt_refiner_head_dim": (1, MAX_WIDTH),
+               "txt_refiner_depth": (0, 64), "text_length": (1, MAX_TEXT_TOKENS)}
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,13 @@ class T2IConfig(NetworkConfig):
     text_length: int = 256
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", Kind(self.kind))
+        try:
+            object.__setattr__(self, "kind", Kind(self.kind))
+        except ValueError:
+            raise ConfigError(f"unknown network kind {self.kind!r}; choose one of: {', '.join(k.value for k in Kind)}") from None
+        self._check_sizes(_INT_FIELDS)
+        if not isinstance(self.text_encoder, str) or not self.text_encoder:
+            raise ConfigError(f"text-to-image text_encoder must be a name, Hub id or folder, got {self.text_encoder!r}")
         checks = [
             (self.input_size % self.patch_size == 0, f"input_size {self.input_size} is not divisible by patch_size {self.patch_size}"),
             (self.hidden_dim % self.head_dim == 0, f"hidden_dim {self.hidden_dim} is not divisible by head_dim {self.head_dim}"),

@@ -127,8 +127,9 @@ class PatchForcingTransformer(Network):
             if isinstance(m, nn.Linear) and not any(m is p for p in projector):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        pos = sincos_pos_embed_2d(self.config.hidden_size, self.config.grid_size)
-        self.pos_embed.data.copy_(torch.from_numpy(pos).float()[None])
+        if not self.pos_embed.is_meta:  # on the meta device (shapes only) the table is not computed at all
+            pos = sincos_pos_embed_2d(self.config.hidden_size, self.config.grid_size)
+            self.pos_embed.data.copy_(torch.from_numpy(pos).float()[None])
         w = self.x_embedder.proj.weight
         nn.init.xavier_uniform_(w.data.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.proj.bias)
