@@ -28,6 +28,7 @@ from patchforcing.checkpoints import network_digest
 from patchforcing.errors import CheckpointError, ConfigError, DataError
 from patchforcing.evaluation.generate import generate_images
 from patchforcing.images import to_uint8_nhwc
+from patchforcing.json_files import read_json
 from patchforcing.runs import atomic_write, atomic_write_text
 from patchforcing.runtime import Processes, barrier, run_on_main
 
@@ -131,9 +132,9 @@ def _claim(folder: Path, plan: dict[str, Any]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "plan.json"
     text = json.dumps(plan, indent=2, sort_keys=True, default=str)
-    if path.exists():
+    if path.exists() or path.is_symlink():
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
+            old = read_json(path)  # a regular file of at most 1 MB
         except (OSError, ValueError) as err:
             old = err
         if not isinstance(old, dict):
@@ -141,12 +142,20 @@ def _claim(folder: Path, plan: dict[str, Any]) -> None:
                             f"be checked: delete {folder} to start over, or use a new --out")
         new = json.loads(text)
         if old != new:
-            diff = [f"{k}: {_short(old.get(k))} there, {_short(v)} now"
-                    for k, v in sorted({**{k: None for k in old}, **new}.items()) if old.get(k) != v]
+            diff = _differences(old, new)
             raise ConfigError(f"{folder} holds parts of another evaluation, never mixed with these "
                               f"({'; '.join(diff)}); delete {folder} to start over, or use a new --out")
         return
     atomic_write_text(path, text + "\n")
+
+
+def _differences(old: Any, new: Any, key: str = "") -> list[str]:
+    """``KEY: OLD there, NEW now`` for every value that differs, inside nested objects too (their keys
+    joined by dots, e.g. ``plan.options.n_inner``), so a message shows the field that changed."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for k in sorted(set(old) | set(new), key=str)
+                for line in _differences(old.get(k), new.get(k), f"{key}.{k}" if key else str(k))]
+    return [] if old == new else [f"{key}: {_short(old)} there, {_short(new)} now"]
 
 
 def _short(value: Any) -> str:

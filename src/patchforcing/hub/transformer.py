@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
@@ -46,6 +47,16 @@ class PatchForcingTransformerModel(ModelMixin, ConfigMixin):
         component = cls(network_config=network.config.to_dict())
         component.network.to(device=weight.device, dtype=weight.dtype)  # the inner module: keeps float64 exact
         component.network.load_state_dict(network.state_dict())
+        return component.eval()
+
+    @classmethod
+    def around(cls, network: nn.Module) -> PatchForcingTransformerModel:
+        """Wrap ``network`` itself, without a copy (the wrapper's own network is built on the meta
+        device and replaced), so loading a folder holds its weights once; eval mode."""
+        network = unwrap_model(network)
+        with torch.device("meta"):
+            component = cls(network_config=network.config.to_dict())
+        component.network = network
         return component.eval()
 
     def forward(self, *args: Any, **kwargs: Any):
