@@ -10,8 +10,8 @@ schedules, written as strings:
   uniform grid) and the noise level ``s = 1 - u``, ``s' = S s / (1 + (S - 1) s)`` and
   ``t' = 1 - s'``. ``S > 1`` moves the steps towards the noise end (more steps at high noise),
   ``S < 1`` towards the data end, ``S = 1`` is the uniform grid bit for bit.
-* ``edm:RHO`` (Karras et al. 2022, eq. 5) in ``sigma = (1 - t) / t``, the noise-to-signal ratio of
-  ``x_t / t = x1 + sigma x0``. The ``S + 1`` points are spaced evenly in ``sigma^(1/RHO)`` from
+* ``edm:RHO`` (Karras et al. 2022, eq. 5; ``0.1 <= RHO <= 100``) in ``sigma = (1 - t) / t``, the
+  noise-to-signal ratio of ``x_t / t = x1 + sigma x0``. The ``S + 1`` points are spaced evenly in ``sigma^(1/RHO)`` from
   ``EDM_SIGMA_MAX`` down to ``EDM_SIGMA_MIN`` (both included) and mapped back by
   ``t = 1 / (1 + sigma)``; then the first point is pinned to ``t = 0`` (``sigma = inf``, pure noise,
   where the sampler starts) and the last to ``t = 1`` (``sigma = 0``, data). So ``t_1 .. t_{S-1}``
@@ -51,7 +51,11 @@ LOOK_AHEAD_WARMUP_T = 0.05
 WARMUP_T32 = torch.tensor(LOOK_AHEAD_WARMUP_T, dtype=torch.float32).item()  # compared in float32
 
 UNIFORM = "uniform"
-SCHEDULE_HELP = "uniform, shift:S (S > 0, e.g. shift:3) or edm:RHO (RHO > 0, e.g. edm:7)"
+# edm:RHO takes RHO in this range (EDM uses 7). Below 0.1 sigma_max^(1/RHO) is astronomically large
+# (it overflows float64 under RHO = 0.0067); above 100 the grid hardly moves any more (RHO -> inf
+# spaces sigma geometrically).
+EDM_RHO_MIN, EDM_RHO_MAX = 0.1, 100.0
+SCHEDULE_HELP = f"uniform, shift:S (S > 0, e.g. shift:3) or edm:RHO ({EDM_RHO_MIN:g} <= RHO <= {EDM_RHO_MAX:g}, e.g. edm:7)"
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,12 @@ def parse_schedule(schedule: str | Schedule) -> Schedule:
             value = float(arg)
         except ValueError:
             value = math.nan
-        if math.isfinite(value) and value > 0:
-            return Schedule(kind, value)
-        raise ConfigError(f"schedule {schedule!r}: {kind} needs a finite number > 0 after the colon; choose {SCHEDULE_HELP}")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"schedule {schedule!r}: {kind} needs a finite number > 0 after the colon; choose {SCHEDULE_HELP}")
+        if kind == "edm" and not EDM_RHO_MIN <= value <= EDM_RHO_MAX:
+            raise ConfigError(f"schedule {schedule!r}: edm needs RHO in [{EDM_RHO_MIN:g}, {EDM_RHO_MAX:g}] (EDM uses 7; a larger "
+                              "RHO puts more steps near the data); choose for example edm:7")
+        return Schedule(kind, value)
     raise ConfigError(f"unknown schedule {schedule!r}; choose {SCHEDULE_HELP}")
 
 
