@@ -261,7 +261,7 @@ def test_prepare_latents_errors(tiny_vae, tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no VAE folder"):
         prepare_latents("digits", str(tmp_path / "missing-vae"), str(tmp_path / "o"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match="not found offline.*huggingface-cli download"):
+    with pytest.raises(DataError, match="not found offline.*`hf download nobody-here/no-such-vae`"):
         prepare_latents("digits", "nobody-here/no-such-vae", str(tmp_path / "o"))
     with pytest.raises(DataError, match="divisible"):
         prepare_latents("digits", str(vae_path), str(tmp_path / "o"), resolution=15)

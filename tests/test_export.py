@@ -64,7 +64,10 @@ def test_model_card_shows_the_runs_numbers_and_its_snippet_runs(exported, tmp_pa
     assert f"| validation loss, EMA network (step 4) | {val['val_loss']:.4g} |" in card
     assert f"| euler-pf | 4 | 4 | 1 | 20 | {metrics['fid']:.4g} | {metrics['precision']:.4g} |" in card
     assert "| steps | 4 |" in card and "| data: name | digits |" in card and "| batch_size | 16 |" in card
-    assert "| depth | 2 |" in card and "huggingface-cli upload" in card
+    assert "| depth | 2 |" in card and "hf upload OWNER/NAME" in card and "huggingface-cli" not in card
+    header = card.split("---\n")[1]  # a class-conditional network: no Hub task claims it, the tags say what it does
+    assert "\npipeline_tag:" not in header and "- class-conditional-image-generation" in header
+    assert "unconditional" not in header
     snippet = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     monkeypatch.chdir(tmp_path)
     exec(compile(snippet, "README.md", "exec"), {})
@@ -123,6 +126,7 @@ def test_text_network_file_exports_with_its_encoder_and_a_prompt_snippet(tmp_pat
     assert main(["export", "--checkpoint", str(file), "--out", str(tmp_path / "out"), "--nfe", "6"]) == 0
     card = (tmp_path / "out" / "README.md").read_text()
     assert "| text encoder | byte-toy |" in card and "No run folder was found" in card and "- text-to-image" in card
+    assert "\npipeline_tag: text-to-image\n" in card.split("---\n")[1]
     assert json.loads((tmp_path / "out" / "model_index.json").read_text())["text_encoder"] == "byte-toy"
     monkeypatch.chdir(tmp_path)
     exec(compile(re.search(r"```python\n(.*?)```", card, re.S).group(1), "README.md", "exec"), {})
@@ -178,3 +182,17 @@ def test_export_with_a_schedule_records_it_in_the_pipeline_and_the_card(tmp_path
     assert main(["export", "--checkpoint", str(file), "--out", str(tmp_path / "bad"), "--schedule", "cosine"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: unknown schedule 'cosine'; choose uniform, shift:S") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("is_text, num_classes, task, tag", [
+    (True, 0, "text-to-image", "text-to-image"),
+    (False, 10, None, "class-conditional-image-generation"),
+    (False, 0, "unconditional-image-generation", "unconditional-image-generation"),
+])
+def test_the_cards_hub_task_says_what_the_network_does(is_text, num_classes, task, tag):
+    from types import SimpleNamespace
+
+    from patchforcing.hub.model_card import hub_task
+
+    got, tags = hub_task(SimpleNamespace(is_text=is_text, num_classes=num_classes))
+    assert got == task and tag in tags

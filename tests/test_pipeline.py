@@ -15,6 +15,7 @@ from conftest import make_model, make_vae
 from patchforcing.autoencoder import decode_latents
 from patchforcing.errors import CheckpointError, ConfigError, ShapeError
 from patchforcing.models import T2IConfig, create_model
+from patchforcing.sampling import time_grid
 from patchforcing.text import load_text_encoder, text_condition
 
 diffusers = pytest.importorskip("diffusers")
@@ -110,6 +111,105 @@ def test_bad_calls_name_the_fix(call, message):
     pipe = pipeline(make_model(dtype=torch.float32))
     with pytest.raises((ConfigError, ShapeError), match=message):
         pipe(**call)
+
+
+# --- diffusers' call contract ---------------------------------------------------------------------------------
+def test_dit_positional_order_equals_the_keywords():
+    """``DiTPipeline.__call__(class_labels, guidance_scale, generator, num_inference_steps, output_type, return_dict)``."""
+    pipe = pipeline(make_model(dtype=torch.float32))
+    by_position = pipe([1, 2], 2.0, torch.Generator().manual_seed(3), 4, "latent", False)
+    by_name = pipe(class_labels=[1, 2], guidance_scale=2.0, generator=torch.Generator().manual_seed(3), num_inference_steps=4,
+                   output_type="latent", return_dict=False)
+    assert isinstance(by_position, tuple) and torch.equal(by_position[0], by_name[0])
+    assert pipe.num_timesteps == 4
+
+
+@pytest.mark.parametrize("sampler, steps, nfe", [("look-ahead", 50, 97), ("dual-loop", 4, 16), ("euler-pf", 6, 6)])
+def test_num_inference_steps_counts_outer_steps(sampler, steps, nfe):
+    pipe = pipeline(make_model(dtype=torch.float32))
+    out = pipe(class_labels=[0], num_inference_steps=steps, sampler=sampler, output_type="latent")
+    assert (out.steps, out.nfe) == (steps, nfe)
+    budget = pipe(class_labels=[0], nfe=nfe, sampler=sampler, output_type="latent")  # the budget form: the same plan
+    assert (budget.steps, budget.nfe) == (steps, nfe)
+
+
+@pytest.mark.parametrize("sampler", ["euler-pf", "dual-loop", "look-ahead", "look-ahead-heun"])
+def test_callback_on_step_end_sees_each_outer_step_and_may_replace_the_latents(sampler):
+    net = make_model(dtype=torch.float32)
+    pipe = pipeline(net)
+    kw = dict(class_labels=[1, 2], sampler=sampler, num_inference_steps=4, output_type="latent", schedule="edm:3")
+    seen = []
+
+    def watch(p, step_index, timestep, callback_kwargs):
+        assert p is pipe and set(callback_kwargs) == {"latents"}
+        seen.append((step_index, float(timestep), callback_kwargs["latents"].clone()))
+        return callback_kwargs
+
+    out = pipe(**kw, generator=torch.Generator().manual_seed(6), callback_on_step_end=watch,
+               callback_on_step_end_tensor_inputs=["latents"])
+    plain = pipe(**kw, generator=torch.Generator().manual_seed(6))
+    assert torch.equal(out.images, plain.images)  # handing the latents back unchanged changes nothing
+    assert [k for k, _, _ in seen] == list(range(pipe.num_timesteps)) == [0, 1, 2, 3]
+    assert [t for _, t, _ in seen] == time_grid(4, "edm:3")[:-1].tolist()  # t_k: the grid time each step started from
+    assert torch.equal(seen[-1][2], plain.images)
+
+    def zero_last(p, step_index, timestep, callback_kwargs):  # diffusers' test_callback_inputs does this
+        if step_index == p.num_timesteps - 1:
+            callback_kwargs["latents"] = torch.zeros_like(callback_kwargs["latents"])
+        return callback_kwargs
+
+    assert pipe(**kw, generator=torch.Generator().manual_seed(6), callback_on_step_end=zero_last).images.abs().sum() == 0
+
+    def shift_first(p, step_index, timestep, callback_kwargs):
+        return {"latents": callback_kwargs["latents"] + 1.0} if step_index == 0 else {}
+
+    shifted = pipe(**kw, generator=torch.Generator().manual_seed(6), callback_on_step_end=shift_first).images
+    assert (shifted - plain.images).abs().max() > 0.1  # the rest of the run continued from the replaced latents
+
+
+def test_diffusers_pipeline_callback_objects_work():
+    from diffusers.callbacks import PipelineCallback
+
+    class Record(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def __init__(self):
+            super().__init__(cutoff_step_ratio=None, cutoff_step_index=1)
+            self.steps = []
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            self.steps.append(step_index)
+            return callback_kwargs
+
+    pipe, record = pipeline(make_model(dtype=torch.float32)), Record()
+    pipe(class_labels=[0], num_inference_steps=3, output_type="latent", callback_on_step_end=record)
+    assert record.steps == [0, 1, 2]
+    with pytest.raises(ConfigError, match=r"can read \['latents'\] only"):
+        pipe(class_labels=[0], num_inference_steps=3, callback_on_step_end=lambda *a: {},
+             callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_latents_start_the_run():
+    net = make_model(dtype=torch.float32)
+    pipe = pipeline(net)
+    noise = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(9))
+    out = pipe(class_labels=[1, 2], latents=noise, generator=torch.Generator().manual_seed(123), num_inference_steps=4,
+               sampler="euler-pf", output_type="latent").images  # the generator draws no noise when latents are given
+    assert torch.equal(out, pf.sample(net, noise, sampler="euler-pf", steps=4, labels=torch.tensor([1, 2])))
+    drawn = pipe(class_labels=[1, 2], generator=torch.Generator().manual_seed(123), num_inference_steps=4, sampler="euler-pf",
+                 output_type="latent").images
+    assert (drawn - out).abs().max() > 1e-3
+    with pytest.raises(ShapeError, match=r"latents has shape \(1, 3, 8, 8\); this call makes 2 images"):
+        pipe(class_labels=[1, 2], latents=noise[:1])
+
+
+def test_an_unknown_keyword_is_named_as_a_pipeline_argument():
+    pipe = pipeline(make_model(dtype=torch.float32))
+    with pytest.raises(ConfigError, match=r"unknown pipeline argument\(s\) 'num_steps'; PatchForcingPipeline takes class_labels, "
+                                          r"guidance_scale, generator, num_inference_steps"):
+        pipe(class_labels=[0], num_steps=4)
+    with pytest.raises(ConfigError, match="sampler 'euler-pf' has no option"):  # a real option, of another sampler
+        pipe(class_labels=[0], sampler="euler-pf", n_inner=2)
 
 
 def test_save_and_load_round_trip_offline(tmp_path):
@@ -248,6 +348,8 @@ def test_text_network_takes_prompts_through_its_recorded_t5(tiny_t5, tmp_path):
     assert torch.equal(again.images, want)
     with pytest.raises(ConfigError, match="prompt="):
         pipe(class_labels=[1])
+    first = pipe(prompts, 2.0, torch.Generator().manual_seed(4), pf.steps_for_nfe("look-ahead", 8), "latent", False)[0]
+    assert torch.equal(first, want)  # a text pipeline takes its prompt first, as diffusers' text pipelines do
 
 
 def test_hub_id_from_the_local_cache_or_one_error(tmp_path, monkeypatch):

@@ -250,7 +250,7 @@ def test_missing_dinov2_names_the_model_and_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache" / "hub"))
-    with pytest.raises(CheckpointError, match=r"facebook/dinov2-base.*huggingface-cli download"):
+    with pytest.raises(CheckpointError, match=r"`hf download facebook/dinov2-base`"):
         load_encoder("dinov2-b")
     with pytest.raises(CheckpointError, match="dinov2:FOLDER"):
         load_encoder(f"dinov2:{tmp_path / 'nothing-here'}")

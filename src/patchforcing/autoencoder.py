@@ -61,7 +61,7 @@ def load_vae(vae: str, device: str | torch.device = "cpu"):
         )
     raise DataError(
         f"VAE weights for {vae!r} not found offline (no local folder of that name, not in the Hugging Face cache); "
-        f"download them once with `huggingface-cli download {vae}` on a machine with internet, or pass a local folder"
+        f"download them once with `hf download {vae}` on a machine with internet, or pass a local folder"
     )
 
 

@@ -165,7 +165,7 @@ def _load_dinov2(source: str) -> nn.Module:
         raise CheckpointError(
             f"DINOv2 model {source!r} is neither a local folder nor in the local Hugging Face cache, and nothing is "
             f"downloaded at run time ({type(err).__name__}). Fetch it once where there is internet, e.g. "
-            f"`huggingface-cli download {source if '/' in source else 'facebook/dinov2-base'}`, and copy the cache "
+            f"`hf download {source if '/' in source else 'facebook/dinov2-base'}`, and copy the cache "
             "(~/.cache/huggingface) here, or save it to a folder and pass --repa-encoder dinov2:FOLDER"
         ) from None
 

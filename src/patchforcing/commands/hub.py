@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write a Hub-ready diffusers pipeline folder with a model card",
                        description="Write the diffusers pipeline folder of a run or checkpoint (model_index.json, transformer/, "
                        "vae/ for latent networks) and its model card README.md. Publish it with "
-                       "`huggingface-cli upload OWNER/NAME FOLDER .`")
+                       "`hf upload OWNER/NAME FOLDER .` (huggingface_hub's command line)")
     p.add_argument("--checkpoint", required=True, help="a run folder, a checkpoint file, or an exported folder")
     p.add_argument("--out", required=True, help="the folder to write (model_index.json, transformer/, vae/, README.md)")
     p.add_argument("--eval", action="append", default=[], metavar="DIR",
@@ -56,7 +56,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = export_pipeline(args.checkpoint, args.out, eval_dirs=args.eval, vae=args.vae, repo_id=args.repo_id,
                           sampler=args.sampler, nfe=args.nfe, schedule=args.schedule)
     print(f"wrote {out} (model_index.json, transformer/{', vae/' if (out / 'vae').is_dir() else ''}, README.md); "
-          f"publish it with `huggingface-cli upload OWNER/NAME {out} .`")
+          f"publish it with `hf upload OWNER/NAME {out} .`")
     return 0
 
 

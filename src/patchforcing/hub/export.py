@@ -1,7 +1,7 @@
 """``patchforcing export``: a run or checkpoint -> a Hub-ready pipeline folder with a model card.
 
     patchforcing export --checkpoint runs/digits --out exported/digits --eval eval/la [--schedule shift:3]
-    huggingface-cli upload OWNER/NAME exported/digits .      # publishing is an upload of that folder
+    hf upload OWNER/NAME exported/digits .                  # publishing is an upload of that folder
 
 The folder holds ``model_index.json`` (components and sampler settings: sampler, NFE, time grid),
 ``transformer/`` (the network's config and safetensors weights), ``vae/`` when the run records a

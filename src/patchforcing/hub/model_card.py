@@ -120,6 +120,18 @@ def sampling_snippet(repo: str, network_config: Any, sampler: str, nfe: int, sch
     ])
 
 
+def hub_task(network: Any) -> tuple[str | None, list[str]]:
+    """The Hub's ``pipeline_tag`` and the card's tags for what the network does: ``text-to-image``;
+    ``unconditional-image-generation``; a class-conditional network has no Hub task of its own (None)
+    and says so in its tags (``class-conditional``, ``class-conditional-image-generation``)."""
+    tags = ["patch-forcing", "diffusion", "diffusers", "image-generation"]
+    if network.is_text:
+        return "text-to-image", [*tags, "text-to-image"]
+    if network.num_classes > 0:
+        return None, [*tags, "class-conditional", "class-conditional-image-generation"]
+    return "unconditional-image-generation", [*tags, "unconditional-image-generation"]
+
+
 def model_card(*, name: str, repo: str, source: str, network: Any, parameters: int, record: RunRecord, sampler: str, nfe: int,
                vae: str | None, text_encoder: str | None, schedule: str = UNIFORM) -> str:
     """The text of ``README.md``.
@@ -131,13 +143,11 @@ def model_card(*, name: str, repo: str, source: str, network: Any, parameters: i
         vae: the VAE the run recorded (latent networks). text_encoder: a text network's encoder.
     """
     cfg = network.to_dict()
-    is_text = network.is_text
-    kind = "text-to-image" if is_text else ("class-conditional" if network.num_classes > 0 else "unconditional")
-    tags = ["patch-forcing", "diffusion", "image-generation", "diffusers", kind]
+    task, tags = hub_task(network)
     header = ["---", "library_name: patchforcing",
               "# license: left for the owner to set before publishing (for example mit, apache-2.0 or other)",
-              f"pipeline_tag: {'text-to-image' if is_text else 'unconditional-image-generation'}", "tags:",
-              *[f"- {t}" for t in tags], "---"]
+              f"pipeline_tag: {task}" if task else "# pipeline_tag: none; the Hub has no class-conditional task (the tags say it)",
+              "tags:", *[f"- {t}" for t in tags], "---"]
     grid = ("`t_k = k / S`, the paper's" if schedule == UNIFORM else
             "a non-uniform grid of the outer steps, docs/method.md section 10; `schedule=\"uniform\"` is the paper's `t_k = k / S`")
     parts = ["\n".join(header), f"# {name}",
@@ -149,7 +159,7 @@ def model_card(*, name: str, repo: str, source: str, network: Any, parameters: i
               "a call's `sampler=`, `nfe=` and `schedule=` override them."),
              ("`pip install 'patchforcing[vae]'` gives the pipeline (diffusers). The network alone: "
               f'`net = pf.load_model("{repo}")`, then `pf.sample(net, noise, sampler=..., steps=...)`. A Hub id is read '
-              "from the local Hugging Face cache (`huggingface-cli download ID` first)."),
+              "from the local Hugging Face cache (`hf download ID` first)."),
              "## Network", _table([("parameters", f"{parameters:,}"), *cfg.items()])]
     extra = [("VAE", vae)] if vae else []
     extra += [("text encoder", text_encoder)] if text_encoder else []
@@ -179,5 +189,5 @@ def model_card(*, name: str, repo: str, source: str, network: Any, parameters: i
         notes = sorted({f"{k}: {why}" for _, m in record.evaluations for k, why in (m.get("not_computed") or {}).items()})
         if notes:
             parts.append("Not computed: " + "; ".join(notes) + ".")
-    parts.append("## Publishing\n\n```bash\nhuggingface-cli upload OWNER/NAME THIS_FOLDER .\n```\n\nSet the license in the header first.")
+    parts.append("## Publishing\n\n```bash\nhf upload OWNER/NAME THIS_FOLDER .\n```\n\nSet the license in the header first.")
     return "\n\n".join(parts) + "\n"

@@ -13,6 +13,14 @@ budget, guidance, sampler options, time grid ``schedule``), the latent scale and
 text encoder's name are saved configuration (``model_index.json``); a folder saved before the
 schedule was a setting loads with the uniform grid, as it sampled then.
 
+The call follows diffusers' contract: DiT's positional order ``pipe(class_labels, guidance_scale,
+generator, num_inference_steps, output_type, return_dict)`` (a text network takes its prompt
+first: ``pipe("a bold seven")``), ``latents=`` starts from given noise, and
+``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` runs once per outer step
+with ``callback_kwargs["latents"]``; the dict it returns may replace the latents.
+``num_inference_steps`` counts outer steps, not network evaluations: look-ahead with 50 outer
+steps costs 97 NFE on the uniform grid; ``nfe=`` is the budget form (the most outer steps that fit).
+
 diffusers' generic ``DiffusionPipeline.from_pretrained(folder)`` looks the pipeline class up in
 the diffusers package only; for this package's class the one line is
 ``pf.PatchForcingPipeline.from_pretrained(folder)``.
@@ -21,8 +29,9 @@ the diffusers package only; for this package's class the one line is
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +49,7 @@ from patchforcing.hub.folder import is_pipeline_folder, resolve_source
 from patchforcing.hub.transformer import PatchForcingTransformerModel
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import Guidance, SamplingPlan, sample
-from patchforcing.sampling.registry import OPTION_ALIASES, default_sampler, get_sampler
+from patchforcing.sampling.registry import OPTION_ALIASES, REGISTRY, default_sampler, get_sampler
 from patchforcing.sampling.schedules import UNIFORM, canonical_schedule
 from patchforcing.text import TextEncoder, check_encoder_fits, load_text_encoder
 
@@ -74,6 +83,7 @@ class PatchForcingPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "transformer->vae"
     _optional_components = ["vae"]
+    _callback_tensor_inputs = ["latents"]  # what callback_on_step_end may read and replace
 
     def __init__(self, transformer: PatchForcingTransformerModel, vae: AutoencoderKL | None = None, sampler: str = "look-ahead",
                  nfe: int = 32, guidance_scale: float = 1.0, guidance_interval: Sequence[float] | None = None,
@@ -91,7 +101,7 @@ class PatchForcingPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PatchForcingPipeline:
         """Load a saved pipeline from a folder or a Hub id already in the local Hugging Face cache
-        (an id that is not cached raises ``CheckpointError`` naming ``huggingface-cli download``)."""
+        (an id that is not cached raises ``CheckpointError`` naming the command that downloads it)."""
         folder = resolve_source(str(pretrained_model_name_or_path))
         return super().from_pretrained(str(folder), **kwargs)
 
@@ -198,13 +208,21 @@ class PatchForcingPipeline(DiffusionPipeline):
         labels = labels.repeat_interleave(num_images_per_prompt).to(device)
         return {"labels": labels}, int(labels.numel())
 
-    def prepare_noise(self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
-        """(B, C, H, W) starting noise: one ``randn_tensor`` of the whole batch in the network's dtype."""
+    def prepare_noise(self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None,
+                      latents: Tensor | None = None) -> Tensor:
+        """(B, C, H, W) starting noise: one ``randn_tensor`` of the whole batch in the network's dtype,
+        or ``latents`` (the caller's noise, checked against the batch and moved to the network's device and dtype)."""
         cfg = self.network.config
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ShapeError(f"{len(generator)} generators for {batch_size} images: pass one generator, or one per image")
         shape = (batch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
-        return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.transformer.dtype)
+        if latents is None:
+            return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.transformer.dtype)
+        if not isinstance(latents, Tensor) or tuple(latents.shape) != shape or not latents.is_floating_point():
+            got = tuple(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
+            raise ShapeError(f"latents has shape {got}; this call makes {batch_size} images and starts from noise of shape "
+                             f"{shape} (floating point), or pass no latents to draw it from generator")
+        return latents.to(device=self._execution_device, dtype=self.transformer.dtype)
 
     def decode(self, x: Tensor) -> Tensor:
         """Samples (B, C, H, W) -> images (B, 3 or C, H, W) in [-1, 1] (through the VAE for latent networks)."""
@@ -215,37 +233,71 @@ class PatchForcingPipeline(DiffusionPipeline):
         return decode_latents(self.vae, x, scale, shift)
 
     # --- the call -----------------------------------------------------------------------------------
+    @property
+    def num_timesteps(self) -> int:
+        """Outer steps of the last call (what ``callback_on_step_end``'s ``step_index`` counts)."""
+        return getattr(self, "_num_timesteps", 0)
+
     @torch.no_grad()
-    def __call__(self, class_labels: int | Sequence[int] | Tensor | None = None, prompt: str | Sequence[str] | None = None,
-                 negative_prompt: str | Sequence[str] | None = None, num_inference_steps: int | None = None, nfe: int | None = None,
-                 sampler: str | None = None, guidance_scale: float | None = None, guidance_interval: Sequence[float] | None = None,
-                 generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pil",
-                 return_dict: bool = True, num_images_per_prompt: int = 1, schedule: str | None = None,
+    def __call__(self, class_labels: int | Sequence[int] | Tensor | str | Sequence[str] | None = None,
+                 guidance_scale: float | None = None, generator: torch.Generator | list[torch.Generator] | None = None,
+                 num_inference_steps: int | None = None, output_type: str = "pil", return_dict: bool = True, *,
+                 prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
+                 nfe: int | None = None, sampler: str | None = None, guidance_interval: Sequence[float] | None = None,
+                 num_images_per_prompt: int = 1, schedule: str | None = None, latents: Tensor | None = None,
+                 callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+                 callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
                  **sampler_options: Any):
         """Generate images. Settings left at None take the pipeline's saved configuration
         (``look-ahead``, NFE 32, guidance 1 and the uniform time grid unless saved otherwise).
 
+        The first six arguments take DiT's positional order (``DiTPipeline.__call__``); the rest are
+        keywords.
+
         Args:
-            class_labels: class networks: an integer or a list (B,).
-            prompt, negative_prompt: text networks: prompts (B) and the guidance null (default "").
-            num_inference_steps: outer steps S; or ``nfe``: a budget of network evaluations.
-            sampler: a name of ``pf.SAMPLERS``: the paper's ``euler``, ``euler-pf``, ``dual-loop``, ``look-ahead``,
-                ``random-dual-loop``, ``random-look-ahead``, and ``look-ahead-heun``, ``corrected-look-ahead``.
-            guidance_scale, guidance_interval: classifier-free guidance weight and ``(lo, hi)`` interval.
+            class_labels: class networks: an integer or a list (B,). A text network takes its prompt
+                here too (a string or a list of strings), as diffusers' text pipelines take ``prompt`` first.
+            guidance_scale: classifier-free guidance weight (1 = off).
             generator: draws the noise (and the random masks); a list: one per image.
+            num_inference_steps: outer steps S. They are not network evaluations: an outer step of
+                ``look-ahead`` costs two (one during its warm-up), so ``num_inference_steps=50`` costs
+                97 NFE on the uniform grid, and one of ``dual-loop`` costs ``n_inner``. Pass ``nfe``
+                instead to give a budget of network evaluations (the most outer steps that fit it).
             output_type: ``"pil"``, ``"np"`` (B, H, W, C) in [0, 1], ``"pt"`` (B, C, H, W) in [0, 1]
                 or ``"latent"`` (the sampler's output as it is).
             return_dict: return ``PatchForcingPipelineOutput`` (else a tuple ``(images,)``).
+            prompt, negative_prompt: text networks: prompts (B) and the guidance null (default "").
+            nfe: a budget of network evaluations instead of ``num_inference_steps``.
+            sampler: a name of ``pf.SAMPLERS``: the paper's ``euler``, ``euler-pf``, ``dual-loop``, ``look-ahead``,
+                ``random-dual-loop``, ``random-look-ahead``, and ``look-ahead-heun``, ``corrected-look-ahead``.
+            guidance_interval: ``(lo, hi)``: guide only the outer steps with ``lo <= t_k <= hi``.
             num_images_per_prompt: images per label or prompt.
             schedule: the time grid of the outer steps: ``uniform`` (``t_k = k / S``), ``shift:S``
                 (``S > 1``: more steps near the noise) or ``edm:RHO`` (``docs/method.md``, section 10).
-            **sampler_options: ``p_frac`` (or ``p``), ``n_inner``, ``context_ratio``.
+            latents: (B, C, H, W) noise to start from instead of drawing it from ``generator`` (which
+                then still draws the random masks of the ``random-*`` samplers).
+            callback_on_step_end: called once after every outer step as
+                ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)``: ``step_index``
+                counts outer steps from 0 to ``pipe.num_timesteps - 1``, ``timestep`` is the grid time
+                ``t_k`` the step started from (a 0-d float32 tensor; t = 0 noise, t = 1 data) and
+                ``callback_kwargs["latents"]`` the sample after the step (at ``t_{k+1}``). It returns
+                a dict; a ``"latents"`` entry there replaces the sample for the rest of the run.
+                diffusers' ``PipelineCallback`` objects work as they are.
+            callback_on_step_end_tensor_inputs: the entries of ``callback_kwargs``: ``["latents"]``
+                (``pipe._callback_tensor_inputs``).
+            **sampler_options: ``p_frac`` (or ``p``), ``n_inner``, ``context_ratio``, ``correct_last``;
+                a keyword that is none of these nor an argument above is refused as an unknown pipeline argument.
         """
         if output_type not in OUTPUT_TYPES:
             raise ConfigError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+        _check_sampler_options(sampler_options)
+        if prompt is None and _is_text(class_labels) and self.network.config.is_text:
+            prompt, class_labels = class_labels, None  # a text pipeline's first positional argument is its prompt
+        step_end = self._step_end(callback_on_step_end, callback_on_step_end_tensor_inputs)
         plan = self.plan(sampler, num_inference_steps, nfe, sampler_options, guidance_scale, guidance_interval, schedule)
         given, batch = self.condition(class_labels, prompt, negative_prompt, num_images_per_prompt)
-        noise = self.prepare_noise(batch, generator)
+        noise = self.prepare_noise(batch, generator, latents)
+        self._num_timesteps = plan.steps
         net = self.network
         with self.progress_bar(total=plan.nfe) as bar:
             def tick(*_: Any) -> None:  # one tick per network evaluation; returns None, so the output is kept
@@ -253,7 +305,7 @@ class PatchForcingPipeline(DiffusionPipeline):
 
             hook = net.register_forward_hook(tick)
             try:
-                x, info = sample(net, noise, plan, generator=generator, return_info=True, **given)
+                x, info = sample(net, noise, plan, generator=generator, return_info=True, on_step_end=step_end, **given)
             finally:
                 hook.remove()
         images = x if output_type == "latent" else _convert(self.decode(x), output_type)
@@ -261,6 +313,39 @@ class PatchForcingPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return PatchForcingPipelineOutput(images=images, nfe=info["nfe"], steps=plan.steps)
+
+    def _step_end(self, callback: Callable[..., dict[str, Any]] | None,
+                  tensor_inputs: Sequence[str]) -> Callable[[int, float, Tensor], Tensor | None] | None:
+        """``sample``'s ``on_step_end`` for diffusers' ``callback_on_step_end`` (None without a callback)."""
+        if callback is None:
+            return None
+        names = list(getattr(callback, "tensor_inputs", None) or tensor_inputs)  # a PipelineCallback names its own
+        bad = [n for n in names if n not in self._callback_tensor_inputs]
+        if bad:
+            raise ConfigError(f"callback_on_step_end_tensor_inputs {bad}: the callback can read {self._callback_tensor_inputs} only")
+        if not callable(callback):
+            raise ConfigError(f"callback_on_step_end must be callable as (pipe, step_index, timestep, callback_kwargs), got {callback!r}")
+
+        def on_step_end(k: int, t_k: float, x: Tensor) -> Tensor | None:
+            returned = callback(self, k, torch.tensor(t_k, dtype=torch.float32), {n: x for n in names})
+            return returned.get("latents") if isinstance(returned, dict) else None
+
+        return on_step_end
+
+
+def _check_sampler_options(options: dict[str, Any]) -> None:
+    """Keywords the call gathered as sampler options must be one of some sampler's (a typo is named here,
+    not reported as an option the chosen sampler lacks)."""
+    known = {f.name for spec in REGISTRY.values() for f in dataclasses.fields(spec.options_type)} | set(OPTION_ALIASES)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        arguments = [n for n in inspect.signature(PatchForcingPipeline.__call__).parameters if n not in ("self", "sampler_options")]
+        raise ConfigError(f"unknown pipeline argument(s) {', '.join(map(repr, unknown))}; PatchForcingPipeline takes "
+                          f"{', '.join(arguments)} and the sampler options {', '.join(sorted(known))}")
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value))
 
 
 def _as_list(value: str | Sequence[str], name: str) -> list[str]:

@@ -176,7 +176,7 @@ class HFTextEncoder(TextEncoder):
             raise CheckpointError(
                 f"text encoder {self.name!r} ({source}) could not be loaded from a local folder or the Hugging Face cache "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:160]}). Download it once on a machine with internet "
-                f"(`hf download {source}`, or `huggingface-cli download {source}`) and copy the cache, or pass the path "
+                f"(`hf download {source}`) and copy the cache, or pass the path "
                 "of a local folder holding the model and its tokenizer"
             ) from None
         if self.tokenizer.pad_token is None:  # decoder-only tokenizers may lack one
