@@ -137,14 +137,27 @@ class Region:
     def network_times(self, t: Tensor) -> Tensor:
         """The times the network sees for the sampler's times ``t`` (B, N) or (B,): known patches at their mode's time."""
         tau = self.times(t)
-        return torch.where(self.known.to(t.device), self.known_time(tau), tau) if t.ndim == 2 else tau
+        if t.ndim == 1 or self.mode is KnownMode.SAME:
+            return tau
+        return torch.where(self.known.to(t.device), self.known_time(tau), tau)
 
-    def network_state(self, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-        """What the network sees for the sampler's state ``x`` (B, C, H, W) at its times ``t``:
-        the known patches replaced by the input noised to their time with the fixed noise."""
+    def network_state(self, x: Tensor, noise: Tensor, t: Tensor, known_px: Tensor | None = None,
+                      path: Tensor | None = None) -> Tensor:
+        """What the network sees for the sampler's state ``x`` (B, C, H, W) at its times ``t``: the
+        known patches replaced by the input noised to their time with the fixed noise,
+        ``x0 + tau (x1 - x0)``. ``known_px`` (the known pixels) and ``path`` (``x1 - x0``) may be
+        given precomputed (``RegionGuide`` does, once per run)."""
+        known_px = self.pixels(self.known, x) if known_px is None else known_px
+        if self.mode is KnownMode.CLEAN:
+            return torch.where(known_px, self.image.to(x), x)
+        path = self.image.to(x) - noise if path is None else path
         tk = self.known_time(self.times(t))  # (B, N) or (B,)
-        tk_px = patch_time_to_pixels(tk, self.patch_size, x.shape[-2], x.shape[-1]).to(x.dtype)
-        return torch.where(self.pixels(self.known, x), tk_px * self.image.to(x) + (1 - tk_px) * noise, x)
+        if tk.ndim == 1:
+            tk_px = tk.view(-1, 1, 1, 1)
+        else:  # (B, N) -> (B, 1, H, W): one copy
+            b, (h, w), p = x.shape[0], x.shape[-2:], self.patch_size
+            tk_px = tk.view(b, 1, h // p, 1, w // p, 1).expand(b, 1, h // p, p, w // p, p).reshape(b, 1, h, w)
+        return torch.where(known_px, torch.addcmul(noise, tk_px.to(x.dtype), path), x)
 
     def start_state(self, noise: Tensor) -> Tensor:
         """The sampler's starting point: the noise, and the input noised to its start time where ``start > 0``."""
@@ -196,8 +209,10 @@ class RegionGuide:
     def __call__(self, x: Tensor, t: Tensor) -> Guided:
         if self.per_patch and t.ndim == 1:  # a global-time sampler on a per-patch network
             t = t[:, None].expand(x.shape[0], self.num_patches)
-        out = self._guide(self.region.network_state(x, self.noise, t), self.region.network_times(t))
-        return Guided(self._velocity(out.velocity), out.logvar, self._velocity(out.cond_velocity))
+        x_in = self.region.network_state(x, self.noise, t, self._known, self._path_v)
+        out = self._guide(x_in, self.region.network_times(t))
+        v = self._velocity(out.velocity)
+        return Guided(v, out.logvar, v if out.cond_velocity is out.velocity else self._velocity(out.cond_velocity))
 
     def _velocity(self, v: Tensor) -> Tensor:
         """The network's velocity in the sampler's time: times ``1 - start``; the path's on known patches."""
