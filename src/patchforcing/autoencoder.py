@@ -10,7 +10,6 @@ are already in the local Hugging Face cache or a local folder is given.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from torch import Tensor
 
 from patchforcing.errors import DataError
 from patchforcing.hub.folder import is_pipeline_folder, pipeline_latents
+from patchforcing.json_files import read_json
 from patchforcing.runs import RunFolder
 
 SD_VAE_SCALE = 0.18215
@@ -47,6 +47,9 @@ def load_vae(vae: str, device: str | torch.device = "cpu"):
             "or a Hugging Face id such as stabilityai/sd-vae-ft-mse"
         )
     source = str(path) if path.exists() else vae
+    for config in (path / "config.json", path / "vae" / "config.json"):
+        if config.exists():  # checked before diffusers opens it: a regular JSON file of at most 1 MB
+            read_json(config, error=DataError, fix="pass a folder written by AutoencoderKL.save_pretrained")
     errors = []
     for subfolder in (None, "vae"):
         try:
@@ -125,8 +128,8 @@ def recorded_latents(checkpoint: str | os.PathLike) -> dict | None:
         config = folder.config
         if config.is_file():
             try:
-                info = json.loads(config.read_text()).get("data_info") or {}
-            except (OSError, ValueError, AttributeError):
+                info = read_json(config).get("data_info") or {}
+            except (OSError, ValueError, AttributeError):  # ValueError: not JSON, not a regular file, over 1 MB
                 return None
             if info.get("vae"):
                 return {k: info.get(k) for k in LATENT_KEYS}

@@ -39,21 +39,22 @@ def read_bytes_capped(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES, e
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
             raise error(f"{str(path)!r} is {kind}, not a regular file; {fix}")
-        data = b""
-        while len(data) <= limit:
-            chunk = os.read(fd, limit + 1 - len(data))
+        chunks, total = [], 0
+        while total <= limit and info.st_size <= limit:  # reads past st_size too: the file may be growing
+            chunk = os.read(fd, min(limit + 1 - total, max(info.st_size - total, 0) + (1 << 16)))
             if not chunk:
                 break
-            data += chunk
+            chunks.append(chunk)
+            total += len(chunk)
     finally:
         os.close(fd)
-    if len(data) > limit:
+    if max(total, info.st_size) > limit:
         raise error(f"{str(path)!r} holds more than {_size(limit)}, more than a file of this kind ever holds; {fix}")
-    return data
+    return b"".join(chunks)
 
 
 def read_text_capped(path: str | os.PathLike, *, limit: int = MAX_JSON_BYTES, error: type[Exception] = ConfigError,

@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import CheckpointError, ConfigError, RunFolderError, describe_os_error
+from patchforcing.json_files import read_json
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
+METRICS_LIMIT = 256 << 20  # bytes of metrics.jsonl read back (a long run writes a few MB)
 SAMPLES_DIR = "samples"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"  # an exported network beside (or instead of) training checkpoints
@@ -430,7 +432,7 @@ def _foreign_lock(info: os.stat_result, path: Path) -> str | None:
 
 def _holder(path: Path) -> str:
     try:
-        info = json.loads(path.read_text() or "{}")
+        info = read_json(path) if path.stat().st_size else {}
     except (OSError, ValueError):
         info = {}
     info = info if isinstance(info, dict) else {}

@@ -32,6 +32,7 @@ from patchforcing.data.builtin import load_digits_dataset
 from patchforcing.data.folders import FOLDER_RESOLUTION, read_image, report_skipped, scan_image_folder, split_image_files
 from patchforcing.errors import DataError
 from patchforcing.images import from_uint8
+from patchforcing.json_files import read_bytes_capped
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 THICKNESS = ("thin", "bold")
@@ -142,8 +143,9 @@ def _read_jsonl(root: Path) -> tuple[dict[Path, str], list[str]]:
     """``captions.jsonl`` as {resolved image path: caption}, and one line per entry it skips (a line
     that is not UTF-8 or not a ``{"file", "caption"}`` object, a file name that names no image)."""
     captions, broken = {}, []
-    try:
-        lines = (root / CAPTIONS_FILE).read_bytes().splitlines()
+    try:  # a regular file (a device or a FIFO in its place is refused unread) of at most 1 GB
+        lines = read_bytes_capped(root / CAPTIONS_FILE, limit=1 << 30, error=DataError,
+                                  fix=f"give the captions as a regular {CAPTIONS_FILE} file").splitlines()
     except OSError as err:
         raise DataError(f"cannot read {root / CAPTIONS_FILE} ({err.strerror}); check its permissions") from None
     for number, raw in enumerate(lines, start=1):

@@ -14,8 +14,9 @@ import shutil
 from pathlib import Path
 
 from patchforcing.data.base import SPLITS
-from patchforcing.data.latents import captions_file, is_latent_folder, read_meta
+from patchforcing.data.latents import CAPTIONS_LIMIT, captions_file, is_latent_folder, read_meta
 from patchforcing.errors import DataError
+from patchforcing.json_files import read_json
 from patchforcing.runs import LOCK_FILE, atomic_write_text, is_temporary
 
 GENERATION = re.compile(r"^gen-(\d+)$")
@@ -71,7 +72,7 @@ def stage_folder(out: Path, settings: dict) -> Path:
         if folder.name == live:
             continue
         try:
-            same = json.loads((folder / "settings.json").read_text()) == settings
+            same = read_json(folder / "settings.json") == settings
         except (OSError, ValueError):
             same = False
         if same:
@@ -86,8 +87,10 @@ def finished_split(stage: Path, split: str, prefix: str) -> dict | None:
     """The entry of a split this rank finished in an earlier, interrupted run (its shards checked)."""
     path = stage / f"{split}{'-' + prefix.rstrip('-') if prefix else ''}.json"
     try:
-        entry = json.loads(path.read_text())
+        entry = read_json(path)
     except (OSError, ValueError):
+        return None
+    if not isinstance(entry, dict):
         return None
     if all(shard_rows(stage.parent / name) is not None for name in entry.get("shards", [])):
         return entry
@@ -117,9 +120,9 @@ def shard_rows(path: Path) -> int | None:
         return None
     if path.with_name(path.name.replace(".safetensors", ".captions.json")).exists():
         try:
-            if len(json.loads(captions_file(path).read_text(encoding="utf-8"))) not in counts:
+            if len(read_json(captions_file(path), limit=CAPTIONS_LIMIT)) not in counts:
                 return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):
             return None
     return counts.pop()
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +45,11 @@ from patchforcing.data.base import ImageDataset, check_split
 from patchforcing.data.captions import CaptionedDataset
 from patchforcing.data.mapped import MappedLatents
 from patchforcing.errors import DataError
+from patchforcing.json_files import read_json
 from patchforcing.runs import LOCK_FILE
 
 LATENT_FORMAT, LATENT_VERSION = "patchforcing-latents", 1
+CAPTIONS_LIMIT = 64 << 20  # bytes of a shard's captions file (4096 captions of 16 kB each)
 
 
 def is_latent_folder(path: str | Path) -> bool:
@@ -60,8 +61,8 @@ def read_meta(root: str | Path) -> dict:
     """Read and check ``meta.json`` of a latent folder."""
     path = Path(root) / "meta.json"
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        meta = read_json(path, error=DataError, fix="re-run `patchforcing prepare-latents` to rewrite the folder")
+    except OSError as err:
         raise DataError(f"cannot read {path} ({err}); re-run `patchforcing prepare-latents` to rewrite the folder") from err
     if not isinstance(meta, dict) or meta.get("format") != LATENT_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else None
@@ -222,6 +223,6 @@ def captions_file(shard: Path) -> Path:
 
 def _read_captions(shard: Path) -> list[str]:
     try:
-        return list(json.loads(captions_file(shard).read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError) as err:
+        return list(read_json(captions_file(shard), limit=CAPTIONS_LIMIT, error=DataError, fix="re-run prepare-latents"))
+    except (OSError, TypeError) as err:
         raise DataError(f"cannot read the captions of latent shard {shard} ({err}); re-run prepare-latents") from err

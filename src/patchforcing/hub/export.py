@@ -19,7 +19,7 @@ from patchforcing.errors import ConfigError
 from patchforcing.hub.folder import PIPELINE_INDEX
 from patchforcing.hub.model_card import model_card, read_run
 from patchforcing.hub.pipeline import PatchForcingPipeline
-from patchforcing.runs import atomic_write_text, ensure_writable_folder
+from patchforcing.runs import atomic_write_text, ensure_writable_folder, file_mode
 from patchforcing.sampling.schedules import canonical_schedule
 
 
@@ -61,6 +61,7 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
         pipe.register_to_config(text_encoder=pipe.network.config.text_encoder)  # the encoder's id in model_index.json
     ensure_writable_folder(out)
     pipe.save_pretrained(out)
+    _give_files_the_usual_mode(out)
     network = pipe.network
     card = model_card(
         name=f"Patch Forcing: {Path(repo_id or out.resolve()).name}", repo=repo_id or str(out), source=str(source),
@@ -69,6 +70,15 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
         text_encoder=pipe.config.text_encoder or getattr(network.config, "text_encoder", None))
     atomic_write_text(out / "README.md", card)
     return out
+
+
+def _give_files_the_usual_mode(folder: Path) -> None:
+    """Every file under ``folder`` gets the mode of a normally created file (``0644`` under umask 022):
+    the safetensors writer creates the weights ``0600``, unlike every other file of the export."""
+    mode = file_mode()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 __all__ = ["export_pipeline"]

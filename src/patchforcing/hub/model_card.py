@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
-from patchforcing.runs import RunFolder
+from patchforcing.json_files import read_json, read_text_capped
+from patchforcing.runs import METRICS_LIMIT, RunFolder
 from patchforcing.sampling.schedules import UNIFORM
 
 PAPER = ("Schusterbauer, Gui, Li, Ma, Krause, Ommer, \"Denoising, Fast and Slow: Difficulty-Aware Adaptive Sampling for "
@@ -62,18 +63,22 @@ def read_run(source: str | Path, eval_dirs: list[str | Path] = ()) -> RunRecord:
     return record
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (a regular file of at most 1 MB), or None when it is missing,
+    unreadable or not an object."""
     try:
-        return json.loads(path.read_text())
+        value = read_json(path)
     except (OSError, ValueError):
         return None
+    return value if isinstance(value, dict) else None
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The readable lines of ``metrics.jsonl`` (a half-written last line is skipped)."""
+    """The readable lines of ``metrics.jsonl`` (a half-written last line is skipped; a file that is
+    not a regular one or holds more than ``METRICS_LIMIT`` bytes reads as none)."""
     try:
-        text = path.read_text()
-    except OSError:
+        text = read_text_capped(path, limit=METRICS_LIMIT)
+    except (OSError, ValueError):
         return []
     out = []
     for line in text.splitlines():

@@ -20,7 +20,6 @@ Writes into ``out``: ``runs/<network>/`` (training runs; a finished one is reuse
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from patchforcing.data import load_dataset
 from patchforcing.evaluation.digits import digits_metrics
 from patchforcing.evaluation.generate import generate_images
 from patchforcing.evaluation.photos import photos_metrics
+from patchforcing.json_files import read_json
 from patchforcing.report import study_report
 from patchforcing.report.common import RowCache, class_ordered, machine_info, newest_step, say, train_or_reuse, training_facts
 from patchforcing.report.study_mechanism import context_effect, mask_composition, mask_picture
@@ -167,7 +167,7 @@ def _train_or_reuse(config, log) -> dict[str, Any]:
 
 def _network_size(run_dir: Path) -> dict[str, Any]:
     """Depth, width and patch size of a trained network, read from its run's ``config.json``."""
-    model = json.loads(RunFolder(run_dir).config.read_text()).get("model_config") or {}
+    model = read_json(RunFolder(run_dir).config).get("model_config") or {}
     return {k: model.get(k) for k in ("depth", "hidden_size", "patch_size")}
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from patchforcing.errors import ConfigError
+from patchforcing.json_files import read_bytes_capped
 from patchforcing.models import PRESETS as MODEL_PRESETS
 from patchforcing.models import T2I_PRESETS, Kind, ModelConfig, T2IConfig, preset_config, t2i_preset_config
 from patchforcing.timesteps import DISTRIBUTIONS, PER_SAMPLE
@@ -271,8 +272,8 @@ def resolve_config(preset: str | None = None, config_file: str | Path | None = N
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a flat TOML (``.toml``) or YAML (``.yaml``/``.yml``) mapping; ``-`` in keys reads as ``_``."""
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
+    try:  # a regular file of at most 1 MB (a device or a FIFO in its place is refused unread)
+        text = read_bytes_capped(path, fix="pass a .toml or .yaml file of settings").decode("utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read config file {str(path)!r} ({err.strerror}); check the path") from None
     except UnicodeDecodeError as err:

@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from patchforcing.runs import atomic_write
+from patchforcing.errors import TrainingError
+from patchforcing.json_files import read_text_capped
+from patchforcing.runs import METRICS_LIMIT, atomic_write
 
 
 class MetricsLog:
@@ -26,7 +28,9 @@ class MetricsLog:
         """Drop lines of steps after ``step``: a resumed run redoes them."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line.strip() and _step_of(line) <= step]
+        text = read_text_capped(self.path, limit=METRICS_LIMIT, error=TrainingError,
+                                fix="move it away (a resumed run rewrites it) or choose another --out")
+        kept = [line for line in text.splitlines() if line.strip() and _step_of(line) <= step]
         atomic_write(self.path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
 
     def write(self, entry: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from patchforcing.errors import ConfigError, PatchForcingError
+from patchforcing.json_files import read_json
 from patchforcing.models import config_from_dict
 from patchforcing.runs import RunFolder, atomic_write
 from patchforcing.training import state
@@ -54,12 +55,12 @@ def _with_defaults(model_config: dict[str, Any]) -> dict[str, Any]:
 
 def changed_settings(run_dir: Path, cfg: TrainConfig) -> list[str]:
     """Settings that differ from the run folder's ``config.json`` (allowed on resume; reported)."""
-    import json
-
     path = RunFolder(run_dir).config
     try:
-        old = json.loads(path.read_text())
+        old = read_json(path)  # a regular file of at most 1 MB
     except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
         return []
     return [f"{k} {old[k]!r} -> {v!r}" for k, v in cfg.to_dict().items() if k in old and old[k] != v]
 
