@@ -41,11 +41,11 @@ from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
-from patchforcing.autoencoder import decode_latents, latent_decoder, vae_scale_factor, vae_shift_factor
+from patchforcing.autoencoder import decode_latents, latent_decoder, load_vae, vae_scale_factor, vae_shift_factor
 from patchforcing.checkpoints import load_model
 from patchforcing.conditioning import Condition
-from patchforcing.errors import ConfigError, ShapeError
-from patchforcing.hub.folder import is_pipeline_folder, resolve_source
+from patchforcing.errors import CheckpointError, ConfigError, PatchForcingError, ShapeError
+from patchforcing.hub.folder import PIPELINE_INDEX, is_pipeline_folder, read_pipeline_index, resolve_source
 from patchforcing.hub.transformer import PatchForcingTransformerModel
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import Guidance, SamplingPlan, sample
@@ -99,11 +99,32 @@ class PatchForcingPipeline(DiffusionPipeline):
 
     # --- building -------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> PatchForcingPipeline:
-        """Load a saved pipeline from a folder or a Hub id already in the local Hugging Face cache
-        (an id that is not cached raises ``CheckpointError`` naming the command that downloads it)."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **settings: Any) -> PatchForcingPipeline:
+        """Load a folder written by ``save_pretrained`` or ``patchforcing export``, or a Hub id already in
+        the local Hugging Face cache (an id that is not cached raises ``CheckpointError`` naming the
+        command that downloads it); ``settings`` (``sampler``, ``nfe`` ...) override the saved ones.
+
+        The folder is read by this project's own reader, never by diffusers' generic loader:
+        ``model_index.json`` must name this pipeline and its two components (``hub.folder.read_pipeline_index``),
+        the network is read and checked as ``pf.load_model`` reads any checkpoint, the VAE is loaded
+        as a diffusers ``AutoencoderKL``; nothing the folder names is imported.
+        """
         folder = resolve_source(str(pretrained_model_name_or_path))
-        return super().from_pretrained(str(folder), **kwargs)
+        saved = read_pipeline_index(folder)
+        has_vae, names = saved.pop("vae"), _setting_names(cls)
+        for given, unknown in (("from_pretrained", set(settings) - names), (str(folder / PIPELINE_INDEX), set(saved) - names)):
+            if unknown:
+                raise ConfigError(f"{given} holds settings this pipeline does not take ({sorted(unknown)}); the settings "
+                                  f"are {sorted(names)} (a folder of a newer version: update patchforcing)")
+        network = load_model(folder)
+        vae = load_vae(str(folder / "vae")) if has_vae else None
+        try:
+            return cls(PatchForcingTransformerModel.around(network), vae=vae, **{**saved, **settings})
+        except (TypeError, ValueError) as err:
+            if isinstance(err, PatchForcingError):
+                raise
+            raise CheckpointError(f"{str(folder / PIPELINE_INDEX)!r} holds an invalid setting ({err}); export the network "
+                                  "again with `patchforcing export`") from None
 
     @classmethod
     def from_checkpoint(cls, source: str | os.PathLike, *, vae: str | None = None, device: str | torch.device = "cpu",
@@ -346,6 +367,11 @@ def _check_sampler_options(options: dict[str, Any]) -> None:
 
 def _is_text(value: Any) -> bool:
     return isinstance(value, str) or (isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, str) for v in value))
+
+
+def _setting_names(cls: type) -> set[str]:
+    """The saved settings of a pipeline class: its ``__init__`` arguments other than the components."""
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "transformer", "vae"}
 
 
 def _as_list(value: str | Sequence[str], name: str) -> list[str]:

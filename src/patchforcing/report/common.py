@@ -22,13 +22,15 @@ from torch import Tensor, nn
 from patchforcing.errors import ConfigError
 from patchforcing.evaluation.digits import digits_metrics
 from patchforcing.evaluation.generate import generate_images
-from patchforcing.runs import RunFolder, atomic_write, newest_step
+from patchforcing.json_files import read_json, read_text_capped
+from patchforcing.runs import METRICS_LIMIT, RunFolder, atomic_write, newest_step
 from patchforcing.sampling import Guidance, SamplingPlan, get_sampler
 from patchforcing.sampling.schedules import UNIFORM, canonical_schedule
 from patchforcing.streams import EVAL_SEED_STRIDE
 from patchforcing.training import train
 
 METRICS = ("fid", "precision", "recall", "accuracy")
+RESULTS_LIMIT = 64 << 20  # bytes of a results.json row cache (a few kB per row)
 Log = Callable[[str], None]
 
 
@@ -65,7 +67,7 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     path = RunFolder(run_dir).metrics
     train_rows, val_rows = [], []
     if path.exists():
-        for line in path.read_text().splitlines():
+        for line in read_text_capped(path, limit=METRICS_LIMIT, fix="delete the run folder to train it again").splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
@@ -198,10 +200,11 @@ class RowCache:
         self.doc: dict[str, Any] = {"fingerprint": fingerprint, "cache": {}}
         if self.path.exists():
             try:
-                old = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError):
+                old = read_json(self.path, limit=RESULTS_LIMIT)
+            except (OSError, ValueError):  # ValueError: not JSON, not a regular file, too large
                 old = {}
                 log(f"{self.path} is unreadable; starting its rows over")
+            old = old if isinstance(old, dict) else {}
             if old.get("fingerprint") == fingerprint:
                 self.doc.update(old)
                 if self.doc["cache"]:
