@@ -34,42 +34,49 @@ def default_weights_path() -> Path:
 class DigitsClassifier(nn.Module):
     """Four 3x3 convolutions, two 2x2 max-pools and one hidden layer whose output is the feature.
 
+    The same network classifies other small images (``patchforcing.photos_classifier`` builds it
+    for 3-channel 32x32 photo crops); the defaults are the digits'.
+
     Args:
         width: channels of the first two convolutions; the last two use ``2 * width``.
         feature_dim: size F of the penultimate layer returned by :meth:`features`.
         dropout: dropout before the output layer (active in training only).
+        channels, resolution, classes: the input images (C, R, R) and the number of classes.
     """
 
-    def __init__(self, width: int = 32, feature_dim: int = 64, dropout: float = 0.3) -> None:
+    def __init__(self, width: int = 32, feature_dim: int = 64, dropout: float = 0.3, channels: int = 1,
+                 resolution: int = DIGITS_RESOLUTION, classes: int = DIGITS_CLASSES) -> None:
         super().__init__()
         self.config = {"width": width, "feature_dim": feature_dim, "dropout": dropout}
+        if (channels, resolution, classes) != (1, DIGITS_RESOLUTION, DIGITS_CLASSES):
+            self.config.update(channels=channels, resolution=resolution, classes=classes)
+        self.input_shape = (channels, resolution, resolution)
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, w, 3, padding=1), nn.GELU(),
             nn.Conv2d(w, w, 3, padding=1), nn.GELU(),
-            nn.MaxPool2d(2),  # (B, w, 8, 8)
+            nn.MaxPool2d(2),  # (B, w, R/2, R/2)
             nn.Conv2d(w, 2 * w, 3, padding=1), nn.GELU(),
             nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.GELU(),
-            nn.MaxPool2d(2),  # (B, 2w, 4, 4)
+            nn.MaxPool2d(2),  # (B, 2w, R/4, R/4)
             nn.Flatten(),
             # GELU, not ReLU, so no feature is identically zero and the FID covariance stays full rank.
-            nn.Linear(2 * w * (DIGITS_RESOLUTION // 4) ** 2, feature_dim), nn.GELU(),
+            nn.Linear(2 * w * (resolution // 4) ** 2, feature_dim), nn.GELU(),
         )
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, DIGITS_CLASSES))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, classes))
 
     def _check(self, x: torch.Tensor) -> None:
-        expected = (1, DIGITS_RESOLUTION, DIGITS_RESOLUTION)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(
-                f"DigitsClassifier expects images of shape (B, 1, 16, 16) in [-1, 1], got "
-                f"{tuple(x.shape)}; use the digits data at its native resolution."
+                f"{type(self).__name__} expects images of shape (B, {', '.join(map(str, self.input_shape))}) in [-1, 1], "
+                f"got {tuple(x.shape)}; use the data it was trained on at its native resolution."
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer features.
 
         Args:
-            x: (B, 1, 16, 16) images in [-1, 1].
+            x: (B, C, R, R) images in [-1, 1] (digits: (B, 1, 16, 16)).
 
         Returns:
             (B, F) features, F = ``feature_dim``.
@@ -81,10 +88,10 @@ class DigitsClassifier(nn.Module):
         """Class logits.
 
         Args:
-            x: (B, 1, 16, 16) images in [-1, 1].
+            x: (B, C, R, R) images in [-1, 1] (digits: (B, 1, 16, 16)).
 
         Returns:
-            (B, 10) logits.
+            (B, classes) logits.
         """
         return self.head(self.features(x))
 
@@ -105,11 +112,15 @@ def load_digits_classifier(
     Raises:
         CheckpointError: when the file is missing or does not fit the architecture.
     """
-    path = Path(path) if path is not None else default_weights_path()
+    return load_classifier("digits", Path(path) if path is not None else default_weights_path(), TRAIN_SCRIPT, device)
+
+
+def load_classifier(what: str, path: Path, train_script: str, device: str | torch.device = "cpu") -> DigitsClassifier:
+    """Load a classifier written by ``train_script`` (its architecture in the file's metadata), eval mode."""
     if not path.is_file():
         raise CheckpointError(
-            f"digits classifier weights not found at {path}; regenerate them with "
-            f"`python {TRAIN_SCRIPT}` (a few minutes on CPU)."
+            f"{what} classifier weights not found at {path}; regenerate them with "
+            f"`python {train_script}` (a few minutes on CPU)."
         )
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -120,8 +131,8 @@ def load_digits_classifier(
         model.load_state_dict(state)
     except (SafetensorError, OSError, ValueError, TypeError, RuntimeError) as err:
         raise CheckpointError(
-            f"{path} is not a digits classifier checkpoint ({err}); regenerate it with "
-            f"`python {TRAIN_SCRIPT}`."
+            f"{path} is not a {what} classifier checkpoint ({err}); regenerate it with "
+            f"`python {train_script}`."
         ) from None
     model.metadata = metadata
     return model.to(device).eval().requires_grad_(False)

@@ -21,8 +21,10 @@ from torch import Tensor
 
 from patchforcing.data import load_dataset
 from patchforcing.errors import ShapeError
+from patchforcing.evaluation.classifier import extract_features
 from patchforcing.evaluation.frechet import feature_statistics, frechet_distance
 from patchforcing.evaluation.prdc import precision_recall
+from patchforcing.photos_classifier import load_photos_classifier
 
 CELLS = 8  # cells per side of the feature grid
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luminance weights
@@ -47,16 +49,41 @@ def photo_features(images: Tensor) -> np.ndarray:
     return torch.cat([colour.flatten(1), texture.flatten(1)], dim=1).numpy()
 
 
-@lru_cache(maxsize=2)
-def reference_photo_features(split: str = "train", resolution: int = 32) -> np.ndarray:
+def classifier_photo_features(images: Tensor) -> np.ndarray:
+    """The penultimate layer of the shipped photo classifier (``patchforcing.photos_classifier``).
+
+    Args:
+        images: (M, 3, 32, 32) in [-1, 1].
+    Returns:
+        (M, 64) float64 features of a network trained to tell the bundled photographs apart.
+    """
+    return extract_features(_photos_classifier().features, images.float()).astype(np.float64)
+
+
+@lru_cache(maxsize=1)
+def _photos_classifier():
+    return load_photos_classifier()
+
+
+FEATURES = {"hand": photo_features, "classifier": classifier_photo_features}
+
+
+@lru_cache(maxsize=4)
+def reference_photo_features(split: str = "train", resolution: int = 32, features: str = "hand") -> np.ndarray:
     """Features of the bundled photo crops of ``split`` (the reference set of the metrics)."""
-    return photo_features(load_dataset("photos", split=split, resolution=resolution).images)
+    return FEATURES[features](load_dataset("photos", split=split, resolution=resolution).images)
 
 
-def photos_metrics(images: Tensor, *, reference: str = "train", k: int = 3) -> dict[str, float]:
-    """Fréchet distance, precision and recall of generated photo crops (M, 3, R, R) in [-1, 1]."""
-    fake = photo_features(images.float())
-    real = reference_photo_features(reference, int(images.shape[-1]))
+def photos_metrics(images: Tensor, *, reference: str = "train", k: int = 3, features: str = "hand") -> dict[str, float]:
+    """Fréchet distance, precision and recall of generated photo crops (M, 3, R, R) in [-1, 1].
+
+    ``features``: ``hand`` (colour layout and texture, above) or ``classifier`` (the photo
+    classifier's penultimate layer; 32x32 crops only).
+    """
+    if features not in FEATURES:
+        raise ValueError(f"unknown photo feature space {features!r}; choose one of: {', '.join(FEATURES)}")
+    fake = FEATURES[features](images.float())
+    real = reference_photo_features(reference, int(images.shape[-1]), features)
     mu_r, sig_r = feature_statistics(real)
     mu_f, sig_f = feature_statistics(fake)
     return {"fid": frechet_distance(mu_f, sig_f, mu_r, sig_r), **precision_recall(real, fake, k=k)}
