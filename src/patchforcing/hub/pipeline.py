@@ -46,6 +46,7 @@ from patchforcing.checkpoints import load_model
 from patchforcing.conditioning import Condition
 from patchforcing.errors import CheckpointError, ConfigError, PatchForcingError, ShapeError
 from patchforcing.hub.folder import PIPELINE_INDEX, is_pipeline_folder, read_pipeline_index, resolve_source
+from patchforcing.hub.inpaint import image_request
 from patchforcing.hub.transformer import PatchForcingTransformerModel
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import Guidance, SamplingPlan, sample
@@ -268,6 +269,7 @@ class PatchForcingPipeline(DiffusionPipeline):
                  num_images_per_prompt: int = 1, schedule: str | None = None, latents: Tensor | None = None,
                  callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
                  callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+                 image: Any = None, mask_image: Any = None, strength: Any = None, inpaint_mode: str | None = None,
                  **sampler_options: Any):
         """Generate images. Settings left at None take the pipeline's saved configuration
         (``look-ahead``, NFE 32, guidance 1 and the uniform time grid unless saved otherwise).
@@ -306,6 +308,13 @@ class PatchForcingPipeline(DiffusionPipeline):
                 diffusers' ``PipelineCallback`` objects work as they are.
             callback_on_step_end_tensor_inputs: the entries of ``callback_kwargs``: ``["latents"]``
                 (``pipe._callback_tensor_inputs``).
+            image: an input picture (PIL, or arrays / tensors in [0, 1], as diffusers takes them) to
+                inpaint (with ``mask_image``) or edit (with ``strength``): ``pf.inpaint`` / ``pf.edit`` on
+                this call's noise (``hub/inpaint.py``, ``docs/inpainting.md``).
+            mask_image: white (>= 0.5) = generate, black = keep; the kept pixels of the result are the input's.
+            strength: with a mask, the generated region starts from the input noised to ``1 - strength``
+                (default 1: from noise); without one, a number or a per-pixel map in [0, 1] (per-region editing).
+            inpaint_mode: when the kept patches enter each evaluation: ``same`` (default), ``ahead`` or ``clean``.
             **sampler_options: ``p_frac`` (or ``p``), ``n_inner``, ``context_ratio``, ``correct_last``;
                 a keyword that is none of these nor an argument above is refused as an unknown pipeline argument.
         """
@@ -318,6 +327,7 @@ class PatchForcingPipeline(DiffusionPipeline):
         plan = self.plan(sampler, num_inference_steps, nfe, sampler_options, guidance_scale, guidance_interval, schedule)
         given, batch = self.condition(class_labels, prompt, negative_prompt, num_images_per_prompt)
         noise = self.prepare_noise(batch, generator, latents)
+        request = image_request(self, image, mask_image, strength, inpaint_mode, batch)  # None: plain sampling
         self._num_timesteps = plan.steps
         net = self.network
         with self.progress_bar(total=plan.nfe) as bar:
@@ -326,10 +336,12 @@ class PatchForcingPipeline(DiffusionPipeline):
 
             hook = net.register_forward_hook(tick)
             try:
-                x, info = sample(net, noise, plan, generator=generator, return_info=True, on_step_end=step_end, **given)
+                run = sample if request is None else request.run
+                x, info = run(net, noise, plan, generator=generator, return_info=True, on_step_end=step_end, **given)
             finally:
                 hook.remove()
-        images = x if output_type == "latent" else _convert(self.decode(x), output_type)
+        images = x if output_type == "latent" else _convert(self.decode(x) if request is None else request.finish(self.decode(x)),
+                                                             output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
