@@ -134,7 +134,7 @@ def _claim(folder: Path, plan: dict[str, Any]) -> None:
     text = json.dumps(plan, indent=2, sort_keys=True, default=str)
     if path.exists() or path.is_symlink():
         try:
-            old = read_json(path)  # a regular file of at most 1 MB
+            old = read_json(path, fix="not a plan this project wrote")  # a regular file of at most 1 MB
         except (OSError, ValueError) as err:
             old = err
         if not isinstance(old, dict):
@@ -154,15 +154,20 @@ def _differences(old: Any, new: Any, key: str = "") -> list[str]:
     joined by dots, e.g. ``plan.options.n_inner``), so a message shows the field that changed."""
     if isinstance(old, dict) and isinstance(new, dict):
         return [line for k in sorted(set(old) | set(new), key=str)
-                for line in _differences(old.get(k), new.get(k), f"{key}.{k}" if key else str(k))]
+                for line in _differences(old.get(k, _ABSENT), new.get(k, _ABSENT), f"{key}.{k}" if key else str(k))]
     return [] if old == new else [f"{key}: {_short(old)} there, {_short(new)} now"]
 
 
+_ABSENT = object()  # a key one of the two plans lacks
+
+
 def _short(value: Any) -> str:
-    """A value for one error line: digests cut to 12 hex digits, anything else to 80 characters."""
+    """A value for one error line: ``absent``, digests cut to 12 hex digits, anything else to 80 characters."""
+    if value is _ABSENT:
+        return "absent"
     if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
         return f"sha256 {value[:12]}..."
-    return repr(value)[:80] if not isinstance(value, Exception) else f"{type(value).__name__}: {value}"[:120]
+    return repr(value)[:80] if not isinstance(value, Exception) else f"{type(value).__name__}: {value}"[:300]
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
