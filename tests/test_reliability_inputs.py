@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import patchforcing as pf
+from conftest import make_model, make_vae
 from patchforcing import checkpoints, runs
 from patchforcing.cli import main
 from patchforcing.errors import CheckpointError, ConfigError
@@ -37,14 +38,18 @@ REEXPORT = "export the network again with `patchforcing export`"
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> Path:
-    """``pf.safetensors`` (the digits size, depth 2, width 32) and ``exported/``, its export."""
+    """``pf.safetensors`` (the digits size, depth 2, width 32), ``exported/``, its export, and
+    ``latent/``, the saved pipeline of a latent network with its tiny VAE."""
     from patchforcing.hub.export import export_pipeline
+    from patchforcing.hub.transformer import PatchForcingTransformerModel
 
     root = tmp_path_factory.mktemp("inputs")
     torch.set_num_threads(1)
     torch.manual_seed(0)
     pf.save_model(pf.create_model("PF-XS/2", depth=2, hidden_size=32, num_heads=2), root / "pf.safetensors")
     export_pipeline(root / "pf.safetensors", root / "exported")
+    latent = PatchForcingTransformerModel.from_network(make_model(dtype=torch.float32, in_channels=4))
+    pf.PatchForcingPipeline(latent, vae=make_vae(), latent_scale=0.5).save_pretrained(root / "latent")
     return root
 
 
@@ -89,6 +94,25 @@ def _exported(tmp: Path, base: Path) -> Path:
     folder = tmp / "exported"
     shutil.copytree(base / "exported", folder)
     return folder
+
+
+def _latent(tmp: Path, base: Path, damage: Callable[[Path], None]) -> Path:
+    """The latent pipeline with ``damage(vae_weights)`` done to its VAE's weights file."""
+    folder = tmp / "latent"
+    shutil.copytree(base / "latent", folder)
+    damage(folder / "vae" / "diffusion_pytorch_model.safetensors")
+    return folder
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+def _half_as_bin(path: Path) -> None:
+    """Half the tensors, as a pickled ``.bin`` in place of the safetensors file (diffusers reads it)."""
+    state = load_file(path)
+    torch.save(dict(list(state.items())[: len(state) // 2]), path.with_suffix(".bin"))
+    path.unlink()
 
 
 def _with_index(tmp: Path, base: Path, **changes) -> Path:
@@ -159,6 +183,11 @@ def _plan_on_dev_zero(tmp: Path) -> Path:
 def _toml_on_dev_zero(tmp: Path) -> Path:
     (tmp / "c.toml").symlink_to("/dev/zero")
     return tmp / "c.toml"
+
+
+def _replace_with(path: Path, make: Callable[[Path], None]) -> None:
+    path.unlink()
+    make(path)
 
 
 def _link_to_dev_zero(path: Path) -> None:
@@ -237,6 +266,13 @@ CASES: dict[str, Case] = {
     "sample: a custom component file": Case(_sample(_custom_component), "names component 'transformer' as ['evil', 'Evil']"),
     "export: a custom component file": Case(_export(_custom_component), "names component 'transformer' as ['evil', 'Evil']", DISK),
     "sample: truncated weights": Case(_sample(_truncated_weights), "(SafetensorError: "),
+    "sample: truncated VAE weights": Case(_sample(lambda t, b: _latent(t, b, _truncate)), "could not load an AutoencoderKL from"),
+    "sample: VAE weights half of them": Case(_sample(lambda t, b: _latent(t, b, _half_as_bin)),
+                                             "the weights file is incomplete or of another network"),
+    "sample: VAE config.json on /dev/zero": Case(_sample(lambda t, b: _latent(t, b, lambda w: _replace_with(w.parent / "config.json",
+                                                                                                            _link_to_dev_zero))),
+                                                 "vae/config.json' is a character device"),
+    "export: truncated VAE weights": Case(_export(lambda t, b: _latent(t, b, _truncate)), "could not load an AutoencoderKL from", DISK),
     "export: truncated weights": Case(_export(_truncated_weights), "the file is truncated or of another kind", DISK),
     "export: weights pickled as .bin": Case(_export(_pickled_weights), "pickles this project never reads", DISK),
     "export: model_index.json not JSON": Case(_export(lambda t, b: _replaced(t, b, "model_index.json", lambda p: p.write_text("{nope"))),

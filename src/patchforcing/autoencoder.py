@@ -53,10 +53,12 @@ def load_vae(vae: str, device: str | torch.device = "cpu"):
     errors = []
     for subfolder in (None, "vae"):
         try:
-            model = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=True)
-            return model.to(device).eval().requires_grad_(False)
+            model, info = AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=True, output_loading_info=True)
         except (OSError, ValueError) as err:
             errors.append(f"{err}".splitlines()[0] if str(err) else type(err).__name__)
+            continue
+        _check_complete(info.get("missing_keys") or [], Path(source, subfolder or ""))
+        return model.to(device).eval().requires_grad_(False)
     if path.exists():
         raise DataError(
             f"could not load an AutoencoderKL from {path} ({errors[0]}); pass a folder written by "
@@ -66,6 +68,15 @@ def load_vae(vae: str, device: str | torch.device = "cpu"):
         f"VAE weights for {vae!r} not found offline (no local folder of that name, not in the Hugging Face cache); "
         f"download them once with `hf download {vae}` on a machine with internet, or pass a local folder"
     )
+
+
+def _check_complete(missing: list[str], folder: Path) -> None:
+    """Refuse a VAE whose weights file lacks tensors of its config's network (diffusers would leave
+    them uninitialised: random weights, or no data at all on the meta device)."""
+    if missing:
+        raise DataError(f"the VAE weights in {folder} lack {len(missing)} of its network's tensors (for example "
+                        f"{sorted(missing)[0]!r}): the weights file is incomplete or of another network; pass a folder "
+                        "written by AutoencoderKL.save_pretrained")
 
 
 def encode_posterior(model, images: Tensor, scale: float, shift: float = 0.0) -> tuple[Tensor, Tensor]:

@@ -128,9 +128,11 @@ def pipeline_latents(folder: str | os.PathLike) -> dict[str, Any] | None:
     """``{"vae", "scale_factor", "shift_factor"}`` of an exported folder with a ``vae/``, else None
     (the form of ``patchforcing.autoencoder.recorded_latents``)."""
     folder = Path(folder)
-    if not is_pipeline_folder(folder) or not (folder / "vae" / "config.json").is_file():
+    if not is_pipeline_folder(folder):
         return None
-    index = read_pipeline_index(folder)
+    index = read_pipeline_index(folder)  # refuses an index that names anything else
+    if not index["vae"]:
+        return None
     return {"vae": str(folder / "vae"), "scale_factor": index.get("latent_scale"), "shift_factor": index.get("latent_shift")}
 
 
