@@ -27,6 +27,8 @@ from patchforcing.streams import mask_generators
 from patchforcing.text.prompts import prompt_condition, read_prompts
 from patchforcing.viz import difficulty_panels, grid, to_uint8
 
+MAX_GRID_SAMPLES = 1024  # one PNG grid: 128 rows of 8; 1,024 samples of 256 px are 67 Mpx, about 200 MB in memory
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample a checkpoint and save a PNG grid", description=__doc__,
@@ -37,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", action="append", default=None, help="text-to-image networks: a prompt (repeat for several)")
     p.add_argument("--prompts-file", default=None, help="text-to-image networks: a file with one prompt per line")
     p.add_argument("--text-encoder", default=None, help="text encoder name, repo id or folder (default: the one the network records)")
-    p.add_argument("--num-samples", type=int, default=None, help="number of samples (default: one per label, else 16)")
+    p.add_argument("--num-samples", type=int, default=None, help=f"number of samples (default: one per label, else 16; at most {MAX_GRID_SAMPLES:,}: one grid)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
     p.add_argument("--batch-size", type=int, default=64, help="samples per sampler call (sample i uses seed + i in any batch)")
     p.add_argument("--vae", default=None,
@@ -86,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     n = n_text if condition is not None else (args.num_samples if args.num_samples is not None else (len(labels) if labels else 16))
     if labels is not None and len(labels) not in (1, n):
         raise ConfigError(f"{len(labels)} labels for {n} samples: give one label per sample or a single label")
+    check_grid_size(n)
     seeds = list(range(args.seed, args.seed + n))
     if labels is None and cfg.num_classes > 0:
         rng = np.random.default_rng(args.seed)
@@ -114,6 +117,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_grid_size(n: int) -> None:
+    """``sample`` holds every sample in memory and draws them into one picture: at most
+    ``MAX_GRID_SAMPLES`` (a ``ConfigError`` naming the count and the fix above it)."""
+    if n > MAX_GRID_SAMPLES:
+        raise ConfigError(f"{n:,} samples are more than one grid picture holds (at most {MAX_GRID_SAMPLES:,}, all kept in "
+                          "memory): lower --num-samples (or the labels or prompts), and draw more in further runs with "
+                          "--seed (sample i uses seed + i)")
+
+
 def _check_flags(args: argparse.Namespace) -> tuple[Path, str]:
     """Check the flags and the output path before the network is loaded; returns (out, image format)."""
     from PIL import Image
@@ -121,6 +133,8 @@ def _check_flags(args: argparse.Namespace) -> tuple[Path, str]:
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, got {args.num_samples}; leave it out for one "
                           "sample per label (16 without --labels)")
+    if args.num_samples is not None:
+        check_grid_size(args.num_samples)
     check_seed(args.seed)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -163,6 +163,7 @@ def sample(
         x = region.composite(x)
     if progress:
         guide.close()
+    plan.check_samples(x, model, noise, condition, guide_model)  # a scale that overflowed: an error, not a black image
     if not return_info:
         return x
     info: dict[str, Any] = {"nfe": guide.nfe, "guide_nfe": guide.guide_nfe, "steps": plan.steps, "sampler": plan.sampler,

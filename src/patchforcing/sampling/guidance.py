@@ -258,13 +258,16 @@ def _f32(value: float) -> float:
 
 
 def check_interval(interval) -> tuple[float, float]:
-    """Validate ``(lo, hi)`` and round both to float32, the precision of the time grid."""
+    """Validate ``(lo, hi)`` in t, ``0 <= lo <= hi <= 1``, and round both to float32, the precision
+    of the time grid; the one check of every interval (``--guidance-interval``, ``pf.sample``, the
+    pipeline and the app)."""
     try:
         lo, hi = (float(v) for v in interval)
     except (TypeError, ValueError):
         raise ConfigError(f"guidance_interval must be two numbers (lo, hi), got {interval!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-        raise ConfigError(f"guidance_interval needs finite lo <= hi, got ({lo}, {hi}); e.g. (0.1, 0.7)")
+    if not 0.0 <= lo <= hi <= 1.0:  # NaN fails too
+        raise ConfigError(f"guidance_interval needs 0 <= lo <= hi <= 1 in t (0 noise, 1 data), got ({lo:g}, {hi:g}); "
+                          "e.g. 0.1,0.7, or sigma:LO,HI for the published form")
     return _f32(lo), _f32(hi)
 
 

@@ -16,11 +16,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
+from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError
 from patchforcing.sampling.guidance import GuidanceInterval, check_guide_model
 from patchforcing.sampling.registry import (
+    MAX_PLAN_NFE,
     SAMPLERS,
     SamplerOptions,
     SamplerSpec,
@@ -102,11 +105,19 @@ class SamplingPlan:
         if not _is_positive_integer(self.steps):
             raise ConfigError(f"steps must be a positive integer, got {self.steps}")
         object.__setattr__(self, "steps", int(self.steps))
+        if self.steps > MAX_PLAN_NFE:  # every sampler calls the network at least once per step: refused before the grid is built
+            raise ConfigError(f"{self.steps:,} outer steps cost at least {self.steps:,} network evaluations per image, more "
+                              f"than a plan may cost (at most {MAX_PLAN_NFE:,}; the paper samples with 32): lower --steps")
         object.__setattr__(self, "options", spec.make_options(self.options))
         if not isinstance(self.guidance, Guidance):
             raise ConfigError(f"guidance must be a patchforcing.sampling.Guidance, got {type(self.guidance).__name__}")
         object.__setattr__(self, "schedule", canonical_schedule(self.schedule))
         time_grid(self.steps, self.schedule)  # a grid that collapses in float32 fails here, once
+        if self.nfe > MAX_PLAN_NFE:
+            opts = ", ".join(f"{k}={v:,}" for k, v in self.options.to_dict().items())
+            raise ConfigError(f"{self.sampler} with {self.steps:,} steps{f' and {opts}' if opts else ''} costs {self.nfe:,} "
+                              f"network evaluations per image, more than a plan may cost (at most {MAX_PLAN_NFE:,}; the "
+                              "paper samples with 32): lower --steps or --nfe, or the sampler's options (--n-inner)")
 
     @classmethod
     def from_nfe(cls, sampler: str, nfe: int, *, guidance: Guidance | None = None, schedule: str = UNIFORM,
@@ -162,6 +173,28 @@ class SamplingPlan:
             raise ConfigError(f"cfg_scale={g.scale} needs a null class, but this network has none (unconditional, or "
                               "trained with class_dropout_prob=0): use cfg_scale 1, or autoguidance (--guide-checkpoint)")
         return self
+
+    def check_samples(self, x: Tensor, model: nn.Module, noise: Tensor, condition: Condition | Tensor | None = None,
+                      guide_model: nn.Module | None = None) -> None:
+        """Refuse guided samples ``x`` that hold inf or NaN while the network's own prediction on
+        ``noise`` is finite: the guidance scale overflowed float32 (``--cfg-scale 1e30`` would
+        otherwise give black images). Unguided plans and non-finite networks pass (``evaluate``
+        names those). ``condition`` is a ``Condition`` or class labels (B,) as ``Guide`` takes them.
+
+        Raises:
+            ConfigError: naming the scale and the fix.
+        """
+        g = self.guidance
+        if not g.active or bool(torch.isfinite(x).all()):
+            return
+        b, cfg = noise.shape[0], model.config
+        t = noise.new_zeros((b, cfg.num_patches) if network_takes_per_patch_time(cfg) else (b,))
+        value = condition.value if isinstance(condition, Condition) else condition
+        for net in [n for n in (model, guide_model) if n is not None]:
+            if not bool(torch.isfinite(net(noise, t, value)[0]).all()):
+                return  # the network itself is not finite at t = 0: not the scale's doing
+        raise ConfigError(f"guidance scale {g.scale:g} made the samples infinite or NaN while the network's own prediction "
+                          "is finite: lower the scale (--cfg-scale, guidance_scale; 1.5 to 4 are usual, 1 turns guidance off)")
 
     def to_kwargs(self) -> dict[str, Any]:
         """The loose keywords of the older calls (``sampler``, ``steps``, ``schedule``, ``cfg_scale``,

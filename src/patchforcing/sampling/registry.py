@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,11 @@ from patchforcing.sampling.schedules import UNIFORM, time_grid
 
 # Old keyword names still accepted in Python calls (the README's ``p=0.4``): old -> field.
 OPTION_ALIASES = {"p": "p_frac"}
+
+# The most network evaluations one image may cost (a plan's NFE, an NFE budget): 300 times the
+# paper's 32 and above the 1,000-step references of the field; more is a typo that would fill the
+# memory with its time grid or run for days, so plans above it are refused up front.
+MAX_PLAN_NFE = 10_000
 
 
 # --- typed options -------------------------------------------------------------------------------
@@ -226,8 +232,11 @@ class SamplerSpec:
     def steps_for_nfe(self, nfe: int, options: SamplerOptions | None = None, schedule: str = UNIFORM) -> int:
         """The most outer steps whose NFE on the grid of ``schedule`` fits within ``nfe``."""
         options = self.make_options(options)
-        if isinstance(nfe, bool) or int(nfe) != nfe or nfe < 1:
+        if isinstance(nfe, bool) or not isinstance(nfe, numbers.Real) or not math.isfinite(nfe) or int(nfe) != nfe or nfe < 1:
             raise ConfigError(f"the NFE budget must be a whole number of at least 1, got {nfe}")
+        if nfe > MAX_PLAN_NFE:
+            raise ConfigError(f"an NFE budget of {int(nfe):,} network evaluations per image is more than a plan may cost "
+                              f"(at most {MAX_PLAN_NFE:,}; the paper samples with 32): lower --nfe")
         one = self.nfe(1, options, schedule)
         if one > nfe:
             raise ConfigError(f"one step of {self.name!r} already costs {one} NFE, more than the budget of {nfe}; "
