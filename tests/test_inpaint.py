@@ -266,3 +266,28 @@ def test_a_global_time_network_refuses_other_modes_and_strength_maps(sit_net):
 def test_noise_or_seeds_one_of_them(pf_net):
     with pytest.raises(ConfigError, match="noise=.*or seeds="):
         pf.inpaint(pf_net, _image(), _mask(), sampler="euler-pf", steps=2, labels=LABELS)
+
+
+def test_a_text_network_inpaints_from_its_prompt_with_guidance():
+    from patchforcing.models import T2IConfig, create_model
+    from patchforcing.text import load_text_encoder, text_condition
+
+    torch.manual_seed(0)
+    net = create_model(T2IConfig(input_size=8, in_channels=1, depth=2, hidden_dim=32, head_dim=16, mapping_dim=16, mapping_depth=1,
+                                 txt_in_dim=64, txt_refiner_dim=32, txt_refiner_head_dim=16, txt_refiner_depth=1,
+                                 text_encoder="byte-toy", text_length=16)).double().eval()
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in net.parameters():
+            if p.requires_grad:
+                p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=F64))
+    cond = text_condition(load_text_encoder("byte-toy", max_length=16), ["a bold seven", "a thin two"])
+    image = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2), dtype=F64) * 2 - 1
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[..., 4:] = 1
+    x, info = pf.inpaint(net, image, mask, sampler="look-ahead", steps=4, seeds=[0, 1], condition=cond, cfg_scale=2.0,
+                         mode="ahead", return_info=True)
+    assert torch.equal(x[..., :4], image[..., :4]) and info["nfe"] == pf.expected_nfe("look-ahead", 4)
+    swapped = pf.inpaint(net, image, mask, sampler="look-ahead", steps=4, seeds=[0, 1], condition=cond.select([1, 0]),
+                         cfg_scale=2.0, mode="ahead")
+    assert torch.equal(swapped[..., :4], image[..., :4]) and not torch.equal(swapped[..., 4:], x[..., 4:])  # the prompt counts
