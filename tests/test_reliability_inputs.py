@@ -382,9 +382,11 @@ def test_an_export_loads_back_through_the_own_reader_with_its_settings(tmp_path,
     assert all(torch.equal(a, b) for a, b in zip(pipe.network.state_dict().values(), net.state_dict().values(), strict=True))
     with pytest.raises(ConfigError, match=r"from_pretrained holds settings this pipeline does not take \(\['steps'\]\)"):
         pf.PatchForcingPipeline.from_pretrained(base / "exported", steps=4)
-    folder = _with_index(tmp_path, base, nfe="many")
-    with pytest.raises(CheckpointError, match="model_index.json' holds an invalid setting"):
-        pf.PatchForcingPipeline.from_pretrained(folder)
+    for loader in (pf.load_model, pf.PatchForcingPipeline.from_pretrained):  # saved settings of the wrong JSON type
+        with pytest.raises(CheckpointError, match=r"model_index.json' holds nfe = 'many', not an integer; export the network again"):
+            loader(_with_index(tmp_path / loader.__name__, base, nfe="many"))
+    with pytest.raises(ConfigError, match=r"guidance_interval must be two numbers \(lo, hi\), got \(0.1, 0.2, 0.3\)"):
+        pf.PatchForcingPipeline.from_pretrained(_with_index(tmp_path, base, guidance_interval=[0.1, 0.2, 0.3]))
 
 
 # --- 8. messages and modes ------------------------------------------------------------------------------------

@@ -39,6 +39,12 @@ COMPONENT_CLASS = "PatchForcingTransformerModel"
 COMPONENTS = {"transformer": (["patchforcing.hub.transformer", COMPONENT_CLASS],),
               "vae": ([None, None], ["diffusers", "AutoencoderKL"])}
 _REEXPORT = "export the network again with `patchforcing export`"
+# The JSON types of the pipeline settings save_pretrained writes (their values are checked by the pipeline).
+_NUMBER, _MAYBE_NUMBER = ((int, float), "a number"), ((int, float, type(None)), "a number or null")
+SETTING_TYPES = {"sampler": ((str,), "a sampler name"), "nfe": ((int,), "an integer"), "guidance_scale": _NUMBER,
+                 "guidance_interval": ((list, type(None)), "a [lo, hi] list or null"), "sampler_options": ((dict,), "an object"),
+                 "latent_scale": _MAYBE_NUMBER, "latent_shift": _MAYBE_NUMBER, "text_encoder": ((str, type(None)), "a name or null"),
+                 "schedule": ((str,), "a schedule such as uniform")}
 
 
 def is_pipeline_folder(path: str | os.PathLike) -> bool:
@@ -75,6 +81,10 @@ def read_pipeline_index(folder: str | os.PathLike) -> dict[str, Any]:
     if "transformer" not in index:
         raise CheckpointError(f"{str(path)!r} names no transformer component; {_REEXPORT}")
     settings = {k: v for k, v in index.items() if not k.startswith("_") and k not in COMPONENTS}
+    for key, value in settings.items():
+        kinds, words = SETTING_TYPES.get(key, ((object,), ""))
+        if not isinstance(value, kinds) or (isinstance(value, bool) and key in SETTING_TYPES):
+            raise CheckpointError(f"{str(path)!r} holds {key} = {value!r:.60}, not {words}; {_REEXPORT}")
     return {**settings, "vae": index.get("vae", [None, None])[0] is not None}
 
 
@@ -95,6 +105,8 @@ def read_pipeline_network(folder: str | os.PathLike) -> tuple[dict[str, Any], di
     sub = Path(folder) / TRANSFORMER
     config = _read_component_config(sub / "config.json")
     weights = sub / WEIGHTS
+    if weights.exists() and not weights.is_file():  # a folder, a device, a FIFO in its place
+        raise CheckpointError(f"{str(weights)!r} is not a regular file; {_REEXPORT}")
     if not weights.is_file():
         pickled = sorted(p.name for p in sub.glob("*.bin"))
         found = f"only {pickled}, pickles this project never reads (loading them could run code)" if pickled else "nothing"

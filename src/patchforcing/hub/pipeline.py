@@ -120,7 +120,9 @@ class PatchForcingPipeline(DiffusionPipeline):
         network = load_model(folder)
         vae = load_vae(str(folder / "vae")) if has_vae else None
         try:
-            return cls(PatchForcingTransformerModel.around(network), vae=vae, **{**saved, **settings})
+            pipe = cls(PatchForcingTransformerModel.around(network), vae=vae, **{**saved, **settings})
+            pipe.plan()  # the saved sampler, budget, guidance and time grid fit the network
+            return pipe
         except (TypeError, ValueError) as err:
             if isinstance(err, PatchForcingError):
                 raise
