@@ -49,6 +49,30 @@ def test_sample_show_difficulty_adds_maps(tmp_path):
     assert w_maps > 2 * w_plain  # image | difficulty | time map
 
 
+def test_show_difficulty_names_its_panels_and_draws_a_legend(tmp_path):
+    from patchforcing.viz import colormap, difficulty_panels, grid, labelled_panel_grid
+
+    _, ckpt = _tiny(tmp_path)
+    out = tmp_path / "maps.png"
+    assert main(["sample", "--checkpoint", str(ckpt), "--sampler", "look-ahead", "--steps", "4", "--labels", "0,1",
+                 "--show-difficulty", "--out", str(out)]) == 0
+    page = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    # the same layout on known tiles: the grid sits below a header row, the legend below the grid
+    tiles = difficulty_panels(torch.zeros(2, 1, 8, 8), torch.ones(2, 1, 8, 8), torch.full((2, 16), 0.5))
+    body = np.asarray(grid(tiles, ncols=2, scale=8).convert("RGB")).astype(int)
+    drawn = np.asarray(labelled_panel_grid(tiles, ["image", "difficulty", "patch time"], 2, 8, note="n")).astype(int)
+    assert drawn.shape == page.shape
+    top = next(y for y in range(drawn.shape[0]) if np.array_equal(drawn[y:y + body.shape[0], :body.shape[1]], body))
+    assert top > 8  # a header row of names above the grid
+    for panel in range(3):  # each panel of the first tile has its name (dark text) above it
+        x0, x1 = 16 + panel * 64, 16 + (panel + 1) * 64
+        assert (page[:top, x0:x1] < 100).all(axis=2).any(), panel
+    legend = page[top + body.shape[0]:]
+    ends = colormap(torch.tensor([[[0.0, 1.0]]]))[0, 0]  # the ramp's two end colours appear in the legend
+    for colour in ends:
+        assert (np.abs(legend - colour.astype(int)).sum(axis=2) <= 3).any()
+
+
 def test_sample_decodes_with_tiny_vae(tmp_path):
     pytest.importorskip("diffusers")
     make_vae(tmp_path / "vae")

@@ -258,6 +258,31 @@ def test_demo_gifs_show_every_step(demo):
         assert gif.width >= 16 * 3 * 6 and gif.info.get("loop") == 0
 
 
+def test_demo_page_states_its_runs_speed_and_path(demo):
+    """The page's images/s is the run's summary figure, recomputed from its metrics.jsonl; Reproduce names
+    the run folder as the command made it (OUT/run)."""
+    out, _, results, _ = demo
+    lines = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    train = [m for m in lines if "loss" in m]
+    images = train[-1]["images_seen"]
+    seconds = sum((b["images_seen"] - a) / b["images_per_sec"] for a, b in zip([0] + [m["images_seen"] for m in train], train, strict=False))
+    assert results["training"]["images_per_sec"] == pytest.approx(images / seconds, rel=1e-12)
+    text = (out / "index.html").read_text()
+    assert f"Training ran at {images / seconds:.0f} images/s" in text
+    assert f'patchforcing.load_model("{(out / "run").as_posix()}")' in text
+
+
+@pytest.mark.parametrize("a, b, said", [
+    (3.581, 3.579, "ties with euler-pf (both 3.58)"),
+    (3.32, 3.58, "improves on euler-pf (3.32 vs 3.58)"),
+    (3.60, 3.58, "does worse than euler-pf (3.60 vs 3.58)"),
+])
+def test_demo_sentences_follow_the_printed_numbers(a, b, said):
+    from patchforcing.report.html import compare_fid
+
+    assert compare_fid(a, b, ("improves on euler-pf", "ties with euler-pf", "does worse than euler-pf")) == said
+
+
 def test_demo_rerun_reuses_the_network_and_rows(demo):
     out, settings, _, _ = demo
     before = _checkpoint_mtimes(out)

@@ -86,3 +86,13 @@ def test_cli_trains_with_a_t5_encoder_and_samples_from_prompts(tmp_path, tiny_t5
         assert img.width > 2 * 16  # image plus difficulty and time panels
     assert main(["sample", "--checkpoint", str(run), "--out", str(tmp_path / "x.png")]) != 0  # no prompt: one clear error
     assert "--prompt" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+
+
+def test_dry_run_of_the_text_preset_resolves_its_network(tmp_path, capsys):
+    """``train --preset digits-t2i --dry-run``: the T2I network is resolved against the data and its text encoder."""
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "digits-t2i", "--out", str(out), "--dry-run"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model"] == "T2I-XS/2" and doc["model_config"]["text_encoder"] == "byte-toy"
+    assert doc["model_config"]["depth"] == 2 and doc["data_info"]["name"] == "digits-captions"
+    assert not out.exists()  # a dry run creates nothing

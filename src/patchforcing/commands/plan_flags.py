@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import math
 import re
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,31 @@ from patchforcing.sampling.registry import OPTION_ALIASES, describe_range
 from patchforcing.sampling.schedules import UNIFORM, canonical_schedule
 
 _AT_STEP = re.compile(r"^(?P<run>.+)@step=(?P<step>\d+)$")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` of every command: prose paragraphs of the description and epilog are wrapped to the
+    terminal, paragraphs with indented lines (command examples, the sampler table) are kept line for
+    line, and the reST markup of docstrings (````x````) is shown as plain ``x``."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in re.split(r"\n\s*\n", plain_text(text).strip("\n")):
+            lines = para.splitlines()
+            if any(line[:1].isspace() for line in lines[1:]) or para[:1].isspace():
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(textwrap.fill(" ".join(line.strip() for line in lines), width, initial_indent=indent,
+                                         subsequent_indent=indent))
+        return "\n\n".join(out)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return plain_text(action.help or "")
+
+
+def plain_text(text: str) -> str:
+    """Docstring markup for a terminal: ````x```` -> ``x``."""
+    return re.sub(r"``([^`]+)``", r"\1", text)
 
 
 def option_fields() -> dict[str, tuple[dataclasses.Field, list[str]]]:
@@ -77,7 +103,7 @@ def add_plan_flags(parser: argparse.ArgumentParser, *, budget: str = "steps", de
                        help=f"the sampler: {', '.join(SAMPLERS)} (each described below)"
                             + (f"; default {default_sampler}" if default_sampler else ""))
     parser.epilog = "\n\n".join(filter(None, (parser.epilog, sampler_table())))
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the table's lines
+    parser.formatter_class = HelpFormatter  # keeps the table's lines, wraps the prose
     if budget == "steps":
         one = g.add_mutually_exclusive_group()
         one.add_argument("--steps", type=int, default=None,

@@ -25,7 +25,7 @@ from patchforcing.runtime import check_seed, resolve_device
 from patchforcing.sampling import noise_for_seeds, sample
 from patchforcing.streams import mask_generators
 from patchforcing.text.prompts import prompt_condition, read_prompts
-from patchforcing.viz import difficulty_panels, grid, to_uint8
+from patchforcing.viz import difficulty_panels, grid, labelled_panel_grid, panel_names, to_uint8
 
 MAX_GRID_SAMPLES = 1024  # one PNG grid: 128 rows of 8; 1,024 samples of 256 px are 67 Mpx, about 200 MB in memory
 
@@ -105,13 +105,15 @@ def run(args: argparse.Namespace) -> int:
         xs.append(x)
         frames += [_middle_frame(info["trajectory"])] if args.show_difficulty else []
     images = _to_images(torch.cat(xs), decoder, cfg)
+    scale = max(1, 64 // images.shape[-1])
     if args.show_difficulty:
         frame = {k: None if frames[0][k] is None else torch.cat([f[k] for f in frames]) for k in ("difficulty", "t")}
         tiles = difficulty_panels(images, frame["difficulty"], frame["t"])
+        step_t = float(frames[0]["t"].mean())
+        picture = labelled_panel_grid(tiles, panel_names(frame["difficulty"], frame["t"]), min(n, 4), scale,
+                                      note=f"maps of the outer step nearest t = 0.5 (mean patch time {step_t:.2f}); left: the final sample")
     else:
-        tiles = to_uint8(images)
-    scale = max(1, 64 // images.shape[-1])
-    picture = grid(tiles, ncols=min(n, 8) if not args.show_difficulty else min(n, 4), scale=scale)
+        picture = grid(to_uint8(images), ncols=min(n, 8), scale=scale)
     atomic_write(out, lambda tmp: picture.save(tmp, format=image_format))
     print(f"wrote {n} samples ({plan.describe()}) to {out}")
     return 0

@@ -80,17 +80,37 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
 
 def training_facts(run_dir: Path) -> dict[str, Any]:
-    """Final loss, final validation loss, training seconds and images/s read back from a run folder."""
+    """Final loss, final validation loss, training seconds and images/s read back from a run folder.
+
+    ``images_per_sec`` is the run's own figure, the one its summary line prints: every image its
+    log lines count over the seconds those lines took (``log_speed``)."""
     train_rows, val_rows = read_metrics(run_dir)
     last = train_rows[-1] if train_rows else {}
-    speeds = [r["images_per_sec"] for r in train_rows if r.get("images_per_sec")]
     return {
         "steps": newest_step(run_dir),
         "final_loss": last.get("loss"),
         "val_loss": val_rows[-1]["val_loss"] if val_rows else None,
         "train_seconds": last.get("time_s"),
-        "images_per_sec": statistics.median(speeds) if speeds else None,
+        "images_per_sec": log_speed(train_rows),
     }
+
+
+def log_speed(train_rows: list[dict]) -> float | None:
+    """Training images per second over a whole log: the images of every line (``images_seen`` since
+    the line before) over the seconds they took (images / the line's ``images_per_sec``), as the
+    trainer's summary counts them (time spent on validation, sample grids and checkpoints excluded).
+    A log resumed after a kill counts each line once."""
+    images = seconds = 0.0
+    before = 0
+    for row in train_rows:
+        seen, speed = row.get("images_seen"), row.get("images_per_sec")
+        if seen is None or not speed:
+            continue
+        n = seen - before
+        before = seen
+        if n > 0:
+            images, seconds = images + n, seconds + n / speed
+    return images / seconds if seconds > 0 else None
 
 
 # --- one evaluation row -------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The demo: train the default Patch Forcing network on digits, compare every sampler at one equal
 NFE budget, and write a report to look at: ``run_demo(out)``.
 
-    patchforcing demo --out demo          # about 10 minutes on a 2-core CPU; then open demo/index.html
+    patchforcing demo --out demo          # about 5 minutes on a 2-core CPU; then open demo/index.html
     patchforcing demo --out /tmp/d --tiny # seconds: a smoke test of the whole pipeline
 
 Writes into ``out``::
@@ -148,7 +148,8 @@ def _demo(out: Path, settings: DemoSettings, log) -> dict[str, Any]:
                  model=config.model, timesteps=config.timestep_name, batch_size=config.batch_size,
                  parameters=sum(p.numel() for p in model.parameters()), model_config=model.config.to_dict())
     results = {
-        "settings": dataclasses.asdict(settings), "command": settings.command(out), "machine": machine_info(),
+        "settings": dataclasses.asdict(settings), "command": settings.command(out), "run": (out / "run").as_posix(),
+        "machine": machine_info(),
         "training": facts, "rows": [cache.rows[s] for s in settings.samplers], "calibration": calibration,
         "animations": animations, "training_curve": curve.name,
     }

@@ -97,17 +97,26 @@ def _metrics(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def compare_fid(a: float, b: float, verbs: tuple[str, str, str]) -> str:
+    """``verbs`` = (lower, equal, higher) chosen by the two FIDs as the table prints them (two
+    decimals), followed by both numbers: a sentence never calls 3.58 against 3.58 a gain."""
+    shown_a, shown_b = f"{a:.2f}", f"{b:.2f}"
+    if shown_a == shown_b:
+        return f"{verbs[1]} (both {shown_a})"
+    return f"{verbs[0] if a < b else verbs[2]} ({shown_a} vs {shown_b})"
+
+
 def _observations(rows: list[dict[str, Any]], num_samples: int) -> str:
-    """An automatic sentence or two on the paper's orderings in this one table."""
+    """An automatic sentence or two on the paper's orderings in this one table, from its numbers."""
     fid = {x["sampler"]: x["fid"] for x in rows if x["fid"] is not None}
     said = []
     for name in ("dual-loop", "look-ahead"):
         if name in fid and "euler-pf" in fid:
-            verb = "improves on" if fid[name] < fid["euler-pf"] else "does not improve on"
-            said.append(f"{name} {verb} euler-pf ({fid[name]:.2f} vs {fid['euler-pf']:.2f})")
+            said.append(f"{name} " + compare_fid(fid[name], fid["euler-pf"], ("improves on euler-pf", "ties with euler-pf",
+                                                                              "does worse than euler-pf")))
         if name in fid and f"random-{name}" in fid:
-            verb = "beats" if fid[name] < fid[f"random-{name}"] else "does not beat"
-            said.append(f"for {name} the difficulty mask {verb} a random mask ({fid[name]:.2f} vs {fid[f'random-{name}']:.2f})")
+            said.append(f"for {name} the difficulty mask " + compare_fid(
+                fid[name], fid[f"random-{name}"], ("beats a random mask", "ties with a random mask", "loses to a random mask")))
     if not said:
         return ""
     return ("In this table " + "; ".join(said) + ". One seed of " + f"{num_samples:,}" + " images: differences of a few "
@@ -152,8 +161,9 @@ def _training(r: dict[str, Any]) -> str:
     t = r["training"]
     return ("<h2>Training</h2>"
             f"<p class=\"small\">Final training loss {fmt(t.get('final_loss'), 4)}, validation loss {fmt(t.get('val_loss'), 4)} "
-            "(EMA network, 8 time segments of held-out digits; it tracks sample quality), about "
-            f"{fmt(t.get('images_per_sec'), 0)} images/s.</p>"
+            "(EMA network, 8 time segments of held-out digits; it tracks sample quality). Training ran at "
+            f"{fmt(t.get('images_per_sec'), 0)} images/s: the images of the run's log (<code>run/metrics.jsonl</code>) over "
+            "the seconds they took, validation and checkpoints left out, the figure its summary line prints.</p>"
             f"<img src=\"{escape(r['training_curve'])}\" alt=\"training and validation loss against step\" style=\"max-width:100%\">")
 
 
@@ -172,8 +182,9 @@ def _calibration(r: dict[str, Any]) -> str:
 
 
 def _reproduce(r: dict[str, Any]) -> str:
+    run = r.get("run", "run")  # the run folder as the command names it (demo/run for --out demo)
     return ("<h2>Reproduce</h2>"
             f"<pre>{escape(r['command'])}</pre>"
-            "<p class=\"small\">Running it again reuses the trained network in <code>run/</code> and the finished metric rows "
-            "in <code>results.json</code>. The numbers are also in <code>results.json</code>; the network is "
-            "<code>run/</code> (load it with <code>patchforcing.load_model(\"run\")</code>).</p>")
+            f"<p class=\"small\">Running it again, from the same folder, reuses the trained network in <code>{escape(run)}</code> "
+            "and the finished metric rows in <code>results.json</code>. The numbers are also in <code>results.json</code>; "
+            f"load the network with <code>patchforcing.load_model(\"{escape(run)}\")</code>.</p>")
