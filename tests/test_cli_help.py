@@ -12,7 +12,7 @@ from patchforcing.commands import build_parser
 from patchforcing.commands.train import FLAG_GROUPS
 from patchforcing.training.config import FIELDS
 
-COMMANDS = ["sample", "train", "prepare-latents", "evaluate", "bench", "demo", "study", "export", "app"]
+COMMANDS = list(build_parser()._subparsers._group_actions[0].choices)  # every subcommand, new ones included
 WIDTH = 100
 
 
