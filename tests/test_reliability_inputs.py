@@ -180,6 +180,19 @@ def _plan_on_dev_zero(tmp: Path) -> Path:
     return tmp / "e"
 
 
+def _trained_with_metrics_on_dev_zero(tmp: Path) -> Path:
+    """A one-step run whose ``metrics.jsonl`` was then replaced by a link to ``/dev/zero``."""
+    assert main(["train", *TRAIN, "--out", str(tmp / "run")]) == 0
+    _replace_with(tmp / "run" / runs.METRICS_FILE, _link_to_dev_zero)
+    return tmp / "run"
+
+
+def _metrics_on_dev_zero(tmp: Path) -> Path:
+    (tmp / "eval").mkdir()
+    (tmp / "eval" / "metrics.json").symlink_to("/dev/zero")
+    return tmp / "eval"
+
+
 def _toml_on_dev_zero(tmp: Path) -> Path:
     (tmp / "c.toml").symlink_to("/dev/zero")
     return tmp / "c.toml"
@@ -218,7 +231,9 @@ def _sample(source: Callable[[Path, Path], Path], *flags: str) -> Callable[[Path
 
 
 def _export(source: Callable[[Path, Path], Path], *flags: str) -> Callable[[Path, Path], list[str]]:
-    return lambda tmp, b: ["export", "--checkpoint", str(source(tmp, b)), *flags, "--out", str(tmp / "out")]
+    """``export`` of ``source``; an ``EVAL`` among the flags becomes an evaluation folder whose metrics.json is /dev/zero."""
+    return lambda tmp, b: ["export", "--checkpoint", str(source(tmp, b)),
+                           *[str(_metrics_on_dev_zero(tmp)) if f == "EVAL" else f for f in flags], "--out", str(tmp / "out")]
 
 
 def _evaluate(source: Callable[[Path, Path], Path]) -> Callable[[Path, Path], list[str]]:
@@ -297,6 +312,11 @@ CASES: dict[str, Case] = {
                                          "'/dev/zero' is not a regular file"),
     "evaluate: plan.json on /dev/zero": Case(lambda t, b: ["evaluate", "--checkpoint", str(b / "pf.safetensors"), *EVALUATE,
                                                            "--out", str(_plan_on_dev_zero(t))], "plan.json is unreadable or not a JSON object"),
+    "train resumed with metrics.jsonl on /dev/zero": Case(
+        lambda t, b: ["train", *TRAIN[:-1], "2", "--out", str(_trained_with_metrics_on_dev_zero(t))],
+        "metrics.jsonl' is a character device, not a regular file; move it away (a resumed run rewrites it)"),
+    "export --eval with metrics.json on /dev/zero": Case(_export(lambda t, b: b / "pf.safetensors", "--eval", "EVAL"),
+                                                         "has no readable metrics.json", DISK),
     "train --config on /dev/zero": Case(lambda t, b: ["train", *TRAIN, "--config", str(_toml_on_dev_zero(t)), "--out", str(t / "run")],
                                         "c.toml' is a character device, not a regular file"),
 }
