@@ -38,10 +38,9 @@ pipe.set_progress_bar_config(disable=True)
 limits = SessionLimits(sessions=sessions)
 page = build_app(pipe, limits=limits)
 serve(page, limits=limits, port=port, block=False)
-state = next(b for b in page.blocks.values() if type(b).__name__ == "State")
-for line in sys.stdin:  # one report per line the parent sends
-    held = [s.state_data.get(state._id) for s in page.state_holder.session_data.values()]
-    held = [frames_nbytes(f) for f in held if isinstance(f, list)]
+for line in sys.stdin:  # one report per line the parent sends: the frames of every tab of every session
+    held = [[v for v in s.state_data.values() if isinstance(v, list)] for s in page.state_holder.session_data.values()]
+    held = [sum(map(frames_nbytes, lists)) for lists in held if lists]
     rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
     print(json.dumps({"rss_kib": rss, "sessions": len(held), "frame_bytes": sum(held)}), flush=True)
 """

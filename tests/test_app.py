@@ -247,16 +247,12 @@ def test_seeds_beyond_two_to_the_53_stay_exact():
 
 
 # --- what the sessions keep -----------------------------------------------------------------------------------
-def _held(page, frames_state) -> list[int]:
-    """Bytes of the frames each session holds now (what Gradio's state holder keeps for the page)."""
+def _held(page) -> list[int]:
+    """Bytes of the frames each session holds now, over all the page's tabs (what Gradio's state holder keeps)."""
     from patchforcing.app import frames_nbytes
 
-    held = [s.state_data.get(frames_state._id) for s in page.state_holder.session_data.values()]
-    return [frames_nbytes(f) for f in held if isinstance(f, list)]
-
-
-def _frames_state(page):
-    return next(b for b in page.blocks.values() if isinstance(b, gr.State))
+    held = [[v for v in s.state_data.values() if isinstance(v, list)] for s in page.state_holder.session_data.values()]
+    return [sum(map(frames_nbytes, lists)) for lists in held if lists]
 
 
 def test_sessions_never_hold_more_than_the_bound():
@@ -273,9 +269,9 @@ def test_sessions_never_hold_more_than_the_bound():
         clients, held = [gradio_client.Client(url, verbose=False) for _ in range(6)], []
         for c in clients:
             summary, slider = c.predict("2", "dual-loop", 64, 1.0, 0.0, 1.0, "5", "uniform", api_name="/generate")[1:3]
-            held.append(_held(page, _frames_state(page)))
+            held.append(_held(page))
         # 65 frames do not fit 12 KiB: evenly spaced ones do, the first and the result among them
-        kept = int(re.search(r"the slider shows (\d+) of its 65 frames \(a session keeps 12 KiB\)", summary)[1])
+        kept = int(re.search(r"the slider shows (\d+) of its 65 frames \(this tab keeps 6 KiB of frames\)", summary)[1])
         assert 2 <= kept < 65 and slider["maximum"] == kept
         assert [len(h) for h in held] == [1, 2, 2, 2, 2, 2] and max(map(max, held)) <= limits.frame_bytes
         assert sum(held[-1]) <= limits.total_bytes
@@ -284,8 +280,8 @@ def test_sessions_never_hold_more_than_the_bound():
         with pytest.raises(Exception, match="this page holds no frames: press Generate") as err:
             clients[0].predict(1, api_name="/step")  # the oldest session was dropped
         assert "Traceback" not in str(err.value)
-        tiles = [a for s in page.state_holder.session_data.values() for f in (s.state_data.get(_frames_state(page)._id) or [])
-                 if isinstance(f, dict) for a in f["panels"].values()]
+        tiles = [a for s in page.state_holder.session_data.values() for v in s.state_data.values() if isinstance(v, list)
+                 for f in v for a in f["panels"].values()]
         assert tiles and all(a.dtype == np.uint8 and a.shape[:2] in {(8, 8), (4, 4), (1, 1)} for a in tiles)  # network resolution
     finally:
         page.close()
@@ -304,9 +300,9 @@ def test_a_session_s_frames_are_dropped_after_its_time_out():
         client.predict("2", "euler-pf", 4, 1.0, 0.0, 1.0, "5", "uniform", api_name="/generate")
         assert client.predict(1, api_name="/step")[-1].startswith("frame 1/5")
         deadline = time.monotonic() + 30
-        while _held(page, _frames_state(page)) and time.monotonic() < deadline:
+        while _held(page) and time.monotonic() < deadline:
             time.sleep(0.5)  # Gradio drops expired state once a second
-        assert _held(page, _frames_state(page)) == []
+        assert _held(page) == []
         with pytest.raises(Exception, match="this page holds no frames: press Generate"):
             client.predict(1, api_name="/step")
     finally:

@@ -23,6 +23,7 @@ import patchforcing as pf
 from conftest import make_model
 from patchforcing.cli import main
 from patchforcing.errors import PatchForcingError
+from patchforcing.evaluation.evaluate import evaluate_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,6 +71,11 @@ CASES = [
     ("sample-labels-1025", "cli", [*SAMPLE, "--labels", ",".join(["1"] * 1025)], r"1,025 samples are more than one grid picture holds"),
     ("evaluate-nfe-1e9", "cli", ["evaluate", "--checkpoint", "{ckpt}", "--sampler", "euler-pf", "--nfe", "1000000000",
                                  "--num-samples", "8", "--device", "cpu", "--out", "{out}/eval"], r"an NFE budget of 1,000,000,000"),
+    ("evaluate-num-samples-1e8", "cli", ["evaluate", "--checkpoint", "{ckpt}", "--sampler", "euler-pf", "--nfe", "4",
+                                         "--num-samples", "100000000", "--device", "cpu", "--out", "{out}/eval"],
+     r"num_samples=100,000,000 is more than an evaluation holds \(at most 1,000,000, .*\): lower --num-samples"),
+    ("library-evaluate-num-samples-1e8", "api", lambda: evaluate_model(_net(), sampler="euler-pf", nfe=4, num_samples=10**8),
+     r"num_samples=100,000,000 is more than an evaluation holds"),
     ("library-steps-1e9", "api", _sample(sampler="euler-pf", steps=10**9), rf"1,000,000,000 outer steps .*{HUGE_PLAN}"),
     ("library-budget-inf", "api", lambda: pf.SamplingPlan.from_nfe("euler", float("inf")),
      r"the NFE budget must be a whole number of at least 1, got inf"),
@@ -107,7 +113,8 @@ CASES = [
 ]
 
 # Rows that must be refused before anything large is allocated (the time grid of 10**9 steps is 4 GB).
-LEAN = {"sample-steps-1e9", "sample-nfe-1e9", "sample-n-inner-1e8", "sample-num-samples-1e8", "library-steps-1e9",
+LEAN = {"sample-steps-1e9", "sample-nfe-1e9", "sample-n-inner-1e8", "sample-num-samples-1e8", "evaluate-num-samples-1e8",
+        "library-evaluate-num-samples-1e8", "library-steps-1e9",
         "library-steps-for-nfe-1e9", "pipeline-steps-1e9", "pipeline-nfe-1e9"}
 
 
@@ -131,7 +138,7 @@ def test_every_bad_input_is_one_line_naming_the_fix(name, surface, given, messag
         [line] = [line for line in err.splitlines() if line.startswith("error: ")]
         assert line.startswith("error: ") and len(line.splitlines()) == 1
         text = line
-        assert not (tmp_path / "grid.png").exists()  # nothing written
+        assert list(tmp_path.iterdir()) == []  # nothing written: no grid, no evaluation folder
     elif surface == "api":
         with pytest.raises(PatchForcingError) as info:
             given()
@@ -141,7 +148,7 @@ def test_every_bad_input_is_one_line_naming_the_fix(name, surface, given, messag
         from patchforcing.app import SessionLimits, respond
 
         with pytest.raises(gr.Error) as info:
-            respond(_pipe(), given, SessionLimits())
+            respond(_pipe(), given, SessionLimits().frame_bytes)
         text = info.value.message
         assert "Traceback" not in text
     assert "\n" not in text and re.search(message, text), text

@@ -17,8 +17,9 @@ The sampling endpoint ``/generate`` takes the named parameters ``class_or_prompt
 2**63 - 1) and ``time_grid``; ``/step`` takes ``frame``.
 
 What a session keeps is bounded (``SessionLimits``): its frames as uint8 tiles at the network's
-resolution (upscaled only when shown), at most ``frame_bytes`` of them (evenly spaced frames beyond),
-for the ``sessions`` most recent sessions, dropped ``minutes`` after the session's last Generate.
+resolution (upscaled only when shown), at most ``frame_bytes`` of them over its tabs (half each;
+evenly spaced frames beyond), for the ``sessions`` most recent sessions, dropped ``minutes`` after
+the session's last Generate.
 The page is served on 127.0.0.1 and never through a share link; another address is an explicit
 ``host`` (``--host``), with a warning.
 
@@ -57,6 +58,7 @@ PANELS = ("state", "prediction", "difficulty", "patch time")
 STEP_LABEL = "frame: one per outer step and per inner evaluation, then the result"
 SCHEDULES = (UNIFORM, "shift:3", "edm:3", "edm:7")  # the time grid's suggestions (edm:3 the README's); any shift:S or edm:RHO may be typed
 OPENING = "opening"  # a session's frame state before its first Generate: the opening image's frames
+TABS = 2  # the sampling tab and the Inpaint tab (app_inpaint.py), each with its frames
 
 
 def _refused(message: str) -> gr.Error:
@@ -192,20 +194,20 @@ def render_frames(pipe: PatchForcingPipeline, trajectory: list[dict], final: Ten
     return frames
 
 
-def respond(pipe: PatchForcingPipeline, values: tuple, limits: SessionLimits) -> dict[str, Any]:
+def respond(pipe: PatchForcingPipeline, values: tuple, frame_bytes: int) -> dict[str, Any]:
     """What the page shows for the values of its form (``check_request``'s order): ``image``, ``summary``
-    and the ``frames`` a session keeps (within ``limits.frame_bytes``); a bad value, or a run the
+    and the ``frames`` the session keeps (within ``frame_bytes``); a bad value, or a run the
     library refuses, raises ``gr.Error`` with the library's one line."""
     request = check_request(pipe, *values)
     try:
         image, frames, info = run_request(pipe, request)
     except PatchForcingError as err:
         raise _refused(str(err)) from None
-    kept = keep_within(frames, limits.frame_bytes)
+    kept = keep_within(frames, frame_bytes)
     summary = (f"{info['sampler']}: {info['steps']} outer steps, {info['nfe']} network evaluations, seed {request.seed}"
                + ("" if request.schedule == UNIFORM else f", time grid {request.schedule}")
                + ("" if len(kept) == len(frames) else
-                  f"; the slider shows {len(kept)} of its {len(frames)} frames (a session keeps {mib(limits.frame_bytes)})"))
+                  f"; the slider shows {len(kept)} of its {len(frames)} frames (this tab keeps {mib(frame_bytes)} of frames)"))
     return {"image": _shown(to_uint8_nhwc(image)[0]), "summary": summary, "frames": kept}
 
 
@@ -252,6 +254,7 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing", limits: 
     its sampling endpoint is ``/generate`` and its scrubbing endpoint ``/step`` (Gradio's client can
     call both, by parameter name). Serve it with ``serve`` (the session cap is a launch setting)."""
     limits = limits or SessionLimits()
+    tab_bytes = limits.frame_bytes // TABS  # the tabs share a session's frame budget
     cfg = pipe.network.config
     is_text = cfg.is_text
     samplers = list(SAMPLERS) if cfg.has_difficulty_head else ["euler"]
@@ -261,7 +264,7 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing", limits: 
     schedules = list(dict.fromkeys([pipe.config.schedule, *SCHEDULES]))  # the saved grid first
 
     def results(*values) -> dict[str, Any]:
-        return respond(pipe, values, limits)
+        return respond(pipe, values, tab_bytes)
 
     def generate(class_or_prompt, sampler, nfe, guidance_scale, guide_from, guide_to, seed, time_grid):
         out = results(class_or_prompt, sampler, nfe, guidance_scale, guide_from, guide_to, seed, time_grid)
@@ -302,7 +305,7 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing", limits: 
             with gr.Column(scale=1):
                 image = gr.Image(value=first["image"], label="image", type="pil", format="png", elem_id="pf-image")
                 summary = gr.Markdown(first["summary"])
-        frames = gr.State(None, time_to_live=limits.minutes * 60)  # per session; None once dropped
+        frames = gr.State(None)  # per session; None once dropped (time-out set below, with every tab's)
         step = gr.Slider(minimum=1, maximum=n, value=n, step=1, label=STEP_LABEL, elem_id="pf-step")
         with gr.Row():
             panel_views = [gr.Image(value=v, label=p, type="pil", format="png") for p, v in zip(PANELS, shown_panels(last), strict=True)]
@@ -312,6 +315,9 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing", limits: 
                      [image, summary, step, frames, *panel_views, caption], api_name="generate")
         step.change(show, [frames, step], [*panel_views, caption], api_name="step")
         page.load(lambda: OPENING, None, frames, api_visibility="private")
+    for block in page.blocks.values():  # every tab's session state expires alike
+        if isinstance(block, gr.State):
+            block.time_to_live = limits.minutes * 60
     return page
 
 

@@ -19,8 +19,8 @@ class SessionLimits:
 
     Attributes:
         sessions: sessions kept (Gradio's ``state_session_capacity``); the least recently used is dropped.
-        frame_bytes: the frames of one session, as uint8 tiles at the network's resolution; a longer
-            run keeps evenly spaced frames (the first and the result always).
+        frame_bytes: the frames of one session (its tabs together), as uint8 tiles at the network's
+            resolution; a longer run keeps evenly spaced frames (the first and the result always).
         minutes: a session's frames are dropped this long after its last Generate (Gradio's state time-out).
     """
 

@@ -34,6 +34,7 @@ from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, p
 from patchforcing.errors import ConfigError
 from patchforcing.evaluation.evaluate import (
     calibration_report,
+    check_num_samples,
     evaluate_model,
     held_out_data,
     save_samples_npz,
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     plan = plan_from_args(args)  # a bad sampler option, budget, interval or scale fails before any work
+    check_num_samples(args.num_samples)
     runtime.check_seed(args.seed, count=max(args.num_samples, 0))
     ensure_writable_folder(args.out)  # before any work: a full disk or a bad --out never costs a sampling run
     procs = runtime.setup(args.device, args.dist_timeout, command="evaluate")

@@ -54,6 +54,7 @@ from patchforcing.sampling.plan import GUIDE_IN_MEMORY, as_plan
 DIGITS_DATA = (DIGITS, "digits-captions")  # scored by the digits classifier (captions: plus the attributes)
 DIGITS_SHAPE = (1, 16, 16)  # (C, H, W) of the networks the digits classifier can score
 PR_NEIGHBOURS = 3  # k of improved precision/recall
+MAX_EVAL_SAMPLES = 1_000_000  # 20 times FID's usual 50,000; every image is held in memory to be scored
 
 
 # --- checks before any image is drawn ----------------------------------------------------------
@@ -76,11 +77,19 @@ def plan_evaluation(model: nn.Module, plan: SamplingPlan | None = None, *, num_s
     """
     plan = as_plan(plan, guide=None if guide_model is None else GUIDE_IN_MEMORY, **loose)
     plan.check(model, guide_model)
+    check_num_samples(num_samples)
+    scoring(model, data, stats, inception_weights, decoder)  # raises on misuse; reasons come back later
+    return plan.steps, plan.nfe
+
+
+def check_num_samples(num_samples: int) -> None:
+    """From ``PR_NEIGHBOURS + 1`` to ``MAX_EVAL_SAMPLES`` images (a ``ConfigError`` naming the range otherwise)."""
     if num_samples <= PR_NEIGHBOURS:
         raise ConfigError(f"num_samples={num_samples}: the metrics need at least {PR_NEIGHBOURS + 1} samples "
                           f"(precision/recall use k={PR_NEIGHBOURS} neighbours)")
-    scoring(model, data, stats, inception_weights, decoder)  # raises on misuse; reasons come back later
-    return plan.steps, plan.nfe
+    if num_samples > MAX_EVAL_SAMPLES:
+        raise ConfigError(f"num_samples={num_samples:,} is more than an evaluation holds (at most {MAX_EVAL_SAMPLES:,}, 20 times "
+                          "FID's usual 50,000; every image is kept in memory to be scored): lower --num-samples")
 
 
 def scoring(model: nn.Module, data: str, stats, inception_weights, decoder: Callable | None) -> tuple[str | None, str | None]:
