@@ -223,6 +223,10 @@ def test_endpoints_take_named_parameters_and_the_grid_presets_include_edm3(serve
     named = client.predict(class_or_prompt="3", sampler="look-ahead", nfe=8, guidance_scale=1.0, guide_from=0.0, guide_to=1.0,
                            seed="11", time_grid="uniform", api_name="/generate")
     assert np.array_equal(np.asarray(Image.open(named[0])), _expected(served[0], 3, 11, "look-ahead", 8, 1.0))
+    assert client.predict(frame=named[2]["maximum"], api_name="/step")[-1].startswith(f"frame {named[2]['maximum']}/")
+    with pytest.raises(Exception, match=rf"greater than maximum value {named[2]['maximum']}") as err:  # the session's slider
+        client.predict(frame=named[2]["maximum"] + 1, api_name="/step")
+    assert "Traceback" not in str(err.value)
     grids = next(c["props"]["choices"] for c in client.config["components"] if str(c["props"].get("label", "")).startswith("time grid"))
     assert [g[0] for g in grids] == ["uniform", "shift:3", "edm:3", "edm:7"]
 

@@ -277,7 +277,7 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing", limits: 
             frames = first["frames"]
         if not frames:
             raise _refused(f"this page holds no frames: press Generate (the page keeps {limits.describe()})")
-        chosen = frames[_integer(frame, "the frame", 1, 2**31) - 1] if len(frames) > 1 else frames[0]
+        chosen = frames[_integer(frame, "the frame", 1, len(frames)) - 1]
         return (*shown_panels(chosen), chosen["caption"])
 
     first = results(*defaults)  # the page opens with an image (and works without JavaScript events)
