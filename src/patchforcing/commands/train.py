@@ -39,7 +39,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "optimizer": ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decay"),
     "runtime": ("device", "precision", "compile", "num_workers", "dist_timeout", "grad_accum"),
     "logging": ("log_every", "ckpt_every", "keep_checkpoints", "val_every", "val_size", "sample_every", "sample_count",
-                "sample_steps", "sample_cfg_scale"),
+                "sample_steps", "sample_cfg_scale", "log"),
 }
 
 

@@ -26,6 +26,7 @@ from patchforcing.models import PRESETS as MODEL_PRESETS
 from patchforcing.models import T2I_PRESETS, Kind, ModelConfig, T2IConfig, preset_config, t2i_preset_config
 from patchforcing.timesteps import DISTRIBUTIONS, PER_SAMPLE
 from patchforcing.training.repa import target_source
+from patchforcing.training.trackers import parse_trackers
 
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**63  # torch generators take seeds below 2^64; image i of a run uses seed + i
@@ -106,6 +107,8 @@ class TrainConfig:
     sample_count: int = knob(100, "images in a sample grid")
     sample_steps: int = knob(16, "Euler steps of the sample grids")
     sample_cfg_scale: float = knob(1.0, "classifier-free guidance of the sample grids (1: none)")
+    log: str = knob("none", "experiment tracker beside metrics.jsonl: tensorboard (extra [tensorboard]), wandb (extra [wandb]; "
+                    "WANDB_PROJECT, WANDB_MODE from the environment), tensorboard,wandb, or none")
 
     def __post_init__(self) -> None:
         self._check_choices()
@@ -130,6 +133,7 @@ class TrainConfig:
                 f"Use --timesteps {' or '.join(PER_SAMPLE)}, or a PF-* model"
             )
         self.timestep_params()  # raises on a malformed --timestep-options
+        parse_trackers(self.log)  # raises on an unknown tracker
 
     def _check_ranges(self) -> None:
         positive = ("steps", "batch_size", "grad_accum", "keep_checkpoints", "val_size", "sample_count", "sample_steps", "log_every",

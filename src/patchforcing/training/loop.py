@@ -27,7 +27,7 @@ from patchforcing.loss import example_loss
 from patchforcing.models import Kind, build_model
 from patchforcing.runs import RunFolder
 from patchforcing.timesteps import timestep_distribution
-from patchforcing.training import distributed, evaluate, monitor, repa, state
+from patchforcing.training import distributed, evaluate, monitor, repa, state, trackers
 from patchforcing.training.batches import StepBatches, iterate, latent_views
 from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
 from patchforcing.training.ema import EMA
@@ -53,6 +53,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         DataError: the data set cannot be loaded.
     """
     distributed.check_batch_split(config.batch_size, config.grad_accum)
+    trackers.require_packages(config.log)  # a missing tracker package stops the run before it writes anything
     procs = runtime.setup(config.device, config.dist_timeout)
     if procs.device.type == "cpu":
         runtime.steady_cpu_allocator()  # every step reuses the last one's pages
@@ -141,10 +142,19 @@ class _Run:
         if main:
             write_config(self.dir, cfg, self.model_config.to_dict(), self.data_info)
             self.metrics.truncate_after(self.start - 1)
+        try:
+            return self._fit()
+        finally:
+            self.metrics.close()
+
+    def _fit(self) -> dict[str, Any]:
+        cfg, main = self.cfg, self.procs.is_main
         self.last_loss, self.last_val, self.train_seconds = None, None, 0.0
         if self.start > cfg.steps:
             self.say(f"nothing to train: {self.dir} is at step {self.start - 1} already (--steps {cfg.steps}); raise --steps to go on")
             return self._summary(steps_run=0)
+        if main:  # TensorBoard / W&B beside metrics.jsonl (--log); a resumed run continues its W&B run
+            self.metrics.trackers = trackers.open_trackers(cfg.log, self.dir, cfg.to_dict(), self.start)
         self.progress = progress = monitor.Progress(main, self.start, cfg.steps, print_every=max(cfg.log_every, cfg.steps // 20))
         tracker = LossTracker(self.procs)
         interval_start, interval_eval, interval_steps = time.perf_counter(), 0.0, 0
@@ -210,6 +220,7 @@ class _Run:
                 evaluate.write_sample_grid(self.ema.module, self.folder.sample_grid(step), count=cfg.sample_count,
                                            steps=cfg.sample_steps, cfg_scale=cfg.sample_cfg_scale, device=self.procs.device,
                                            prompts=self.text.grid_prompts if self.text is not None else None)
+                self.metrics.image(step, self.folder.sample_grid(step))
             elif step == cfg.sample_every or last:
                 self.say(f"no sample grids: {self.data.name} holds {'VAE latents' if self.data.is_latent else f'{self.data.channels}-channel data'} "
                          "(sample from the checkpoint with `patchforcing sample`, which decodes latents)")

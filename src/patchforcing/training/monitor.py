@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,16 @@ from patchforcing.runs import METRICS_LIMIT, atomic_write
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``DIR/metrics.jsonl``.
+    """Appends one JSON object per line to ``DIR/metrics.jsonl``, the source of truth, and hands the
+    same line (and each sample grid) to the experiment trackers of ``--log`` (``trackers.py``).
 
     Training lines: ``{"step", "loss", "flow_loss", "uncertainty_loss", "lr", "grad_norm",
     "images_per_sec", "images_seen", "time_s"}`` (losses averaged over the steps since the last
     line and over processes). Validation lines: ``{"step", "val_loss", "val_segments": [8 floats]}``.
     """
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, trackers: Sequence[Any] = ()):
+        self.path, self.enabled, self.trackers = path, enabled, list(trackers)
 
     def truncate_after(self, step: int) -> None:
         """Drop lines of steps after ``step``: a resumed run redoes them."""
@@ -37,6 +39,19 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
+            for tracker in self.trackers:
+                tracker.log(entry)
+
+    def image(self, step: int, path: Path) -> None:
+        """A sample grid the trainer wrote (only the trackers take it; the PNG stays in ``samples/``)."""
+        if self.enabled:
+            for tracker in self.trackers:
+                tracker.image(step, path)
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 def _step_of(line: str) -> float:
