@@ -43,6 +43,7 @@ for line in sys.stdin:  # one report per line the parent sends: the frames of ev
     held = [sum(map(frames_nbytes, lists)) for lists in held if lists]
     rss = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmRSS:"))
     print(json.dumps({"rss_kib": rss, "sessions": len(held), "frame_bytes": sum(held)}), flush=True)
+page.close()  # the parent is gone (its pipe closed): stop serving
 """
 
 
