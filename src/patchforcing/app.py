@@ -12,7 +12,8 @@ predicts from it, the difficulty map of the head and the per-patch time map (as 
 for. The image is ``pf.sample`` on the pipeline's noise for that seed
 (``PatchForcingPipeline.prepare_noise``). Bad values get a message in the page.
 
-The sampling endpoint ``/generate`` takes the named parameters ``class_or_prompt``, ``sampler``,
+The Inpaint tab (``app_inpaint.py``) paints a mask on a generated or uploaded picture and completes
+it (endpoint ``/inpaint``). The sampling endpoint ``/generate`` takes the named parameters ``class_or_prompt``, ``sampler``,
 ``nfe``, ``guidance_scale``, ``guide_from``, ``guide_to``, ``seed`` (a whole number, as text, up to
 2**63 - 1) and ``time_grid``; ``/step`` takes ``frame``.
 
@@ -40,6 +41,7 @@ import PIL.Image
 import torch
 from torch import Tensor
 
+from patchforcing.app_inpaint import inpaint_tab
 from patchforcing.app_settings import HOST, PORT, SessionLimits, check_port, is_loopback, mib
 from patchforcing.errors import ConfigError, PatchForcingError
 from patchforcing.flow import patch_time_to_pixels
@@ -315,6 +317,8 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing", limits: 
                      [image, summary, step, frames, *panel_views, caption], api_name="generate")
         step.change(show, [frames, step], [*panel_views, caption], api_name="step")
         page.load(lambda: OPENING, None, frames, api_visibility="private")
+        inpaint_tab(pipe, render_frames=render_frames, keep_within=keep_within, shown_panels=shown_panels,
+                    frame_bytes=tab_bytes, state_seconds=limits.minutes * 60, source=image)  # app_inpaint.py: endpoint /inpaint
     for block in page.blocks.values():  # every tab's session state expires alike
         if isinstance(block, gr.State):
             block.time_to_live = limits.minutes * 60
