@@ -94,10 +94,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.out:
         raise ConfigError("pass --out FOLDER (the cached rows), or --timing")
     runs = {(d, k): getattr(args, f"{d}_{k}_run") for d in DATASETS for k in ("pf", "sit")}
-    if not args.tiny and not (runs["digits", "pf"] and runs["digits", "sit"]):
-        raise ConfigError("pass --digits-pf-run and --digits-sit-run (and the photos ones), or --tiny")
-    if not args.tiny and bool(runs["photos", "pf"]) != bool(runs["photos", "sit"]):
-        raise ConfigError("pass both --photos-pf-run and --photos-sit-run, or neither")
+    for data in DATASETS:
+        if not args.tiny and bool(runs[data, "pf"]) != bool(runs[data, "sit"]):
+            raise ConfigError(f"pass both --{data}-pf-run and --{data}-sit-run, or neither")
+    if not args.tiny and not any(runs.values()):
+        raise ConfigError("pass the networks of a data set (--digits-pf-run and --digits-sit-run, --photos-...), or --tiny")
     args.runs = runs
     args.doc = Path(args.doc or (Path(args.out) / "inpainting.md" if args.tiny else "docs/inpainting.md"))
     return args
