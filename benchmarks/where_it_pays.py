@@ -45,6 +45,7 @@ BASE = ["--data", "photos-labeled", "--seed", "0", "--val-every", "500", "--samp
 PF = ["--model", "PF-XS/2"]
 SIT = ["--model", "SiT-XS/2", "--timesteps", "uniform", "--depth", "2", "--hidden-size", "64", "--num-heads", "2"]
 P4, P2 = ["--patch-size", "4"], ["--patch-size", "2"]
+DIGITS = ["--data", "digits"]  # the last --data wins: the digits preset's own network and data
 
 # name -> (flags, steps); listed in the order they train
 RUNS: dict[str, tuple[list[str], int]] = {
@@ -56,6 +57,8 @@ RUNS: dict[str, tuple[list[str], int]] = {
     "p4-pf-ltg-head0": (PF + P4 + ["--uncertainty-weight", "0"], 2000),
     "p4-pf-logit-normal": (PF + P4 + ["--timesteps", "logit-normal"], 2000),
     "p4-pf-ltg-loc0": (PF + P4 + ["--timestep-options", "loc=0.0"], 2000),
+    # per-patch times whose marginal is uniform (a uniform centre, patches spread around it): the spread alone
+    "p4-pf-gaussian": (PF + P4 + ["--timesteps", "gaussian"], 2000),
     "p2-pf-ltg": (PF + P2, 2000),
     "p2-sit": (SIT + P2, 2000),
     "p2-pf-ltg-std0.2": (PF + P2 + ["--timestep-options", "std=0.2"], 2000),
@@ -63,6 +66,12 @@ RUNS: dict[str, tuple[list[str], int]] = {
     "p4w128-sit": (SIT + P4 + ["--hidden-size", "128"], 2000),
     "p4d4-pf-ltg": (PF + P4 + ["--depth", "4"], 2000),
     "p4d4-sit": (SIT + P4 + ["--depth", "4"], 2000),
+    # digits (the digits preset as it is, 16x16, 2x2 patches, 64 tokens): the default and the ltg candidates
+    "digits-pf-ltg": (DIGITS, 3000),
+    "digits-sit": (SIT + DIGITS + ["--patch-size", "2"], 3000),
+    "digits-pf-ltg-std0.2": (DIGITS + ["--timestep-options", "std=0.2"], 3000),
+    "digits-pf-ltg-std0.05": (DIGITS + ["--timestep-options", "std=0.05"], 3000),
+    "digits-pf-ltg-loc0": (DIGITS + ["--timestep-options", "loc=0.0"], 3000),
 }
 
 
@@ -236,7 +245,7 @@ SIT_OF = {"euler-pf": "euler", "look-ahead": "euler"}  # the SiT row a Patch For
 def fids(rows: dict, network: str, sampler: str, schedule: str, budget: int, space: str, seeds=EVAL_SEEDS) -> list[float] | None:
     """FID per seed, or None when a seed's row is missing."""
     out = [rows.get((network, sampler, schedule, budget, s)) for s in seeds]
-    return None if None in out else [r[space]["fid"] for r in out]
+    return None if None in out or any(space not in r for r in out) else [r[space]["fid"] for r in out]
 
 
 def _cell(values: list[float] | None) -> str:
@@ -294,6 +303,24 @@ def wins(rows: dict, new: str, old: str, sampler: str, schedule: str, space: str
     return won, "; ".join(parts)
 
 
+def default_verdicts(out: Path, rows: dict) -> list[str]:
+    """The rule for a new preset default: the chosen ``ltg`` setting against the default on photos and digits."""
+    if not (out / "tuning.json").exists():
+        return []
+    chosen = json.loads((out / "tuning.json").read_text())["chosen"]
+    if chosen == "p4-pf-ltg":
+        return ["The held-out seed chose the default `ltg` setting: no candidate for a new default.", ""]
+    digits = chosen.replace("p4-", "digits-")
+    lines = [f"### A new default? `{chosen}` (chosen on the held-out seed) against the default", ""]
+    lines += ["| data | sampler | grid | budgets won (per budget: won, seeds won) |", "|---|---|---|---|"]
+    for data, new, old in (("photos", chosen, "p4-pf-ltg"), ("digits", digits, "digits-pf-ltg")):
+        for sampler in PF_SAMPLERS:
+            for schedule in SCHEDULES:
+                won, detail = wins(rows, new, old, sampler, schedule)
+                lines.append(f"| {data} | {sampler} | {schedule} | {won} of {len(BUDGETS)} ({detail}) |")
+    return lines + [""]
+
+
 BEGIN, END = "<!-- tables: begin (written by benchmarks/where_it_pays.py report) -->", "<!-- tables: end -->"
 
 
@@ -325,8 +352,29 @@ def sections(out: Path, rows: dict) -> list[tuple[str, list[tuple[str, str]], st
         ("Capacity: width 128 (4x4 patches, 2,000 steps)", [("p4w128-pf-ltg", "p4w128-pf-ltg")], "p4w128-sit", PF_SAMPLERS),
         ("Capacity: depth 4 (4x4 patches, 2,000 steps)", [("p4d4-pf-ltg", "p4d4-pf-ltg")], "p4d4-sit", PF_SAMPLERS),
         ("Training length: both networks at 1,000 steps", [("p4-pf-ltg@1000", "p4-pf-ltg@1000")], "p4-sit@1000", PF_SAMPLERS),
+        ("Digits (16x16, 2x2 patches, 64 tokens), 3,000 steps: the default and the chosen setting",
+         [(n, n) for n in ("digits-pf-ltg",) + ((chosen.replace("p4-", "digits-"),) if chosen and chosen != "p4-pf-ltg" else ())],
+         "digits-sit", PF_SAMPLERS),
     ]
     return out_sections
+
+
+MARGINAL_RUNS = ("p4-sit", "p4-pf-uniform", "p4-pf-logit-normal", "p4-pf-gaussian", "p4-pf-ltg", "p4-pf-ltg-std0.2",
+                 "p4-pf-ltg-std0.05", "p4-pf-ltg-loc0")
+
+
+def marginal_table(num_patches: int = 64, rows: int = 20000) -> list[str]:
+    """What each run's timestep distribution trains on: the per-patch times' marginal and their spread in a sample."""
+    from patchforcing.timesteps import timestep_distribution
+
+    lines = ["| run | distribution | mean t | P(t < 0.2) | P(t > 0.8) | mean max - min within a sample |", "|---|---|---:|---:|---:|---:|"]
+    for name in MARGINAL_RUNS:
+        cfg = run_config(name)
+        t = timestep_distribution(cfg.timestep_name, **cfg.timestep_params())(rows, num_patches, generator=torch.Generator().manual_seed(0))
+        spread = (t.max(1).values - t.min(1).values).mean()
+        label = cfg.timestep_name + (f" ({cfg.timestep_options})" if cfg.timestep_options else "")
+        lines.append(f"| {name} | {label} | {t.mean():.3f} | {(t < 0.2).float().mean():.3f} | {(t > 0.8).float().mean():.3f} | {spread:.3f} |")
+    return lines
 
 
 def report(out: Path, doc: Path) -> None:
@@ -340,20 +388,24 @@ def report(out: Path, doc: Path) -> None:
         lines += ["| run | CPU ms per step | images per CPU second |", "|---|---:|---:|"]
         lines += [f"| {n} | {c * 1000:.1f} | {64 / c:.0f} |" for n, c in costs["cpu_seconds_per_step"].items()]
         lines += [""]
+    lines += ["**What each distribution trains on** (64 patches, 20,000 draws):", ""] + marginal_table() + [""]
     for title, pf_nets, sit, samplers in sections(out, rows):
         if not any((net, samplers[0], "uniform", 16, EVAL_SEEDS[0]) in rows for _, net in pf_nets):
             continue
         lines += [f"### {title}", ""]
         for space, words in SPACES.items():
+            if not any(fids(rows, net, samplers[0], "uniform", 16, space) for _, net in pf_nets):
+                continue
+            words = "digit classifier's features" if pf_nets[0][1].startswith("digits") else words
             lines += [f"In the {words} (mean ± std over seeds {', '.join(map(str, EVAL_SEEDS))}; ÷ SiT: the ratio of mean FIDs):", ""]
             lines += factor_table(rows, pf_nets, sit, space, samplers) + [""]
         base = pf_nets[0][1] if pf_nets[0][1] == "p4-pf-ltg" else None
         if base is None and "p4-pf-ltg" in {n for _, n in pf_nets}:
             base = "p4-pf-ltg"
         if base:
-            lines += [f"- {gap_verdict(rows, base, n, sit, space)} ({SPACES[space]})" for _, n in pf_nets if n != base
-                      for space in SPACES] + [""]
-    lines += [END]
+            verdicts = [(gap_verdict(rows, base, n, sit, space), space) for _, n in pf_nets if n != base for space in SPACES]
+            lines += [f"- {v} ({SPACES[space]})" for v, space in verdicts if "not measured" not in v] + [""]
+    lines += default_verdicts(out, rows) + [END]
     text = doc.read_text()
     if BEGIN in text:
         text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
