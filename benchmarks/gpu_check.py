@@ -9,7 +9,8 @@
 
 Rows (status PASS / FAIL / SKIP with the reason, the measured value, the tolerance or note):
   * train bf16, eager and torch.compile (blocks compiled as ``train --compile``), PF-B/2 and
-    T2I-B/2: three AdamW steps from the same weights on the same batches; every loss finite, and
+    T2I-B/2: three steps of the trainer's ``train_step`` (its AdamW, schedule and EMA, the
+    ``imagenet-b2`` preset's settings) from the same weights on the same batches; every loss finite, and
     compiled within 2 % of eager at every step (bf16 rounds fused and unfused kernels differently).
   * DDP with nccl under ``torchrun`` on the visible GPUs (a subprocess training a tiny run).
   * every sampler x {CFG, CFG in an interval, autoguidance} on the device against the CPU in
@@ -51,11 +52,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 import patchforcing as pf  # noqa: E402
 from common import interleaved_times, paired_ratios  # noqa: E402
 from gpu_throughput import bench_training, device_peak, sync  # noqa: E402
+from patchforcing.loss import Example  # noqa: E402
 from patchforcing.models import create_model  # noqa: E402
 from patchforcing.runs import atomic_write_text  # noqa: E402
 from patchforcing.runtime import resolve_device  # noqa: E402
 from patchforcing.timesteps import timestep_distribution  # noqa: E402
+from patchforcing.training import resolve_config  # noqa: E402
 from patchforcing.training.distributed import compile_network  # noqa: E402
+from patchforcing.training.step import make_ema_and_optimizer, step_options, train_step  # noqa: E402
 from train_step_cost import ReferenceStyleNet, ours_step, reference_step  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str, float]] = []
@@ -122,24 +126,18 @@ def check_training(name: str, overrides: dict, device: torch.device, sz) -> list
     text = name.startswith("T2I")
     extra = {} if text else {"num_classes": 1000, "in_channels": 4}
     eager = create_model(name, **{**extra, **overrides}).to(device).train()
-    compiled = copy.deepcopy(eager)
-    compile_network(compiled, **({} if device.type == "cuda" else {"backend": "aot_eager"}))
     batches = training_batches(eager.config, sz, device, 3, text=text)
+    train_cfg = resolve_config("imagenet-b2")
+    options = {**step_options(train_cfg, device), "autocast": torch.bfloat16}  # bf16 on the CPU too
 
-    def losses(net) -> list[float]:
-        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-        out = []
-        for x1, x0, t, cond in batches:
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                loss = pf.training_loss(net, x1, x0=x0, t=t, labels=cond, label_dropout=False)["loss"]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            out.append(float(loss))
-        return out
+    def losses(net, compiled: bool) -> list[float]:
+        ema, optimizer, scheduler = make_ema_and_optimizer(net, train_cfg)
+        if compiled:  # after the EMA copy, as the trainer compiles (the blocks in place)
+            compile_network(net, **({} if device.type == "cuda" else {"backend": "aot_eager"}))
+        return [float(train_step(net, ema, optimizer, Example(*batch), scheduler=scheduler, **options)["loss"])
+                for batch in batches]
 
-    a, b = losses(eager), losses(compiled)
+    a, b = losses(copy.deepcopy(eager), False), losses(eager, True)
     finite = all(np.isfinite(a + b))
     rel = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b, strict=False))
     ok = finite and rel <= COMPILE_TOL

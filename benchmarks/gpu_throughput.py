@@ -5,8 +5,10 @@ latents 4x32x32, 1000 classes), and sampling images/s per sampler at equal NFE.
     python benchmarks/gpu_throughput.py --compile --batch-size 64        # the paper's PF-B/2 batch
     OMP_NUM_THREADS=2 python benchmarks/gpu_throughput.py --device cpu   # tiny CPU defaults
 
-Training step = forward + backward (flow + difficulty loss, LTG times) + grad clip + AdamW, under
-bf16 autocast on CUDA (float32 on the CPU), on random latents (the data loader is not timed).
+Training step = the trainer's ``train_step`` (forward + backward of the flow + difficulty loss on LTG
+times, gradient clipping, the trainer's AdamW -- fused on CUDA --, its warm-up schedule and its EMA
+update) with the ``imagenet-b2`` preset's settings, under bf16 autocast on CUDA (float32 on the CPU),
+on random latents (the data loader is not timed).
 FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one step (matmuls,
 convolutions and attention, forward and backward); MFU = achieved FLOP/s / the device's dense
 bf16 peak (a table of known GPUs, or ``--peak-tflops``; no MFU without a peak). Sampling uses
@@ -23,13 +25,15 @@ import time
 import torch
 
 from patchforcing.evaluation.generate import sampler_steps
-from patchforcing.models import create_model
+from patchforcing.loss import Example
+from patchforcing.models import Kind, create_model
 from patchforcing.runtime import resolve_device
 from patchforcing.sampling import sample
 from patchforcing.sampling.registry import SAMPLERS
 from patchforcing.timesteps import timestep_distribution
+from patchforcing.training import resolve_config
 from patchforcing.training.distributed import compile_network
-from patchforcing.training.example import training_loss
+from patchforcing.training.step import make_ema_and_optimizer, step_options, train_step
 
 # Dense bf16 tensor-core peaks (TFLOP/s) of the SXM parts, from the vendor's data sheets.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "4090": 165.0}
@@ -50,22 +54,21 @@ def sync(device: torch.device) -> None:
 
 
 def train_step_fn(net, batch: int, device: torch.device, bf16: bool):
-    """A closure doing one training step on a fixed random batch."""
+    """A closure running the trainer's ``train_step`` (its optimizer, schedule and EMA, built as
+    ``train`` builds them for the ``imagenet-b2`` preset) on a fixed random batch."""
     cfg = net.config
     g = torch.Generator().manual_seed(0)
     x1 = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g).to(device)
     x0 = torch.randn(x1.shape, generator=g).to(device)
-    t = timestep_distribution("ltg")(batch, cfg.num_patches, generator=g).to(device)
+    t = timestep_distribution("ltg")(batch, cfg.num_patches, generator=g).to(device)  # (B, N)
     y = torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+    example = Example(x1, x0, t[:, 0] if cfg.kind is Kind.SIT else t, y)  # SiT: one time per sample, as the trainer
+    train_cfg = resolve_config("imagenet-b2")
+    ema, optimizer, scheduler = make_ema_and_optimizer(net, train_cfg)
+    options = {**step_options(train_cfg, device), "autocast": torch.bfloat16 if bf16 else None}
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = training_loss(net, x1, x0=x0, t=t, labels=y, uncertainty_weight=0.01)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(net, ema, optimizer, example, scheduler=scheduler, **options)
 
     return step
 
@@ -75,9 +78,9 @@ def bench_training(name: str, args, device: torch.device, peak: float | None) ->
 
     torch.manual_seed(0)
     net = create_model(name, input_size=32, in_channels=4, num_classes=1000).to(device).train()
-    if args.compile:
-        compile_network(net)
     step = train_step_fn(net, args.batch_size, device, bf16=device.type == "cuda")
+    if args.compile:  # after the EMA copy, as the trainer compiles (the blocks in place)
+        compile_network(net)
     counter = FlopCounterMode(display=False)
     with counter:
         step()  # also the first warm-up step

@@ -40,7 +40,7 @@ batches = StepBatches(data.images, data.labels, seed=0, batch_size=batch, rank=0
                       global_time=False)
 start, total = time.perf_counter(), 0.0
 for step in range(1, steps + 1):
-    total += float(batches[step]["x1"].sum())
+    total += float(batches[step].x1.sum())
 seconds = time.perf_counter() - start
 print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "after_import_mib": base / 1024, "ms_per_batch": 1000 * seconds / steps}))

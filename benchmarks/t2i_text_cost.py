@@ -1,6 +1,7 @@
 """Does text encoding dominate a text-to-image training step? Encoding a batch of captions
 (cold cache: every caption new; warm: every caption seen before) against one training step of
-the ``digits-t2i`` network (forward, backward, AdamW), CPU float32.
+the ``digits-t2i`` network (the trainer's ``train_step``: forward, backward, clipping, AdamW, the
+warm-up schedule and the EMA update, built as ``train`` builds them), CPU float32.
 
     OMP_NUM_THREADS=1 python benchmarks/t2i_text_cost.py                      # the bundled toy encoder
     OMP_NUM_THREADS=1 python benchmarks/t2i_text_cost.py --t5-width 512 --t5-layers 6   # a T5-small-sized encoder built offline
@@ -23,12 +24,13 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from common import command_line, describe_machine  # noqa: E402
 from patchforcing.data import load_dataset  # noqa: E402
+from patchforcing.loss import Example  # noqa: E402
 from patchforcing.models import create_model  # noqa: E402
 from patchforcing.text import load_text_encoder  # noqa: E402
+from patchforcing.timesteps import timestep_distribution  # noqa: E402
 from patchforcing.training import resolve_config  # noqa: E402
 from patchforcing.training.config import text_network_config  # noqa: E402
-from patchforcing.training.example import training_loss  # noqa: E402
-from patchforcing.training.step import make_optimizer  # noqa: E402
+from patchforcing.training.step import make_ema_and_optimizer, step_options, train_step  # noqa: E402
 
 
 def _encoder(args):
@@ -58,7 +60,9 @@ def main() -> None:
     cfg = resolve_config("digits-t2i")
     net = create_model(text_network_config(cfg, data, {"txt_in_dim": encoder.dim, "text_encoder": encoder.name,
                                                        "text_length": encoder.max_length})).train()
-    optimizer, _ = make_optimizer(net, cfg)
+    ema, optimizer, scheduler = make_ema_and_optimizer(net, cfg)
+    options = step_options(cfg, torch.device("cpu"))
+    ltg = timestep_distribution("ltg")
     b = args.batch
 
     cold, warm, step = [], [], []
@@ -71,16 +75,14 @@ def main() -> None:
         y = encoder.encode(captions)  # all cached
         warm.append(time.perf_counter() - t0)
         x1 = data.images[r * b : (r + 1) * b]
+        example = Example(x1, torch.randn_like(x1), ltg(x1.shape[0], net.config.num_patches), y)  # captions already dropped
         t0 = time.perf_counter()
-        out = training_loss(net, x1, labels=y, timesteps="ltg", label_dropout=False)
-        out["loss"].backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        train_step(net, ema, optimizer, example, scheduler=scheduler, **options)
         step.append(time.perf_counter() - t0)
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
     print(f"# {command_line()}")
     print(f"# {describe_machine()}; encoder {encoder.name} (width {encoder.dim}, {encoder.max_length} tokens), batch {b}")
-    print(f"training step (forward + backward + AdamW): {med(step) * 1e3:8.1f} ms")
+    print(f"training step (train_step, as `train`):      {med(step) * 1e3:8.1f} ms")
     print(f"encode, cold cache:                          {med(cold) * 1e3:8.1f} ms  ({med(cold) / med(step):.2f} of a step)")
     print(f"encode, warm cache:                          {med(warm) * 1e3:8.1f} ms  ({med(warm) / med(step):.3f} of a step)")
 

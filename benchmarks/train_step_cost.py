@@ -8,11 +8,13 @@ against a literal reference-style step with the same weights, side by side, CPU 
 A step is what a trainer runs: forward, loss, backward, gradient-norm clipping at 1.0, AdamW
 (PyTorch's default in both on a CPU; ours takes the fused kernel on CUDA), and the EMA update
 (ours: one fused lerp over all weights; the reference trainer's: ``mul_`` then ``add_`` per
-parameter). The reference-style network (``ReferenceStyleNet`` below)
+parameter). Ours is ``patchforcing.training.step.train_step``, the step ``train`` runs, with the
+optimizer, warm-up schedule and EMA that ``train`` builds for the ``imagenet-b2`` preset (lr 1e-4,
+EMA decay 0.9999, clip 1.0). The reference-style network (``ReferenceStyleNet`` below)
 computes what the method describes, token by token, as DiT/SiT code does it: the time embedding
 of every token, ``c = t_emb + y_emb`` of shape (B, N, D), and every block's ``SiLU -> Linear(D, 6D)``
 applied to that (B, N, D) tensor inside the block, attention as timm's (fused qkv, ``unbind``,
-SDPA). Our step is ``patchforcing.training_loss`` on ``PatchForcingTransformer``. Both steps start
+SDPA). Our loss is ``patchforcing.loss.example_loss`` on ``PatchForcingTransformer``. Both steps start
 from the same weights and see the same batches; the losses agree (printed, float64).
 
 A third step, ours with the per-token modulation gathered through an identity index (what this
@@ -50,11 +52,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 import patchforcing as pf  # noqa: E402
 from common import command_line, describe_machine, interleaved_times, paired_ratios  # noqa: E402
 from patchforcing import runtime  # noqa: E402
-from patchforcing.flow import interpolate
-from patchforcing.loss import gaussian_nll  # noqa: E402
+from patchforcing.flow import interpolate  # noqa: E402
+from patchforcing.loss import Example, gaussian_nll  # noqa: E402
+from patchforcing.training import resolve_config  # noqa: E402
 from patchforcing.training.distributed import compile_network  # noqa: E402
-from patchforcing.training.ema import EMA  # noqa: E402
-from patchforcing.training.step import adamw  # noqa: E402
+from patchforcing.training.step import make_ema_and_optimizer, step_options, train_step  # noqa: E402
 
 
 class _LiteralBlock(nn.Module):
@@ -141,8 +143,8 @@ def reference_loss(net, x1, x0, t, y, p):
 
 
 def training_step(net, batches, loss_fn, ema_update, optimizer, device: torch.device | None = None):
-    """A step as a trainer runs it, cycling through ``batches`` of ``(x1, x0, t, y)``: zero grads,
-    forward + loss (under bf16 autocast on CUDA), backward, clip at 1.0, the trainer's AdamW
+    """The reference-style step as its trainer runs it, cycling through ``batches`` of ``(x1, x0, t, y)``:
+    zero grads, forward + loss (under bf16 autocast on CUDA), backward, clip at 1.0, the trainer's AdamW
     (``optimizer(params, **hyper)``), its EMA update; on CUDA it waits for the device before returning."""
     params = [q for q in net.parameters() if q.requires_grad]
     opt = optimizer(params, lr=1e-4, weight_decay=0.0)
@@ -165,10 +167,22 @@ def training_step(net, batches, loss_fn, ema_update, optimizer, device: torch.de
 
 
 def ours_step(net: pf.PatchForcingTransformer, batches, device: torch.device | None = None):
-    """This project's step: ``training_loss``, its AdamW (fused on CUDA) and its ``EMA`` (one fused lerp)."""
-    ema = EMA(net, 0.9999)
-    return training_step(net, batches, lambda x1, x0, t, y: pf.training_loss(net, x1, x0=x0, t=t, labels=y, label_dropout=False)["loss"],
-                         lambda: ema.update(net), adamw, device)
+    """This project's step, cycling through ``batches``: ``train_step`` with the optimizer (AdamW, fused on
+    CUDA), schedule and ``EMA`` (one fused lerp) that ``train`` builds for ``imagenet-b2``; on CUDA it
+    waits for the device before returning."""
+    device = device if device is not None else torch.device("cpu")
+    cfg = resolve_config("imagenet-b2")
+    ema, optimizer, scheduler = make_ema_and_optimizer(net, cfg)
+    options = step_options(cfg, device)  # bf16 autocast on CUDA, clip 1.0
+    count = {"i": 0}
+
+    def fn():
+        example = Example(*batches[count["i"] % len(batches)])
+        count["i"] += 1
+        train_step(net, ema, optimizer, example, scheduler=scheduler, **options)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return fn
 
 
 def reference_step(net: ReferenceStyleNet, batches, device: torch.device | None = None):

@@ -1,11 +1,12 @@
-"""Images per second of the trainer's step against a bare step of the same network and batch.
+"""Images per second of the trainer against its bare step on one fixed batch.
 
     .venv/bin/python benchmarks/train_throughput.py                      # the digits preset
     .venv/bin/python benchmarks/train_throughput.py --preset digits --steps 200 --threads 1
 
-The bare step is forward + backward + gradient clipping + AdamW on one fixed batch: what any
-training script must do. The trainer adds the per-step batch draw (data order, noise, times,
-label dropout), the EMA update, the NaN bookkeeping and the metrics lines; its images/s are read
+The bare step is ``train_step`` (forward + backward + gradient clipping + the trainer's AdamW, its
+warm-up schedule and EMA update, built by ``make_ema_and_optimizer`` as ``train`` builds them) on
+one fixed batch. The trainer runs the same step and adds the per-step batch draw (data order,
+noise, times, label dropout), the NaN bookkeeping and the metrics lines; its images/s are read
 from ``metrics.jsonl`` (which excludes checkpoint, validation and sample time). Both run in
 this process, alternating, twice each; the script prints the medians and the overhead.
 """
@@ -25,11 +26,12 @@ import torch
 
 from patchforcing import runtime
 from patchforcing.data import load_dataset
+from patchforcing.loss import Example
 from patchforcing.models import PatchForcingTransformer
 from patchforcing.timesteps import timestep_distribution
 from patchforcing.training import resolve_config, train
 from patchforcing.training.config import network_config
-from patchforcing.training.example import training_loss
+from patchforcing.training.step import make_ema_and_optimizer, step_options, train_step
 
 
 def bare_images_per_sec(cfg, steps: int, warmup: int) -> float:
@@ -37,20 +39,18 @@ def bare_images_per_sec(cfg, steps: int, warmup: int) -> float:
     mcfg = network_config(cfg, data)
     torch.manual_seed(cfg.seed)
     net = PatchForcingTransformer(mcfg).train()
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    ema, optimizer, scheduler = make_ema_and_optimizer(net, cfg)
+    options = step_options(cfg, torch.device("cpu"))
     g = torch.Generator().manual_seed(0)
     x1, labels = data.images[: cfg.batch_size], data.labels[: cfg.batch_size]
     x0 = torch.randn(x1.shape, generator=g)
     t = timestep_distribution(cfg.timestep_name)(cfg.batch_size, mcfg.num_patches, generator=g)
     t = t[:, 0] if not mcfg.has_difficulty_head else t
+    example = Example(x1, x0, t, labels)
     for i in range(warmup + steps):
         if i == warmup:
             start = time.perf_counter()
-        loss = training_loss(net, x1, x0=x0, t=t, labels=labels, uncertainty_weight=cfg.uncertainty_weight)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(net, ema, optimizer, example, scheduler=scheduler, **options)
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 
@@ -73,20 +73,17 @@ def extras_ms_per_step(cfg, repeats: int = 200) -> dict[str, float]:
     """The trainer's additions to a bare step, each timed alone (ms): robust on a busy machine."""
     from patchforcing import runtime
     from patchforcing.training.batches import StepBatches
-    from patchforcing.training.ema import EMA
     from patchforcing.training.step import LossTracker
 
     data = load_dataset(cfg.data, resolution=cfg.resolution)
     mcfg = network_config(cfg, data)
-    net = PatchForcingTransformer(mcfg)
     batches = StepBatches(data.images, data.labels, seed=0, batch_size=cfg.batch_size, rank=0, world_size=1,
                           timesteps=timestep_distribution(cfg.timestep_name), num_patches=mcfg.num_patches,
                           null_label=mcfg.null_label, drop_prob=mcfg.class_dropout_prob, global_time=not mcfg.has_difficulty_head)
-    ema = EMA(net, cfg.ema_decay)
     tracker = LossTracker(runtime.Processes(0, 1, 0, torch.device("cpu")))
     one = torch.tensor(1.0)
-    parts = {"batch draw": lambda: batches[12345], "EMA update": lambda: ema.update(net),
-             "loss bookkeeping": lambda: tracker.add(7, one, one, one, one)}
+    parts = {"batch draw": lambda: batches[12345],
+             "loss bookkeeping": lambda: tracker.add(7, dict.fromkeys(("loss", "flow_loss", "uncertainty_loss", "grad_norm"), one))}
     out = {}
     for name, fn in parts.items():
         fn()

@@ -44,7 +44,7 @@ def test_step_batches_draw_through_draw_example():
     index = batches.indices(2)
     ex = draw_example(images[index], labels[index], make_generator(4, STREAM_STEP, 2), timesteps=dist, num_patches=16,
                       null_label=10, drop_prob=0.3)
-    assert torch.equal(got["x0"], ex.x0) and torch.equal(got["t"], ex.t) and torch.equal(got["labels"], ex.condition)
+    assert torch.equal(got.x0, ex.x0) and torch.equal(got.t, ex.t) and torch.equal(got.condition, ex.condition)
 
 
 def test_the_loss_is_a_pure_function_of_network_and_example():

@@ -216,7 +216,7 @@ def test_full_disk_during_training_keeps_the_run(tmp_path, capsys, monkeypatch):
 # --- training advice ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("clip, suggests_clip", [("1", False), ("0", True), ("5", True)])
 def test_nan_advice_suggests_only_what_changes_something(tmp_path, monkeypatch, clip, suggests_clip):
-    import patchforcing.training.loop as loop
+    import patchforcing.training.step as step
     from patchforcing.training import resolve_config
 
     def poisoned(*args, **kwargs):
@@ -224,7 +224,7 @@ def test_nan_advice_suggests_only_what_changes_something(tmp_path, monkeypatch, 
         out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "example_loss", poisoned)
+    monkeypatch.setattr(step, "example_loss", poisoned)  # the loss train_step calls
     cfg = resolve_config("digits", out=str(tmp_path / "run"), steps=2, log_every=1, val_every=0, sample_every=0,
                          depth=1, hidden_size=32, num_heads=2, batch_size=8, device="cpu", grad_clip=float(clip))
     with pytest.raises(TrainingError) as info:

@@ -68,7 +68,7 @@ def test_step_batches_equal_eager_batch_for_batch(folder, world_size):
         mapped, eager = (StepBatches(sets[m].images, sets[m].labels, rank=rank, **kw) for m in (True, False))
         for step in (1, 2, 3, 7, 11):  # step 11 alone equals step 11 of a run: resume draws the same
             a, b = mapped[step], eager[step]
-            assert all(torch.equal(a[k], b[k]) for k in ("x1", "x0", "t", "labels")), step
+            assert all(torch.equal(getattr(a, k), getattr(b, k)) for k in ("x1", "x0", "t", "condition")), step
 
 
 def test_dataloader_workers_read_the_same_batches(folder):
@@ -76,8 +76,8 @@ def test_dataloader_workers_read_the_same_batches(folder):
     kw = dict(seed=0, batch_size=4, rank=0, world_size=1, timesteps=timestep_distribution("uniform"), num_patches=16,
               null_label=None, drop_prob=0.0, global_time=False)
     batches = StepBatches(data.images, data.labels, **kw)
-    inline = [b["x1"] for b in iterate(batches, 1, 6, num_workers=0, pin_memory=False)]
-    workers = [b["x1"] for b in iterate(batches, 1, 6, num_workers=2, pin_memory=False)]
+    inline = [b.x1 for b in iterate(batches, 1, 6, num_workers=0, pin_memory=False)]
+    workers = [b.x1 for b in iterate(batches, 1, 6, num_workers=2, pin_memory=False)]
     assert all(torch.equal(a, b) for a, b in zip(inline, workers, strict=True))
 
 

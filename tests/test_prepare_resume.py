@@ -98,7 +98,7 @@ def test_training_draws_a_view_per_sample_and_step_from_the_step_stream(setup, t
         batch = mean_only[step]
         rows = mean_only.indices(step)
         for i, row in enumerate(rows.tolist()):  # each sample is the mean of the image or of its mirror
-            plain, mirror = torch.equal(batch["x1"][i], ds.images[row]), torch.equal(batch["x1"][i], views.flip[row])
+            plain, mirror = torch.equal(batch.x1[i], ds.images[row]), torch.equal(batch.x1[i], views.flip[row])
             assert plain != mirror
             picked.add(mirror)
     assert picked == {True, False}
@@ -106,15 +106,15 @@ def test_training_draws_a_view_per_sample_and_step_from_the_step_stream(setup, t
     assert posterior.posterior
     one = posterior[2]
     halves = [_batches(ds, rank, 2)[2] for rank in (0, 1)]  # two processes: the same global batch
-    for key in ("x1", "x0", "t", "labels"):
-        assert torch.equal(torch.cat([h[key] for h in halves]), one[key]), key
-    assert torch.equal(_batches(ds)[2]["x1"], one["x1"])  # a function of (seed, step): resume-exact
-    assert not any(torch.equal(one["x1"], v) for v in (mean_only[2]["x1"], _batches(ds, seed=4)[2]["x1"]))
+    for key in ("x1", "x0", "t", "condition"):
+        assert torch.equal(torch.cat([getattr(h, key) for h in halves]), getattr(one, key)), key
+    assert torch.equal(_batches(ds)[2].x1, one.x1)  # a function of (seed, step): resume-exact
+    assert not any(torch.equal(one.x1, v) for v in (mean_only[2].x1, _batches(ds, seed=4)[2].x1))
     rows = posterior.indices(2)
-    eps_free = torch.stack([ds.images[r] if torch.equal(mean_only[2]["x1"][i], ds.images[r]) else views.flip[r]
+    eps_free = torch.stack([ds.images[r] if torch.equal(mean_only[2].x1[i], ds.images[r]) else views.flip[r]
                             for i, r in enumerate(rows.tolist())])
-    assert torch.equal(one["x0"], mean_only[2]["x0"]) and torch.equal(one["t"], mean_only[2]["t"])
-    assert (one["x1"] - eps_free).abs().max() < 6 * views.std[:].max()  # mean + std * eps around the same view
+    assert torch.equal(one.x0, mean_only[2].x0) and torch.equal(one.t, mean_only[2].t)
+    assert (one.x1 - eps_free).abs().max() < 6 * views.std[:].max()  # mean + std * eps around the same view
 
 
 def _old_folder(root: Path) -> Path:

@@ -117,5 +117,5 @@ def test_stored_targets_follow_the_images_over_processes():
     parts = [StepBatches(images, labels, rank=r, world_size=2, **kw) for r in (0, 1)]
     for step in (1, 5, 9):
         one = whole[step]
-        assert torch.equal(one["repa_target"], one["x1"].flatten(1)[:, :, None] * torch.arange(3.0))
-        assert torch.equal(one["repa_target"], torch.cat([p[step]["repa_target"] for p in parts]))
+        assert torch.equal(one.repa_target, one.x1.flatten(1)[:, :, None] * torch.arange(3.0))
+        assert torch.equal(one.repa_target, torch.cat([p[step].repa_target for p in parts]))

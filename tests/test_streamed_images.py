@@ -28,8 +28,8 @@ def test_streamed_batches_equal_eager_batches(folder, one_thread):
     assert torch.equal(streamed.images[:], eager.images)  # the unreadable file skipped in both
     kw = dict(seed=2, batch_size=4, rank=0, world_size=1, timesteps=timestep_distribution("ltg"), num_patches=16,
               null_label=2, drop_prob=0.1, global_time=False)
-    a = [b["x1"] for b in iterate(StepBatches(streamed.images, streamed.labels, **kw), 1, 5, num_workers=2, pin_memory=False)]
-    b = [StepBatches(eager.images, eager.labels, **kw)[step]["x1"] for step in range(1, 6)]
+    a = [b.x1 for b in iterate(StepBatches(streamed.images, streamed.labels, **kw), 1, 5, num_workers=2, pin_memory=False)]
+    b = [StepBatches(eager.images, eager.labels, **kw)[step].x1 for step in range(1, 6)]
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 

@@ -158,7 +158,7 @@ def test_corrupt_checkpoint_names_the_file_and_the_fix(tmp_path, capsys):
 
 # --- failures -------------------------------------------------------------------------------------
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path, monkeypatch):
-    import patchforcing.training.loop as loop
+    import patchforcing.training.step as step
 
     calls = {"n": 0}
 
@@ -169,7 +169,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoints(tmp_path, monkey
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(loop, "example_loss", poisoned)
+    monkeypatch.setattr(step, "example_loss", poisoned)  # the loss train_step calls
     cfg = resolve_config("digits", out=str(tmp_path / "run"), steps=12, log_every=3, ckpt_every=4, val_every=0, sample_every=0, **TINY_KW)
     with pytest.raises(TrainingError, match=r"loss became nan at step 6; the last good checkpoint is .*step-00000004\.pt"):
         pf.train(cfg)
@@ -259,8 +259,8 @@ def test_step_batches_split_the_global_batch():
     parts = [StepBatches(images, labels, rank=r, world_size=2, **kw) for r in (0, 1)]
     for step in (1, 5, 9):  # step 5 crosses an epoch boundary (37 images, 8 per step)
         one, two = whole[step], [p[step] for p in parts]
-        for key in ("x1", "x0", "t", "labels"):
-            assert torch.equal(one[key], torch.cat([b[key] for b in two]))
+        for key in ("x1", "x0", "t", "condition"):
+            assert torch.equal(getattr(one, key), torch.cat([getattr(b, key) for b in two]))
     seen = torch.cat([whole.indices(s) for s in range(1, 5)])
     assert len(set(seen.tolist())) == 32  # within an epoch no image repeats
 

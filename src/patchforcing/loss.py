@@ -51,6 +51,11 @@ class Example:
         """The rows ``part`` of every field (a micro-batch of ``--grad-accum``)."""
         return Example(self.x1[part], self.x0[part], self.t[part], _rows(self.condition, part), _rows(self.repa_target, part))
 
+    def pin_memory(self) -> Example:
+        """Every tensor in page-locked memory (``DataLoader(pin_memory=True)`` calls it)."""
+        fields = (self.x1, self.x0, self.t, self.condition, self.repa_target)
+        return Example(*tree_map(lambda v: v.pin_memory() if torch.is_tensor(v) else v, fields))
+
 
 def example_loss(model: nn.Module, example: Example, *, uncertainty_weight: float = 0.01,
                  repa_weight: float = 0.5) -> dict[str, Tensor]:

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from patchforcing.errors import ConfigError
+from patchforcing.loss import Example
 from patchforcing.streams import STREAM_EPOCH, STREAM_LATENT_VIEW, STREAM_STEP, make_generator
 from patchforcing.timesteps import TimestepDistribution
 from patchforcing.training.example import draw_example
@@ -86,8 +87,10 @@ class StepBatches(Dataset):
     def __len__(self) -> int:  # steps are unbounded; DataLoader is given an explicit sampler
         return 2**62
 
-    def __getitem__(self, step: int) -> dict[str, Any]:
-        """The slice of step ``step`` (1-based): ``x1`` (b, C, H, W), ``x0`` like it, ``t`` (b, N) or (b,), ``labels`` (b,)."""
+    def __getitem__(self, step: int) -> Example:
+        """This process's ``Example`` of step ``step`` (1-based): ``x1`` (b, C, H, W), ``x0`` like it, ``t`` (b, N)
+        or (b,), ``condition`` the labels (b,) after guidance dropout, ``repa_target`` the stored features
+        (b, N', z) or None."""
         index = self.indices(step)  # (B,)
         g = make_generator(self.seed, STREAM_STEP, step)
         x1 = self.images[index]
@@ -97,13 +100,12 @@ class StepBatches(Dataset):
         example = draw_example(x1, self.labels[index], g, timesteps=self.timesteps, num_patches=self.num_patches,
                                null_label=self.null_label, drop_prob=self.drop_prob, global_time=self.global_time)
         s = self.local
-        out = {"step": step, "x1": x1[s], "x0": example.x0[s], "t": example.t[s], "labels": example.condition[s]}
+        target = None
         if self.features is not None:
-            out["repa_target"] = self.features[index[s]]  # (b, N', z)
+            target = self.features[index[s]]  # (b, N', z)
             if flip is not None and self.views.flip_features is not None:
-                mirrored = self.views.flip_features[index[s]]
-                out["repa_target"] = torch.where(flip[s, None, None], mirrored, out["repa_target"])
-        return out
+                target = torch.where(flip[s, None, None], self.views.flip_features[index[s]], target)
+        return Example(x1[s], example.x0[s], example.t[s], example.condition[s], target)
 
     def _view(self, mean: Tensor, index: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """The step's version of each latent row: (B, c, h, w), and which rows are mirrored (B,) or None."""

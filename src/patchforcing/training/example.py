@@ -68,21 +68,22 @@ def draw_example(
     return Example(x1, x0, t, labels)
 
 
-def step_example(batch: dict[str, Any], device: torch.device, *, text: Any = None, repa: Any = None,
+def step_example(drawn: Example, step: int, device: torch.device, *, text: Any = None, repa: Any = None,
                  batches: Any = None) -> Example:
-    """This process's example of a step, on ``device``, from its slice ``batch`` of ``StepBatches``.
+    """This process's example of step ``step`` on ``device``, completed from ``drawn = StepBatches[step]``.
 
     Args:
-        batch: ``StepBatches[step]``: ``step``, ``x1``, ``x0``, ``t``, ``labels`` (and ``repa_target``).
+        drawn: the step's rows as ``StepBatches`` draws them (labels as the condition, stored REPA
+            features or None as the target).
         text: the run's ``TextConditioner``: the condition becomes the encoded captions of the
             step (the dropped ones as ``""``); None for class-conditional networks.
         repa: the run's ``RepaTargets``, or None without REPA.
         batches: the ``StepBatches`` (a text network reads the step's rows from it).
     """
-    x1, x0, t, labels = (batch[k].to(device, non_blocking=True) for k in ("x1", "x0", "t", "labels"))
+    x1, x0, t, labels = (v.to(device, non_blocking=True) for v in (drawn.x1, drawn.x0, drawn.t, drawn.condition))
     if text is not None:  # text states of this step's captions (some dropped to "")
-        labels = text.states(text.step_captions(batch["step"], batches), device)
-    target = repa.targets(batch, x1) if repa is not None else None  # (b, N', z) of the clean images
+        labels = text.states(text.step_captions(step, batches), device)
+    target = repa.targets(drawn.repa_target, x1) if repa is not None else None  # (b, N', z) of the clean images
     return Example(x1, x0, t, labels, target)
 
 

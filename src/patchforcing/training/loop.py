@@ -4,9 +4,9 @@
     torchrun --nproc_per_node 8 -m patchforcing train --preset imagenet-xl2 --data latents/in256
     accelerate launch --multi_gpu -m patchforcing train --preset imagenet-b2 --data latents/in256
 
-Per step: the step's global batch (``batches.py``), this process's example (``example.py``), its
-loss (``patchforcing.loss``) under bf16 autocast on CUDA, gradient-norm clipping, AdamW, the warm-up
-schedule, the EMA update.
+Per step: the step's global batch (``batches.py``), this process's example (``example.py``), then
+``step.train_step``: its loss (``patchforcing.loss``) under bf16 autocast on CUDA, gradient-norm
+clipping, AdamW, the warm-up schedule, the EMA update.
 Every ``log_every`` steps a metrics line; every ``val_every`` / ``sample_every`` / ``ckpt_every``
 steps the validation loss, a sample grid and a checkpoint (rank 0 writes all files).
 """
@@ -23,17 +23,16 @@ import torch
 from patchforcing import runtime
 from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError, DataError, TrainingError
-from patchforcing.loss import example_loss
+from patchforcing.loss import Example
 from patchforcing.models import Kind, build_model
 from patchforcing.runs import RunFolder
 from patchforcing.timesteps import timestep_distribution
 from patchforcing.training import distributed, evaluate, monitor, repa, state, trackers
 from patchforcing.training.batches import StepBatches, iterate, latent_views
 from patchforcing.training.config import TrainConfig, data_info, network_config, text_network_config
-from patchforcing.training.ema import EMA
 from patchforcing.training.example import step_example
 from patchforcing.training.resume import changed_settings, check_resumable, write_config
-from patchforcing.training.step import LossTracker, make_optimizer, micro_batches, warmup_factor
+from patchforcing.training.step import LossTracker, make_ema_and_optimizer, step_options, train_step, warmup_factor
 from patchforcing.training.text import TextConditioner
 
 DIGEST_ENV = "PATCHFORCING_PRINT_WEIGHTS_DIGEST"  # "1": every process prints a hash of its final weights
@@ -93,8 +92,7 @@ class _Run:
         cfg, device = self.cfg, self.procs.device
         torch.manual_seed(cfg.seed)  # the same initial weights in every process
         self.net = build_model(self.model_config).to(device).train()
-        self.ema = EMA(self.net, cfg.ema_decay)
-        self.optimizer, self.scheduler = make_optimizer(self.net, cfg)
+        self.ema, self.optimizer, self.scheduler = make_ema_and_optimizer(self.net, cfg)
         self.start = 1
         if checkpoint is not None:
             self._restore(checkpoint)
@@ -106,8 +104,7 @@ class _Run:
             drop_prob=self.model_config.class_dropout_prob, global_time=self.model_config.kind is Kind.SIT,
             features=self.repa.stored if self.repa else None, **latent_views(self.data, cfg.latent_sampling),
         )
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-        self.autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        self.step_options = step_options(cfg, device)  # clipping, micro-batches, autocast, loss weights
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.net.load_state_dict(ckpt["model"])
@@ -160,9 +157,8 @@ class _Run:
         interval_start, interval_eval, interval_steps = time.perf_counter(), 0.0, 0
         batches = iterate(self.batches, self.start, cfg.steps, cfg.num_workers, self.procs.device.type == "cuda")
         try:
-            for batch in batches:
-                step = batch["step"]
-                tracker.add(step, *self._step(batch))
+            for step, drawn in zip(range(self.start, cfg.steps + 1), batches, strict=True):
+                tracker.add(step, self._step(step, drawn))
                 interval_steps += 1
                 stats = None
                 if step % cfg.log_every == 0 or step == cfg.steps:
@@ -183,25 +179,10 @@ class _Run:
         self.say(monitor.summary_line(summary))
         return summary
 
-    def _step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """One optimizer step on this process's slice; returns (loss, flow, uncertainty, grad norm[, repa])."""
-        example = step_example(batch, self.procs.device, text=self.text, repa=self.repa, batches=self.batches)
-        out = {}
-        for part, share, sync in micro_batches(example.x1.shape[0], self.cfg.grad_accum, self.model):
-            with sync():  # DDP all-reduces the gradients after the last micro-batch only
-                with self.autocast():
-                    loss = example_loss(self.model, example.rows(part), uncertainty_weight=self.cfg.uncertainty_weight,
-                                        repa_weight=self.cfg.repa_weight)
-                (loss["loss"] if share == 1 else loss["loss"] * share).backward()  # the mean over all rows
-            out = {k: v.detach() * share + out.get(k, 0) for k, v in loss.items() if torch.is_tensor(v) and v.ndim == 0}
-        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(self.net)
-        losses = (out["loss"].detach(), out["flow_loss"].detach(), out["uncertainty_loss"].detach(), grad_norm.detach())
-        return losses + ((out["repa_loss"].detach(),) if "repa_loss" in out else ())
+    def _step(self, step: int, drawn: Example) -> dict[str, torch.Tensor]:
+        """One optimizer step on this process's rows ``drawn`` of ``step``: ``train_step``'s losses and gradient norm."""
+        example = step_example(drawn, step, self.procs.device, text=self.text, repa=self.repa, batches=self.batches)
+        return train_step(self.model, self.ema, self.optimizer, example, scheduler=self.scheduler, **self.step_options)
 
     def _periodic(self, step: int, tracker: LossTracker) -> None:
         cfg, last = self.cfg, step == self.cfg.steps

@@ -34,10 +34,11 @@ class RepaTargets:
     encoder: Callable[[Tensor], Tensor] | None = None
     stored: Tensor | None = None  # (M, N', z), rows like the data set's images
 
-    def targets(self, batch: dict[str, Any], x1: Tensor) -> Tensor:
-        """(b, N', z) float32 targets of this process's slice ``x1`` (b, C, H, W) of clean images."""
+    def targets(self, stored: Tensor | None, x1: Tensor) -> Tensor:
+        """(b, N', z) float32 targets of this process's slice ``x1`` (b, C, H, W) of clean images; ``stored``:
+        their rows of the stored features as ``StepBatches`` drew them."""
         if self.stored is not None:
-            return batch["repa_target"].to(x1.device, dtype=torch.float32, non_blocking=True)
+            return stored.to(x1.device, dtype=torch.float32, non_blocking=True)
         return self.encoder(x1)
 
 

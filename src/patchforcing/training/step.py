@@ -1,15 +1,25 @@
-"""The pieces of one optimisation step: optimiser and schedule, the loss view, loss bookkeeping."""
+"""One training step, ``train_step``: what ``train`` runs at every step and every benchmark times.
+
+    ema, optimizer, scheduler = make_ema_and_optimizer(net, cfg)   # the trainer's AdamW (fused on CUDA) and EMA
+    losses = train_step(net, ema, optimizer, example, scheduler=scheduler, **step_options(cfg, device))
+
+Also here: the micro-batch split of ``--grad-accum`` and the loss bookkeeping of the trainer.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from patchforcing import runtime
+from patchforcing.loss import Example, example_loss
+from patchforcing.models import unwrap_model
 from patchforcing.training.config import TrainConfig
+from patchforcing.training.ema import EMA
 
 _NONE = 2**62  # "no bad step yet" (min-reduced over processes)
 
@@ -50,6 +60,54 @@ def make_optimizer(net: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimi
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(cfg.warmup_steps))
 
 
+def make_ema_and_optimizer(net: nn.Module, cfg: TrainConfig) -> tuple[EMA, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """What ``train`` builds around a fresh network: its ``EMA`` (``cfg.ema_decay``), AdamW and warm-up schedule."""
+    return EMA(net, cfg.ema_decay), *make_optimizer(net, cfg)
+
+
+def step_options(cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """The keywords of ``train_step`` that ``train`` passes for ``cfg`` on ``device``."""
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    return {"grad_clip": cfg.grad_clip, "grad_accum": cfg.grad_accum, "autocast": torch.bfloat16 if bf16 else None,
+            "uncertainty_weight": cfg.uncertainty_weight, "repa_weight": cfg.repa_weight}
+
+
+def train_step(model: nn.Module, ema: EMA | None, optimizer: torch.optim.Optimizer, example: Example, *,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, grad_clip: float = 1.0, grad_accum: int = 1,
+               autocast: torch.dtype | None = None, uncertainty_weight: float = 0.01, repa_weight: float = 0.5) -> dict[str, Tensor]:
+    """One optimizer step on ``example`` (docs/method.md §4.3): loss, backward, clipping, AdamW, schedule, EMA.
+
+    Args:
+        model: the network, or the module wrapping it (DDP, compiled); its weights are clipped and averaged.
+        ema: the weights' ``EMA``, updated after the step (None: no EMA).
+        example: this process's rows of the step, on the network's device.
+        grad_clip: clip the global gradient norm to this (0: no clipping).
+        grad_accum: split the rows into this many micro-batches, one backward each (``micro_batches``).
+        autocast: the autocast dtype of the forward and loss (``torch.bfloat16``), or None (off).
+        uncertainty_weight, repa_weight: the weights of the loss terms (``example_loss``).
+
+    Returns:
+        the detached scalar losses of ``example_loss`` (means over all rows) and ``grad_norm``, the
+        gradient norm before clipping.
+    """
+    net = unwrap_model(model)
+    losses: dict[str, Tensor] = {}
+    for part, share, sync in micro_batches(example.x1.shape[0], grad_accum, model):
+        with sync():  # DDP all-reduces the gradients after the last micro-batch only
+            with torch.autocast(example.x1.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+                loss = example_loss(model, example.rows(part), uncertainty_weight=uncertainty_weight, repa_weight=repa_weight)
+            (loss["loss"] if share == 1 else loss["loss"] * share).backward()  # the mean over all rows
+        losses = {k: v.detach() * share + losses.get(k, 0) for k, v in loss.items()}
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(net)
+    return {**losses, "grad_norm": grad_norm.detach()}
+
+
 class LossTracker:
     """Sums the step losses on the device (no host sync per step) and remembers the first step
     whose loss or gradient norm was not finite."""
@@ -61,15 +119,16 @@ class LossTracker:
         self.bad_step = torch.full((), _NONE, dtype=torch.int64, device=procs.device)
         self.bad_value = torch.zeros((), device=procs.device)
 
-    def add(self, step: int, loss: Tensor, flow: Tensor, uncertainty: Tensor, grad_norm: Tensor, repa: Tensor | None = None) -> None:
-        parts = [loss, flow, uncertainty, grad_norm] + ([] if repa is None else [repa])
-        self.names = ("loss", "flow_loss", "uncertainty_loss", "grad_norm") + (() if repa is None else ("repa_loss",))
-        values = torch.stack([v.float() for v in parts])
-        self.sums = values if self.sums is None else self.sums + values
+    def add(self, step: int, values: dict[str, Tensor]) -> None:
+        """Add the scalars of ``train_step`` (``loss`` and ``grad_norm`` among them) of step ``step``."""
+        self.names = tuple(values)
+        stacked = torch.stack([v.float() for v in values.values()])
+        self.sums = stacked if self.sums is None else self.sums + stacked
         self.count += 1
-        first = (self.bad_step == _NONE) & ~torch.isfinite(values).all()
+        first = (self.bad_step == _NONE) & ~torch.isfinite(stacked).all()
         self.bad_step = torch.where(first, step, self.bad_step)
-        culprit = torch.where(torch.isfinite(values[0]), values[3], values[0])  # the loss, else the gradient norm
+        loss, grad_norm = values["loss"].float(), values["grad_norm"].float()
+        culprit = torch.where(torch.isfinite(loss), grad_norm, loss)  # the loss, else the gradient norm
         self.bad_value = torch.where(first, culprit, self.bad_value)
 
     def first_bad(self) -> tuple[int, float] | None:
