@@ -62,6 +62,7 @@ RUNS: dict[str, tuple[list[str], int]] = {
     "p2-pf-ltg": (PF + P2, 2000),
     "p2-sit": (SIT + P2, 2000),
     "p2-pf-ltg-std0.2": (PF + P2 + ["--timestep-options", "std=0.2"], 2000),
+    "p2-pf-ltg-loc0": (PF + P2 + ["--timestep-options", "loc=0.0"], 2000),
     "p4w128-pf-ltg": (PF + P4 + ["--hidden-size", "128"], 2000),
     "p4w128-sit": (SIT + P4 + ["--hidden-size", "128"], 2000),
     "p4d4-pf-ltg": (PF + P4 + ["--depth", "4"], 2000),
@@ -147,8 +148,8 @@ def score(runs_dir: Path, out: Path, networks: list[str], samplers: list[str] | 
                                **score_row(model, sampler, schedule, nfe, seed, num_images)}
                         path.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write_text(path, json.dumps(row, indent=1) + "\n")
-                        print(f"{network} {sampler} {schedule} nfe {nfe} seed {seed}: "
-                              f"FID {row['hand']['fid']:.3f} / {row['classifier']['fid']:.3f} ({row['cpu_seconds']:.1f} CPU s)", flush=True)
+                        scores = " / ".join(f"{row[space]['fid']:.3f}" for space in FEATURES if space in row)
+                        print(f"{network} {sampler} {schedule} nfe {nfe} seed {seed}: FID {scores} ({row['cpu_seconds']:.1f} CPU s)", flush=True)
 
 
 def run_config(name: str):
@@ -339,16 +340,18 @@ def sections(out: Path, rows: dict) -> list[tuple[str, list[tuple[str, str]], st
     """(title, Patch Forcing networks as (label, key), SiT twin key, samplers) per factor."""
     chosen = json.loads((out / "tuning.json").read_text())["chosen"] if (out / "tuning.json").exists() else None
     ltg = [(n, n) for n in LTG_CANDIDATES if (n, "euler-pf", "uniform", 16, EVAL_SEEDS[0]) in rows]
-    dist = [("p4-pf-uniform", "p4-pf-uniform"), ("p4-pf-logit-normal", "p4-pf-logit-normal")] + ltg
+    dist = [("p4-pf-uniform", "p4-pf-uniform"), ("p4-pf-logit-normal", "p4-pf-logit-normal")] + ltg + [("p4-pf-gaussian", "p4-pf-gaussian")]
+    per_patch = ltg + [("p4-pf-gaussian", "p4-pf-gaussian")]  # one time per patch: these cost more per step than SiT
     out_sections = [("The training-time distribution, 4x4 patches (64 tokens), 2,000 steps, equal steps", dist, "p4-sit@2000", PF_SAMPLERS)]
     k = equal_time_step(out, "p4-pf-ltg", "p4-sit", 2000)
     if k is not None:
-        out_sections.append((f"The same networks at equal training time: SiT trained on to step {k}", dist, f"p4-sit@{k}", PF_SAMPLERS))
+        out_sections.append((f"The per-patch networks at equal training time: SiT trained on to step {k} (global-time networks cost "
+                             "about what SiT costs per step, so equal steps is equal time for them)", per_patch, f"p4-sit@{k}", PF_SAMPLERS))
     out_sections += [
         ("The difficulty head: its loss weight at 0 (look-ahead needs the head and is left out)",
          [("p4-pf-ltg", "p4-pf-ltg"), ("p4-pf-ltg-head0", "p4-pf-ltg-head0")], "p4-sit@2000", ("euler-pf",)),
         ("Token count: 2x2 patches (256 tokens), 2,000 steps",
-         [(n, n) for n in ("p2-pf-ltg", "p2-pf-ltg-std0.2") + ((chosen.replace("p4", "p2"),) if chosen else ())], "p2-sit", PF_SAMPLERS),
+         [(n, n) for n in dict.fromkeys(("p2-pf-ltg",) + ((chosen.replace("p4", "p2"),) if chosen else ()))], "p2-sit", PF_SAMPLERS),
         ("Capacity: width 128 (4x4 patches, 2,000 steps)", [("p4w128-pf-ltg", "p4w128-pf-ltg")], "p4w128-sit", PF_SAMPLERS),
         ("Capacity: depth 4 (4x4 patches, 2,000 steps)", [("p4d4-pf-ltg", "p4d4-pf-ltg")], "p4d4-sit", PF_SAMPLERS),
         ("Training length: both networks at 1,000 steps", [("p4-pf-ltg@1000", "p4-pf-ltg@1000")], "p4-sit@1000", PF_SAMPLERS),

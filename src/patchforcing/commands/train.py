@@ -34,7 +34,7 @@ FLAG_GROUPS: dict[str, tuple[str, ...]] = {
     "data": ("data", "resolution", "latent_sampling"),
     "model": ("model", "depth", "hidden_size", "num_heads", "patch_size", "class_dropout_prob", "text_encoder", "text_length",
               "text_dropout"),
-    "objective": ("timesteps", "timestep_options", "uncertainty_weight"),
+    "objective": ("timesteps", "timestep_options", "ltg_loc", "uncertainty_weight"),
     "REPA": ("repa_encoder", "repa_weight", "repa_depth", "repa_projector_dim"),
     "optimizer": ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "beta1", "beta2", "grad_clip", "ema_decay"),
     "runtime": ("device", "precision", "compile", "num_workers", "dist_timeout", "grad_accum"),

@@ -66,6 +66,8 @@ class TrainConfig:
     # --- objective (docs/method.md §4) -------------------------------------------------------------------------
     timesteps: str = knob("auto", "training timestep distribution; auto: ltg for PF-*, uniform for SiT-*")
     timestep_options: str = knob("", "distribution parameters as key=value pairs, e.g. 'loc=0.5,std=0.6'")
+    ltg_loc: float | None = knob(None, "ltg only: where the cleanest patch lies, t_max = sigmoid(loc + n) (docs/where_it_pays.md); "
+                                 "none: the paper's 0.7 (0.5 for text-to-image); a loc in --timestep-options wins")
     uncertainty_weight: float = knob(0.01, "lambda of loss = flow + lambda * nll (0.01 in the paper)")
     # --- REPA (docs/method.md §7): align hidden tokens with a frozen encoder's features of the clean image ----
     repa_encoder: str | None = knob(None, "REPA target encoder: digits-cnn (ships with the package), dinov2-b, dinov2:FOLDER; none: off")
@@ -201,6 +203,8 @@ class TrainConfig:
                 eq = ""
             if not eq:
                 raise ConfigError(f"--timestep-options {self.timestep_options!r}: write key=value pairs separated by commas, e.g. 'loc=0.5,std=0.6'")
+        if self.timestep_name == "ltg" and self.ltg_loc is not None:
+            params.setdefault("loc", self.ltg_loc)
         if self.is_text and self.timestep_name == "ltg":
             params.setdefault("loc", 0.5)  # docs/method.md §2.7, §9.2: text-to-image uses ltg with loc 0.5
         return params
