@@ -75,8 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--nfe", default=None, help="budgets, e.g. 8,16,32")
     ap.add_argument("--seeds", type=int, default=None, help="evaluation seeds (default 3)")
     ap.add_argument("--digits-images", type=int, default=None, help="held-out digits per row (default: all 297)")
-    ap.add_argument("--photos-images", type=int, default=None, help="held-out photo crops per row (default 512 of 1024)")
-    ap.add_argument("--diversity-inputs", type=int, default=None, help="inputs completed 8 times each (default 32)")
+    ap.add_argument("--photos-images", type=int, default=None, help="held-out photo crops per row (default 256 of 1024, for CPU time)")
+    ap.add_argument("--diversity-inputs", type=int, default=None, help="inputs completed 8 times each (default 16)")
     ap.add_argument("--batch-size", type=int, default=300)
     ap.add_argument("--tiny", action="store_true", help="tiny untrained networks and a few images: a smoke test")
     ap.add_argument("--timing", action="store_true", help="only the timing line: time per NFE of pf.inpaint against pf.sample")
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = ap.parse_args(argv)
     if args.timing:
         return args
-    base = dict(TINY) if args.tiny else dict(images=297, photos_images=512, seeds=3, nfe=(8, 16, 32), diversity_inputs=32,
+    base = dict(TINY) if args.tiny else dict(images=297, photos_images=256, seeds=3, nfe=(8, 16, 32), diversity_inputs=16,
                                              batch_size=args.batch_size)
     args.nfe = tuple(sorted(set(parse_ints(args.nfe, "nfe")))) if args.nfe else base["nfe"]
     args.seeds = args.seeds or base["seeds"]
