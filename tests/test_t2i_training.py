@@ -30,7 +30,8 @@ def test_text_config_defaults_ltg_loc_half_and_checks_dropout():
     assert cfg.is_text and cfg.data == "digits-captions" and cfg.text_dropout == 0.1
     assert cfg.timestep_name == "ltg" and cfg.timestep_params() == {"loc": 0.5}
     assert resolve_config("digits-t2i", timestep_options="loc=0.7").timestep_params() == {"loc": 0.7}
-    assert resolve_config("digits").timestep_params() == {}  # class networks keep the docs/method.md §2.7 default (0.7)
+    assert resolve_config("digits").timestep_params() == {"loc": 0.0}  # the digits preset: docs/where_it_pays.md
+    assert resolve_config("imagenet-b2").timestep_params() == {}  # ImageNet keeps the docs/method.md §2.7 default (0.7)
     with pytest.raises(ConfigError, match="text_dropout"):
         resolve_config("digits-t2i", text_dropout=1.5)
 
