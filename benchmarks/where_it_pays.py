@@ -380,6 +380,30 @@ def marginal_table(num_patches: int = 64, rows: int = 20000) -> list[str]:
     return lines
 
 
+PLOT_NETWORKS = ("p4-sit@2000", "p4-sit@3000", "p4-pf-ltg", "p4-pf-ltg-loc0", "p4-pf-uniform", "p4-pf-gaussian", "p4-pf-logit-normal")
+
+
+def distribution_plot(rows: dict, path: Path) -> Path | None:
+    """FID against NFE (euler-pf, or euler for SiT, uniform grid) of the 4x4 networks, one panel per feature space."""
+    from patchforcing.report.plots import PALETTE, panel_plot
+
+    panels = []
+    for space, words in SPACES.items():
+        series = []
+        for i, net in enumerate(PLOT_NETWORKS):
+            sampler = "euler" if "sit" in net else "euler-pf"
+            points = [(b, fids(rows, net, sampler, "uniform", b, space)) for b in BUDGETS]
+            points = [(b, mean_std(f)) for b, f in points if f is not None]
+            if points:
+                series.append((net, [b for b, _ in points], [m for _, (m, _) in points], [sd for _, (_, sd) in points],
+                               {"color": PALETTE[i % len(PALETTE)], "linestyle": "--" if "sit" in net else "-", "marker": "o"}))
+        if series:
+            panels.append((words, series))
+    if not panels:
+        return None
+    return panel_plot(path, panels, xlabel="NFE", ylabel="FID", logy=True, xticks=BUDGETS)
+
+
 def report(out: Path, doc: Path) -> None:
     """Write every factor's tables (both feature spaces) and the rule's verdicts into ``doc`` between the markers."""
     rows = load_rows(out)
@@ -408,7 +432,11 @@ def report(out: Path, doc: Path) -> None:
         if base:
             verdicts = [(gap_verdict(rows, base, n, sit, space), space) for _, n in pf_nets if n != base for space in SPACES]
             lines += [f"- {v} ({SPACES[space]})" for v, space in verdicts if "not measured" not in v] + [""]
-    lines += default_verdicts(out, rows) + [END]
+    lines += default_verdicts(out, rows)
+    plot = distribution_plot(rows, doc.with_suffix("") / "fid_vs_nfe.png")
+    if plot is not None:
+        lines += [f"![FID against NFE, euler-pf / euler on the uniform grid](where_it_pays/{plot.name})", ""]
+    lines += [END]
     text = doc.read_text()
     if BEGIN in text:
         text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END):]
