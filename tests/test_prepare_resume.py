@@ -143,7 +143,7 @@ def test_older_folders_train_on_the_same_batches(tmp_path):
     for step in (1, 2, 7):
         want = plain[step]
         for got in (auto[step], mean[step]):
-            assert all(torch.equal(got[k], want[k]) for k in ("x1", "x0", "t", "labels"))
+            assert all(torch.equal(getattr(got, k), getattr(want, k)) for k in ("x1", "x0", "t", "condition"))
     with pytest.raises(ConfigError, match="--latent-sampling mean"):
         _batches(ds, sampling="posterior")
 
