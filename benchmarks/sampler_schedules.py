@@ -335,6 +335,17 @@ def kept_reading(doc: Path) -> list[str]:
     return text[start + 1:min(ends, default=len(text))].rstrip("\n").split("\n") + [""]
 
 
+def kept_section(doc: Path, heading: str) -> list[str]:
+    """A section other scripts write into the page (``## Heun's last step``, ``benchmarks/heun_last_step.py``),
+    kept as it is when this script rewrites the page."""
+    text = doc.read_text() if doc.exists() else ""
+    start = text.find("\n" + heading)
+    if start < 0:
+        return []
+    end = text.find("\n## ", start + 1)
+    return text[start + 1:end if end >= 0 else len(text)].rstrip("\n").split("\n") + [""]
+
+
 # --- report -------------------------------------------------------------------------------------------
 DATA_TEXT = {"digits": ("digits", "the digit classifier's features", "num_samples"),
              "photos": ("photos (32x32 crops, 8 classes)", "the photo features of `evaluation/photos.py` (colour layout and "
@@ -417,6 +428,7 @@ def write_report(args, rows, tuning, schedules, measured: list[str], nets: dict,
               f"{cpu_minutes:.1f} CPU min; summed over every row in the cache: "
               + ", ".join(f"{d} {sum(r['seconds'] for r in rows if dataset_of(r['network']) == d) / 60:.1f} min" for d in measured)
               + f". Machine: {machine_info()['cpu']}, {torch.get_num_threads()} torch thread(s).", ""]
+    lines += kept_section(args.doc, "## Heun's last step")
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.doc, "\n".join(lines))
 

@@ -233,10 +233,46 @@ def test_measurement_script_tunes_measures_reports_and_resumes(tmp_path, monkeyp
     monkeypatch.setattr(script, "evaluate_model", no_evaluation)
     monkeypatch.setattr(script, "generate_images", no_evaluation)
     doc_path = out / "samplers.md"  # a hand-written reading survives a rewrite of the tables, once
-    doc_path.write_text(doc.replace("\nCommand: `", "\n## Reading (written for this run)\n\nA note.\n\nCommand: `"))
+    doc_path.write_text(doc.replace("\nCommand: `", "\n## Reading (written for this run)\n\nA note.\n\nCommand: `")
+                        + "\n## Heun's last step\n\nA table of benchmarks/heun_last_step.py.\n")
     assert script.main(["--tiny", "--out", str(out)]) == 0  # resume: every row is read back
     again = doc_path.read_text()
     assert again.count("## Reading") == 1 and again.count("A note.") == 1 and again.count("\nCommand: `") == 1
+    assert again.count("## Heun's last step") == 1 and again.count("A table of benchmarks/heun_last_step.py.") == 1
+
+
+def _heun_script():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("heun_last_step", folder / "heun_last_step.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module
+
+
+def test_edm_grid_against_the_karras_grid_as_documented():
+    """docs/method.md §10.1: edm:7 with 32 steps differs from the 32-step Karras grid by up to 0.052 in t, and its
+    interior points are those of the 33-step Karras grid."""
+    g = _heun_script().grid_comparison(32, 7.0)
+    assert round(g["max_diff"], 3) == 0.052 and g["at"] == 20
+    assert g["interior_vs_ramp"] < 1e-6 and g["peer_first"] == pytest.approx(1 / 81)
+
+
+def test_heun_section_replaces_itself_and_keeps_the_page(tmp_path):
+    script = _heun_script()
+    page = tmp_path / "samplers.md"
+    page.write_text("# Samplers\n\nTables.\n\n## Heun's last step\n\nold\n\n## After\n\nkept\n")
+    script.write_section(page, "## Heun's last step\n\nnew\n")
+    text = page.read_text()
+    assert "old" not in text and text.count("## Heun's last step") == 1 and "new" in text
+    assert text.startswith("# Samplers\n\nTables.\n") and "## After\n\nkept" in text
 
 
 def test_measurement_script_needs_both_networks(tmp_path, capsys):

@@ -9,12 +9,14 @@ Layout (``meta.json`` lists every shard by its path in the folder)::
     out/gen-K/train/shard-00000.safetensors    (M, c, h, w) float32 tensors, labels (M,) int64
 
 Every shard holds ``latents`` (the posterior mean) and ``latents_std`` (the posterior standard
-deviation), both multiplied by the scale factor (the mean after subtracting ``shift_factor``), as
-REPA and LightningDiT store them; training samples ``mean + std * eps`` (``train
---latent-sampling``). With ``hflip`` the mirrored images are encoded too (``latents_flip``,
-``latents_flip_std``, and ``repa_features_flip`` with a REPA encoder), and training picks one of
-the two per sample and step. Captioned data keep their captions beside every shard
-(``shard-XXXXX.captions.json``).
+deviation), both multiplied by the scale factor (the mean after subtracting ``shift_factor``);
+training samples ``mean + std * eps`` (``train --latent-sampling``). That is REPA's scheme: REPA
+stores the posterior's mean and std (unscaled) and draws ``(mean + std * eps) * scale`` at every
+step, which is the same draw. LightningDiT stores something else: one posterior sample per image,
+drawn once at encoding, and normalises it per channel with the data set's latent mean and std.
+With ``hflip`` the mirrored images are encoded too (``latents_flip``, ``latents_flip_std``, and
+``repa_features_flip`` with a REPA encoder), and training picks one of the two per sample and step.
+Captioned data keep their captions beside every shard (``shard-XXXXX.captions.json``).
 
 Safety and resumption (every file is written atomically, ``patchforcing.runs``; the generations in
 ``data/generations.py``):
