@@ -60,3 +60,26 @@ def test_license_and_citation_agree_with_the_package():
     paper = citation["preferred-citation"]
     assert paper["year"] == 2026 and "arxiv.org/abs/2604.19141" in paper["url"]
     assert paper["title"] == "Denoising, Fast and Slow: Difficulty-Aware Adaptive Sampling for Image Generation"
+
+
+def test_readme_is_a_front_page_whose_snippet_runs(tmp_path, monkeypatch):
+    """At most about 150 lines, the two make commands, and the five lines sample and save a picture."""
+    import torch
+
+    import patchforcing as pf
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    commands = [line.split("#")[0].strip() for line in text.splitlines()]
+    assert "make demo" in commands and "make test" in commands
+    assert "this machine" not in text and "https://arxiv.org/abs/2604.19141" in text
+    snippet = text.split("## Five lines", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len([line for line in snippet.splitlines() if line.strip()]) == 5
+    torch.manual_seed(0)
+    tiny = pf.create_model("PF-XS/2", depth=1, hidden_size=32, num_heads=2, input_size=16, in_channels=1, num_classes=10).eval()
+    monkeypatch.setattr(pf, "load_model", lambda source: tiny)  # stands in for demo/run
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, "README.md", "exec"), {})
+    from PIL import Image
+
+    assert Image.open(tmp_path / "samples.png").size[0] > 10 * 16  # the ten samples in one picture
