@@ -38,7 +38,7 @@ gpu-check: setup
 	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 docs: $(VENV)/.docs-installed
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) demo bench site
