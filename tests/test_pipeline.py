@@ -355,13 +355,13 @@ def test_text_network_takes_prompts_through_its_recorded_t5(tiny_t5, tmp_path):
 def test_hub_id_from_the_local_cache_or_one_error(tmp_path, monkeypatch):
     constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))  # an empty cache of our own
-    with pytest.raises(CheckpointError, match="huggingface-cli download someone/pf-digits"):
+    with pytest.raises(CheckpointError, match="hf download someone/pf-digits"):
         pf.PatchForcingPipeline.from_pretrained("someone/pf-digits")
-    with pytest.raises(CheckpointError, match="huggingface-cli download someone/pf-digits"):
+    with pytest.raises(CheckpointError, match="hf download someone/pf-digits"):
         pf.load_model("someone/pf-digits")
     net = make_model(dtype=torch.float32)
     snapshot = tmp_path / "cache" / "models--someone--pf-digits" / "snapshots" / ("0" * 40)
-    pipeline(net).save_pretrained(snapshot)  # what `huggingface-cli download` leaves in the cache
+    pipeline(net).save_pretrained(snapshot)  # what `hf download` leaves in the cache
     (tmp_path / "cache" / "models--someone--pf-digits" / "refs").mkdir()
     (tmp_path / "cache" / "models--someone--pf-digits" / "refs" / "main").write_text("0" * 40)
     loaded = pf.PatchForcingPipeline.from_pretrained("someone/pf-digits")

@@ -79,7 +79,7 @@ def load_model(source: str | os.PathLike, map_location: str | torch.device = "cp
     if isinstance(source, str) and "://" in source:
         raise CheckpointError(
             f"{source!r} is a URL; checkpoints are not fetched from the network: download the file first "
-            "(for example `curl -LO URL` or `huggingface-cli download REPO FILE`) and pass its local path"
+            "(for example `curl -LO URL` or `hf download REPO FILE`) and pass its local path"
         )
     path = resolve_source(source)  # a Hugging Face id already in the local cache -> its folder
     if is_pipeline_folder(path):  # (e)

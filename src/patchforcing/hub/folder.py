@@ -159,7 +159,7 @@ def resolve_source(source: str | os.PathLike) -> Path:
     snapshot folder in the local cache.
 
     Raises:
-        CheckpointError: an id that is not in the cache (names ``huggingface-cli download``).
+        CheckpointError: an id that is not in the cache (names ``hf download``).
     """
     if not isinstance(source, str) or not looks_like_hub_id(source):
         return Path(source)
@@ -173,5 +173,5 @@ def resolve_source(source: str | os.PathLike) -> Path:
     except (LocalEntryNotFoundError, OSError, ValueError):
         raise CheckpointError(
             f"no checkpoint at {source!r} and no Hugging Face model {source!r} in the local cache: check the path, or "
-            f"download the model once with `huggingface-cli download {source}` (nothing is fetched at run time)"
+            f"download the model once with `hf download {source}` (nothing is fetched at run time)"
         ) from None
