@@ -255,7 +255,7 @@ def test_preset_overrides_apply():
 def test_unknown_preset_lists_names():
     with pytest.raises(pf.ConfigError) as err:
         pf.create_model("PF-XXL/2")
-    assert "PF-B/2" in str(err.value) and "SiT-XL/2" in str(err.value)
+    assert "PF-B/2" in str(err.value) and "SiT-XL/2" in str(err.value) and "T2I-XS/2" in str(err.value)  # every preset it takes
 
 
 def test_unknown_override_is_rejected():

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from patchforcing.errors import ConfigError
 from patchforcing.models.config import PRESETS, Kind, ModelConfig, preset_config
 from patchforcing.models.t2i import T2I_PRESETS, PatchForcingT2I, T2IConfig, t2i_preset_config
 from patchforcing.models.transformer import FeatureOutput, ModelOutput, PatchForcingTransformer
@@ -38,6 +39,8 @@ def create_model(preset: str | ModelConfig | T2IConfig, **overrides: Any) -> Pat
         return build_model(config_from_dict({**preset.to_dict(), **overrides}))
     if isinstance(preset, str) and preset in T2I_PRESETS:
         return PatchForcingT2I(t2i_preset_config(preset, **overrides))
+    if isinstance(preset, str) and preset not in PRESETS:  # name every preset create_model takes, T2I-* too
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of: {', '.join(ALL_PRESETS)}")
     return PatchForcingTransformer(preset_config(preset, **overrides))
 
 
