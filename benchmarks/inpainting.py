@@ -81,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="tiny untrained networks and a few images: a smoke test")
     ap.add_argument("--timing", action="store_true", help="only the timing line: time per NFE of pf.inpaint against pf.sample")
     ap.add_argument("--repeats", type=int, default=12, help="--timing: interleaved rounds")
+    ap.add_argument("--timing-sizes", default="digits,large", help="--timing: the network sizes, digits and/or large")
     args = ap.parse_args(argv)
     if args.timing:
         return args
@@ -409,16 +410,20 @@ def write_report(args, rows, div, measured, plots, pictures, cpu_minutes) -> dic
 def timing(args) -> None:
     """Time per NFE of ``pf.inpaint`` against ``pf.sample`` on the same plan and noise (paired rounds, CPU time).
 
-    ``same`` isolates the cost of the region (the network sees the times the sampler gives); ``ahead``
-    adds the network's own cost of two distinct times per image (``docs/method.md`` §3.3: the modulation
+    ``same`` isolates the cost of the region (the network sees the times the sampler gives); ``ahead`` and ``clean``
+    add the network's own cost of two distinct times per image (``docs/method.md`` §3.3: the modulation
     is shared per distinct time), which look-ahead's context evaluations already pay."""
     print(f"# {command_line()}")
     print("# CPU time per call, interleaved rounds (one thread); ratio = inpaint / sample at the same NFE: median "
           "(quartiles) of the paired rounds")
-    sizes = {"digits size (depth 2, width 64, 64 tokens)": dict(depth=2, hidden_size=64, num_heads=2, input_size=16, in_channels=1),
-             "sampler_overhead size (depth 6, width 384, 256 tokens)": dict(depth=6, hidden_size=384, num_heads=6, input_size=32,
-                                                                            in_channels=4)}
-    for title, shape in sizes.items():
+    sizes = {"digits": ("digits size (depth 2, width 64, 64 tokens)", dict(depth=2, hidden_size=64, num_heads=2, input_size=16,
+                                                                         in_channels=1)),
+             "large": ("sampler_overhead size (depth 6, width 384, 256 tokens)", dict(depth=6, hidden_size=384, num_heads=6,
+                                                                                      input_size=32, in_channels=4))}
+    chosen = [v for v in args.timing_sizes.split(",") if v]
+    if not chosen or set(chosen) - set(sizes):
+        raise ConfigError(f"--timing-sizes takes digits and/or large, comma-separated, got {args.timing_sizes!r}")
+    for title, shape in (sizes[k] for k in chosen):
         torch.manual_seed(0)
         net = pf.create_model("PF-S/2", num_classes=10, **shape).eval()
         for p in net.parameters():
@@ -430,12 +435,12 @@ def timing(args) -> None:
         for sampler in ("euler-pf", "look-ahead"):
             plan = SamplingPlan.from_nfe(sampler, 16)
             fns = {"sample": lambda n=net, p=plan, z=noise: pf.sample(n, z, p)}
-            for mode in ("same", "ahead"):
+            for mode in ("same", "ahead", "clean"):
                 fns[mode] = lambda n=net, i=image, m=mask, p=plan, z=noise, mode=mode: pf.inpaint(n, i, m, p, noise=z, mode=mode)
             times = interleaved_times(fns, args.repeats, clock=time.process_time)
             per_nfe = statistics.median(times["sample"]) / plan.nfe * 1000
             cells = []
-            for mode in ("same", "ahead"):
+            for mode in ("same", "ahead", "clean"):
                 q1, med, q3 = paired_ratios(times[mode], times["sample"])
                 cells.append(f"{mode} {med:.3f} ({q1:.3f} .. {q3:.3f})")
             q1, med, q3 = paired_ratios(times["same"], times["sample"])
