@@ -291,3 +291,19 @@ def test_a_text_network_inpaints_from_its_prompt_with_guidance():
     swapped = pf.inpaint(net, image, mask, sampler="look-ahead", steps=4, seeds=[0, 1], condition=cond.select([1, 0]),
                          cfg_scale=2.0, mode="ahead")
     assert torch.equal(swapped[..., :4], image[..., :4]) and not torch.equal(swapped[..., 4:], x[..., 4:])  # the prompt counts
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_generated_region_never_sees_the_inputs_content_there(pf_net, mode):
+    image, mask = _image(), _mask()
+    changed = torch.where(_kept_pixels(mask), image, -image)  # other content where patches are generated
+    a = pf.inpaint(pf_net, image, mask, sampler="look-ahead", steps=5, seeds=SEEDS, labels=LABELS, mode=mode)
+    b = pf.inpaint(pf_net, changed, mask, sampler="look-ahead", steps=5, seeds=SEEDS, labels=LABELS, mode=mode)
+    assert torch.equal(a, b)
+
+
+def test_the_default_mode_is_clean_on_patch_forcing_networks_and_same_on_global_time_ones(pf_net, sit_net):
+    image, mask = _image(), _mask()
+    for net, sampler, mode in ((pf_net, "look-ahead", "clean"), (sit_net, "euler", "same")):
+        default = pf.inpaint(net, image, mask, sampler=sampler, steps=4, seeds=SEEDS, labels=LABELS)
+        assert torch.equal(default, pf.inpaint(net, image, mask, sampler=sampler, steps=4, seeds=SEEDS, labels=LABELS, mode=mode))

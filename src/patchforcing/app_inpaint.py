@@ -25,7 +25,7 @@ import torch
 from patchforcing.errors import PatchForcingError
 from patchforcing.hub.inpaint import image_request
 from patchforcing.images import to_uint8_nhwc
-from patchforcing.inpainting import DEFAULT_MODE, patch_any
+from patchforcing.inpainting import default_mode, patch_any
 from patchforcing.sampling import MODES, SAMPLERS
 from patchforcing.sampling.region import AHEAD_RATIO, KnownMode, Region
 
@@ -140,7 +140,7 @@ def inpaint_tab(pipe, *, render_frames: Callable, keep_within: Callable, shown_p
                                          label="class of the completion")
                 else:
                     choice = gr.Textbox(label="class", value="unconditional network", interactive=False)
-                mode = gr.Radio(choices=modes, value=DEFAULT_MODE, label="mode of the kept patches")
+                mode = gr.Radio(choices=modes, value=default_mode(cfg), label="mode of the kept patches")
                 sampler = gr.Dropdown(choices=samplers, value=default_sampler, label="sampler")
                 nfe = gr.Number(value=pipe.config.nfe, label="NFE (network evaluations, 1 to 512)", precision=0)
                 seed = gr.Textbox(value="0", label="seed (a whole number from 0 to 2**63 - 1)")

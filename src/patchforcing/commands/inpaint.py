@@ -28,8 +28,8 @@ from patchforcing.errors import ConfigError, DataError, ShapeError
 from patchforcing.evaluation.evaluate import check_decoder
 from patchforcing.images import save_grid, to_uint8_nhwc
 from patchforcing.inpainting import (
-    DEFAULT_MODE,
     MASK_THRESHOLD,
+    default_mode,
     edit,
     inpaint,
     picture_to_image,
@@ -52,9 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--mask", required=True, help=f"mask picture of the image's size: white (>= {MASK_THRESHOLD:g} of the grey "
                    "range) = generate, black = keep")
-    p.add_argument("--mode", default=DEFAULT_MODE, choices=MODES,
-                   help=f"the time the kept patches enter every evaluation at: same (the current time; replacement), ahead "
-                        f"(min(rho t, 1), rho = --context-ratio), clean (t = 1); a SiT network takes same only (default {DEFAULT_MODE})")
+    p.add_argument("--mode", default=None, choices=MODES,
+                   help="the time the kept patches enter every evaluation at: same (the current time; replacement), ahead "
+                        "(min(rho t, 1), rho = --context-ratio), clean (t = 1); default clean for Patch Forcing networks "
+                        "(measured in docs/inpainting.md), same for SiT networks (their only mode)")
     p.add_argument("--strength", type=float, default=1.0,
                    help="the generated region starts from the picture noised to t = 1 - strength (default 1: from noise)")
     p.set_defaults(func=run_inpaint)
@@ -138,7 +139,7 @@ def _run(args: argparse.Namespace, read_map) -> int:
     if latent and keep is not None:
         images = recomposite(images, pixels, keep)
     _write(out, images.cpu())
-    what = f"mode {args.mode}" if args.func is run_inpaint else "per-patch strength"
+    what = f"mode {args.mode or default_mode(cfg)}" if args.func is run_inpaint else "per-patch strength"
     print(f"wrote {n} result{'s' if n > 1 else ''} ({plan.describe()}, {what}, {info['nfe']} NFE) to {out}")
     return 0
 

@@ -24,10 +24,10 @@ from torch import Tensor
 from patchforcing.autoencoder import encode_latents, vae_scale_factor, vae_shift_factor
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.inpainting import (
-    DEFAULT_MODE,
     MASK_THRESHOLD,
     PIXEL_RANGE,
     check_strength_value,
+    default_mode,
     edit,
     inpaint,
     picture_to_image,
@@ -92,16 +92,16 @@ def image_request(pipe, image: Any, mask_image: Any, strength: Any, mode: str | 
         mask_px = _batch(_maps(mask_image, "mask_image"), batch, "mask_image", pixels) >= MASK_THRESHOLD
         amount = 1.0 if strength is None else check_strength_value(strength)
         return ImageRequest(pixels, x_in.to(device, dtype), to_grid(mask_px.float()).to(device, dtype), amount,
-                            ~mask_px if latent else None, mode or DEFAULT_MODE, latent)
+                            ~mask_px if latent else None, mode or default_mode(cfg), latent)
     if mode is not None:
         raise ConfigError("inpaint_mode= is for inpainting: pass mask_image= too (or drop inpaint_mode for editing)")
     if isinstance(strength, (int, float)) and not isinstance(strength, bool):
-        return ImageRequest(pixels, x_in.to(device, dtype), None, check_strength_value(strength), None, DEFAULT_MODE, latent)
+        return ImageRequest(pixels, x_in.to(device, dtype), None, check_strength_value(strength), None, default_mode(cfg), latent)
     amount_px = _batch(_maps(strength, "strength"), batch, "strength", pixels)
     if float(amount_px.min()) < 0 or float(amount_px.max()) > 1:
         raise ShapeError("a strength map must lie in [0, 1] (0 keeps a pixel's patch, 1 regenerates it from noise)")
     return ImageRequest(pixels, x_in.to(device, dtype), None, to_grid(amount_px).to(device, dtype), (amount_px == 0) if latent else None,
-                        DEFAULT_MODE, latent)
+                        default_mode(cfg), latent)
 
 
 def _pictures(image: Any, channels: int) -> Tensor:

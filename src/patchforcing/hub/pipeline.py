@@ -316,7 +316,8 @@ class PatchForcingPipeline(DiffusionPipeline):
             mask_image: white (>= 0.5) = generate, black = keep; the kept pixels of the result are the input's.
             strength: with a mask, the generated region starts from the input noised to ``1 - strength``
                 (default 1: from noise); without one, a number or a per-pixel map in [0, 1] (per-region editing).
-            inpaint_mode: when the kept patches enter each evaluation: ``same`` (default), ``ahead`` or ``clean``.
+            inpaint_mode: when the kept patches enter each evaluation: ``same``, ``ahead`` or ``clean`` (default:
+                ``clean`` for Patch Forcing networks, as measured in ``docs/inpainting.md``; ``same`` for SiT ones).
             **sampler_options: ``p_frac`` (or ``p``), ``n_inner``, ``context_ratio``, ``correct_last``;
                 a keyword that is none of these nor an argument above is refused as an unknown pipeline argument.
         """
