@@ -1,7 +1,5 @@
 """`python -m patchforcing ...` (what `torchrun -m patchforcing train ...` runs)."""
 
-import sys
+from patchforcing.commands import console_main
 
-from patchforcing.commands import main
-
-sys.exit(main())
+console_main()

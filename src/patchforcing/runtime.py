@@ -33,6 +33,7 @@ from patchforcing.runs import RunLock
 DEFAULT_TIMEOUT_S = 600.0  # a hung rank fails the job after 10 minutes instead of 30
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 T = TypeVar("T")
+_STARTED_GROUPS: list[int] = []  # the process groups ``setup`` started in this process (their sizes)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,13 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S, command: s
             torch.cuda.set_device(dev)
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s))
+        _STARTED_GROUPS.append(world_size)
     return Processes(rank, world_size, local_rank, dev)
+
+
+def started_process_group() -> bool:
+    """Whether ``setup`` started a process group in this process (the command ran under ``torchrun``)."""
+    return bool(_STARTED_GROUPS)
 
 
 def teardown(procs: Processes, barrier: bool = True) -> None:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from patchforcing import runtime
 from patchforcing.errors import PatchForcingError, describe_memory_error, describe_os_error
 
 # Each module defines register(subparsers) -> None.
@@ -74,5 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     return int(result or 0)
 
 
+def console_main() -> None:
+    """The ``patchforcing`` script and ``python -m patchforcing``: run ``main`` and exit with its code.
+
+    After a command that ran under ``torchrun`` (a gloo or NCCL process group was started and torn
+    down), the process leaves with ``os._exit`` once its output is flushed: PyTorch's C++ teardown at
+    interpreter exit aborts now and then after a gloo group ("terminate called without an active
+    exception", SIGABRT), which would fail a job whose results are already written. A command that
+    raised never gets here (its traceback and exit code are Python's)."""
+    code = main()
+    if runtime.started_process_group():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()
