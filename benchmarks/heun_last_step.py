@@ -156,7 +156,7 @@ def section(grids: dict[str, Any], field: list[dict[str, Any]], rows: list[dict[
     g = grids
     lines = [SECTION, "",
              "Written by `benchmarks/heun_last_step.py`. The variants are defined in "
-             "[the method §10.3](method.md#103-second-order-steps), the grids in [§10.1](method.md#101-time-grids).", "",
+             "[the method §5.12](method.md#512-second-order-steps), the grids in [§5.10](method.md#510-time-grids).", "",
              f"**The grids.** `edm:{g['rho']:g}` with S = {g['steps']} steps and the {g['steps']}-step Karras grid of k-diffusion "
              f"and EDM differ by up to {g['max_diff']:.3f} in t (at point {g['at']}: {g['ours_at']:.4f} here, {g['peer_at']:.4f} "
              f"there). Karras's first point is sigma_max (t = {g['peer_first']:.4f}); here the first step starts at t = 0 and ends "
