@@ -3,7 +3,7 @@
     patchforcing app --checkpoint runs/digits --port 7860   # then open http://127.0.0.1:7860
 
 Pick a class (or type a prompt for a text network), a sampler, the NFE budget, the time grid of
-the outer steps (``uniform``, ``shift:S`` or ``edm:RHO``; default the pipeline's saved schedule),
+the outer steps (``uniform``, ``shift:ALPHA`` or ``edm:RHO``; default the pipeline's saved schedule),
 the guidance scale and interval and a seed; the page shows the image, then a slider walks through
 the sampler's recorded frames, one per outer step and one per inner evaluation (dual-loop's hard
 patches, a Heun correction), then the result: the current state, the clean image the network
@@ -58,7 +58,7 @@ MAX_SEED = 2**63 - 1  # seeds are whole numbers, taken as text so a browser neve
 DISPLAY_PX = 256  # frames are upscaled (nearest) to at least this many pixels when shown
 PANELS = ("state", "prediction", "difficulty", "patch time")
 STEP_LABEL = "frame: one per outer step and per inner evaluation, then the result"
-SCHEDULES = (UNIFORM, "shift:3", "edm:3", "edm:7")  # the time grid's suggestions (edm:3 the README's); any shift:S or edm:RHO may be typed
+SCHEDULES = (UNIFORM, "shift:3", "edm:3", "edm:7")  # the time grid's suggestions (edm:3 the recommended one, docs/sampling.md); any shift:ALPHA or edm:RHO may be typed
 OPENING = "opening"  # a session's frame state before its first Generate: the opening image's frames
 TABS = 2  # the sampling tab and the Inpaint tab (app_inpaint.py), each with its frames
 
@@ -297,7 +297,7 @@ def build_app(pipe: PatchForcingPipeline, title: str = "Patch Forcing", limits: 
                 sampler = gr.Dropdown(choices=samplers, value=defaults[1], label="sampler")
                 nfe = gr.Number(value=defaults[2], label=f"NFE (network evaluations, 1 to {MAX_NFE})", precision=0)
                 schedule = gr.Dropdown(choices=schedules, value=defaults[7], allow_custom_value=True,
-                                       label="time grid (uniform, shift:S or edm:RHO; type any S or RHO > 0)")
+                                       label="time grid (uniform, shift:ALPHA or edm:RHO; type any ALPHA or RHO > 0)")
                 scale = gr.Number(value=defaults[3], label="guidance scale (1 = off)")
                 with gr.Row():
                     lo = gr.Number(value=defaults[4], label="guide from t =")

@@ -36,7 +36,7 @@ def export_pipeline(source: str | os.PathLike, out: str | os.PathLike, *, eval_d
         repo_id: the Hub id the card's snippet loads (default: ``out`` as given).
         sampler, nfe: the pipeline's default sampler (None: ``look-ahead``, ``euler`` for a global-time
             network) and budget.
-        schedule: the pipeline's default time grid (``uniform``, ``shift:S``, ``edm:RHO``; None:
+        schedule: the pipeline's default time grid (``uniform``, ``shift:ALPHA``, ``edm:RHO``; None:
             ``uniform``, or the saved one of an exported folder).
 
     Returns:

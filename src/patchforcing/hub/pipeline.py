@@ -77,7 +77,7 @@ class PatchForcingPipeline(DiffusionPipeline):
         guidance_interval: default ``(lo, hi)``: guide only outer steps with ``lo <= t_k <= hi``.
         sampler_options: default options (``p_frac`` or ``p``, ``n_inner``, ``context_ratio``) of the samplers that take them.
         schedule: default time grid of the outer steps: ``uniform`` (``t_k = k / S``, the paper's),
-            ``shift:S`` or ``edm:RHO`` (``pf.SamplingPlan.schedule``; saved in its canonical spelling).
+            ``shift:ALPHA`` or ``edm:RHO`` (``pf.SamplingPlan.schedule``; saved in its canonical spelling).
         latent_scale, latent_shift: latents are stored as ``(z - shift) * scale`` (None: the VAE's config).
         text_encoder: text networks: the encoder's name, Hub id or folder (None: the one the network records).
     """
@@ -297,8 +297,8 @@ class PatchForcingPipeline(DiffusionPipeline):
                 ``random-dual-loop``, ``random-look-ahead``, and ``look-ahead-heun``, ``corrected-look-ahead``.
             guidance_interval: ``(lo, hi)``: guide only the outer steps with ``lo <= t_k <= hi``.
             num_images_per_prompt: images per label or prompt.
-            schedule: the time grid of the outer steps: ``uniform`` (``t_k = k / S``), ``shift:S``
-                (``S > 1``: more steps near the noise) or ``edm:RHO`` (``docs/method.md``, section 10).
+            schedule: the time grid of the outer steps: ``uniform`` (``t_k = k / S``), ``shift:ALPHA``
+                (``ALPHA > 1``: more steps near the noise) or ``edm:RHO`` (``docs/method.md`` §5.10).
             latents: (B, C, H, W) noise to start from instead of drawing it from ``generator`` (which
                 then still draws the random masks of the ``random-*`` samplers).
             callback_on_step_end: called once after every outer step as

@@ -123,7 +123,7 @@ class SamplingSettings:
     Attributes:
         options: option values by field name; each applies to every sampler that has the field.
         guidance: a ``Guidance`` as JSON (``{}``: none).
-        schedule: the time grid of every row (``uniform``, ``shift:S``, ``edm:RHO``).
+        schedule: the time grid of every row (``uniform``, ``shift:ALPHA``, ``edm:RHO``).
     """
 
     options: dict = field(default_factory=dict)
