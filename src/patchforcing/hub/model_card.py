@@ -154,7 +154,7 @@ def model_card(*, name: str, repo: str, source: str, network: Any, parameters: i
               f"pipeline_tag: {task}" if task else "# pipeline_tag: none; the Hub has no class-conditional task (the tags say it)",
               "tags:", *[f"- {t}" for t in tags], "---"]
     grid = ("`t_k = k / S`, the paper's" if schedule == UNIFORM else
-            "a non-uniform grid of the outer steps, docs/method.md section 10; `schedule=\"uniform\"` is the paper's `t_k = k / S`")
+            "a non-uniform grid of the outer steps, docs/method.md section 5.10; `schedule=\"uniform\"` is the paper's `t_k = k / S`")
     parts = ["\n".join(header), f"# {name}",
              (f"A Patch Forcing network: every image patch has its own diffusion time, a small head predicts how hard each "
               f"patch is, and adaptive samplers let easy patches run ahead ({PAPER}). Exported with `patchforcing export` "

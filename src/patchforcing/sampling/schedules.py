@@ -1,15 +1,15 @@
 """Time grids of the samplers: where the outer steps ``t_0 = 0 < t_1 < ... < t_S = 1`` lie.
 
 Every sampler integrates ``t: 0 -> 1`` (``t = 0`` noise, ``t = 1`` data) on a grid of ``S + 1``
-float32 times built here, once, by ``time_grid(steps, schedule)`` (``docs/method.md``, section 10).
+float32 times built here, once, by ``time_grid(steps, schedule)`` (``docs/method.md`` §5.10).
 The schedule is a field of the sampling plan (``SamplingPlan.schedule``, ``--schedule``). Three
 schedules, written as strings:
 
 * ``uniform`` (the paper's): ``t_k = k / S``, a float32 ``linspace``, exactly as the reference builds it.
-* ``shift:S`` (the shifted grids of SD3 and FLUX, Esser et al. 2024): with ``u_k = k / S`` (the
-  uniform grid) and the noise level ``s = 1 - u``, ``s' = S s / (1 + (S - 1) s)`` and
-  ``t' = 1 - s'``. ``S > 1`` moves the steps towards the noise end (more steps at high noise),
-  ``S < 1`` towards the data end, ``S = 1`` is the uniform grid bit for bit.
+* ``shift:ALPHA`` (the shifted grids of SD3 and FLUX, Esser et al. 2024): with ``u_k = k / S`` (the
+  uniform grid) and the noise level ``s = 1 - u``, ``s' = ALPHA s / (1 + (ALPHA - 1) s)`` and
+  ``t' = 1 - s'``. ``ALPHA > 1`` moves the steps towards the noise end (more steps at high noise),
+  ``ALPHA < 1`` towards the data end, ``ALPHA = 1`` is the uniform grid bit for bit.
 * ``edm:RHO`` (Karras et al. 2022, eq. 5; ``0.1 <= RHO <= 100``) in ``sigma = (1 - t) / t``, the
   noise-to-signal ratio of ``x_t / t = x1 + sigma x0``. The ``S + 1`` points are spaced evenly in ``sigma^(1/RHO)`` from
   ``EDM_SIGMA_MAX`` down to ``EDM_SIGMA_MIN`` (both included) and mapped back by
@@ -22,10 +22,10 @@ All grids start at exactly 0, end at exactly 1 and increase strictly (a grid tha
 float32, e.g. an extreme shift with many steps, raises ``ConfigError``). The non-uniform grids
 are computed in float64 from the float32 uniform grid and rounded once to float32.
 
-What the samplers do on a non-uniform grid (``docs/method.md``, section 10): Euler and Heun step from ``t_k``
+What the samplers do on a non-uniform grid (``docs/method.md`` §5.11): Euler and Heun step from ``t_k``
 to ``t_{k+1}``; dual-loop's inner steps split each outer interval ``[t_k, t_{k+1}]`` uniformly
-(``K`` steps of ``(t_{k+1} - t_k) / K``); look-ahead's context advance ``min(rho t_k, 1)`` is kept
-as is, a function of the current time only; its warm-up (a plain conditional step while
+(``K`` steps of ``(t_{k+1} - t_k) / K``); look-ahead's context advance ``min(rho t_k, 1)`` is a
+function of the current time only; its warm-up (a plain conditional step while
 ``t_k <= 0.05``) is decided on the grid's float32 times, so a grid with more points below 0.05
 has more warm-up steps and, for the look-ahead samplers, a slightly lower NFE for the same ``S``
 (each sampler's NFE rule in ``sampling/registry.py`` reads the grid and counts it exactly).
@@ -109,7 +109,7 @@ def time_grid(steps: int, schedule: str | Schedule = UNIFORM) -> Tensor:
 
     Args:
         steps: outer steps S >= 1.
-        schedule: a schedule string (``uniform``, ``shift:S``, ``edm:RHO``) or a ``Schedule``.
+        schedule: a schedule string (``uniform``, ``shift:ALPHA``, ``edm:RHO``) or a ``Schedule``.
 
     Returns:
         (S + 1,) float32, strictly increasing, ``t_0 = 0`` and ``t_S = 1`` exactly.
