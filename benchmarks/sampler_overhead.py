@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, default=16)
     ap.add_argument("--cfg-scale", type=float, default=1.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--schedule", default="uniform", help="time grid: uniform, shift:S or edm:RHO")
+    ap.add_argument("--schedule", default="uniform", help="time grid: uniform, shift:ALPHA or edm:RHO")
     args = ap.parse_args()
     torch.manual_seed(0)
     net = pf.create_model("PF-S/2", depth=args.depth, hidden_size=args.hidden_size, num_heads=args.heads,

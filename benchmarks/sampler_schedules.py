@@ -7,8 +7,8 @@
         --photos-pf-run photos/runs/pf --photos-sit-run photos/runs/sit --out sched
     python benchmarks/sampler_schedules.py --tiny --out /tmp/sched       # seconds: tiny untrained networks
 
-1. Tuning (once, then frozen in ``OUT/tuning.json`` and used for both data sets): the shift ``S``
-   of ``shift:S`` from ``SHIFTS`` and the ``RHO`` of ``edm:RHO`` from ``RHOS`` are each chosen by
+1. Tuning (once, then frozen in ``OUT/tuning.json`` and used for both data sets): the shift ``ALPHA``
+   of ``shift:ALPHA`` from ``SHIFTS`` and the ``RHO`` of ``edm:RHO`` from ``RHOS`` are each chosen by
    the lowest mean FID of the digits Patch Forcing network with ``TUNE_SAMPLERS`` at the two
    smallest budgets, on the held-out evaluation seed ``HELD_OUT_SEED`` (never one of the measured seeds).
 2. Measurement, per data set: every sampler x schedule (uniform, the frozen shift, the frozen edm)
