@@ -80,7 +80,7 @@ def _mechanism(results: dict[str, Any], network: str) -> dict[tuple, dict[str, f
 
 def plot_all(out: Path, results: dict[str, Any], settings) -> dict[str, str]:
     """One figure per network: per time, the relative change of the uncertain patches' realised and
-    predicted error and of the step error, per mask kind (p = 0.4, context_ratio = 1.4)."""
+    predicted error and of the step error, per mask kind (p_frac = 0.4, context_ratio = 1.4)."""
     figures = {}
     for network in settings.networks:
         rows = [r for r in results["mechanism"][network]["context"]

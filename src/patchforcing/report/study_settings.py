@@ -58,7 +58,7 @@ class StudySettings:
     mechanism_images: int = 256  # held-out images per time
     mechanism_times: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     p_values: tuple[float, ...] = (0.2, 0.4, 0.6)  # certain fractions tried (context_ratio 1.4)
-    context_ratios: tuple[float, ...] = (1.2, 1.4, 2.0)  # tried at p = 0.4
+    context_ratios: tuple[float, ...] = (1.2, 1.4, 2.0)  # tried at p_frac = 0.4
     picture_images: int = 8  # held-out images in the mask pictures
     eval_batch_size: int = 250
     tiny: bool = False
