@@ -8,8 +8,8 @@ last, so a folder with ``meta.json`` is complete)::
     out/gen-1/train/shard-00000.safetensors    latents (M, c, h, w) float32, labels (M,) int64
     out/gen-1/test/shard-00000.safetensors     the held-out split of the source data
 
-``meta.json`` lists every shard by its path in the folder (older versions wrote ``train/`` and
-``test/`` at the top; those folders load as before). Shards written with ``"posterior": true``
+``meta.json`` lists every shard by its path in the folder (folders with ``train/`` and ``test/`` at
+the top, without ``gen-K/``, load too). Shards written with ``"posterior": true``
 also hold ``latents_std``, the posterior standard deviation (scaled like the mean); with
 ``"hflip": true`` also ``latents_flip`` and ``latents_flip_std`` of the mirrored images (see
 :class:`LatentViews`).

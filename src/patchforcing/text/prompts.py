@@ -41,7 +41,7 @@ def prompt_condition(model: nn.Module, prompts: list[str], num_samples: int | No
 
     For a text network: one sample per prompt (``num_samples`` repeats the prompts cyclically), the
     prompts encoded with the network's recorded encoder (or ``encoder_name``). For a class network
-    prompts are an error; returns ``(None, num_samples)`` so labels are handled as before.
+    prompts are an error; returns ``(None, num_samples)`` so the command handles labels as for any class network.
     """
     cfg = model.config
     if not cfg.is_text:
