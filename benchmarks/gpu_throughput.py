@@ -24,11 +24,10 @@ import time
 
 import torch
 
-from patchforcing.evaluation.generate import sampler_steps
 from patchforcing.loss import Example
 from patchforcing.models import Kind, create_model
 from patchforcing.runtime import resolve_device
-from patchforcing.sampling import sample
+from patchforcing.sampling import SamplingPlan, sample
 from patchforcing.sampling.registry import SAMPLERS
 from patchforcing.timesteps import timestep_distribution
 from patchforcing.training import resolve_config
@@ -107,7 +106,8 @@ def bench_sampling(net, args, device: torch.device) -> list[dict]:
     y = torch.arange(args.sample_batch, device=device) % cfg.num_classes
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     for sampler in SAMPLERS:
-        steps, used = sampler_steps(sampler, args.nfe)
+        plan = SamplingPlan.from_nfe(sampler, args.nfe)
+        steps, used = plan.steps, plan.nfe
         with autocast:
             sample(net, noise, sampler=sampler, steps=steps, labels=y)  # warm-up (and compilation)
             sync(device)

@@ -27,8 +27,9 @@ import torch
 
 from patchforcing import load_model
 from patchforcing.evaluation.digits import digits_metrics
-from patchforcing.evaluation.generate import generate_images, sampler_steps
+from patchforcing.evaluation.generate import generate_images
 from patchforcing.runs import checkpoint_path, list_checkpoints
+from patchforcing.sampling import SamplingPlan
 from patchforcing.streams import EVAL_SEED_STRIDE as SEED_STRIDE
 from patchforcing.training import resolve_config, train
 
@@ -67,11 +68,12 @@ def train_runs(args: argparse.Namespace, out: Path) -> dict[str, Path]:
     return runs
 
 
-def score(model, sampler: str, nfe: int, num_samples: int, seed: int, **guidance: Any) -> dict[str, Any]:
-    steps, _ = sampler_steps(sampler, nfe)
+def score(model, sampler: str, nfe: int, num_samples: int, seed: int, guide_model=None, **guidance: Any) -> dict[str, Any]:
+    plan = SamplingPlan.from_keywords(sampler=sampler, nfe=nfe, **guidance)
+    steps = plan.steps
     t0 = time.perf_counter()
-    _, images, labels, info = generate_images(model, sampler=sampler, steps=steps, num_samples=num_samples,
-                                              seed=seed * SEED_STRIDE, batch_size=500, **guidance)
+    _, images, labels, info = generate_images(model, plan, num_samples=num_samples, seed=seed * SEED_STRIDE,
+                                              batch_size=500, guide_model=guide_model)
     metrics = digits_metrics(images, labels)
     row = {k: float(metrics[k]) for k in METRICS if k in metrics}
     row.update(nfe=info["nfe"], guide_nfe=info.get("guide_nfe", 0), steps=steps, seconds=time.perf_counter() - t0)

@@ -9,7 +9,9 @@ import patchforcing as pf
 from conftest import randomize_
 from patchforcing.errors import ConfigError
 from patchforcing.evaluation.evaluate import evaluate_model
+from patchforcing.evaluation.generate import generate_images
 from patchforcing.evaluation.parts import generate_parts, load_parts, part_path
+from patchforcing.images import to_uint8_nhwc
 from patchforcing.runtime import Processes
 
 PLAN = dict(sampler="look-ahead", steps=2, num_samples=8, seed=3, cfg_scale=1.0)
@@ -22,9 +24,17 @@ def net():
 
 
 def _make(net, folder, **change):
-    generate = {**PLAN, **change}
-    return generate_parts(net, folder, plan=generate, procs=Processes(), expected_nfe=3, part_size=3,
-                          batch_size=2, **generate)
+    """The parts of PLAN (with ``change``) in parts of 3 images, through ``generate_images``."""
+    settings = {**PLAN, **change}
+    plan = pf.SamplingPlan(settings["sampler"], settings["steps"])
+
+    def make(indices):
+        _, images, targets, info = generate_images(net, plan, num_samples=settings["num_samples"],
+                                                   seed=settings["seed"], batch_size=2, indices=indices)
+        assert info["nfe"] == 3
+        return to_uint8_nhwc(images), targets, 0
+
+    return generate_parts(folder, settings, Processes(), make, settings["num_samples"], part_size=3)
 
 
 def test_parts_resume_and_equal_the_in_memory_images(net, tmp_path, one_thread):

@@ -23,8 +23,8 @@ from patchforcing import runs
 from patchforcing.cli import main
 from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError, ShapeError
+from patchforcing.evaluation.conditions import ClassLabels
 from patchforcing.evaluation.evaluate import evaluate_model, plan_evaluation, validation_report
-from patchforcing.evaluation.generate import balanced_labels
 from patchforcing.images import save_grid as save_image_grid
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import noise_for_seeds
@@ -121,7 +121,7 @@ def test_cli_writes_metrics_grid_and_npz(ckpt, net, tmp_path, one_thread):
     with np.load(out / "samples.npz") as f:
         pixels, labels = f["arr_0"], f["arr_1"]
     assert pixels.shape == (104, 16, 16, 3) and pixels.dtype == np.uint8  # gray replicated to RGB (ADM)
-    assert np.array_equal(labels, balanced_labels(104, 10, 7).numpy())
+    assert np.array_equal(labels, ClassLabels.balanced(104, 10, 7).targets.numpy())
     lib = evaluate_model(net, sampler="euler-pf", nfe=3, num_samples=104, seed=7, return_images=True)
     assert np.array_equal(pixels, np.repeat(lib["images_uint8"], 3, axis=-1))  # the CLI only wraps the library
     assert metrics["fid"] == pytest.approx(lib["fid"], abs=1e-9)

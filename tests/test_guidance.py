@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import patchforcing as pf
-from conftest import make_model
+from conftest import make_model, seeded_noise
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.models import ModelOutput
@@ -20,10 +20,6 @@ B = 3
 LABELS = torch.tensor([0, 3, 4])
 NULL = 5
 ALL_SAMPLERS = [("euler-pf", 6, {}), ("dual-loop", 4, {}), ("look-ahead", 12, {}), ("random-look-ahead", 6, {})]
-
-
-def _noise(seed=0, b=B):
-    return torch.randn(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 class Recorder(torch.nn.Module):
@@ -72,7 +68,7 @@ def test_condition_from_text_expands_the_empty_prompt():
 
 def test_condition_equals_labels_in_sample():
     model = make_model(seed=2)
-    noise = _noise(1)
+    noise = seeded_noise(1)
     a = pf.sample(model, noise, sampler="look-ahead", steps=6, labels=LABELS, cfg_scale=2.0)
     b = pf.sample(model, noise, sampler="look-ahead", steps=6, condition=Condition.from_labels(LABELS, NULL), cfg_scale=2.0)
     assert torch.equal(a, b)
@@ -99,9 +95,9 @@ def test_text_condition_guides_with_the_empty_prompt():
     net = TextNet(make_model().config)
     states, empty = torch.randn(B, 4, 6, dtype=F64), torch.randn(4, 6, dtype=F64)
     cond = Condition.from_text(states, empty)
-    x = pf.sample(net, _noise(), sampler="euler-pf", steps=1, condition=cond, cfg_scale=3.0)
+    x = pf.sample(net, seeded_noise(), sampler="euler-pf", steps=1, condition=cond, cfg_scale=3.0)
     s_c, s_u = states.mean(dim=(1, 2)), empty.mean()
-    expected = 2 * _noise() + (s_u + 3.0 * (s_c - s_u))[:, None, None, None]  # one step of size 1
+    expected = 2 * seeded_noise() + (s_u + 3.0 * (s_c - s_u))[:, None, None, None]  # one step of size 1
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-12)
 
 
@@ -127,7 +123,7 @@ def _manual_euler_pf(model, noise, steps, w, lo, hi):
 @pytest.mark.parametrize("lo, hi", [(0.25, 0.625), (0.3, 0.7), (0.0, 0.0), (0.9, 1.0)])
 def test_interval_matches_manual_euler(lo, hi):
     model = Recorder(make_model(seed=3))
-    noise = _noise(2)
+    noise = seeded_noise(2)
     x, info = pf.sample(model, noise, sampler="euler-pf", steps=8, labels=LABELS, cfg_scale=2.5,
                         guidance_interval=(lo, hi), return_info=True)
     ref = _manual_euler_pf(model.model, noise, 8, 2.5, lo, hi)
@@ -142,18 +138,18 @@ def test_interval_edges_are_inclusive_on_the_float32_grid():
     g = time_grid(10)  # float32 values; t_3 is not exactly the double 0.3
     model = Recorder(make_model(seed=3))
     t3, t6 = g[3].item(), g[6].item()
-    pf.sample(model, _noise(), sampler="euler-pf", steps=10, labels=LABELS, cfg_scale=2.0, guidance_interval=(t3, t6))
+    pf.sample(model, seeded_noise(), sampler="euler-pf", steps=10, labels=LABELS, cfg_scale=2.0, guidance_interval=(t3, t6))
     assert model.batches == [B] * 3 + [2 * B] * 4 + [B] * 3
     model.batches.clear()
     above = torch.nextafter(g[3], torch.tensor(1.0)).item()  # one float32 step above t_3 excludes it
-    pf.sample(model, _noise(), sampler="euler-pf", steps=10, labels=LABELS, cfg_scale=2.0, guidance_interval=(above, t6))
+    pf.sample(model, seeded_noise(), sampler="euler-pf", steps=10, labels=LABELS, cfg_scale=2.0, guidance_interval=(above, t6))
     assert model.batches == [B] * 4 + [2 * B] * 3 + [B] * 3
 
 
 @pytest.mark.parametrize("sampler, steps, options", ALL_SAMPLERS)
 def test_full_interval_is_plain_cfg_and_empty_interval_is_no_guidance(sampler, steps, options):
     model = make_model(seed=4)
-    noise = _noise(3)
+    noise = seeded_noise(3)
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731 - the random masks
     kw = dict(sampler=sampler, steps=steps, labels=LABELS, **options)
     cfg = pf.sample(model, noise, cfg_scale=3.0, generator=gen(), **kw)
@@ -167,7 +163,7 @@ def test_full_interval_is_plain_cfg_and_empty_interval_is_no_guidance(sampler, s
 def test_every_call_of_an_outer_step_follows_its_decision(sampler, steps, k):
     model = Recorder(make_model(seed=5))
     lo, hi = 0.35, 0.75
-    _, info = pf.sample(model, _noise(), sampler=sampler, steps=steps, labels=LABELS, cfg_scale=2.0,
+    _, info = pf.sample(model, seeded_noise(), sampler=sampler, steps=steps, labels=LABELS, cfg_scale=2.0,
                         guidance_interval=(lo, hi), return_info=True)
     g32 = time_grid(steps)[:-1].tolist()
     expected = []
@@ -182,12 +178,12 @@ def test_every_call_of_an_outer_step_follows_its_decision(sampler, steps, k):
 def test_interval_errors():
     model = make_model()
     with pytest.raises(ConfigError, match="lo <= hi"):
-        pf.sample(model, _noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0, guidance_interval=(0.8, 0.2))
+        pf.sample(model, seeded_noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0, guidance_interval=(0.8, 0.2))
     with pytest.raises(ConfigError, match="two numbers"):
-        pf.sample(model, _noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0, guidance_interval=0.5)
-    guide = pf.sampling.Guide(model, LABELS, 2.0, guidance_interval=(0.0, 1.0))
+        pf.sample(model, seeded_noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0, guidance_interval=0.5)
+    guide = pf.sampling.Guide(model, LABELS, pf.Guidance(2.0, (0.0, 1.0)))
     with pytest.raises(ConfigError, match="begin_step"):
-        guide(_noise(), torch.zeros(B, model.config.num_patches, dtype=F64))
+        guide(seeded_noise(), torch.zeros(B, model.config.num_patches, dtype=F64))
 
 
 # --- autoguidance ---------------------------------------------------------------------------------
@@ -206,7 +202,7 @@ def _weak_as_unconditional(main, weak):
 
 def test_autoguidance_matches_manual_euler():
     main, weak = make_model(seed=6), make_model(seed=7, depth=1)
-    noise = _noise(4)
+    noise = seeded_noise(4)
     w, steps = 2.0, 5
     x, info = pf.sample(main, noise, sampler="euler-pf", steps=steps, labels=LABELS, cfg_scale=w, guide_model=weak, return_info=True)
     grid, _ = ref_time_grid(steps)
@@ -222,7 +218,7 @@ def test_autoguidance_matches_manual_euler():
 @pytest.mark.parametrize("sampler, steps", [("dual-loop", 3), ("look-ahead", 20)])
 def test_autoguidance_matches_reference_samplers(sampler, steps):
     main, weak = make_model(seed=8), make_model(seed=9)
-    noise = _noise(5)
+    noise = seeded_noise(5)
     x, info = pf.sample(main, noise, sampler=sampler, steps=steps, labels=LABELS, cfg_scale=1.7, guide_model=weak, return_info=True)
     fn = {"dual-loop": ref_dual_loop, "look-ahead": ref_look_ahead}[sampler]
     ref, nfe = fn(_weak_as_unconditional(main, weak), noise, steps, labels=LABELS, w=1.7, null=NULL)
@@ -232,9 +228,9 @@ def test_autoguidance_matches_reference_samplers(sampler, steps):
 
 def test_autoguidance_logvar_and_conditional_velocity():
     main, weak = make_model(seed=10), make_model(seed=11)
-    x = _noise(6)
+    x = seeded_noise(6)
     t = torch.full((B, main.config.num_patches), 0.4, dtype=F64)
-    out = pf.sampling.Guide(main, LABELS, 3.0, guide_model=weak)(x, t)
+    out = pf.sampling.Guide(main, LABELS, pf.Guidance(3.0), guide_model=weak)(x, t)
     m, wk = main(x, t, LABELS), weak(x, t, LABELS)
     torch.testing.assert_close(out.logvar, wk.logvar + 3.0 * (m.logvar - wk.logvar), rtol=0, atol=1e-12)
     assert torch.equal(out.cond_velocity, m.velocity)
@@ -242,7 +238,7 @@ def test_autoguidance_logvar_and_conditional_velocity():
 
 def test_autoguidance_with_interval_counts_weak_calls():
     main, weak = Recorder(make_model(seed=12)), Recorder(make_model(seed=13))
-    _, info = pf.sample(main, _noise(), sampler="euler-pf", steps=10, labels=LABELS, cfg_scale=2.0, guide_model=weak,
+    _, info = pf.sample(main, seeded_noise(), sampler="euler-pf", steps=10, labels=LABELS, cfg_scale=2.0, guide_model=weak,
                         guidance_interval=(0.2, 0.5), return_info=True)
     inside = sum(0.2 <= t <= 0.5 for t in time_grid(10)[:-1].tolist())
     assert (info["nfe"], info["guide_nfe"]) == (10, inside) == (10, len(weak.batches))
@@ -252,6 +248,6 @@ def test_autoguidance_with_interval_counts_weak_calls():
 def test_autoguidance_needs_a_matching_network():
     main = make_model()
     with pytest.raises(ConfigError, match="same kind and shape"):
-        pf.sample(main, _noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0, guide_model=make_model(patch_size=4))
+        pf.sample(main, seeded_noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0, guide_model=make_model(patch_size=4))
     with pytest.raises(ConfigError, match="guide_model.to"):
-        pf.sample(main, _noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0, guide_model=make_model(dtype=torch.float32))
+        pf.sample(main, seeded_noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0, guide_model=make_model(dtype=torch.float32))

@@ -12,9 +12,10 @@ from PIL import Image
 import patchforcing as pf
 from patchforcing.checkpoints import TRAIN_FORMAT
 from patchforcing.cli import main
-from patchforcing.commands.plan_flags import parse_interval, resolve_guide_path
 from patchforcing.errors import CheckpointError, ConfigError
+from patchforcing.guides import resolve_guide as resolve_guide_path
 from patchforcing.runs import checkpoint_path
+from patchforcing.sampling import GuidanceInterval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,11 +81,11 @@ def test_guide_checkpoint_syntax_and_errors(tmp_path, capsys):
     assert resolve_guide_path(str(run)) == run  # a run folder: load_model takes its newest checkpoint
     with pytest.raises(CheckpointError, match=r"steps \[10\]"):
         resolve_guide_path(f"{run}@step=7")
-    assert tuple(parse_interval(" 0.1, 0.9")) == (np.float32(0.1).item(), np.float32(0.9).item())  # the grid's float32
+    assert tuple(GuidanceInterval.parse(" 0.1, 0.9")) == (np.float32(0.1).item(), np.float32(0.9).item())  # the grid's float32
     with pytest.raises(ConfigError, match="LO,HI"):
-        parse_interval("0.1")
+        GuidanceInterval.parse("0.1")
     with pytest.raises(ConfigError, match="LO <= HI"):
-        parse_interval("0.9,0.1")
+        GuidanceInterval.parse("0.9,0.1")
     ckpt = pf.save_model(_net(0), tmp_path / "main.safetensors")
     small = pf.save_model(_net(2, patch_size=4), tmp_path / "p4.safetensors")
     assert main(["sample", "--checkpoint", str(ckpt), "--guide-checkpoint", str(small), "--cfg-scale", "2",

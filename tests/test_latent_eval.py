@@ -14,6 +14,7 @@ from patchforcing import load_model
 from patchforcing.autoencoder import latent_decoder, recorded_latents
 from patchforcing.cli import main
 from patchforcing.images import to_uint8_nhwc
+from patchforcing.sampling import SamplingPlan
 from test_latents_lazy import write_folder
 
 SCALE = 0.5  # not the VAE config's 0.18215: sampling must use the latent folder's value
@@ -58,7 +59,7 @@ def test_evaluate_decodes_and_writes_an_rgb_npz(latent_run, tmp_path):
     # The same images by hand: the library's latents (seeds 0..5) decoded with the folder's scale.
     from patchforcing.evaluation.generate import generate_images
 
-    _, latents, _, _ = generate_images(load_model(root / "run"), sampler="euler-pf", steps=2, num_samples=6, seed=0)
+    _, latents, _, _ = generate_images(load_model(root / "run"), SamplingPlan("euler-pf", 2), num_samples=6, seed=0)
     with torch.no_grad():
         by_hand = vae.decode(latents / SCALE).sample.clamp(-1, 1)  # (6, 3, 16, 16)
     assert np.array_equal(pixels, to_uint8_nhwc(by_hand))

@@ -124,7 +124,7 @@ EVAL = dict(sampler="euler-pf", nfe=2, num_samples=8, batch_size=8)
 
 def test_parts_of_other_weights_are_refused_and_the_same_weights_resume(tmp_path, monkeypatch):
     from patchforcing.errors import ConfigError
-    from patchforcing.evaluation import parts
+    from patchforcing.evaluation import generate
     from patchforcing.evaluation.evaluate import evaluate_model
 
     net, folder = _tiny_net(0), tmp_path / "parts"
@@ -140,7 +140,7 @@ def test_parts_of_other_weights_are_refused_and_the_same_weights_resume(tmp_path
     with pytest.raises(ConfigError, match="guide_network: None there, sha256"):
         evaluate_model(_tiny_net(0), parts_dir=folder, guide_model=_tiny_net(1), **EVAL)
 
-    monkeypatch.setattr(parts, "generate_images", lambda *a, **k: pytest.fail("a part on disk was made again"))
+    monkeypatch.setattr(generate, "run_plan", lambda *a, **k: pytest.fail("a part on disk was made again"))
     again = evaluate_model(_tiny_net(0), parts_dir=folder, **EVAL)  # the same weights, another object: resumes
     assert again["fid"] == first["fid"]
 
@@ -255,21 +255,21 @@ def test_bad_input_is_one_error_line_naming_the_fix(tmp_path, capsys, ckpt, name
     MemoryError(),
 ])
 def test_out_of_memory_is_one_line_naming_the_flags_that_lower_it(tmp_path, capsys, monkeypatch, ckpt, failure):
-    import patchforcing.commands.sample
+    import patchforcing.evaluation.generate
 
     def exhausted(*args, **kwargs):
         raise failure
 
-    monkeypatch.setattr(patchforcing.commands.sample, "sample", exhausted)
+    monkeypatch.setattr(patchforcing.evaluation.generate, "run_plan", exhausted)
     assert main(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.png")]) == 1
     [line] = _error_lines(capsys)
     assert line.startswith("error: out of memory (") and "lower --batch-size" in line and "--num-samples" in line
 
 
 def test_other_runtime_errors_are_not_called_out_of_memory(tmp_path, monkeypatch, ckpt):
-    import patchforcing.commands.sample
+    import patchforcing.evaluation.generate
 
-    monkeypatch.setattr(patchforcing.commands.sample, "sample", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    monkeypatch.setattr(patchforcing.evaluation.generate, "run_plan", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):  # a bug stays a traceback to report, not advice
         main(["sample", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o.png")])
 
@@ -332,15 +332,15 @@ def test_sample_draws_in_batches_with_the_same_images(tmp_path, monkeypatch, ckp
     import numpy as np
     from PIL import Image
 
-    import patchforcing.commands.sample
+    import patchforcing.evaluation.generate
 
-    real, calls = patchforcing.commands.sample.sample, []
+    real, calls = patchforcing.evaluation.generate.run_plan, []
 
     def counted(model, noise, *args, **kwargs):
         calls.append(noise.shape[0])
         return real(model, noise, *args, **kwargs)
 
-    monkeypatch.setattr(patchforcing.commands.sample, "sample", counted)
+    monkeypatch.setattr(patchforcing.evaluation.generate, "run_plan", counted)
     args = ["sample", "--checkpoint", str(ckpt), "--num-samples", "7", "--steps", "3", "--labels", "1,2,3,4,5,6,7", *flags]
     assert main([*args, "--out", str(tmp_path / "one.png")]) == 0
     assert main([*args, "--batch-size", "3", "--out", str(tmp_path / "three.png")]) == 0

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import patchforcing as pf
-from conftest import make_model
-from patchforcing.sampling import REGISTRY, SamplingPlan, time_grid
+from conftest import make_model, seeded_noise
+from patchforcing.sampling import SamplingPlan, time_grid
 from patchforcing.sampling.schedules import EDM_SIGMA_MAX, EDM_SIGMA_MIN, parse_schedule, warmup_count
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -19,10 +19,6 @@ F64 = torch.float64
 B = 3
 LABELS = torch.tensor([0, 3, 4])
 SCHEDULES = ["uniform", "shift:1", "shift:3", "shift:0.5", "edm:7", "edm:3", "edm:1"]
-
-
-def _noise(seed=0, b=B):
-    return torch.randn(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
@@ -73,7 +69,7 @@ def test_bad_schedules_raise_one_clear_error(bad, pf_model):
         parse_schedule(bad)
     assert "shift:" in str(err.value)  # names the fix
     with pytest.raises(pf.ConfigError):
-        pf.sample(pf_model, _noise(), sampler="euler-pf", steps=2, schedule=bad)
+        pf.sample(pf_model, seeded_noise(), sampler="euler-pf", steps=2, schedule=bad)
     with pytest.raises(pf.ConfigError):
         pf.expected_nfe("look-ahead", 4, schedule=bad)
     with pytest.raises(pf.ConfigError, match="shift:"):
@@ -97,9 +93,9 @@ def test_plan_records_the_schedule_and_keeps_uniform_json_unchanged():
     assert SamplingPlan.from_json(edm.to_json()) == edm
     assert "schedule edm:3" in edm.describe() and "schedule" not in uniform.describe()
     assert torch.equal(edm.grid, time_grid(8, "edm:3"))
-    from patchforcing.sampling.plan import as_plan
-
-    assert as_plan(**edm.to_kwargs()).replace(nfe_budget=12) == edm  # the loose keywords of the parts path carry it
+    assert SamplingPlan.from_keywords(sampler="look-ahead", nfe=12, schedule="edm:3.0") == edm  # pf.sample's keywords
+    edm.grid[1] = 0.5  # the plan's grid is built once and handed out as a copy
+    assert torch.equal(edm.grid, time_grid(8, "edm:3"))
 
 
 def test_a_plan_refuses_a_grid_that_collapses():
@@ -116,7 +112,7 @@ def test_parsed_schedule_prints_back():
 @pytest.mark.parametrize("sampler", ["euler", "euler-pf", "dual-loop", "look-ahead"])
 def test_uniform_schedule_changes_nothing(sampler):
     model = make_model("patch-forcing", 2, seed=21)
-    noise = _noise(1)
+    noise = seeded_noise(1)
     plain = pf.sample(model, noise, sampler=sampler, steps=5, labels=LABELS, cfg_scale=2.0)
     for schedule in ("uniform", "shift:1"):
         assert torch.equal(pf.sample(model, noise, sampler=sampler, steps=5, labels=LABELS, cfg_scale=2.0, schedule=schedule), plain)
@@ -124,23 +120,7 @@ def test_uniform_schedule_changes_nothing(sampler):
     assert (other - plain).abs().max() > 1e-4  # the schedule reaches the sampler
 
 
-@pytest.mark.parametrize("sampler", sorted(REGISTRY))
-@pytest.mark.parametrize("schedule", ["shift:3", "edm:3"])
-def test_nfe_counted_equals_nfe_declared_on_every_schedule(sampler, schedule):
-    model = make_model("patch-forcing", 2, seed=22)
-    calls = []
-    model.register_forward_hook(lambda *_: calls.append(1))
-    for steps in (1, 3, 7):
-        calls.clear()
-        plan = SamplingPlan(sampler, steps, schedule=schedule, guidance=pf.Guidance(1.5))
-        _, info = pf.sample(model, _noise(2), plan, labels=LABELS, return_info=True, record_trajectory=True,
-                            generator=torch.Generator().manual_seed(0))
-        assert len(calls) == info["nfe"] == plan.nfe == pf.expected_nfe(sampler, steps, schedule=schedule), steps
-        assert info["schedule"] == schedule
-        # every frame of the trajectory stands for its calls (a context frame for two), so the frames add up to the NFE
-        assert sum(2 if f["context"] else 1 for f in info["trajectory"]) == info["nfe"]
-
-
+# (the NFE counted equals the NFE declared for every sampler on every grid: test_sampler_properties.py)
 def test_look_ahead_warm_up_is_counted_on_the_grid():
     """edm:3 with 8 steps puts t_0 .. t_3 at or below 0.05: four warm-up steps, NFE 4 + 2 * 4."""
     grid = time_grid(8, "edm:3")
@@ -153,7 +133,7 @@ def test_look_ahead_warm_up_is_counted_on_the_grid():
 def test_dual_loop_splits_each_outer_interval_uniformly():
     steps, k_inner = 4, 4
     model = make_model("patch-forcing", 2, seed=23)
-    _, info = pf.sample(model, _noise(3), sampler="dual-loop", steps=steps, labels=LABELS, schedule="edm:7",
+    _, info = pf.sample(model, seeded_noise(3), sampler="dual-loop", steps=steps, labels=LABELS, schedule="edm:7",
                         return_info=True, record_trajectory=True)
     frames = info["trajectory"]
     grid = time_grid(steps, "edm:7").double()
@@ -169,7 +149,7 @@ def test_dual_loop_splits_each_outer_interval_uniformly():
 def test_look_ahead_advance_is_min_rho_t_on_any_grid():
     steps, rho = 6, 1.4
     model = make_model("patch-forcing", 2, seed=24)
-    _, info = pf.sample(model, _noise(4), sampler="look-ahead", steps=steps, labels=LABELS, schedule="shift:3",
+    _, info = pf.sample(model, seeded_noise(4), sampler="look-ahead", steps=steps, labels=LABELS, schedule="shift:3",
                         return_info=True, record_trajectory=True)
     grid = time_grid(steps, "shift:3").double()
     seen = 0

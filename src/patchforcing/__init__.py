@@ -23,6 +23,7 @@ from patchforcing.checkpoints import load_model, save_model
 from patchforcing.conditioning import Condition
 from patchforcing.errors import CheckpointError, ConfigError, DataError, PatchForcingError, ShapeError, TrainingError
 from patchforcing.flow import interpolate
+from patchforcing.guides import load_guide_model
 from patchforcing.inpainting import edit, inpaint
 from patchforcing.loss import validation_loss
 from patchforcing.models import PRESETS, ModelConfig, ModelOutput, PatchForcingTransformer, create_model
@@ -56,6 +57,7 @@ __all__ = [
     "expected_nfe",
     "inpaint",
     "interpolate",
+    "load_guide_model",
     "load_model",
     "sample",
     "save_model",

@@ -33,7 +33,6 @@ from torch import Tensor, nn
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.images import from_uint8
 from patchforcing.sampling import SamplingPlan, noise_for_seeds, sample
-from patchforcing.sampling.plan import as_plan
 from patchforcing.sampling.region import AHEAD_RATIO, MODES, KnownMode, Region
 from patchforcing.sampling.registry import OPTION_ALIASES, REGISTRY, network_takes_per_patch_time
 from patchforcing.streams import mask_generators
@@ -241,8 +240,7 @@ def _plan(plan: SamplingPlan | None, kwargs: dict[str, Any]) -> tuple[SamplingPl
     loose_names = {"sampler", "steps", "nfe", "cfg_scale", "guidance_interval", "schedule", *OPTION_ALIASES,
                    *(f.name for spec in REGISTRY.values() for f in dataclasses.fields(spec.options_type))}
     loose = {k: kwargs.pop(k) for k in list(kwargs) if k in loose_names}
-    guide = None if kwargs.get("guide_model") is None else "<in memory>"
-    return as_plan(plan, guide=guide, **loose), kwargs
+    return SamplingPlan.from_keywords(plan, **loose), kwargs
 
 
 def _noise(model: nn.Module, noise: Tensor | None, seeds: Sequence[int] | None, generator: Any) -> tuple[Tensor, Any]:

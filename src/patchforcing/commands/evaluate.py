@@ -30,16 +30,10 @@ from typing import Any
 from patchforcing import runtime
 from patchforcing.autoencoder import latent_decoder
 from patchforcing.checkpoints import load_model
-from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, plan_from_args
+from patchforcing.commands.plan_flags import add_plan_flags, plan_from_args
 from patchforcing.errors import ConfigError
-from patchforcing.evaluation.evaluate import (
-    calibration_report,
-    check_num_samples,
-    evaluate_model,
-    held_out_data,
-    save_samples_npz,
-    validation_report,
-)
+from patchforcing.evaluation.evaluate import EvalSpec, check_num_samples, evaluate, save_samples_npz
+from patchforcing.guides import load_guide_model
 from patchforcing.images import pixels_to_float, save_grid
 from patchforcing.runs import atomic_write, ensure_writable_folder
 from patchforcing.runtime import DEFAULT_TIMEOUT_S
@@ -91,14 +85,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         lock = runtime.own_folder(args.out, procs)  # one evaluation per --out: the parts of two would mix
         model = load_model(args.checkpoint, map_location=procs.device)
-        _check_diagnostics(model, args)
         guide_model = load_guide_model(plan, model, procs.device)
         decoder = latent_decoder(args.checkpoint, vae=args.vae, device=procs.device)
-        result = evaluate_model(
-            model, plan, num_samples=args.num_samples, seed=args.seed, data=args.data, batch_size=args.batch_size,
-            stats=args.stats, rank=procs.rank, world_size=procs.world_size, return_pixels=True,
-            inception_weights=args.inception_weights, parts_dir=Path(args.out) / PARTS_DIR, guide_model=guide_model,
-            decoder=decoder)
+        spec = EvalSpec(args.num_samples, args.seed, data=args.data, stats=args.stats,
+                        inception_weights=args.inception_weights, decoder=decoder, batch_size=args.batch_size,
+                        parts_dir=Path(args.out) / PARTS_DIR, calibration=args.calibration, val_loss=args.val_loss)
+        result = evaluate(model, plan, spec, guide_model=guide_model, procs=procs, keep="pixels")
         if decoder is not None:
             result["decoder"] = decoder.describe()
         runtime.run_on_main(lambda: write_outputs(model, result, args), procs)
@@ -110,28 +102,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_diagnostics(model, args: argparse.Namespace) -> None:
-    """Fail before sampling when --calibration or --val-loss cannot run on this network and data."""
-    if args.calibration and not model.config.has_difficulty_head:
-        raise ConfigError("--calibration needs a Patch Forcing network with a difficulty head; "
-                          "this checkpoint is a SiT network: drop --calibration")
-    if args.calibration or args.val_loss:
-        held_out_data(model, args.data, "test")
-
-
 def write_outputs(model, result: dict[str, Any], args: argparse.Namespace) -> Path:
-    """Rank 0: add the held-out diagnostics and write metrics.json, samples.png, samples.npz."""
+    """Rank 0: write metrics.json, samples.png and samples.npz."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pixels, labels = result.pop("images_uint8"), result.pop("labels")
     metrics = {**result, "checkpoint": str(args.checkpoint), "model": model.config.to_dict(),
                "device": str(next(model.parameters()).device)}
-    if args.val_loss:
-        metrics.update({k: v for k, v in validation_report(model, args.data, "test", seed=args.seed,
-                                                          batch_size=args.batch_size).items()
-                        if k.startswith(("val_loss", "segment_times"))})
-    if args.calibration:
-        metrics["calibration"] = calibration_report(model, args.data, "test", seed=args.seed)
     save_grid(pixels_to_float(pixels[:GRID_IMAGES]), out / "samples.png", ncols=10)
     if args.save_npz or "decoder" in metrics or metrics.get("not_computed"):
         save_samples_npz(out / "samples.npz", pixels, labels.numpy())

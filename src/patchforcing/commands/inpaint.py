@@ -23,9 +23,10 @@ import torch
 
 from patchforcing.autoencoder import encode_latents, latent_decoder
 from patchforcing.checkpoints import load_model
-from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, plan_from_args
+from patchforcing.commands.plan_flags import add_plan_flags, plan_from_args
 from patchforcing.errors import ConfigError, DataError, ShapeError
 from patchforcing.evaluation.evaluate import check_decoder
+from patchforcing.guides import load_guide_model
 from patchforcing.images import save_grid, to_uint8_nhwc
 from patchforcing.inpainting import (
     MASK_THRESHOLD,

@@ -23,20 +23,12 @@ import dataclasses
 import math
 import re
 import textwrap
-from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
-from patchforcing.checkpoints import load_model
-from patchforcing.errors import CheckpointError, ConfigError
-from patchforcing.runs import checkpoint_path, list_checkpoints
-from patchforcing.sampling import SAMPLERS, SCHEDULE_HELP, Guidance, GuidanceInterval, SamplingPlan, get_sampler
+from patchforcing.errors import ConfigError
+from patchforcing.sampling import SAMPLERS, SCHEDULE_HELP, Guidance, SamplingPlan, get_sampler
 from patchforcing.sampling.registry import OPTION_ALIASES, describe_range
 from patchforcing.sampling.schedules import UNIFORM, canonical_schedule
-
-_AT_STEP = re.compile(r"^(?P<run>.+)@step=(?P<step>\d+)$")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -215,33 +207,3 @@ def plan_to_argv(plan: SamplingPlan) -> list[str]:
 
 def _flags_of(spec) -> str:
     return ", ".join(flag(f.name) for f in dataclasses.fields(spec.options_type))
-
-
-def parse_interval(text: str | None) -> GuidanceInterval | None:
-    """``"0.25,0.75"`` (t, closed) or ``"sigma:0.34,1.02"`` (sigma, half-open)."""
-    return None if text is None else GuidanceInterval.parse(text)
-
-
-# --- the guide network ------------------------------------------------------------------------------
-def resolve_guide_path(spec: str) -> Path:
-    """A checkpoint file, a run folder, or ``RUN_FOLDER@step=N`` -> the path ``load_model`` reads."""
-    match = _AT_STEP.match(spec)
-    if match is None:
-        return Path(spec)
-    run, step = Path(match["run"]), int(match["step"])
-    path = checkpoint_path(run, step)
-    if not path.is_file():
-        steps = [int(p.stem.split("-")[1]) for p in list_checkpoints(run)]
-        have = f"its checkpoints are at steps {steps}" if steps else "it has no checkpoints"
-        raise CheckpointError(f"--guide-checkpoint {spec!r}: {run} has no checkpoint of step {step} ({have}); "
-                              "pick one of those steps, or pass a checkpoint file")
-    return path
-
-
-def load_guide_model(plan: SamplingPlan, model: nn.Module, device: torch.device | str) -> nn.Module | None:
-    """The weak network the plan names (None without autoguidance), on ``model``'s device and dtype."""
-    if plan.guidance.guide is None:
-        return None
-    weak = load_model(resolve_guide_path(plan.guidance.guide), map_location=device)
-    weight = next(model.parameters())
-    return weak.to(device=weight.device, dtype=weight.dtype)

@@ -17,13 +17,14 @@ import torch
 
 from patchforcing.autoencoder import latent_decoder
 from patchforcing.checkpoints import load_model
-from patchforcing.commands.plan_flags import add_plan_flags, load_guide_model, plan_from_args
+from patchforcing.commands.plan_flags import add_plan_flags, plan_from_args
 from patchforcing.errors import ConfigError
+from patchforcing.evaluation.conditions import ClassLabels, EncodedPrompts
 from patchforcing.evaluation.evaluate import check_decoder
+from patchforcing.evaluation.generate import generate_images
+from patchforcing.guides import load_guide_model
 from patchforcing.runs import atomic_write, ensure_writable_file
 from patchforcing.runtime import check_seed, resolve_device
-from patchforcing.sampling import noise_for_seeds, sample
-from patchforcing.streams import mask_generators
 from patchforcing.text.prompts import prompt_condition, read_prompts
 from patchforcing.viz import difficulty_panels, grid, labelled_panel_grid, panel_names, to_uint8
 
@@ -71,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     cfg = model.config
-    guide_model = load_guide_model(plan, model, device)
-    plan.check(model, guide_model)
+    guide_model = load_guide_model(plan, model, device)  # the plan is checked against both once, in generate_images
     decoder = latent_decoder(args.checkpoint, vae=args.vae, scale_factor=args.vae_scale, device=device)
     check_decoder(model, decoder)
     if decoder is None and args.vae_scale is not None:
@@ -89,22 +89,17 @@ def run(args: argparse.Namespace) -> int:
     if labels is not None and len(labels) not in (1, n):
         raise ConfigError(f"{len(labels)} labels for {n} samples: give one label per sample or a single label")
     check_grid_size(n)
-    seeds = list(range(args.seed, args.seed + n))
     if labels is None and cfg.num_classes > 0:
-        rng = np.random.default_rng(args.seed)
-        labels = rng.integers(0, cfg.num_classes, size=n).tolist()
-    y = None if labels is None else torch.tensor(labels * (n if len(labels) == 1 else 1), device=device)
-    xs, frames = [], []
-    for lo in range(0, n, args.batch_size):  # in batches: a long prompts file or a large --num-samples fits memory
-        part = slice(lo, min(lo + args.batch_size, n))
-        noise = noise_for_seeds(seeds[part], (cfg.in_channels, cfg.input_size, cfg.input_size), device=device,
-                                dtype=next(model.parameters()).dtype)
-        given = {"condition": condition.select(part)} if condition is not None else {"labels": None if y is None else y[part]}
-        x, info = sample(model, noise, plan, guide_model=guide_model, return_info=True, progress=True,
-                         generator=mask_generators(seeds[part]), record_trajectory=args.show_difficulty, **given)
-        xs.append(x)
-        frames += [_middle_frame(info["trajectory"])] if args.show_difficulty else []
-    images = _to_images(torch.cat(xs), decoder, cfg)
+        labels = np.random.default_rng(args.seed).integers(0, cfg.num_classes, size=n).tolist()
+    conditions = (EncodedPrompts(condition) if condition is not None else
+                  ClassLabels(torch.tensor(labels * (n if len(labels) == 1 else 1)) if labels is not None else
+                              torch.full((n,), -1)))
+    frames: list[dict] = []
+    keep_frame = (lambda _, info: frames.append(_middle_frame(info["trajectory"]))) if args.show_difficulty else None
+    _, x, _, _ = generate_images(model, plan, num_samples=n, seed=args.seed, conditions=conditions,
+                                 guide_model=guide_model, batch_size=args.batch_size, progress=True,
+                                 record_trajectory=args.show_difficulty, on_batch=keep_frame)
+    images = _to_images(x.to(device), decoder, cfg)
     scale = max(1, 64 // images.shape[-1])
     if args.show_difficulty:
         frame = {k: None if frames[0][k] is None else torch.cat([f[k] for f in frames]) for k in ("difficulty", "t")}

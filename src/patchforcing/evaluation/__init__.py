@@ -1,4 +1,5 @@
-"""Evaluation: ``evaluate_model`` (sample with a plan, for class labels or prompts, then score), the held-out
+"""Evaluation: ``evaluate(model, plan, spec)`` (sample with a plan, for class labels or prompts, then score;
+``evaluate_model`` takes the same as keywords), the held-out
 ``validation_report``, and the metrics it uses: Fréchet distance (FID), improved precision/recall,
 and feature extractors (a small digits classifier shipped with the package; Inception-v3 through an
 optional package)."""
@@ -11,7 +12,10 @@ from patchforcing.evaluation.classifier import (
 )
 from patchforcing.evaluation.conditions import ClassLabels, ConditionSource, Prompts
 from patchforcing.evaluation.evaluate import (
+    EvalSpec,
     calibration_report,
+    check_evaluation,
+    evaluate,
     evaluate_model,
     plan_evaluation,
     save_samples_npz,
@@ -30,9 +34,12 @@ __all__ = [
     "ClassLabels",
     "ConditionSource",
     "DigitsClassifier",
+    "EvalSpec",
     "Prompts",
     "calibration_report",
+    "check_evaluation",
     "classification_accuracy",
+    "evaluate",
     "evaluate_model",
     "extract_features",
     "feature_statistics",

@@ -10,7 +10,8 @@ branches on the kind of network:
   class-conditional networks; all ``-1`` for unconditional ones);
 * ``ClassLabels(labels)``: fixed labels, one per image;
 * ``Prompts(prompts, encoder, targets, attributes)``: text, encoded per chunk (``evaluation/t2i.py``
-  builds the balanced digits-captions prompts).
+  builds the balanced digits-captions prompts);
+* ``EncodedPrompts(condition)``: prompts encoded at once, one row per image (``patchforcing sample``).
 """
 
 from __future__ import annotations
@@ -93,3 +94,18 @@ class Prompts(ConditionSource):
     def describe(self) -> dict[str, Any]:
         return {"kind": "prompts", "name": self.name, "num_prompts": len(self.prompts), "first": self.prompts[0],
                 "encoder": getattr(self.encoder, "name", type(self.encoder).__name__)}
+
+
+class EncodedPrompts(ConditionSource):
+    """Prompts already encoded: one ``Condition`` holding every image's (``patchforcing sample``
+    encodes its prompts at once); no targets."""
+
+    def __init__(self, condition: Condition, name: str = "prompts"):
+        self.encoded, self.name = condition, name
+        self.targets = torch.full((condition.value.shape[0],), -1, dtype=torch.long)
+
+    def condition(self, indices: Tensor, device: torch.device | str) -> dict[str, Condition]:
+        return {"condition": self.encoded.select(indices.to(self.encoded.value.device))}
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "encoded-prompts", "name": self.name, "num_prompts": self.num_samples}

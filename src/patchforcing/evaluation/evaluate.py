@@ -1,8 +1,8 @@
 """Evaluating a network at a fixed compute budget: samplers are compared at equal NFE (docs/method.md, samplers).
 
-``evaluate_model`` turns an NFE budget into the largest number of outer steps that fits it, draws
-``num_samples`` images with one seed per image (image ``i`` uses noise seed ``seed + i``), and
-scores them. The metrics are computed on the images as they are saved (rounded to uint8, as the
+``evaluate(model, plan, spec)`` draws ``spec.num_samples`` images with the plan (usually from an
+NFE budget: ``SamplingPlan.from_nfe``), one seed per image (image ``i`` uses noise seed ``seed + i``),
+and scores them; ``evaluate_model`` takes the same as keywords. The metrics are computed on the images as they are saved (rounded to uint8, as the
 ADM-style ``.npz`` evaluators see them), so they depend neither on the batch size nor on the
 number of processes.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,6 @@ from patchforcing.images import pixels_to_float, to_uint8_nhwc
 from patchforcing.runs import atomic_write
 from patchforcing.runtime import Processes, gather_to_main, require_group, run_on_main
 from patchforcing.sampling import SamplingPlan
-from patchforcing.sampling.plan import GUIDE_IN_MEMORY, as_plan
 
 DIGITS_DATA = (DIGITS, "digits-captions")  # scored by the digits classifier (captions: plus the attributes)
 DIGITS_SHAPE = (1, 16, 16)  # (C, H, W) of the networks the digits classifier can score
@@ -57,28 +57,74 @@ PR_NEIGHBOURS = 3  # k of improved precision/recall
 MAX_EVAL_SAMPLES = 1_000_000  # 20 times FID's usual 50,000; every image is held in memory to be scored
 
 
-# --- checks before any image is drawn ----------------------------------------------------------
-def plan_evaluation(model: nn.Module, plan: SamplingPlan | None = None, *, num_samples: int, data: str = DIGITS,
-                    stats: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
-                    decoder: Callable | None = None, guide_model: nn.Module | None = None,
-                    **loose: Any) -> tuple[int, int]:
-    """Check that the evaluation can run and return ``(steps, nfe actually used)``.
+@dataclass(frozen=True)
+class EvalSpec:
+    """What an evaluation draws and how it is scored (the ``SamplingPlan`` says how to sample).
 
-    Every error a user can cause is raised here, before minutes of sampling: an unknown sampler
-    or option, a budget below one step, a sampler the network cannot run, guidance without a null
-    condition, a guide network of another shape, too few samples, latents without a decoder,
-    ``stats`` the chosen data cannot use, unreadable statistics, a text network on data it has no
-    prompts for. Metrics that cannot be computed (no reference statistics, no Inception package
-    or weights) are not errors: the result names them and why.
-
-    Args:
-        plan: the sampling plan; or, as before, ``sampler=``, ``nfe=`` (a budget), ``cfg_scale=``
-            and options as loose keywords.
+    Attributes:
+        num_samples: images in total (over all processes); image i has seed ``seed + i``.
+        seed: the first image's noise seed.
+        conditions: what image i is conditioned on (``evaluation.conditions``); None: balanced
+            class labels, or for text networks the balanced digits-captions prompts.
+        data: ``digits`` (built-in metrics; ``digits-captions`` for text networks) or the name of
+            the network's data set (with ``stats``).
+        stats: for non-digits data, an ``.npz`` with Inception ``mu`` and ``sigma`` of the reference.
+        inception_weights: FID Inception weights file (default: the torch hub cache).
+        decoder: for latent networks, maps (B, c, h, w) latents to (B, 3, H, W) images in [-1, 1]
+            (``patchforcing.autoencoder.latent_decoder``); each process decodes its own images.
+        batch_size: images per sampler call on each process (does not change the results).
+        parts_dir: write the images there in parts as they are made (``evaluation.parts``): a
+            killed evaluation rerun with the same arguments makes only the missing parts, and no
+            process holds more than one part of images (for FID-50k). None: gather in memory.
+        calibration: add the difficulty head's calibration on the held-out split of ``data``.
+        val_loss: add the 8-segment validation loss on the held-out split of ``data``.
+        encoder: the text encoder of a text network's default prompts (default: the one it records).
     """
-    plan = as_plan(plan, guide=None if guide_model is None else GUIDE_IN_MEMORY, **loose)
+
+    num_samples: int
+    seed: int = 0
+    conditions: ConditionSource | None = None
+    data: str = DIGITS
+    stats: str | os.PathLike | None = None
+    inception_weights: str | os.PathLike | None = None
+    decoder: Callable[[Tensor], Tensor] | None = None
+    batch_size: int = 256
+    parts_dir: str | os.PathLike | None = None
+    calibration: bool = False
+    val_loss: bool = False
+    encoder: Any = None
+
+
+# --- checks before any image is drawn ----------------------------------------------------------
+def check_evaluation(model: nn.Module, plan: SamplingPlan, spec: EvalSpec,
+                     guide_model: nn.Module | None = None) -> tuple[str | None, str | None]:
+    """Every error a user can cause, raised before minutes of sampling; returns ``scoring``'s
+    ``(feature network, why not)``.
+
+    The errors: a sampler the network cannot run, guidance without a null condition, a guide
+    network of another shape, too few samples, a batch size below one, latents without a decoder,
+    ``stats`` the chosen data cannot use, unreadable statistics, a text network on data it has no
+    prompts for, held-out diagnostics the network or data cannot give. Metrics that cannot be
+    computed (no reference statistics, no Inception package or weights) are not errors: the result
+    names them and why.
+    """
     plan.check(model, guide_model)
-    check_num_samples(num_samples)
-    scoring(model, data, stats, inception_weights, decoder)  # raises on misuse; reasons come back later
+    check_num_samples(spec.num_samples)
+    if spec.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {spec.batch_size}")
+    if spec.calibration and not model.config.has_difficulty_head:
+        raise ConfigError("--calibration needs a Patch Forcing network with a difficulty head; "
+                          "this checkpoint is a SiT network: drop --calibration")
+    if spec.calibration or spec.val_loss:
+        held_out_data(model, spec.data, "test")
+    return scoring(model, spec.data, spec.stats, spec.inception_weights, spec.decoder)
+
+
+def plan_evaluation(model: nn.Module, plan: SamplingPlan | None = None, *, num_samples: int,
+                    guide_model: nn.Module | None = None, **keywords: Any) -> tuple[int, int]:
+    """``check_evaluation`` with ``evaluate_model``'s keywords; returns ``(steps, NFE actually used)``."""
+    plan, spec = _plan_and_spec(plan, num_samples=num_samples, **keywords)
+    check_evaluation(model, plan, spec, guide_model)
     return plan.steps, plan.nfe
 
 
@@ -149,55 +195,23 @@ def check_decoder(model: nn.Module, decoder: Callable | None) -> None:
 
 
 # --- the evaluation ----------------------------------------------------------------------------
-def evaluate_model(
-    model: nn.Module,
-    plan: SamplingPlan | None = None,
-    *,
-    num_samples: int,
-    seed: int = 0,
-    conditions: ConditionSource | None = None,
-    data: str = DIGITS,
-    batch_size: int = 256,
-    stats: str | os.PathLike | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    return_images: bool = False,
-    return_pixels: bool = False,
-    inception_weights: str | os.PathLike | None = None,
-    decoder: Callable[[Tensor], Tensor] | None = None,
-    parts_dir: str | os.PathLike | None = None,
-    guide_model: nn.Module | None = None,
-    encoder=None,
-    **loose: Any,
-) -> dict[str, Any]:
-    """Sample ``num_samples`` images with a plan (usually from an NFE budget) and score them.
+def evaluate(model: nn.Module, plan: SamplingPlan, spec: EvalSpec, *, guide_model: nn.Module | None = None,
+             procs: Processes | None = None, keep: str | None = None) -> dict[str, Any]:
+    """Sample ``spec.num_samples`` images with ``plan`` and score them: the one evaluation.
 
-    One pipeline for every network: the condition source (balanced class labels, fixed labels,
-    prompts) feeds generate -> parts -> processes -> decode -> score.
+    One path for every network and every size: the condition source (balanced class labels, fixed
+    labels, prompts) feeds generate -> NFE check -> decode -> finite check -> uint8, in memory or in
+    parts (``spec.parts_dir``), on one process or many; rank 0 scores the images in index order.
 
     Args:
         model: a network from ``load_model``/``create_model`` (on its evaluation device).
-        plan: how to sample (``SamplingPlan.from_nfe(sampler, nfe, ...)``); or, as before,
-            ``sampler=``, ``nfe=``, ``cfg_scale=``, ``guidance_interval=`` and options as loose keywords.
-        num_samples: images in total (over all processes); image i has seed ``seed + i``.
-        conditions: what image i is conditioned on (``evaluation.conditions``); default: balanced
-            class labels, or for text networks the balanced digits-captions prompts.
-        data: ``digits`` (built-in metrics; ``digits-captions`` for text networks) or the name of
-            the network's data set (with ``stats``).
-        batch_size: images per sampler call on each process (does not change the results).
-        stats: for non-digits data, an ``.npz`` with Inception ``mu`` and ``sigma`` of the reference.
-        rank, world_size: this process among those of ``patchforcing.runtime.setup``.
-        return_images: also return (on rank 0) ``images`` (num_samples, C, H, W) in [-1, 1],
-            exactly the saved uint8 values, ``images_uint8`` (num_samples, H, W, C) and ``labels``.
-        return_pixels: return (on rank 0) only ``images_uint8`` and ``labels`` (4x less memory).
-        inception_weights: FID Inception weights file (default: the torch hub cache).
-        decoder: for latent networks, maps (B, c, h, w) latents to (B, 3, H, W) images in [-1, 1]
-            (``patchforcing.autoencoder.latent_decoder``); each process decodes its own images.
-        parts_dir: write the images there in parts as they are made (``evaluation.parts``): a
-            killed evaluation rerun with the same arguments makes only the missing parts, and no
-            process holds more than one part of images (for FID-50k). None: gather in memory.
-        guide_model: the weak network of autoguidance (the plan names it).
-        encoder: the text encoder of a text network's default prompts (default: the one it records).
+        plan: how to sample (``SamplingPlan.from_nfe(sampler, nfe, ...)``).
+        spec: what to draw and how to score it (``EvalSpec``).
+        guide_model: the weak network of autoguidance (``patchforcing.guides.load_guide_model``).
+        procs: this process among those of ``patchforcing.runtime.setup`` (default: a single process).
+        keep: also return, on rank 0, ``"pixels"``: ``images_uint8`` (num_samples, H, W, C) and
+            ``labels``; ``"images"``: those and ``images`` (num_samples, C, H, W) in [-1, 1], exactly
+            the saved uint8 values.
 
     Returns:
         On every rank: ``fid``, ``precision``, ``recall``, ``accuracy`` (None when unconditional
@@ -206,59 +220,97 @@ def evaluate_model(
         ``plan`` (the plan's JSON), ``nfe`` (actually used), ``nfe_budget``, ``steps``,
         ``num_samples``, ``sampler``, ``options``, ``cfg_scale``, ``guidance_interval``,
         ``autoguidance``, ``guide_nfe``, ``seed``, ``data``, ``conditions``, ``world_size``,
-        ``seconds`` (wall time of the whole evaluation) and ``seconds_sampling`` (slowest rank).
+        ``seconds`` (wall time of sampling and scoring) and ``seconds_sampling`` (slowest rank);
+        with ``spec.val_loss`` ``val_loss``, ``val_loss_segments`` and ``segment_times``, with
+        ``spec.calibration`` ``calibration`` (rows per time).
     """
     start = time.perf_counter()
-    plan = as_plan(plan, guide=None if guide_model is None else GUIDE_IN_MEMORY, **loose)
-    steps, used = plan_evaluation(model, plan, num_samples=num_samples, data=data, stats=stats,
-                                  inception_weights=inception_weights, decoder=decoder, guide_model=guide_model)
-    if model.config.is_text:
-        data = "digits-captions"
-    if conditions is None:
-        conditions = default_conditions(model, num_samples, seed, encoder)
-    elif conditions.num_samples != num_samples:
-        raise ConfigError(f"the condition source holds {conditions.num_samples} conditions for {num_samples} images")
-    procs = Processes(rank=rank, world_size=world_size)
+    if keep not in (None, "pixels", "images"):
+        raise ConfigError(f"keep must be None, 'pixels' or 'images', got {keep!r}")
+    procs = procs or Processes()
+    kind, reason = check_evaluation(model, plan, spec, guide_model)
+    data = "digits-captions" if model.config.is_text else spec.data
+    conditions = spec.conditions or default_conditions(model, spec.num_samples, spec.seed, spec.encoder)
+    if conditions.num_samples != spec.num_samples:
+        raise ConfigError(f"the condition source holds {conditions.num_samples} conditions for {spec.num_samples} images")
     require_group(procs)  # before minutes of sampling
-    generate = dict(num_samples=num_samples, seed=seed, conditions=conditions, guide_model=guide_model, batch_size=batch_size)
-    if parts_dir is not None:
-        record = {"sampling": plan.to_json(), "num_samples": num_samples, "seed": seed, "nfe": used,
-                  "conditions": conditions.describe(), **parts_identity(model, guide_model, decoder)}
-        mine = generate_parts(model, parts_dir, plan=record, procs=procs, expected_nfe=used, decoder=decoder,
-                              **plan.to_kwargs(), **generate)
-        info = {"guide_nfe": mine["guide_nfe"]}
-        parts = gather_to_main(mine["seconds"], procs)
-        collect = lambda: (*load_parts(parts_dir, num_samples), max(parts))  # noqa: E731
-    else:
-        indices, images, labels, info = generate_images(model, plan, rank=rank, world_size=world_size, **generate)
-        sampling = time.perf_counter() - start
-        if images.shape[0] and info["nfe"] != used:  # the budget must be what the sampler really spent
-            raise RuntimeError(f"{plan.sampler} used {info['nfe']} NFE where {used} were expected")
-        if decoder is not None and images.shape[0]:
-            images = decoder(images)  # (b, 3, H, W) in [-1, 1]
+
+    def make(indices: Tensor) -> tuple[np.ndarray, Tensor, int]:
+        """Images ``indices`` as saved: ``(pixels (M, H, W, C) uint8, targets (M,), guide NFE)``."""
+        _, images, targets, info = generate_images(model, plan, num_samples=spec.num_samples, seed=spec.seed,
+                                                   conditions=conditions, guide_model=guide_model,
+                                                   batch_size=spec.batch_size, indices=indices)
+        if images.shape[0] and info["nfe"] != plan.nfe:  # the budget must be what the sampler really spent
+            raise RuntimeError(f"{plan.sampler} used {info['nfe']} NFE where {plan.nfe} were expected")
+        if spec.decoder is not None and images.shape[0]:
+            images = spec.decoder(images)  # (M, 3, H, W) in [-1, 1]
         require_finite(images)  # NaN samples would round to uint8 images and get a finite FID
-        parts = gather_to_main((indices.numpy(), to_uint8_nhwc(images), labels.numpy(), sampling), procs)
-        collect = lambda: _in_index_order(parts, num_samples)  # noqa: E731
+        return to_uint8_nhwc(images), targets, info["guide_nfe"] or 0
+
+    if spec.parts_dir is not None:
+        identity = {"sampling": plan.to_json(), "num_samples": spec.num_samples, "seed": spec.seed, "nfe": plan.nfe,
+                    "conditions": conditions.describe(), **parts_identity(model, guide_model, spec.decoder)}
+        mine = generate_parts(spec.parts_dir, identity, procs, make, spec.num_samples)
+        seconds, guide_nfe = gather_to_main(mine["seconds"], procs), mine["guide_nfe"]
+        collect = lambda: (*load_parts(spec.parts_dir, spec.num_samples), max(seconds))  # noqa: E731
+    else:
+        indices = torch.arange(procs.rank, spec.num_samples, procs.world_size)
+        pixels, targets, guide_nfe = make(indices)
+        parts = gather_to_main((indices.numpy(), pixels, targets.numpy(), time.perf_counter() - start), procs)
+        collect = lambda: _in_index_order(parts, spec.num_samples)  # noqa: E731
     kept: dict[str, Any] = {}  # the images stay on rank 0; only the metrics go to every rank
 
     def score() -> dict[str, Any]:
         pixels, y, sampling_seconds = collect()  # (M, H, W, C) uint8 and (M,), index order
-        if return_images:
+        if keep == "images":
             kept.update(images=pixels_to_float(pixels))
-        if return_images or return_pixels:
+        if keep is not None:
             kept.update(images_uint8=pixels, labels=y)
         g = plan.guidance
-        return {
-            **_metrics(pixels, y, data, stats, inception_weights, model, decoder, conditions),
-            "plan": plan.to_json(), "nfe": used, "nfe_budget": plan.nfe_budget, "steps": steps,
-            "num_samples": num_samples, "sampler": plan.sampler, "options": plan.options.to_dict(),
+        metrics = {
+            **_metrics(pixels, y, kind, reason, data, spec, model, conditions),
+            "plan": plan.to_json(), "nfe": plan.nfe, "nfe_budget": plan.nfe_budget, "steps": plan.steps,
+            "num_samples": spec.num_samples, "sampler": plan.sampler, "options": plan.options.to_dict(),
             "cfg_scale": g.scale, "guidance_interval": None if g.interval is None else list(g.interval),
-            "autoguidance": guide_model is not None, "guide_nfe": info.get("guide_nfe") or 0,
-            "seed": seed, "data": data, "conditions": conditions.describe(), "world_size": world_size,
+            "autoguidance": guide_model is not None, "guide_nfe": guide_nfe,
+            "seed": spec.seed, "data": data, "conditions": conditions.describe(), "world_size": procs.world_size,
             "seconds_sampling": sampling_seconds, "seconds": time.perf_counter() - start,
         }
+        return {**metrics, **_held_out(model, spec)}
 
     return {**run_on_main(score, procs), **kept}
+
+
+def evaluate_model(model: nn.Module, plan: SamplingPlan | None = None, *, num_samples: int,
+                   guide_model: nn.Module | None = None, rank: int = 0, world_size: int = 1,
+                   return_images: bool = False, return_pixels: bool = False, **keywords: Any) -> dict[str, Any]:
+    """``evaluate`` with keywords: ``plan`` (or ``sampler=`` with ``nfe=`` or ``steps=``, ``cfg_scale=``,
+    ``guidance_interval=``, ``schedule=`` and the sampler's options, as ``pf.sample`` takes them),
+    ``EvalSpec``'s fields (``seed=``, ``conditions=``, ``data=``, ``batch_size=``, ``stats=``,
+    ``parts_dir=``, ...), ``rank``/``world_size`` of this process, and ``return_images`` /
+    ``return_pixels`` (``keep="images"`` / ``"pixels"``)."""
+    plan, spec = _plan_and_spec(plan, num_samples=num_samples, **keywords)
+    keep = "images" if return_images else "pixels" if return_pixels else None
+    return evaluate(model, plan, spec, guide_model=guide_model, procs=Processes(rank=rank, world_size=world_size),
+                    keep=keep)
+
+
+def _plan_and_spec(plan: SamplingPlan | None, **keywords: Any) -> tuple[SamplingPlan, EvalSpec]:
+    """The plan and the ``EvalSpec`` that ``evaluate_model``'s keywords describe."""
+    fields = set(EvalSpec.__dataclass_fields__)
+    spec = EvalSpec(**{k: keywords.pop(k) for k in list(keywords) if k in fields})
+    return SamplingPlan.from_keywords(plan, **keywords), spec
+
+
+def _held_out(model: nn.Module, spec: EvalSpec) -> dict[str, Any]:
+    """The held-out diagnostics ``spec`` asks for (``validation_report``, ``calibration_report``)."""
+    out: dict[str, Any] = {}
+    if spec.val_loss:
+        report = validation_report(model, spec.data, "test", seed=spec.seed, batch_size=spec.batch_size)
+        out.update({k: v for k, v in report.items() if k.startswith(("val_loss", "segment_times"))})
+    if spec.calibration:
+        out["calibration"] = calibration_report(model, spec.data, "test", seed=spec.seed)
+    return out
 
 
 def default_conditions(model: nn.Module, num_samples: int, seed: int = 0, encoder=None) -> ConditionSource:
@@ -279,14 +331,13 @@ def _in_index_order(parts: list[tuple], num_samples: int) -> tuple[np.ndarray, T
     return pixels, labels, max(p[3] for p in parts)
 
 
-def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_weights, model: nn.Module,
-             decoder: Callable | None = None, conditions: ConditionSource | None = None,
-             chunk: int = 5000) -> dict[str, Any]:
-    """FID, precision, recall and accuracy of (M, H, W, C) uint8 images (turned to floats ``chunk`` at a time
-    for Inception: 50k 256 px images as float32 would take 39 GB); with prompts that carry attributes,
-    their adherence too (``evaluation.t2i.attribute_scores``)."""
+def _metrics(pixels: np.ndarray, labels: Tensor, kind: str | None, reason: str | None, data: str, spec: EvalSpec,
+             model: nn.Module, conditions: ConditionSource, chunk: int = 5000) -> dict[str, Any]:
+    """FID, precision, recall and accuracy of (M, H, W, C) uint8 images in the feature space ``kind``
+    of ``scoring`` (turned to floats ``chunk`` at a time for Inception: 50k 256 px images as float32
+    would take 39 GB); with prompts that carry attributes, their adherence too
+    (``evaluation.t2i.attribute_scores``)."""
     conditional = bool((labels >= 0).all())
-    kind, reason = scoring(model, data, stats, inception_weights, decoder)
     attributes = isinstance(conditions, Prompts) and bool(conditions.attributes)
     if kind is None:
         missing = ("fid", "precision", "recall", "accuracy") + (ATTRIBUTE_METRICS if attributes else ())
@@ -299,13 +350,13 @@ def _metrics(pixels: np.ndarray, labels: Tensor, data: str, stats, inception_wei
                 "accuracy": out.get("accuracy"), "feature_network": "digits-classifier", **extra}
 
     device = next(model.parameters()).device
-    mu_r, sigma_r = load_statistics(stats)
-    features = [inception_features(pixels_to_float(pixels[i:i + chunk]), inception_weights, device=device)
+    mu_r, sigma_r = load_statistics(spec.stats)
+    features = [inception_features(pixels_to_float(pixels[i:i + chunk]), spec.inception_weights, device=device)
                 for i in range(0, len(pixels), chunk)]
     mu_f, sigma_f = feature_statistics(np.concatenate([np.asarray(f) for f in features]))
     missing = "the reference statistics hold no per-image features (precision/recall need them)"
     return {"fid": frechet_distance(mu_f, sigma_f, mu_r, sigma_r), "precision": None, "recall": None,
-            "accuracy": None, "feature_network": "inception-v3", "stats": str(stats),
+            "accuracy": None, "feature_network": "inception-v3", "stats": str(spec.stats),
             "not_computed": {"precision": missing, "recall": missing, "accuracy": "no classifier for this data"}}
 
 

@@ -26,8 +26,6 @@ from torch import Tensor, nn
 
 from patchforcing.checkpoints import network_digest
 from patchforcing.errors import CheckpointError, ConfigError, DataError
-from patchforcing.evaluation.generate import generate_images
-from patchforcing.images import to_uint8_nhwc
 from patchforcing.json_files import read_json
 from patchforcing.runs import atomic_write, atomic_write_text
 from patchforcing.runtime import Processes, barrier, run_on_main
@@ -63,19 +61,18 @@ def require_finite(images: Tensor) -> None:
                               "evaluate an earlier checkpoint")
 
 
-def generate_parts(model: nn.Module, folder: str | os.PathLike, *, plan: dict[str, Any], procs: Processes,
-                   expected_nfe: int, decoder: Callable[[Tensor], Tensor] | None = None,
-                   part_size: int = PART_SIZE, **generate: Any) -> dict[str, Any]:
+def generate_parts(folder: str | os.PathLike, identity: dict[str, Any], procs: Processes,
+                   make: Callable[[Tensor], tuple[np.ndarray, Tensor, int]], num_samples: int,
+                   part_size: int = PART_SIZE) -> dict[str, Any]:
     """Make this rank's missing parts, then wait for every rank.
 
     Args:
-        model: the network; ``generate`` holds ``generate_images``'s keyword arguments
-            (``sampler``, ``steps``, ``num_samples``, ``seed``, ...; not ``rank``/``world_size``).
         folder: where the parts go (created).
-        plan: what identifies this evaluation (written to ``plan.json`` and checked on resume).
+        identity: what identifies this evaluation (written to ``plan.json`` and checked on resume).
         procs: this process among those of ``patchforcing.runtime.setup``.
-        expected_nfe: the NFE per image the sampler must spend (checked on every part).
-        decoder: latents -> images in [-1, 1], applied before the images are rounded to uint8.
+        make: ``indices (P,) -> (pixels (P, H, W, C) uint8, targets (P,), guide NFE)``, the images as
+            they are saved (``evaluate``'s generate -> check -> decode -> round).
+        num_samples: images in total.
         part_size: images per part.
 
     Returns:
@@ -85,24 +82,17 @@ def generate_parts(model: nn.Module, folder: str | os.PathLike, *, plan: dict[st
     folder = Path(folder)
     if part_size < 1:
         raise ConfigError(f"part_size must be at least 1, got {part_size}")
-    plan = {**plan, "part_size": part_size}
-    run_on_main(lambda: _claim(folder, plan), procs)
-    num_samples = generate["num_samples"]
+    identity = {**identity, "part_size": part_size}
+    run_on_main(lambda: _claim(folder, identity), procs)
     start, made, guide_nfe = time.perf_counter(), 0, 0
     for k in range(procs.rank, -(-num_samples // part_size), procs.world_size):
         path = part_path(folder, k)
         if path.exists():
-            continue  # made by an earlier run of the same plan
+            continue  # made by an earlier run of the same evaluation
         indices = torch.arange(k * part_size, min((k + 1) * part_size, num_samples))
-        _, images, labels, info = generate_images(model, indices=indices, **generate)
-        if info["nfe"] != expected_nfe:
-            raise RuntimeError(f"{generate['sampler']} used {info['nfe']} NFE where {expected_nfe} were expected")
-        if decoder is not None:
-            images = decoder(images)  # (P, 3, H, W) in [-1, 1]
-        require_finite(images)
-        arrays = {"indices": indices.numpy(), "pixels": to_uint8_nhwc(images), "labels": labels.numpy()}
-        _write_npz(path, arrays)
-        made, guide_nfe = made + 1, info.get("guide_nfe") or 0
+        pixels, targets, guide_nfe = make(indices)
+        _write_npz(path, {"indices": indices.numpy(), "pixels": pixels, "labels": targets.numpy()})
+        made += 1
     barrier(procs)
     return {"made": made, "seconds": time.perf_counter() - start, "guide_nfe": guide_nfe}
 
@@ -127,11 +117,11 @@ def load_parts(folder: str | os.PathLike, num_samples: int, part_size: int = PAR
     return np.concatenate(pixels), torch.from_numpy(np.concatenate(labels))
 
 
-def _claim(folder: Path, plan: dict[str, Any]) -> None:
-    """Write ``plan.json``, or check that the folder's parts belong to this same plan."""
+def _claim(folder: Path, identity: dict[str, Any]) -> None:
+    """Write ``plan.json`` (the evaluation's identity), or check that the folder's parts belong to it."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "plan.json"
-    text = json.dumps(plan, indent=2, sort_keys=True, default=str)
+    text = json.dumps(identity, indent=2, sort_keys=True, default=str)
     if path.exists() or path.is_symlink():
         try:
             old = read_json(path, fix="not a plan this project wrote")  # a regular file of at most 1 MB

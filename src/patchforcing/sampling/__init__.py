@@ -13,7 +13,7 @@ from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.sampling.guidance import GuidanceInterval, Guide, Guided, check_condition, check_labels
 from patchforcing.sampling.masks import certain_count, difficulty_mask, random_mask
-from patchforcing.sampling.plan import GUIDE_IN_MEMORY, Guidance, SamplingPlan, as_plan
+from patchforcing.sampling.plan import Guidance, SamplingPlan
 from patchforcing.sampling.region import MODES, KnownMode, Region, RegionGuide
 from patchforcing.sampling.registry import (
     PAPER_SAMPLERS,
@@ -80,9 +80,9 @@ def sample(
 ) -> Tensor | tuple[Tensor, dict[str, Any]]:
     """Integrate from noise (``t = 0``) to data (``t = 1``) with one of the samplers of ``docs/method.md``.
 
-    Either ``sample(model, noise, plan, condition=...)`` with a ``SamplingPlan``, or, as before,
+    Either ``sample(model, noise, plan, condition=...)`` with a ``SamplingPlan``, or
     ``sample(model, noise, sampler=..., steps=..., labels=..., cfg_scale=..., **options)``, which
-    builds the plan from those keywords.
+    builds the plan from those keywords (``SamplingPlan.from_keywords``), once.
 
     Args:
         model: a network from ``create_model``/``load_model``; patch size and head come from it.
@@ -93,7 +93,8 @@ def sample(
         labels: (B,) class labels (None: the null class).
         null_label: the unconditional class; defaults to the network's null row.
         guide_model: the weak network of autoguidance (``v = v_weak + w (v_main - v_weak)``
-            replaces CFG): same kind and shape, on the same device and dtype.
+            replaces CFG): same kind and shape, on the same device and dtype; required when the plan
+            names one (``patchforcing.guides.load_guide_model`` loads it).
         return_info: also return ``info`` with ``nfe`` (main-network calls), ``guide_nfe``
             (guide-network calls), ``steps``, ``sampler``, ``schedule``, ``options``, ``plan`` and, with
             ``record_trajectory``, ``trajectory`` (a list of frames).
@@ -125,11 +126,35 @@ def sample(
     Returns:
         The sample (B, C, H, W), or ``(sample, info)`` with ``return_info=True``.
     """
-    plan = as_plan(plan, sampler=sampler, steps=steps, cfg_scale=cfg_scale, guidance_interval=guidance_interval,
-                   guide=None if guide_model is None else GUIDE_IN_MEMORY, schedule=schedule, **options)
-    spec, opts = plan.spec, plan.options
-    cfg = model.config
+    plan = SamplingPlan.from_keywords(plan, sampler=sampler, steps=steps, cfg_scale=cfg_scale,
+                                      guidance_interval=guidance_interval, schedule=schedule, **options)
     plan.check(model, guide_model)
+    return run_plan(model, noise, plan, condition=condition, labels=labels, null_label=null_label,
+                    guide_model=guide_model, return_info=return_info, progress=progress, generator=generator,
+                    record_trajectory=record_trajectory, region=region, on_step_end=on_step_end)
+
+
+@torch.no_grad()
+def run_plan(
+    model: nn.Module,
+    noise: Tensor,
+    plan: SamplingPlan,
+    *,
+    condition: Condition | None = None,
+    labels: Tensor | None = None,
+    null_label: int | None = None,
+    guide_model: nn.Module | None = None,
+    return_info: bool = False,
+    progress: bool = False,
+    generator: torch.Generator | None = None,
+    record_trajectory: bool = False,
+    region: Region | None = None,
+    on_step_end: Callable[[int, float, Tensor], Tensor | None] | None = None,
+) -> Tensor | tuple[Tensor, dict[str, Any]]:
+    """``sample`` with a plan already checked against ``model`` (``plan.check(model, guide_model)``):
+    what every batch of a run of many batches calls (``evaluation.generate.generate_images``). The
+    arguments are ``sample``'s."""
+    spec, opts, cfg = plan.spec, plan.options, model.config
     expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
     if noise.ndim != 4 or tuple(noise.shape[1:]) != expected:
         raise ShapeError(f"noise has shape {tuple(noise.shape)}; this network samples (B, {', '.join(map(str, expected))})")
@@ -144,8 +169,7 @@ def sample(
         condition = check_condition(model, noise, condition)
     else:
         condition = check_labels(model, noise, labels)
-    guide = Guide(model, condition, plan.guidance.scale, null_label, guidance_interval=plan.guidance.interval,
-                  guide_model=guide_model)
+    guide = Guide(model, condition, plan.guidance, null_label, guide_model=guide_model)
     recorder = TrajectoryRecorder() if record_trajectory else None
     ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder, on_step_end=on_step_end)
     x = noise
@@ -239,6 +263,7 @@ __all__ = [
     "noise_for_seeds",
     "parse_schedule",
     "random_mask",
+    "run_plan",
     "sample",
     "steps_for_nfe",
     "time_grid",

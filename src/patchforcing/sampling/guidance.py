@@ -161,33 +161,75 @@ class GuidanceInterval:
         return cls.closed(*d["t"])
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance or autoguidance (``docs/method.md``, guidance).
+
+    Attributes:
+        scale: the weight w (1 = no guidance, one plain call per evaluation).
+        interval: guide only the outer steps inside it (None: every step); ``(lo, hi)`` in t and
+            ``"sigma:LO,HI"`` are accepted and turned into a ``GuidanceInterval``.
+        guide: where the weak network of autoguidance comes from, as ``patchforcing.guides.resolve_guide``
+            reads it (a checkpoint file, a run folder, ``runs/digits@step=500``); recorded with the plan.
+            None: CFG with the null condition, or autoguidance with a network handed over in Python
+            (``sample(..., guide_model=weak)``), which the plan does not name.
+    """
+
+    scale: float = 1.0
+    interval: GuidanceInterval | None = None
+    guide: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            scale = float(self.scale)
+        except (TypeError, ValueError):
+            scale = math.nan
+        if isinstance(self.scale, bool) or not math.isfinite(scale):
+            raise ConfigError(f"cfg_scale must be a finite number, got {self.scale}; 1 turns guidance off")
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "interval", GuidanceInterval.coerce(self.interval))
+        if self.guide is not None:
+            object.__setattr__(self, "guide", str(self.guide))
+
+    @property
+    def active(self) -> bool:
+        return self.scale != 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"scale": self.scale, "interval": None if self.interval is None else self.interval.to_json(),
+                "guide": self.guide}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Guidance:
+        return cls(scale=d.get("scale", 1.0), interval=d.get("interval"), guide=d.get("guide"))
+
+
 class Guide:
     """Guided network evaluation (CFG or autoguidance, optionally within an interval) with NFE counters.
 
     Args:
         model: the network to sample.
-        condition: a ``Condition``, or (as before) class labels (B,) with ``null_label``; None
-            samples the null class (unconditional networks).
-        cfg_scale: guidance weight w (1 = no guidance).
+        condition: a ``Condition``, or class labels (B,) with ``null_label``; None samples the null
+            class (unconditional networks).
+        guidance: the plan's ``Guidance`` (scale and interval; default: none), already checked
+            against the network by ``SamplingPlan.check``.
         null_label: the unconditional class when ``condition`` is given as labels; defaults to the
             network's null row.
-        guidance_interval: ``(lo, hi)``: guide only the outer steps with ``lo <= t_k <= hi``; or a
-            ``GuidanceInterval`` (e.g. from sigma, half-open).
-        guide_model: a weaker network of the same kind and shape: autoguidance instead of CFG.
+        guide_model: the weak network of autoguidance (instead of CFG), checked by ``SamplingPlan.check``.
     """
 
     def __init__(
         self,
         model: nn.Module,
         condition: Condition | Tensor | None,
-        cfg_scale: float = 1.0,
+        guidance: Guidance | None = None,
         null_label: int | None = None,
         *,
-        guidance_interval: GuidanceInterval | tuple[float, float] | None = None,
         guide_model: nn.Module | None = None,
     ):
+        guidance = Guidance() if guidance is None else guidance
         self.model = model
-        self.cfg_scale = float(cfg_scale)
+        self.cfg_scale = guidance.scale
         self.guide_model = guide_model
         self.nfe = 0
         self.guide_nfe = 0
@@ -196,16 +238,14 @@ class Guide:
             null = model.config.null_label if null_label is None else int(null_label)
             condition = Condition.from_labels(condition, -1 if null is None else null)
         self.condition = condition
-        if cfg_guided:
+        if cfg_guided:  # what the condition holds (the plan's checks see only the network)
             if condition is None and model.config.null_label is not None:
                 raise ConfigError("cfg_scale != 1 needs class labels; pass labels=... or use cfg_scale=1")
             if condition is None or (not condition.is_text and condition.null.numel() and int(condition.null.min()) < 0):
                 raise ConfigError("cfg_scale != 1 needs a null class, but this network has none (class_dropout_prob=0)")
         # [null; value], built once: every guided call of the run feeds the same doubled condition
         self._doubled = condition.doubled() if cfg_guided else None
-        if guide_model is not None:
-            check_guide_model(model, guide_model)
-        self.interval = GuidanceInterval.coerce(guidance_interval)
+        self.interval = guidance.interval
         self._active: bool | None = True if self.interval is None else None
 
     # --- the outer step ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError
-from patchforcing.sampling.guidance import GuidanceInterval, check_guide_model
+from patchforcing.sampling.guidance import Guidance, check_guide_model
 from patchforcing.sampling.registry import (
     MAX_PLAN_NFE,
     SAMPLERS,
@@ -31,50 +31,6 @@ from patchforcing.sampling.registry import (
     network_takes_per_patch_time,
 )
 from patchforcing.sampling.schedules import UNIFORM, canonical_schedule, time_grid
-
-# ``Guidance.guide`` of a weak network handed over in Python rather than named by a path.
-GUIDE_IN_MEMORY = "<in memory>"
-
-
-@dataclass(frozen=True)
-class Guidance:
-    """Classifier-free guidance or autoguidance (``docs/method.md``, guidance).
-
-    Attributes:
-        scale: the weight w (1 = no guidance, one plain call per evaluation).
-        interval: guide only the outer steps inside it (None: every step); ``(lo, hi)`` in t and
-            ``"sigma:LO,HI"`` are accepted and turned into a ``GuidanceInterval``.
-        guide: the weak network of autoguidance (a checkpoint reference such as
-            ``runs/digits@step=500``, or ``GUIDE_IN_MEMORY``); None: CFG with the null condition.
-    """
-
-    scale: float = 1.0
-    interval: GuidanceInterval | None = None
-    guide: str | None = None
-
-    def __post_init__(self) -> None:
-        try:
-            scale = float(self.scale)
-        except (TypeError, ValueError):
-            scale = math.nan
-        if isinstance(self.scale, bool) or not math.isfinite(scale):
-            raise ConfigError(f"cfg_scale must be a finite number, got {self.scale}; 1 turns guidance off")
-        object.__setattr__(self, "scale", scale)
-        object.__setattr__(self, "interval", GuidanceInterval.coerce(self.interval))
-        if self.guide is not None:
-            object.__setattr__(self, "guide", str(self.guide))
-
-    @property
-    def active(self) -> bool:
-        return self.scale != 1.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {"scale": self.scale, "interval": None if self.interval is None else self.interval.to_json(),
-                "guide": self.guide}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Guidance:
-        return cls(scale=d.get("scale", 1.0), interval=d.get("interval"), guide=d.get("guide"))
 
 
 @dataclass(frozen=True)
@@ -99,6 +55,8 @@ class SamplingPlan:
     guidance: Guidance = field(default_factory=Guidance)
     nfe_budget: int | None = None
     schedule: str = UNIFORM
+    _grid: Tensor = field(init=False, repr=False, compare=False)  # built once, in __post_init__
+    _nfe: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         spec = get_sampler(self.sampler)
@@ -112,7 +70,9 @@ class SamplingPlan:
         if not isinstance(self.guidance, Guidance):
             raise ConfigError(f"guidance must be a patchforcing.sampling.Guidance, got {type(self.guidance).__name__}")
         object.__setattr__(self, "schedule", canonical_schedule(self.schedule))
-        time_grid(self.steps, self.schedule)  # a grid that collapses in float32 fails here, once
+        grid = time_grid(self.steps, self.schedule)  # a grid that collapses in float32 fails here, once
+        object.__setattr__(self, "_grid", grid)
+        object.__setattr__(self, "_nfe", spec.nfe_on_grid(grid, self.options))
         if self.nfe > MAX_PLAN_NFE:
             opts = ", ".join(f"{k}={v:,}" for k, v in self.options.to_dict().items())
             raise ConfigError(f"{self.sampler} with {self.steps:,} steps{f' and {opts}' if opts else ''} costs {self.nfe:,} "
@@ -129,19 +89,44 @@ class SamplingPlan:
         return cls(sampler, spec.steps_for_nfe(nfe, opts, schedule), opts, guidance or Guidance(), nfe_budget=int(nfe),
                    schedule=schedule)
 
+    @classmethod
+    def from_keywords(cls, plan: SamplingPlan | None = None, *, sampler: str | None = None, steps: int | None = None,
+                      nfe: int | None = None, cfg_scale: float | None = None, guidance_interval: Any = None,
+                      schedule: str | None = None, **options: Any) -> SamplingPlan:
+        """``plan`` itself, or the plan the keywords of ``pf.sample`` describe (never both): ``sampler``
+        with ``steps`` or an ``nfe`` budget, ``schedule``, ``cfg_scale``, ``guidance_interval`` and the
+        sampler's options."""
+        loose = {"sampler": sampler, "steps": steps, "nfe": nfe, "cfg_scale": cfg_scale,
+                 "guidance_interval": guidance_interval, "schedule": schedule}
+        given = [k for k, v in loose.items() if v is not None] + sorted(options)
+        if plan is not None:
+            if not isinstance(plan, SamplingPlan):
+                raise ConfigError(f"expected a SamplingPlan, got {type(plan).__name__}; or pass sampler= and steps=")
+            if given:
+                raise ConfigError(f"pass either a SamplingPlan or {', '.join(given)}=..., not both")
+            return plan
+        if sampler is None or (steps is None) == (nfe is None):
+            raise ConfigError("say how to sample: a SamplingPlan, or sampler= with steps= (or an nfe= budget)")
+        guidance = Guidance(1.0 if cfg_scale is None else cfg_scale, guidance_interval)
+        schedule = UNIFORM if schedule is None else schedule
+        if nfe is not None:
+            return cls.from_nfe(sampler, nfe, guidance=guidance, schedule=schedule, **options)
+        return cls(sampler, steps, options, guidance, schedule=schedule)
+
     @property
     def spec(self) -> SamplerSpec:
         return get_sampler(self.sampler)
 
     @property
     def grid(self) -> Tensor:
-        """The (S + 1,) float32 time grid every sampler integrates on, 0 first and 1 last."""
-        return time_grid(self.steps, self.schedule)
+        """The (S + 1,) float32 time grid every sampler integrates on, 0 first and 1 last (a copy of the
+        plan's own, built once)."""
+        return self._grid.clone()
 
     @property
     def nfe(self) -> int:
         """Main-network calls per image (a guided batch counts once)."""
-        return self.spec.nfe(self.steps, self.options, self.schedule)
+        return self._nfe
 
     def replace(self, **changes: Any) -> SamplingPlan:
         return dataclasses.replace(self, **changes)
@@ -151,8 +136,8 @@ class SamplingPlan:
 
         Raises:
             ConfigError: the sampler needs per-patch time or the difficulty head and the network
-                lacks it; guidance needs a null condition the network has not; a guide network is
-                named but not given (or given but not named), or differs in kind or shape.
+                lacks it; guidance needs a null condition the network has not; the plan names a
+                guide network that is not given, or the guide network differs in kind or shape.
         """
         cfg, spec, name = model.config, self.spec, self.sampler
         if spec.needs_per_patch_time and not network_takes_per_patch_time(cfg):
@@ -163,11 +148,9 @@ class SamplingPlan:
                               f"{', '.join(n for n, s in SAMPLERS.items() if not s.needs_difficulty_head)}")
         g = self.guidance
         if g.guide is not None and guide_model is None:
-            raise ConfigError(f"the plan names the guide network {g.guide!r}; pass it as guide_model=...")
+            raise ConfigError(f"the plan names the guide network {g.guide!r}; load it with "
+                              "patchforcing.guides.load_guide_model(plan, model) and pass it as guide_model=...")
         if guide_model is not None:
-            if g.guide is None:
-                raise ConfigError("a guide network was given but the plan names none; build the plan with "
-                                  "Guidance(guide=...)")
             check_guide_model(model, guide_model)
         elif g.active and not cfg.is_text and cfg.null_label is None:
             raise ConfigError(f"cfg_scale={g.scale} needs a null class, but this network has none (unconditional, or "
@@ -196,13 +179,6 @@ class SamplingPlan:
         raise ConfigError(f"guidance scale {g.scale:g} made the samples infinite or NaN while the network's own prediction "
                           "is finite: lower the scale (--cfg-scale, guidance_scale; 1.5 to 4 are usual, 1 turns guidance off)")
 
-    def to_kwargs(self) -> dict[str, Any]:
-        """The loose keywords of the older calls (``sampler``, ``steps``, ``schedule``, ``cfg_scale``,
-        ``guidance_interval``, options) that ``as_plan`` turns back into this plan's sampling."""
-        g = self.guidance
-        return {"sampler": self.sampler, "steps": self.steps, "schedule": self.schedule, "cfg_scale": g.scale,
-                "guidance_interval": g.interval, **self.options.to_dict()}
-
     def describe(self) -> str:
         """One line: ``look-ahead, 17 steps (33 NFE), p_frac=0.4, context_ratio=1.4, CFG 2 on t in [...]``
         (``, schedule edm:7`` after the steps on a non-uniform grid)."""
@@ -217,9 +193,8 @@ class SamplingPlan:
         return text
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as JSON; ``schedule`` only when not uniform, so the JSON of a uniform plan (in
-        evaluation parts' ``plan.json`` and report rows written before schedules existed) is unchanged
-        and a resumed evaluation still matches it."""
+        """The plan as JSON (``metrics.json``, the parts' ``plan.json``, report rows); ``schedule`` only
+        when the grid is not uniform, so every uniform plan has one spelling."""
         out = {"sampler": self.sampler, "steps": self.steps, "nfe": self.nfe, "nfe_budget": self.nfe_budget,
                "options": self.options.to_dict(), "guidance": self.guidance.to_json()}
         return out if self.schedule == UNIFORM else {**out, "schedule": self.schedule}
@@ -228,29 +203,6 @@ class SamplingPlan:
     def from_json(cls, d: dict[str, Any]) -> SamplingPlan:
         return cls(d["sampler"], d["steps"], d.get("options") or {}, Guidance.from_json(d.get("guidance") or {}),
                    nfe_budget=d.get("nfe_budget"), schedule=d.get("schedule") or UNIFORM)
-
-
-def as_plan(plan: SamplingPlan | None = None, *, sampler: str | None = None, steps: int | None = None,
-            nfe: int | None = None, cfg_scale: float | None = None, guidance_interval: Any = None,
-            guide: str | None = None, schedule: str | None = None, **options: Any) -> SamplingPlan:
-    """A plan, or one built from the loose keywords of the older calls (never both)."""
-    loose = {"sampler": sampler, "steps": steps, "nfe": nfe, "cfg_scale": cfg_scale, "guidance_interval": guidance_interval,
-             "schedule": schedule}
-    given = [k for k, v in loose.items() if v is not None] + sorted(options)
-    if plan is not None:
-        if not isinstance(plan, SamplingPlan):
-            raise ConfigError(f"expected a SamplingPlan, got {type(plan).__name__}; or pass sampler= and steps=")
-        if given:
-            raise ConfigError(f"pass either a SamplingPlan or {', '.join(given)}=..., not both")
-        return plan if guide is None or plan.guidance.guide is not None else plan.replace(
-            guidance=dataclasses.replace(plan.guidance, guide=guide))
-    if sampler is None or (steps is None) == (nfe is None):
-        raise ConfigError("say how to sample: a SamplingPlan, or sampler= with steps= (or an nfe= budget)")
-    guidance = Guidance(1.0 if cfg_scale is None else cfg_scale, guidance_interval, guide)
-    schedule = UNIFORM if schedule is None else schedule
-    if nfe is not None:
-        return SamplingPlan.from_nfe(sampler, nfe, guidance=guidance, schedule=schedule, **options)
-    return SamplingPlan(sampler, steps, options, guidance, schedule=schedule)
 
 
 def _is_positive_integer(value: Any) -> bool:

@@ -226,8 +226,11 @@ class SamplerSpec:
 
     def nfe(self, steps: int, options: SamplerOptions | None = None, schedule: str = UNIFORM) -> int:
         """Network calls of ``steps`` outer steps with ``options`` (defaults when None) on the grid of ``schedule``."""
-        steps = int(steps)
-        return int(self.nfe_rule(steps, self.make_options(options), time_grid(steps, schedule)))
+        return self.nfe_on_grid(time_grid(int(steps), schedule), options)
+
+    def nfe_on_grid(self, grid: Tensor, options: SamplerOptions | None = None) -> int:
+        """Network calls of the ``len(grid) - 1`` outer steps of the (S + 1,) time ``grid``."""
+        return int(self.nfe_rule(int(grid.shape[0]) - 1, self.make_options(options), grid))
 
     def steps_for_nfe(self, nfe: int, options: SamplerOptions | None = None, schedule: str = UNIFORM) -> int:
         """The most outer steps whose NFE on the grid of ``schedule`` fits within ``nfe``."""
