@@ -5,7 +5,7 @@
     --sampler NAME                 one of the public samplers (``--help`` lists each with its description)
     --steps S / --nfe N            outer steps, or an NFE budget (the most steps that fit it)
     --p-frac, --n-inner, ...       one flag per field of the samplers' options (help, default, range)
-    --schedule uniform|shift:S|edm:RHO    the time grid of the outer steps (default uniform, the paper's)
+    --schedule uniform|shift:ALPHA|edm:RHO    the time grid of the outer steps (default uniform, the paper's)
     --cfg-scale W                  guidance weight (1 = off)
     --guidance-interval LO,HI      guide only the outer steps with LO <= t_k <= HI (t = 0 noise, t = 1 data)
     --guidance-interval sigma:LO,HI    the published form, sigma in (LO, HI], i.e. t in [1/(1+HI), 1/(1+LO))
@@ -128,8 +128,8 @@ def add_schedule_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     """``--schedule GRID``, the time grid of the outer steps: one flag and help for ``add_plan_flags``
     (read by ``schedule_from_args``) and ``patchforcing export`` (the pipeline's saved default)."""
     parser.add_argument("--schedule", default=default, metavar="GRID",
-                        help=f"time grid of the outer steps: {SCHEDULE_HELP}; shift:S > 1 and small RHO put more steps "
-                             f"near the noise (docs/method.md section 10); default {default_help}")
+                        help=f"time grid of the outer steps: {SCHEDULE_HELP}; a shift > 1 and a small RHO put more steps "
+                             f"near the noise (docs/method.md §5.10); default {default_help}")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:

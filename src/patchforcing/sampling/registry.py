@@ -52,7 +52,7 @@ from patchforcing.sampling.samplers import (
 )
 from patchforcing.sampling.schedules import UNIFORM, time_grid
 
-# Old keyword names still accepted in Python calls (the README's ``p=0.4``): old -> field.
+# Other keyword names accepted in Python calls (``p=0.4`` for ``p_frac=0.4``): name -> field.
 OPTION_ALIASES = {"p": "p_frac"}
 
 # The most network evaluations one image may cost (a plan's NFE, an NFE budget): 300 times the
@@ -274,7 +274,7 @@ REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (
           "Ablation: look-ahead where the HARDEST patches run ahead.", public=False),
     _spec("spread-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.SPREAD,
           "Look-ahead whose ahead-running patches are the easiest of every 2x2 window.", public=False),
-    # Second order (sampling/heun.py, docs/method.md section 10), measured against look-ahead on digits and
+    # Second order (sampling/heun.py, docs/method.md §5.12), measured against look-ahead on digits and
     # photos (docs/samplers.md): the two that beat it there are public, on a shifted or EDM grid only.
     _spec("heun", heun, HeunOptions, heun_nfe, False, False, MaskKind.NONE,
           "Heun with one global time per sample (any network); the last step is Euler unless correct_last=1.",
