@@ -1,5 +1,6 @@
 """Shared fixtures: tiny networks (depth 2, width 32, 8x8 inputs) with randomised weights, a tiny
-VAE and folders of random images.
+VAE, folders of random images, and the helpers of the sampler tests (seeded noise, per-image
+generators, ``StraightLine``: a stub network whose velocity is exact for one straight path).
 
 The adaLN and output layers of a fresh network are zero (docs/method.md §3.5), so a fresh network outputs
 exactly zero and every comparison against it is trivial. ``make_model`` therefore perturbs every
@@ -18,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import reference_impl` from any layout
 
 import patchforcing as pf  # noqa: E402
-from patchforcing.models import ModelConfig  # noqa: E402
+from patchforcing.models import ModelConfig, ModelOutput  # noqa: E402
 
 TINY = dict(input_size=8, in_channels=3, hidden_size=32, depth=2, num_heads=2, num_classes=5)
 
@@ -58,6 +59,34 @@ def make_model(
     if randomize:
         randomize_(model, seed)
     return model.eval()
+
+
+def seeded_noise(seed: int = 0, b: int = 3) -> torch.Tensor:
+    """(b, 3, 8, 8) float64 noise ``x0 ~ N(0, I)`` for the RGB tiny networks, from a generator seeded with ``seed``."""
+    return torch.randn(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def per_image_generators(seeds) -> list[torch.Generator]:
+    """One CPU generator per image (``sample(..., generator=[...])``): image i's random masks come from ``seeds[i]``."""
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+class StraightLine(torch.nn.Module):
+    """A stub Patch Forcing network of the tiny config that returns the true straight-line velocity
+    ``x1 - x0`` of one pair (whatever x and t), and a fixed logvar seeded by ``seed`` that varies
+    within patches (so the difficulty masks split the patches). On it every sampler must land
+    exactly on ``x1`` from ``x0``. Under guidance (a batch of 2B) the velocity is repeated, so the
+    conditional and unconditional velocities agree."""
+
+    def __init__(self, x0: torch.Tensor, x1: torch.Tensor, seed: int = 0):
+        super().__init__()
+        self.config = tiny_config()
+        self.v = x1 - x0
+        self.logvar = torch.randn(x0.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def forward(self, x, t, y=None):
+        reps = x.shape[0] // self.v.shape[0]  # 2 under guidance
+        return ModelOutput(self.v.repeat(reps, 1, 1, 1), self.logvar.repeat(reps, 1, 1, 1))
 
 
 def make_vae(folder: Path | None = None, blocks: int = 2):
@@ -107,6 +136,12 @@ def pf_model():
 @pytest.fixture
 def sit_model():
     return make_model("sit", 2)
+
+
+@pytest.fixture(scope="module")
+def pf_net():
+    """One Patch Forcing network (seed 4) per test module, for tests that only read it (hooks are removed after use)."""
+    return make_model("patch-forcing", 2, seed=4)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""Second-order samplers (``sampling/heun.py``): exactness on a straight path, second-order
-convergence on an analytic ODE, float64 agreement with hand-written loops, exact NFE, batch
-independence and guidance semantics."""
+"""Second-order samplers (``sampling/heun.py``): second-order convergence on an analytic ODE, float64
+agreement with hand-written loops, the NFE formulas and guidance semantics. Exactness on a straight
+path, the NFE spent, budgets and batch independence: with every sampler in test_sampler_properties.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import patchforcing as pf
-from conftest import make_model, tiny_config
+from conftest import make_model, seeded_noise, tiny_config
 from patchforcing.flow import patch_time_to_pixels
 from patchforcing.models import ModelOutput
 from patchforcing.sampling.schedules import time_grid
@@ -26,10 +26,6 @@ NULL = 5
 HEUN = ["heun", "heun-pf", "look-ahead-heun", "corrected-look-ahead"]
 PER_PATCH = HEUN[1:]
 SCHEDULES = ["uniform", "shift:3", "edm:7"]
-
-
-def _noise(seed=0, b=B):
-    return torch.randn(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 class FieldNet(torch.nn.Module):
@@ -53,24 +49,7 @@ class FieldNet(torch.nn.Module):
         return ModelOutput(v, self.logvar.repeat(reps, 1, 1, 1))
 
 
-# --- exactness on a straight path ------------------------------------------------------------------------
-@pytest.mark.parametrize("sampler", HEUN)
-@pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("steps", [1, 2, 5])
-@pytest.mark.parametrize("cfg_scale", [1.0, 4.0])
-def test_constant_velocity_lands_exactly_on_data(sampler, schedule, steps, cfg_scale):
-    x0, x1 = _noise(5), _noise(6)
-    net = FieldNet(c=x1 - x0)
-    x = pf.sample(net, x0, sampler=sampler, steps=steps, schedule=schedule, labels=LABELS, cfg_scale=cfg_scale)
-    torch.testing.assert_close(x, x1, atol=1e-12, rtol=0)
-
-
-def test_one_step_lands_exactly():
-    x0, x1 = _noise(7), _noise(8)
-    for sampler in HEUN:
-        x, info = pf.sample(FieldNet(c=x1 - x0), x0, sampler=sampler, steps=1, return_info=True)
-        torch.testing.assert_close(x, x1, atol=1e-12, rtol=0)
-        assert info["nfe"] == 1  # one step: the Euler last step, no correction
+# (exactness on a straight path, the NFE spent, budgets and batch independence: test_sampler_properties.py)
 
 
 # --- order of convergence on a curved field ------------------------------------------------------------
@@ -81,7 +60,7 @@ def _exact(x0: torch.Tensor, a: float, w: float) -> torch.Tensor:
 
 
 def _slope(sampler: str, schedule: str, a=-1.5, w=3.0) -> float:
-    x0 = _noise(9)
+    x0 = seeded_noise(9)
     net = FieldNet(a=a, w=w)
     steps = np.array([8, 16, 32])
     errors = [float((pf.sample(net, x0, sampler=sampler, steps=int(s), schedule=schedule) - _exact(x0, a, w)).abs().max())
@@ -148,7 +127,7 @@ def _hand_look_ahead(model, noise, grid, labels, w, *, heun_main, correct_contex
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
 def test_matches_hand_written_loop_in_float64(sampler, schedule, steps, cfg_scale):
     model = make_model("patch-forcing", 2, seed=31)
-    noise = _noise(10)
+    noise = seeded_noise(10)
     x, info = pf.sample(model, noise, sampler=sampler, steps=steps, schedule=schedule, labels=LABELS,
                         cfg_scale=cfg_scale, return_info=True)
     grid = time_grid(steps, schedule).double()
@@ -169,7 +148,7 @@ def test_matches_hand_written_loop_in_float64(sampler, schedule, steps, cfg_scal
 def test_corrected_last_step_matches_hand_written_loop_in_float64(sampler, schedule, steps):
     """``correct_last=1``: every step, the last one to t = 1 included, is a full Heun step (SiT's ODE sampler)."""
     model = make_model("patch-forcing", 2, seed=37)
-    noise = _noise(16)
+    noise = seeded_noise(16)
     x, info = pf.sample(model, noise, sampler=sampler, steps=steps, schedule=schedule, labels=LABELS, cfg_scale=2.0,
                         correct_last=1, return_info=True)
     grid = time_grid(steps, schedule).double()
@@ -203,7 +182,7 @@ class GaussianField(torch.nn.Module):
 @pytest.mark.parametrize("sampler", ["heun", "heun-pf"])
 def test_corrected_last_step_lowers_the_error_on_a_gaussian_field(sampler):
     """At S = 32 the Euler last step dominates the error of Heun; correcting it (one more NFE) lowers it."""
-    net, x0 = GaussianField(), _noise(17)
+    net, x0 = GaussianField(), seeded_noise(17)
     exact = net.mu + net.s * x0
     err = {c: float((pf.sample(net, x0, sampler=sampler, steps=32, correct_last=c) - exact).abs().max()) for c in (0, 1)}
     assert err[1] < 0.5 * err[0], err
@@ -214,7 +193,7 @@ def test_corrected_last_step_lowers_the_error_on_a_gaussian_field(sampler):
 
 def test_second_order_samplers_differ_from_first_order_ones():
     model = make_model("patch-forcing", 2, seed=32)
-    noise = _noise(11)
+    noise = seeded_noise(11)
     out = {s: pf.sample(model, noise, sampler=s, steps=6, labels=LABELS) for s in ["euler", "euler-pf", "look-ahead", *HEUN]}
     # a global time (B,) on a Patch Forcing network equals all-equal per-patch times (B, N), as for Euler
     torch.testing.assert_close(out["heun"], out["heun-pf"], atol=1e-12, rtol=0)
@@ -235,26 +214,7 @@ def test_nfe_formulas():
         assert pf.expected_nfe("look-ahead-heun", steps, correct_last=1) == warm + 3 * (steps - warm)
 
 
-@pytest.mark.parametrize("sampler", HEUN)
-def test_steps_for_nfe_is_maximal_within_budget(sampler):
-    for schedule in SCHEDULES:
-        for budget in range(1, 70):
-            s = pf.steps_for_nfe(sampler, budget, schedule=schedule)
-            assert pf.expected_nfe(sampler, s, schedule=schedule) <= budget
-            assert pf.expected_nfe(sampler, s + 1, schedule=schedule) > budget
-
-
-# --- batch independence and guidance -----------------------------------------------------------------------
-@pytest.mark.parametrize("sampler", HEUN)
-def test_each_image_is_independent_of_its_batch(sampler):
-    model = make_model("patch-forcing", 2, seed=33)
-    noise = _noise(12)
-    together = pf.sample(model, noise, sampler=sampler, steps=5, schedule="edm:7", labels=LABELS, cfg_scale=2.0)
-    for i in range(B):
-        alone = pf.sample(model, noise[i:i + 1], sampler=sampler, steps=5, schedule="edm:7", labels=LABELS[i:i + 1], cfg_scale=2.0)
-        torch.testing.assert_close(alone, together[i:i + 1], atol=1e-12, rtol=0)
-
-
+# --- guidance ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sampler", HEUN)
 def test_every_evaluation_of_a_step_follows_its_guidance_decision(sampler):
     """Guidance interval (0.3, 1): steps at t_k = 0, 0.25 unguided (batch B), 0.5, 0.75 guided (2B),
@@ -262,7 +222,7 @@ def test_every_evaluation_of_a_step_follows_its_guidance_decision(sampler):
     model = make_model("patch-forcing", 2, seed=34)
     calls = []
     model.register_forward_hook(lambda m, args, out: calls.append((args[0].shape[0], float(args[1].min()))))
-    _, info = pf.sample(model, _noise(13), sampler=sampler, steps=4, labels=LABELS, cfg_scale=3.0,
+    _, info = pf.sample(model, seeded_noise(13), sampler=sampler, steps=4, labels=LABELS, cfg_scale=3.0,
                         guidance_interval=(0.3, 1.0), return_info=True)
     assert len(calls) == info["nfe"] == pf.expected_nfe(sampler, 4)
     per_step = {"heun": [2, 2, 2, 1], "heun-pf": [2, 2, 2, 1], "look-ahead-heun": [1, 3, 3, 2], "corrected-look-ahead": [1, 3, 3, 3]}[sampler]
@@ -274,7 +234,7 @@ def test_every_evaluation_of_a_step_follows_its_guidance_decision(sampler):
 @pytest.mark.parametrize("sampler", HEUN)
 def test_autoguidance_calls_the_weak_network_once_per_evaluation(sampler):
     model, weak = make_model("patch-forcing", 2, seed=35), make_model("patch-forcing", 2, seed=36)
-    noise = _noise(14)
+    noise = seeded_noise(14)
     x, info = pf.sample(model, noise, sampler=sampler, steps=4, labels=LABELS, cfg_scale=2.0, guide_model=weak,
                         return_info=True)
     assert info["guide_nfe"] == info["nfe"] == pf.expected_nfe(sampler, 4)
@@ -285,11 +245,11 @@ def test_autoguidance_calls_the_weak_network_once_per_evaluation(sampler):
 @pytest.mark.parametrize("sampler", PER_PATCH)
 def test_refused_on_a_global_time_network(sit_model, sampler):
     with pytest.raises(pf.ConfigError, match="euler"):
-        pf.sample(sit_model, _noise(), sampler=sampler, steps=4)
+        pf.sample(sit_model, seeded_noise(), sampler=sampler, steps=4)
 
 
 def test_global_heun_samples_the_sit_baseline(sit_model):
-    noise = _noise(15)
+    noise = seeded_noise(15)
     x, info = pf.sample(sit_model, noise, sampler="heun", steps=5, schedule="edm:7", labels=LABELS, cfg_scale=2.0,
                         return_info=True)
     ref, nfe = _hand_heun(sit_model, noise, time_grid(5, "edm:7").double(), LABELS, 2.0, per_patch=False)

@@ -27,11 +27,6 @@ GLOBAL_TIME = [n for n in ALL if not get_sampler(n).needs_per_patch_time]
 
 
 @pytest.fixture(scope="module")
-def pf_net():
-    return make_model("patch-forcing", P, seed=4)
-
-
-@pytest.fixture(scope="module")
 def sit_net():
     return make_model("sit", P, seed=4)
 

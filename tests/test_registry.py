@@ -1,5 +1,7 @@
 """Every sampler of the registry, and the sampling plan: properties checked by looping over the
-registry (a new sampler is tested without editing this file)."""
+registry (a new sampler is tested without editing this file). The properties of sampling itself
+(exactness on a straight path, the NFE spent, budgets, batch independence) are in
+test_sampler_properties.py."""
 
 from __future__ import annotations
 
@@ -11,45 +13,15 @@ import pytest
 import torch
 
 import patchforcing as pf
-from conftest import make_model, tiny_config
+from conftest import make_model, per_image_generators, seeded_noise
 from patchforcing.errors import ConfigError
-from patchforcing.models import ModelOutput
 from patchforcing.sampling import REGISTRY, SAMPLERS, Guidance, GuidanceInterval, MaskKind, SamplingPlan, time_grid
 from patchforcing.sampling.registry import STUDY_SAMPLERS, get_sampler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-F64 = torch.float64
-B = 3
 LABELS = torch.tensor([0, 3, 4])
 ALL = sorted(REGISTRY)
-
-
-def _noise(seed=0, b=B):
-    return torch.randn(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def _gens(seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
-
-class StraightLine(torch.nn.Module):
-    """The true velocity x1 - x0 of one pair, and a logvar that varies within patches."""
-
-    def __init__(self, x0, x1):
-        super().__init__()
-        self.config = tiny_config()
-        self.v = x1 - x0
-        self.logvar = torch.randn(x0.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=F64)
-
-    def forward(self, x, t, y=None):
-        reps = x.shape[0] // self.v.shape[0]
-        return ModelOutput(self.v.repeat(reps, 1, 1, 1), self.logvar.repeat(reps, 1, 1, 1))
-
-
-@pytest.fixture(scope="module")
-def pf_net():
-    return make_model("patch-forcing", 2, seed=4)
 
 
 # --- the registry ------------------------------------------------------------------------------------
@@ -78,83 +50,32 @@ def test_per_patch_time_and_head_are_separate_facts():
         assert REGISTRY[name].needs_difficulty_head
 
 
-@pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("steps", [1, 3, 21])
-def test_counted_nfe_is_the_specs_nfe(pf_net, name, steps):
-    spec = get_sampler(name)
-    calls = []
-    hook = pf_net.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        _, info = pf.sample(pf_net, _noise(), sampler=name, steps=steps, labels=LABELS, return_info=True,
-                            generator=torch.Generator().manual_seed(0))
-    finally:
-        hook.remove()
-    assert len(calls) == info["nfe"] == spec.nfe(steps) == SamplingPlan(name, steps).nfe
-    plan = SamplingPlan.from_nfe(name, 2 * spec.nfe(steps))
-    assert plan.nfe <= 2 * spec.nfe(steps) < spec.nfe(plan.steps + 1)  # the most steps that fit
-
-
-@pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
-def test_one_step_is_exact_on_a_straight_path(name, cfg_scale):
-    x0, x1 = _noise(5), _noise(6)
-    x = pf.sample(StraightLine(x0, x1), x0, sampler=name, steps=1, labels=LABELS, cfg_scale=cfg_scale,
-                  generator=_gens([1, 2, 3]))
-    torch.testing.assert_close(x, x1, atol=1e-12, rtol=0)
-
-
-@pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("schedule", ["shift:3", "edm:3"])
-def test_a_straight_path_is_exact_on_any_grid(name, schedule):
-    x0, x1 = _noise(5), _noise(6)
-    plan = SamplingPlan(name, 4, schedule=schedule, guidance=Guidance(3.0))
-    x = pf.sample(StraightLine(x0, x1), x0, plan, labels=LABELS, generator=_gens([1, 2, 3]))
-    torch.testing.assert_close(x, x1, atol=1e-12, rtol=0)
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_from_nfe_is_exact_on_every_grid(name):
-    spec = get_sampler(name)
-    for schedule in ("uniform", "shift:3", "edm:3", "edm:7"):
-        for budget in range(spec.nfe(1), 41):
-            plan = SamplingPlan.from_nfe(name, budget, schedule=schedule)
-            assert plan.nfe == spec.nfe(plan.steps, schedule=schedule) <= budget < spec.nfe(plan.steps + 1, schedule=schedule)
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_an_image_does_not_depend_on_its_batch(pf_net, name):
-    noise = _noise(7)
-    together = pf.sample(pf_net, noise, sampler=name, steps=5, labels=LABELS, generator=_gens([10, 11, 12]))
-    for i in range(B):
-        alone = pf.sample(pf_net, noise[i:i + 1], sampler=name, steps=5, labels=LABELS[i:i + 1], generator=_gens([10 + i]))
-        torch.testing.assert_close(together[i:i + 1], alone, atol=1e-10, rtol=0)
-
-
+# (exactness on a straight path, the NFE spent, budgets and batch independence: test_sampler_properties.py)
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("schedule", ["uniform", "edm:3"])
 def test_step_end_callback_sees_every_outer_step_and_may_replace_the_sample(pf_net, name, schedule):
-    noise, steps = _noise(8), 5
+    noise, steps = seeded_noise(8), 5
     plan = SamplingPlan(name, steps, schedule=schedule)
     seen = []
 
     def watch(k, t_k, x):
         seen.append((k, t_k, x.clone()))
 
-    plain = pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]))
-    watched = pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]), on_step_end=watch)
+    plain = pf.sample(pf_net, noise, plan, labels=LABELS, generator=per_image_generators([1, 2, 3]))
+    watched = pf.sample(pf_net, noise, plan, labels=LABELS, generator=per_image_generators([1, 2, 3]), on_step_end=watch)
     assert torch.equal(watched, plain)  # a callback that returns None changes nothing
     assert [k for k, _, _ in seen] == list(range(steps))
     assert [t for _, t, _ in seen] == time_grid(steps, schedule)[:-1].tolist()  # t_k: where each step started
     assert torch.equal(seen[-1][2], plain)  # the last step's latents are the sample
     # latents replaced after step 2: the rest of the run continues from them (shifting them moves the result)
-    moved = pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]),
+    moved = pf.sample(pf_net, noise, plan, labels=LABELS, generator=per_image_generators([1, 2, 3]),
                       on_step_end=lambda k, t, x: x + 0.5 if k == 2 else None)
     assert (moved - plain).abs().max() > 0.1
-    zeros = pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]),
+    zeros = pf.sample(pf_net, noise, plan, labels=LABELS, generator=per_image_generators([1, 2, 3]),
                       on_step_end=lambda k, t, x: torch.zeros_like(x) if k == steps - 1 else None)
     assert torch.equal(zeros, torch.zeros_like(plain))
     with pytest.raises(pf.ShapeError, match="step-end callback returned"):
-        pf.sample(pf_net, noise, plan, labels=LABELS, generator=_gens([1, 2, 3]), on_step_end=lambda k, t, x: x[:1])
+        pf.sample(pf_net, noise, plan, labels=LABELS, generator=per_image_generators([1, 2, 3]), on_step_end=lambda k, t, x: x[:1])
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -172,9 +93,9 @@ def test_options_have_defaults_and_checked_ranges(name):
 
 
 def test_old_keyword_p_is_the_certain_fraction(pf_net):
-    a = pf.sample(pf_net, _noise(), sampler="look-ahead", steps=4, labels=LABELS, p=0.3)
-    b = pf.sample(pf_net, _noise(), sampler="look-ahead", steps=4, labels=LABELS, p_frac=0.3)
-    assert torch.equal(a, b) and not torch.equal(a, pf.sample(pf_net, _noise(), sampler="look-ahead", steps=4, labels=LABELS))
+    a = pf.sample(pf_net, seeded_noise(), sampler="look-ahead", steps=4, labels=LABELS, p=0.3)
+    b = pf.sample(pf_net, seeded_noise(), sampler="look-ahead", steps=4, labels=LABELS, p_frac=0.3)
+    assert torch.equal(a, b) and not torch.equal(a, pf.sample(pf_net, seeded_noise(), sampler="look-ahead", steps=4, labels=LABELS))
     with pytest.raises(ConfigError, match="not both"):
         pf.expected_nfe("dual-loop", 2, p=0.3, p_frac=0.3)
 
@@ -183,10 +104,10 @@ def test_old_keyword_p_is_the_certain_fraction(pf_net):
 @pytest.mark.parametrize("name", ALL)
 def test_a_plan_samples_as_the_old_keywords_do(pf_net, name):
     plan = SamplingPlan(name, 4, guidance=Guidance(2.0, (0.2, 0.7)))
-    _, info = pf.sample(pf_net, _noise(), plan, labels=LABELS, return_info=True, generator=torch.Generator().manual_seed(0))
-    old = pf.sample(pf_net, _noise(), sampler=name, steps=4, labels=LABELS, cfg_scale=2.0, guidance_interval=(0.2, 0.7),
+    _, info = pf.sample(pf_net, seeded_noise(), plan, labels=LABELS, return_info=True, generator=torch.Generator().manual_seed(0))
+    old = pf.sample(pf_net, seeded_noise(), sampler=name, steps=4, labels=LABELS, cfg_scale=2.0, guidance_interval=(0.2, 0.7),
                     generator=torch.Generator().manual_seed(0))
-    new = pf.sample(pf_net, _noise(), plan, labels=LABELS, generator=torch.Generator().manual_seed(0))
+    new = pf.sample(pf_net, seeded_noise(), plan, labels=LABELS, generator=torch.Generator().manual_seed(0))
     assert torch.equal(old, new) and info["plan"] == plan and info["nfe"] == plan.nfe
 
 
@@ -202,9 +123,9 @@ def test_plan_json_round_trip(name):
 
 def test_plan_refuses_loose_keywords_beside_it(pf_net):
     with pytest.raises(ConfigError, match="not both"):
-        pf.sample(pf_net, _noise(), SamplingPlan("euler-pf", 2), steps=3)
+        pf.sample(pf_net, seeded_noise(), SamplingPlan("euler-pf", 2), steps=3)
     with pytest.raises(ConfigError, match="steps"):
-        pf.sample(pf_net, _noise(), sampler="euler-pf")
+        pf.sample(pf_net, seeded_noise(), sampler="euler-pf")
 
 
 def test_plan_check_names_what_the_network_lacks(pf_net):
@@ -254,9 +175,9 @@ def test_sigma_interval_agrees_with_exact_arithmetic_on_every_grid(lo, hi):
 
 def test_sigma_interval_guides_the_same_steps_as_the_t_interval(pf_net):
     kw = dict(sampler="euler-pf", steps=8, labels=LABELS, cfg_scale=3.0)
-    by_sigma = pf.sample(pf_net, _noise(), guidance_interval="sigma:1,3", **kw)
-    by_t = pf.sample(pf_net, _noise(), guidance_interval=(0.25, 0.375), **kw)
-    closed = pf.sample(pf_net, _noise(), guidance_interval=(0.25, 0.5), **kw)
+    by_sigma = pf.sample(pf_net, seeded_noise(), guidance_interval="sigma:1,3", **kw)
+    by_t = pf.sample(pf_net, seeded_noise(), guidance_interval=(0.25, 0.375), **kw)
+    closed = pf.sample(pf_net, seeded_noise(), guidance_interval=(0.25, 0.5), **kw)
     assert torch.equal(by_sigma, by_t) and not torch.equal(by_sigma, closed)
 
 

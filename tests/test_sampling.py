@@ -1,4 +1,6 @@
-"""Samplers (docs/method.md §5) against the literal loops of ``reference_impl``, plus their invariants."""
+"""Samplers (docs/method.md §5) against the literal loops of ``reference_impl``, plus their invariants (the properties
+every sampler of the registry shares -- exactness on a straight path, NFE, budgets, batch independence -- are in
+test_sampler_properties.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ import pytest
 import torch
 
 import patchforcing as pf
-from conftest import make_model, tiny_config
-from patchforcing.models import ModelOutput
+from conftest import make_model, seeded_noise
 from patchforcing.sampling import certain_count, difficulty_mask, random_mask, time_grid
 from reference_impl import ref_difficulty_mask, ref_dual_loop, ref_euler, ref_look_ahead, ref_nfe
 
@@ -19,10 +20,6 @@ F64 = torch.float64
 B = 3
 LABELS = torch.tensor([0, 3, 4])
 NULL = 5  # num_classes of the tiny networks
-
-
-def _noise(seed=0, b=B):
-    return torch.randn(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=F64)
 
 
 def _net(model):
@@ -51,7 +48,7 @@ def _net(model):
 )
 def test_sampler_matches_reference(sampler, kind, steps, options, cfg_scale):
     model = make_model(kind, 2, seed=11)
-    noise = _noise(1)
+    noise = seeded_noise(1)
     labels = LABELS if cfg_scale != 1.0 or sampler != "euler-pf" else None  # also cover labels=None
     x, info = pf.sample(model, noise, sampler=sampler, steps=steps, labels=labels, cfg_scale=cfg_scale, return_info=True, **options)
     common = dict(labels=labels, w=cfg_scale, null=NULL)
@@ -76,7 +73,7 @@ def test_sampler_matches_reference(sampler, kind, steps, options, cfg_scale):
 def test_samplers_differ_from_each_other():
     """Guards the reference comparisons: the adaptive samplers are not Euler in disguise."""
     model = make_model("patch-forcing", 2, seed=11)
-    noise = _noise(1)
+    noise = seeded_noise(1)
     outs = {s: pf.sample(model, noise, sampler=s, steps=6, labels=LABELS) for s in ("euler-pf", "dual-loop", "look-ahead")}
     assert (outs["euler-pf"] - outs["dual-loop"]).abs().max() > 1e-3
     assert (outs["euler-pf"] - outs["look-ahead"]).abs().max() > 1e-3
@@ -98,7 +95,7 @@ def test_look_ahead_warm_up_uses_the_float32_grid():
 @pytest.mark.parametrize("sampler", ["euler", "euler-pf", "dual-loop"])
 def test_zero_guidance_equals_unconditional(sampler):
     model = make_model("patch-forcing", 2, seed=12)
-    noise = _noise(2)
+    noise = seeded_noise(2)
     guided = pf.sample(model, noise, sampler=sampler, steps=4, labels=LABELS, cfg_scale=0.0)
     uncond = pf.sample(model, noise, sampler=sampler, steps=4, labels=torch.full((B,), NULL))
     uncond_none = pf.sample(model, noise, sampler=sampler, steps=4, labels=None)
@@ -112,7 +109,7 @@ def test_guidance_makes_one_call_per_evaluation():
     model = make_model("patch-forcing", 2, seed=12)
     calls = []
     model.register_forward_hook(lambda m, args, out: calls.append((args[0].shape[0], args[2].clone())))
-    _, info = pf.sample(model, _noise(3), sampler="dual-loop", steps=2, labels=LABELS, cfg_scale=3.0, return_info=True)
+    _, info = pf.sample(model, seeded_noise(3), sampler="dual-loop", steps=2, labels=LABELS, cfg_scale=3.0, return_info=True)
     assert info["nfe"] == len(calls) == 8
     for batch, y in calls:
         assert batch == 2 * B
@@ -121,38 +118,10 @@ def test_guidance_makes_one_call_per_evaluation():
 
 def test_explicit_null_label_is_used():
     model = make_model("patch-forcing", 2, seed=12)
-    noise = _noise(4)
+    noise = seeded_noise(4)
     a = pf.sample(model, noise, sampler="euler-pf", steps=3, labels=LABELS, cfg_scale=0.0, null_label=1)
     b = pf.sample(model, noise, sampler="euler-pf", steps=3, labels=torch.ones(B, dtype=torch.long))
     torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
-
-
-# --- exactness on a straight path ----------------------------------------------------------------
-class StraightLine(torch.nn.Module):
-    """Returns the true straight-line velocity x1 - x0 for a fixed pair, and a fixed logvar map
-    that varies within patches (so the masks split the patches)."""
-
-    def __init__(self, x0, x1, seed=0):
-        super().__init__()
-        self.config = tiny_config()
-        self.v = x1 - x0
-        self.logvar = torch.randn(x0.shape[0], 1, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-    def forward(self, x, t, y=None):
-        reps = x.shape[0] // self.v.shape[0]  # 2 under guidance
-        return ModelOutput(self.v.repeat(reps, 1, 1, 1), self.logvar.repeat(reps, 1, 1, 1))
-
-
-@pytest.mark.parametrize("sampler", ["euler", "euler-pf", "dual-loop", "look-ahead", "random-dual-loop", "random-look-ahead"])
-@pytest.mark.parametrize("steps", [1, 3, 20])
-@pytest.mark.parametrize("cfg_scale", [1.0, 4.0])
-def test_constant_velocity_lands_exactly_on_data(sampler, steps, cfg_scale):
-    x0, x1 = _noise(5), _noise(6)
-    net = StraightLine(x0, x1)
-    x = pf.sample(
-        net, x0, sampler=sampler, steps=steps, labels=LABELS, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0)
-    )
-    torch.testing.assert_close(x, x1, atol=1e-12, rtol=0)
 
 
 # --- difficulty mask -----------------------------------------------------------------------------
@@ -220,7 +189,7 @@ def test_random_mask_draws_exactly_k_patches_uniformly():
 @pytest.mark.parametrize("sampler", ["random-dual-loop", "random-look-ahead"])
 def test_random_samplers_masks_and_reproducibility(sampler):
     model = make_model("patch-forcing", 2, seed=13)
-    noise = _noise(7)
+    noise = seeded_noise(7)
     run = lambda seed: pf.sample(  # noqa: E731
         model, noise, sampler=sampler, steps=4, labels=LABELS, return_info=True, record_trajectory=True,
         generator=torch.Generator().manual_seed(seed),
@@ -244,16 +213,16 @@ def test_random_samplers_masks_and_reproducibility(sampler):
 # --- trajectories -----------------------------------------------------------------------------------
 def test_trajectory_is_off_by_default():
     model = make_model("patch-forcing", 2)
-    _, info = pf.sample(model, _noise(), sampler="look-ahead", steps=4, return_info=True)
+    _, info = pf.sample(model, seeded_noise(), sampler="look-ahead", steps=4, return_info=True)
     assert "trajectory" not in info
-    assert isinstance(pf.sample(model, _noise(), sampler="euler-pf", steps=2), torch.Tensor)
+    assert isinstance(pf.sample(model, seeded_noise(), sampler="euler-pf", steps=2), torch.Tensor)
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler-pf", "dual-loop", "look-ahead"])
 def test_trajectory_has_one_frame_per_outer_evaluation(sampler):
     steps = 5
     model = make_model("patch-forcing", 2, seed=14)
-    noise = _noise(8)
+    noise = seeded_noise(8)
     x_plain = pf.sample(model, noise, sampler=sampler, steps=steps, labels=LABELS)
     x, info = pf.sample(model, noise, sampler=sampler, steps=steps, labels=LABELS, return_info=True, record_trajectory=True)
     assert torch.equal(x, x_plain)  # recording changes nothing
@@ -278,7 +247,7 @@ def test_dual_loop_time_maps_reach_the_next_grid_point():
     inner evaluation and (after the last update) reach t_{k+1} too, ending at t = 1."""
     steps, k_inner = 4, 4
     model = make_model("patch-forcing", 2, seed=15)
-    _, info = pf.sample(model, _noise(9), sampler="dual-loop", steps=steps, labels=LABELS, return_info=True, record_trajectory=True)
+    _, info = pf.sample(model, seeded_noise(9), sampler="dual-loop", steps=steps, labels=LABELS, return_info=True, record_trajectory=True)
     frames = info["trajectory"]
     grid = time_grid(steps).double()
     for k in range(steps):
@@ -299,7 +268,7 @@ def test_look_ahead_context_times():
     """Frames of non-warm-up steps: certain patches at min(rho t_k, 1), the others at t_k."""
     steps, rho = 5, 1.4
     model = make_model("patch-forcing", 2, seed=16)
-    _, info = pf.sample(model, _noise(10), sampler="look-ahead", steps=steps, labels=LABELS, return_info=True, record_trajectory=True)
+    _, info = pf.sample(model, seeded_noise(10), sampler="look-ahead", steps=steps, labels=LABELS, return_info=True, record_trajectory=True)
     grid = time_grid(steps).double()
     for k, f in enumerate(info["trajectory"]):
         if k == 0:
@@ -310,20 +279,7 @@ def test_look_ahead_context_times():
         torch.testing.assert_close(f["t"].double(), expected, atol=1e-6, rtol=0)
 
 
-# --- NFE budgets ---------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "sampler, options",
-    [("euler", {}), ("euler-pf", {}), ("dual-loop", {}), ("dual-loop", {"n_inner": 3}), ("look-ahead", {}), ("random-look-ahead", {})],
-)
-def test_steps_for_nfe_is_maximal_within_budget(sampler, options):
-    for budget in range(1, 90):
-        if pf.expected_nfe(sampler, 1, **options) > budget:
-            continue  # not even one step fits
-        s = pf.steps_for_nfe(sampler, budget, **options)
-        assert pf.expected_nfe(sampler, s, **options) <= budget
-        assert pf.expected_nfe(sampler, s + 1, **options) > budget
-
-
+# --- NFE budgets (the most steps within a budget, for every sampler and grid: test_sampler_properties.py) --------
 def test_expected_nfe_matches_reference_counts():
     for steps in range(1, 45):
         assert pf.expected_nfe("euler", steps) == steps
@@ -342,7 +298,7 @@ def test_steps_for_nfe_rejects_empty_budget():
 # --- errors --------------------------------------------------------------------------------------------
 def test_unknown_sampler_lists_names(pf_model):
     with pytest.raises(pf.ConfigError) as err:
-        pf.sample(pf_model, _noise(), sampler="rk4", steps=4)
+        pf.sample(pf_model, seeded_noise(), sampler="rk4", steps=4)
     assert "look-ahead" in str(err.value) and "dual-loop" in str(err.value)
 
 
@@ -360,7 +316,7 @@ def test_unknown_sampler_lists_names(pf_model):
 )
 def test_bad_options_raise(pf_model, sampler, options):
     with pytest.raises(pf.ConfigError) as err:
-        pf.sample(pf_model, _noise(), sampler=sampler, steps=4, **options)
+        pf.sample(pf_model, seeded_noise(), sampler=sampler, steps=4, **options)
     assert next(iter(options)) in str(err.value)
     with pytest.raises(pf.ConfigError):
         pf.expected_nfe(sampler, 4, **options)
@@ -369,13 +325,13 @@ def test_bad_options_raise(pf_model, sampler, options):
 @pytest.mark.parametrize("steps", [0, -1, 2.5])
 def test_bad_steps_raise(pf_model, steps):
     with pytest.raises(pf.ConfigError, match="steps"):
-        pf.sample(pf_model, _noise(), sampler="euler-pf", steps=steps)
+        pf.sample(pf_model, seeded_noise(), sampler="euler-pf", steps=steps)
 
 
 @pytest.mark.parametrize("sampler", ["euler-pf", "dual-loop", "look-ahead", "random-dual-loop"])
 def test_adaptive_samplers_refuse_sit(sit_model, sampler):
     with pytest.raises(pf.ConfigError, match="euler"):
-        pf.sample(sit_model, _noise(), sampler=sampler, steps=4)
+        pf.sample(sit_model, seeded_noise(), sampler=sampler, steps=4)
 
 
 @pytest.mark.parametrize("shape", [(B, 4, 8, 8), (B, 3, 16, 16), (3, 8, 8)])
@@ -387,21 +343,21 @@ def test_wrong_noise_shape(pf_model, shape):
 @pytest.mark.parametrize("labels", [torch.tensor([0, 1, 6]), torch.tensor([-1, 0, 0]), torch.tensor([0, 1]), torch.tensor([0.0, 1.0, 2.0])])
 def test_bad_labels(pf_model, labels):
     with pytest.raises(pf.ShapeError, match="labels"):
-        pf.sample(pf_model, _noise(), sampler="euler-pf", steps=2, labels=labels)
+        pf.sample(pf_model, seeded_noise(), sampler="euler-pf", steps=2, labels=labels)
 
 
 def test_guidance_needs_labels_and_a_null_class(pf_model):
     with pytest.raises(pf.ConfigError, match="labels"):
-        pf.sample(pf_model, _noise(), sampler="euler-pf", steps=2, cfg_scale=2.0)
+        pf.sample(pf_model, seeded_noise(), sampler="euler-pf", steps=2, cfg_scale=2.0)
     no_null = make_model("patch-forcing", 2, class_dropout_prob=0.0)
     with pytest.raises(pf.ConfigError, match="null"):
-        pf.sample(no_null, _noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0)
+        pf.sample(no_null, seeded_noise(), sampler="euler-pf", steps=2, labels=LABELS, cfg_scale=2.0)
 
 
 def test_float32_sampling_runs_and_is_close_to_float64():
     m64 = make_model("patch-forcing", 2, seed=17)
     m32 = make_model("patch-forcing", 2, seed=17, dtype=torch.float32)
-    noise = _noise(11)
+    noise = seeded_noise(11)
     a = pf.sample(m64, noise, sampler="euler-pf", steps=4, labels=LABELS)
     b = pf.sample(m32, noise.float(), sampler="euler-pf", steps=4, labels=LABELS)
     assert b.dtype == torch.float32
@@ -410,7 +366,7 @@ def test_float32_sampling_runs_and_is_close_to_float64():
 
 def test_bfloat16_sampling_is_finite():
     model = make_model("patch-forcing", 2, seed=18, dtype=torch.bfloat16)
-    noise = _noise(12).to(torch.bfloat16)
+    noise = seeded_noise(12).to(torch.bfloat16)
     for sampler in ("euler-pf", "dual-loop", "look-ahead"):
         x = pf.sample(model, noise, sampler=sampler, steps=3, labels=LABELS, cfg_scale=2.0)
         assert x.dtype == torch.bfloat16 and x.shape == noise.shape and torch.isfinite(x).all()
@@ -422,7 +378,7 @@ def test_noise_dtype_other_than_the_network_is_handled():
     RuntimeError from inside the convolution."""
     model = make_model("patch-forcing", 2, seed=19)
     try:
-        x = pf.sample(model, _noise(13).float(), sampler="euler-pf", steps=2)
+        x = pf.sample(model, seeded_noise(13).float(), sampler="euler-pf", steps=2)
     except pf.PatchForcingError as err:
         assert "dtype" in str(err)
     else:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import patchforcing as pf
-from conftest import make_model
+from conftest import make_model, seeded_noise
 from patchforcing.errors import ConfigError
 from patchforcing.sampling import SAMPLERS, certain_count, difficulty_mask
 from patchforcing.sampling.masks import inverted_mask, spread_mask
@@ -18,10 +18,6 @@ from patchforcing.sampling.schedules import time_grid
 
 B = 5
 LABELS = torch.tensor([0, 1, 2, 3, 4])
-
-
-def _noise(seed: int, b: int = B) -> torch.Tensor:
-    return torch.randn(b, 3, 8, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def _spread_by_hand(logvar: torch.Tensor, p: int, p_frac: float, block: int = 2) -> torch.Tensor:
@@ -111,7 +107,7 @@ def test_study_sampler_nfe_is_exact(sampler, steps):
     model = make_model("patch-forcing", 2, seed=21)
     calls = []
     model.register_forward_hook(lambda *a: calls.append(1))
-    _, info = pf.sample(model, _noise(0), sampler=sampler, steps=steps, labels=LABELS, return_info=True)
+    _, info = pf.sample(model, seeded_noise(0, B), sampler=sampler, steps=steps, labels=LABELS, return_info=True)
     assert info["nfe"] == len(calls) == pf.expected_nfe(sampler, steps) == pf.expected_nfe("look-ahead", steps)
     assert pf.steps_for_nfe(sampler, 16) == 8
 
@@ -120,7 +116,7 @@ def test_study_sampler_nfe_is_exact(sampler, steps):
                                            ("inverted-look-ahead", lambda lv: inverted_mask(lv, 2, 0.4))])
 def test_study_sampler_equals_a_hand_written_loop(sampler, rule):
     model = make_model("patch-forcing", 2, seed=22)
-    noise = _noise(1)
+    noise = seeded_noise(1, B)
     got = pf.sample(model, noise, sampler=sampler, steps=6, labels=LABELS)
     want, calls = _look_ahead_by_hand(model, noise.clone(), 6, rule)
     assert calls == pf.expected_nfe(sampler, 6)
@@ -131,7 +127,7 @@ def test_study_sampler_equals_a_hand_written_loop(sampler, rule):
 
 def test_spread_look_ahead_is_batch_invariant():
     model = make_model("patch-forcing", 2, seed=23)
-    noise = _noise(2, 6)
+    noise = seeded_noise(2, 6)
     labels = torch.tensor([0, 1, 2, 3, 4, 0])
     whole = pf.sample(model, noise, sampler="spread-look-ahead", steps=5, labels=labels)
     parts = torch.cat([pf.sample(model, noise[i:i + 1], sampler="spread-look-ahead", steps=5, labels=labels[i:i + 1])
