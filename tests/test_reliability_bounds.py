@@ -65,7 +65,7 @@ CASES = [
     ("sample-nfe-1e9", "cli", [*SAMPLE, "--nfe", "1000000000"], rf"an NFE budget of 1,000,000,000 .*{HUGE_PLAN}: lower --nfe"),
     ("sample-nfe-look-ahead-20k", "cli", [*SAMPLE, "--sampler", "look-ahead", "--nfe", "20000"], rf"NFE budget of 20,000 .*{HUGE_PLAN}"),
     ("sample-n-inner-1e8", "cli", [*SAMPLE, "--sampler", "dual-loop", "--steps", "32", "--n-inner", "100000000"],
-     rf"dual-loop with 32 steps and p_frac=0.4, n_inner=100,000,000 costs 3,200,000,000 network evaluations .*{HUGE_PLAN}"),
+     rf"dual-loop with 32 steps and p_frac=0.4, n_inner=100,000,000 costs over 10,000 network evaluations .*{HUGE_PLAN}"),
     ("sample-num-samples-1e8", "cli", [*SAMPLE, "--num-samples", "100000000"],
      r"100,000,000 samples are more than one grid picture holds \(at most 1,024, all kept in memory\): lower --num-samples"),
     ("sample-labels-1025", "cli", [*SAMPLE, "--labels", ",".join(["1"] * 1025)], r"1,025 samples are more than one grid picture holds"),
@@ -83,7 +83,7 @@ CASES = [
     ("pipeline-steps-1e9", "api", _pipeline(num_inference_steps=10**9), rf"1,000,000,000 outer steps .*{HUGE_PLAN}"),
     ("pipeline-nfe-1e9", "api", _pipeline(nfe=10**9), rf"NFE budget of 1,000,000,000 .*{HUGE_PLAN}"),
     ("pipeline-n-inner-1e8", "api", _pipeline(sampler="dual-loop", num_inference_steps=4, n_inner=10**8),
-     r"dual-loop with 4 steps and p_frac=0.4, n_inner=100,000,000 costs 400,000,000 network evaluations"),
+     r"dual-loop with 4 steps and p_frac=0.4, n_inner=100,000,000 costs over 10,000 network evaluations"),
     # 24.7: one interval check for the command line, the library, the pipeline and the app
     ("sample-interval-negative", "cli", [*SAMPLE, "--cfg-scale", "2", "--guidance-interval=-0.5,0.5"], INTERVAL),
     ("sample-interval-above-1", "cli", [*SAMPLE, "--cfg-scale", "2", "--guidance-interval=0.5,2"], r"guidance_interval needs 0 <= lo"),

@@ -11,7 +11,8 @@ import torch
 import patchforcing as pf
 from conftest import make_model, seeded_noise
 from patchforcing.sampling import SamplingPlan, time_grid
-from patchforcing.sampling.schedules import EDM_SIGMA_MAX, EDM_SIGMA_MIN, parse_schedule, warmup_count
+from patchforcing.sampling.samplers import warmup_count
+from patchforcing.sampling.schedules import EDM_SIGMA_MAX, EDM_SIGMA_MIN, parse_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

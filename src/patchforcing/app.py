@@ -58,7 +58,8 @@ MAX_SEED = 2**63 - 1  # seeds are whole numbers, taken as text so a browser neve
 DISPLAY_PX = 256  # frames are upscaled (nearest) to at least this many pixels when shown
 PANELS = ("state", "prediction", "difficulty", "patch time")
 STEP_LABEL = "frame: one per outer step and per inner evaluation, then the result"
-SCHEDULES = (UNIFORM, "shift:3", "edm:3", "edm:7")  # the time grid's suggestions (edm:3 the recommended one, docs/sampling.md); any shift:ALPHA or edm:RHO may be typed
+# The time grid's suggestions (edm:3 the recommended one, docs/sampling.md); any shift:ALPHA or edm:RHO may be typed.
+SCHEDULES = (UNIFORM, "shift:3", "edm:3", "edm:7")
 OPENING = "opening"  # a session's frame state before its first Generate: the opening image's frames
 TABS = 2  # the sampling tab and the Inpaint tab (app_inpaint.py), each with its frames
 

@@ -26,6 +26,7 @@ counted apart (``guide_nfe``).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, NamedTuple
@@ -359,3 +360,12 @@ def check_condition(model: nn.Module, noise: Tensor, condition: Condition) -> Co
             check_labels(model, noise, condition.null)
     dtype = next(model.parameters()).dtype if condition.is_text else None
     return condition.to(noise.device, dtype)
+
+
+def outer_steps(grid: Tensor, x: Tensor, guide: Guide) -> Iterator[tuple[Tensor, Tensor, float]]:
+    """Yield ``(t_k, t_{k+1}, t_k as a float32 Python number)`` with tensors in x's dtype/device,
+    announcing each outer step to the guide first (it decides guidance for the whole step)."""
+    cast = grid.to(device=x.device, dtype=x.dtype)
+    for k, t32 in enumerate(grid[:-1].tolist()):
+        guide.begin_step(t32)
+        yield cast[k], cast[k + 1], t32

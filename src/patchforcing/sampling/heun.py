@@ -4,9 +4,8 @@ Same contract as the samplers of ``samplers.py`` (``docs/method.md``, sections 5
 ``(guide, x, grid, ctx) -> x`` that sees the network only through ``guide(x, t)``; every outer
 step is announced with ``guide.begin_step(t_k)`` and all its evaluations (the corrector too)
 follow that step's guidance decision (CFG, guidance interval, autoguidance). ``grid`` is any
-grid of ``schedules.time_grid``. Beside each step function sits its NFE rule
-``(steps, options, grid) -> int``; ``sampling/registry.py`` holds their entries (study-only until
-measured against look-ahead).
+grid of ``schedules.time_grid``. ``sampling/registry.py`` holds their entries and counts their NFE
+by a dry run (study-only until measured against look-ahead).
 
 Heun's step (the explicit trapezoidal rule, as in EDM's Algorithm 1 and SiT's ODE sampler) from
 ``t_k`` to ``t_{k+1}`` with ``h = t_{k+1} - t_k``::
@@ -42,14 +41,10 @@ the last one too: the option ``correct_last=1`` does that here (``heun``, ``heun
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import Tensor
 
-from patchforcing.sampling.guidance import Guide
-from patchforcing.sampling.samplers import Context, context_jump
-from patchforcing.sampling.schedules import WARMUP_T32, outer_steps, warmup_count
+from patchforcing.sampling.guidance import Guide, outer_steps
+from patchforcing.sampling.samplers import Context, look_ahead_velocity
 
 
 def heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
@@ -80,40 +75,19 @@ def look_ahead_heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tens
     last = _uncorrected_step(grid, ctx)
     for k, (t_cur, t_next, t32) in enumerate(outer_steps(grid, x, guide)):
         h = t_next - t_cur
-        t = t_cur.expand(b, n)
-        out = guide(x, t)
-        if t32 <= WARMUP_T32:  # look-ahead's warm-up: the CONDITIONAL velocity, one evaluation
-            ctx.record(x=x, t=t, logvar=out.logvar)
-            x = ctx.end_step(x + h * out.cond_velocity, t32)
-            continue
-        certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
-        x_ctx, t_ctx, _ = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
-        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context
-        v_ctx = guide(x_ctx, t_ctx).velocity
-        d1 = torch.where(certain, out.velocity, v_ctx)  # look-ahead's velocity
-        x = ctx.end_step(_heun_update(guide, x, d1, h, t_next.expand(b, n), ctx, correct=k != last, certain=certain), t32)
+        d1, certain = look_ahead_velocity(guide, x, t_cur, t32, ctx)
+        if certain is None:  # look-ahead's warm-up: one conditional Euler step, no corrector
+            x = ctx.end_step(x + h * d1, t32)
+        else:
+            x = ctx.end_step(_heun_update(guide, x, d1, h, t_next.expand(b, n), ctx, correct=k != last, certain=certain), t32)
     return x
 
 
 def corrected_look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Look-ahead whose context jump is Heun-corrected (module docstring). NFE = W + 3 (S - W)."""
-    b, n = x.shape[0], ctx.num_patches
     for t_cur, t_next, t32 in outer_steps(grid, x, guide):
-        h = t_next - t_cur
-        t = t_cur.expand(b, n)
-        out = guide(x, t)
-        if t32 <= WARMUP_T32:
-            ctx.record(x=x, t=t, logvar=out.logvar)
-            x = ctx.end_step(x + h * out.cond_velocity, t32)
-            continue
-        certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
-        x_euler, t_ctx, delta = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
-        c2 = guide(x_euler, t_ctx).cond_velocity  # conditional velocity at the Euler jump's end
-        ctx.record(x=x_euler, t=t_ctx, logvar=None, certain=certain, inner=True)  # the context's corrector call
-        x_ctx = x + delta * (out.cond_velocity + c2) / 2 * certain
-        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context
-        v_ctx = guide(x_ctx, t_ctx).velocity
-        x = ctx.end_step(x + h * torch.where(certain, out.velocity, v_ctx), t32)
+        v, _ = look_ahead_velocity(guide, x, t_cur, t32, ctx, correct_context=True)
+        x = ctx.end_step(x + (t_next - t_cur) * v, t32)
     return x
 
 
@@ -137,25 +111,4 @@ def _heun_update(guide: Guide, x: Tensor, d1: Tensor, h: Tensor, t_next: Tensor,
     return x + h * (d1 + d2) / 2
 
 
-# --- NFE rules: exact network evaluations per image on ``grid`` (guidance batches count once) -------------
-def heun_nfe(steps: int, options: Any, grid: Tensor) -> int:
-    """``2 S - 1``: two calls per step, one on the last (heun, heun-pf); ``2 S`` with ``correct_last``."""
-    return 2 * steps - (0 if int(options.correct_last) else 1)
-
-
-def look_ahead_heun_nfe(steps: int, options: Any, grid: Tensor) -> int:
-    """``W + 3 (S - W) - 1`` with W warm-up steps; no saving when the last step is itself a warm-up
-    step or is corrected (``correct_last``)."""
-    warm = warmup_count(grid)
-    last_is_warm = grid[-2].item() <= WARMUP_T32
-    return warm + 3 * (steps - warm) - (0 if last_is_warm or int(options.correct_last) else 1)
-
-
-def corrected_look_ahead_nfe(steps: int, options: Any, grid: Tensor) -> int:
-    """``W + 3 (S - W)``: one call per warm-up step, three after it."""
-    warm = warmup_count(grid)
-    return warm + 3 * (steps - warm)
-
-
-__all__ = ["corrected_look_ahead", "corrected_look_ahead_nfe", "heun", "heun_nfe", "heun_pf", "look_ahead_heun",
-           "look_ahead_heun_nfe"]
+__all__ = ["corrected_look_ahead", "heun", "heun_pf", "look_ahead_heun"]

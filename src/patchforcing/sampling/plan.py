@@ -75,7 +75,7 @@ class SamplingPlan:
         object.__setattr__(self, "_nfe", spec.nfe_on_grid(grid, self.options))
         if self.nfe > MAX_PLAN_NFE:
             opts = ", ".join(f"{k}={v:,}" for k, v in self.options.to_dict().items())
-            raise ConfigError(f"{self.sampler} with {self.steps:,} steps{f' and {opts}' if opts else ''} costs {self.nfe:,} "
+            raise ConfigError(f"{self.sampler} with {self.steps:,} steps{f' and {opts}' if opts else ''} costs over {MAX_PLAN_NFE:,} "
                               f"network evaluations per image, more than a plan may cost (at most {MAX_PLAN_NFE:,}; the "
                               "paper samples with 32): lower --steps or --nfe, or the sampler's options (--n-inner)")
 

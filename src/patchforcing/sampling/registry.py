@@ -1,13 +1,14 @@
 """The sampler registry: everything about a sampler in one record (``docs/method.md``, samplers).
 
 A ``SamplerSpec`` holds the step function, its typed options (a frozen dataclass whose fields carry
-a default, a one-line help and the valid range), the NFE rule ``(steps, options, grid) -> int`` (the
-grid of the plan's time-grid schedule, ``sampling/schedules.py``: look-ahead's warm-up count
-depends on it), what the
-network must offer (per-patch time; the difficulty head: two separate facts), the kind of
-certain-patch mask, a description and whether commands and reports offer it (``public``) or only
-``patchforcing study`` does. Nothing outside this module branches on a sampler's name or function:
-the command-line flags, the NFE budget, the network checks and the reports all read the spec.
+a default, a one-line help and the valid range), what the network must offer (per-patch time; the
+difficulty head: two separate facts), the kind of certain-patch mask, a description and whether
+commands and reports offer it (``public``) or only ``patchforcing study`` does. A sampler's NFE on a
+grid is counted, not written down: one dry run of its step function on a 2x2 stand-in through an
+evaluation that only counts its calls (look-ahead's warm-up count, for instance, depends on the grid
+of the plan's schedule, ``sampling/schedules.py``). Nothing outside this module branches on a
+sampler's name or function: the command-line flags, the NFE budget, the network checks and the
+reports all read the spec.
 
     >>> spec = get_sampler("dual-loop")
     >>> spec.nfe(8, spec.make_options(n_inner=2))
@@ -20,36 +21,22 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from patchforcing.errors import ConfigError
 from patchforcing.models.config import Kind
-from patchforcing.sampling.heun import (
-    corrected_look_ahead,
-    corrected_look_ahead_nfe,
-    heun,
-    heun_nfe,
-    heun_pf,
-    look_ahead_heun,
-    look_ahead_heun_nfe,
-)
+from patchforcing.sampling.guidance import Guided
+from patchforcing.sampling.heun import corrected_look_ahead, heun, heun_pf, look_ahead_heun
 from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_mask, spread_mask
-from patchforcing.sampling.samplers import (
-    Context,
-    dual_loop,
-    dual_loop_nfe,
-    euler,
-    euler_nfe,
-    euler_pf,
-    look_ahead,
-    look_ahead_nfe,
-)
+from patchforcing.sampling.samplers import Context, dual_loop, euler, euler_pf, look_ahead
 from patchforcing.sampling.schedules import UNIFORM, time_grid
 
 # Other keyword names accepted in Python calls (``p=0.4`` for ``p_frac=0.4``): name -> field.
@@ -184,8 +171,6 @@ class SamplerSpec:
         name: the name users pass (``--sampler``, ``sample(sampler=...)``).
         fn: the step function ``(guide, x0, grid, ctx) -> x1`` of ``sampling/samplers.py``.
         options_type: its typed options (defaults, help and ranges in the fields' metadata).
-        nfe_rule: network calls per image ``(steps, options, grid) -> int`` (guided batches count
-            once; ``grid`` the (S + 1,) float32 time grid of the plan's schedule).
         needs_per_patch_time: the network must take a time per patch (B, N): Patch Forcing networks.
         needs_difficulty_head: the sampler reads the difficulty head (its mask follows it).
         mask: which patches run ahead.
@@ -198,7 +183,6 @@ class SamplerSpec:
     name: str
     fn: StepFn
     options_type: type[SamplerOptions]
-    nfe_rule: Callable[[int, SamplerOptions, Tensor], int]
     needs_per_patch_time: bool
     needs_difficulty_head: bool
     mask: MaskKind
@@ -225,12 +209,14 @@ class SamplerSpec:
         return self.options_type(**given)
 
     def nfe(self, steps: int, options: SamplerOptions | None = None, schedule: str = UNIFORM) -> int:
-        """Network calls of ``steps`` outer steps with ``options`` (defaults when None) on the grid of ``schedule``."""
+        """Network calls of ``steps`` outer steps with ``options`` (defaults when None) on the grid of
+        ``schedule``; ``MAX_PLAN_NFE + 1`` stands for any count above ``MAX_PLAN_NFE``."""
         return self.nfe_on_grid(time_grid(int(steps), schedule), options)
 
     def nfe_on_grid(self, grid: Tensor, options: SamplerOptions | None = None) -> int:
-        """Network calls of the ``len(grid) - 1`` outer steps of the (S + 1,) time ``grid``."""
-        return int(self.nfe_rule(int(grid.shape[0]) - 1, self.make_options(options), grid))
+        """Network calls of the ``len(grid) - 1`` outer steps of the (S + 1,) time ``grid``, counted
+        by a dry run of the step function (cached per sampler, options and grid)."""
+        return _counted_nfe(self.fn, self.make_options(options), tuple(grid.tolist()))
 
     def steps_for_nfe(self, nfe: int, options: SamplerOptions | None = None, schedule: str = UNIFORM) -> int:
         """The most outer steps whose NFE on the grid of ``schedule`` fits within ``nfe``."""
@@ -242,55 +228,92 @@ class SamplerSpec:
                               f"(at most {MAX_PLAN_NFE:,}; the paper samples with 32): lower --nfe")
         one = self.nfe(1, options, schedule)
         if one > nfe:
-            raise ConfigError(f"one step of {self.name!r} already costs {one} NFE, more than the budget of {nfe}; "
+            cost = f"over {MAX_PLAN_NFE:,}" if one > MAX_PLAN_NFE else f"{one}"
+            raise ConfigError(f"one step of {self.name!r} already costs {cost} NFE, more than the budget of {nfe}; "
                               "raise --nfe (or lower n_inner)")
-        best = 1
-        for steps in range(1, int(nfe) + 1):
-            if self.nfe(steps, options, schedule) > nfe:
-                break
-            best = steps
-        return best
+        lo, hi = 1, int(nfe)  # every step costs at least one call: the answer is at most the budget
+        while lo < hi:  # NFE grows with the steps on every grid (tested): the last step count that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self.nfe(mid, options, schedule) <= nfe else (lo, mid - 1)
+        return lo
 
 
-def _spec(name, fn, options_type, nfe_rule, per_patch, head, mask, description, public=True, paper=True) -> SamplerSpec:
-    return SamplerSpec(name, fn, options_type, nfe_rule, per_patch, head, mask, description, public, paper)
-
-
+_PATCH_FORCING = dict(needs_per_patch_time=True, needs_difficulty_head=True)  # the difficulty-aware samplers
 REGISTRY: dict[str, SamplerSpec] = {s.name: s for s in (
-    _spec("euler", euler, NoOptions, euler_nfe, False, False, MaskKind.NONE,
-          "Euler with one global time per sample (any network)."),
-    _spec("euler-pf", euler_pf, NoOptions, euler_nfe, True, False, MaskKind.NONE,
-          "Euler with per-patch times, all equal (Patch Forcing networks)."),
-    _spec("dual-loop", dual_loop, DualLoopOptions, dual_loop_nfe, True, True, MaskKind.DIFFICULTY,
-          "Easy patches take the whole step; hard ones K small steps."),
-    _spec("look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.DIFFICULTY,
-          "Easy patches run ahead as context for hard ones."),
-    _spec("random-dual-loop", dual_loop, DualLoopOptions, dual_loop_nfe, True, False, MaskKind.RANDOM,
-          "Ablation: dual-loop with a random mask."),
-    _spec("random-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, False, MaskKind.RANDOM,
-          "Ablation: look-ahead with a random mask."),
+    SamplerSpec("euler", euler, NoOptions, needs_per_patch_time=False, needs_difficulty_head=False, mask=MaskKind.NONE,
+                description="Euler with one global time per sample (any network)."),
+    SamplerSpec("euler-pf", euler_pf, NoOptions, needs_per_patch_time=True, needs_difficulty_head=False,
+                mask=MaskKind.NONE, description="Euler with per-patch times, all equal (Patch Forcing networks)."),
+    SamplerSpec("dual-loop", dual_loop, DualLoopOptions, **_PATCH_FORCING, mask=MaskKind.DIFFICULTY,
+                description="Easy patches take the whole step; hard ones K small steps."),
+    SamplerSpec("look-ahead", look_ahead, LookAheadOptions, **_PATCH_FORCING, mask=MaskKind.DIFFICULTY,
+                description="Easy patches run ahead as context for hard ones."),
+    SamplerSpec("random-dual-loop", dual_loop, DualLoopOptions, needs_per_patch_time=True, needs_difficulty_head=False,
+                mask=MaskKind.RANDOM, description="Ablation: dual-loop with a random mask."),
+    SamplerSpec("random-look-ahead", look_ahead, LookAheadOptions, needs_per_patch_time=True,
+                needs_difficulty_head=False, mask=MaskKind.RANDOM, description="Ablation: look-ahead with a random mask."),
     # Offered only by `patchforcing study` (docs/study.md): they did not earn a place in the commands.
-    _spec("inverted-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.INVERTED,
-          "Ablation: look-ahead where the HARDEST patches run ahead.", public=False),
-    _spec("spread-look-ahead", look_ahead, LookAheadOptions, look_ahead_nfe, True, True, MaskKind.SPREAD,
-          "Look-ahead whose ahead-running patches are the easiest of every 2x2 window.", public=False),
+    SamplerSpec("inverted-look-ahead", look_ahead, LookAheadOptions, **_PATCH_FORCING, mask=MaskKind.INVERTED,
+                description="Ablation: look-ahead where the HARDEST patches run ahead.", public=False),
+    SamplerSpec("spread-look-ahead", look_ahead, LookAheadOptions, **_PATCH_FORCING, mask=MaskKind.SPREAD,
+                description="Look-ahead whose ahead-running patches are the easiest of every 2x2 window.", public=False),
     # Second order (sampling/heun.py, docs/method.md §5.12), measured against look-ahead on digits and
     # photos (docs/samplers.md): the two that beat it there are public, on a shifted or EDM grid only.
-    _spec("heun", heun, HeunOptions, heun_nfe, False, False, MaskKind.NONE,
-          "Heun with one global time per sample (any network); the last step is Euler unless correct_last=1.",
-          public=False, paper=False),
-    _spec("heun-pf", heun_pf, HeunOptions, heun_nfe, True, False, MaskKind.NONE,
-          "Heun with per-patch times, all equal; the last step is Euler unless correct_last=1.", public=False, paper=False),
-    _spec("look-ahead-heun", look_ahead_heun, LookAheadHeunOptions, look_ahead_heun_nfe, True, True, MaskKind.DIFFICULTY,
-          "Look-ahead whose main step is Heun; use it with --schedule shift:3 (docs/samplers.md).", paper=False),
-    _spec("corrected-look-ahead", corrected_look_ahead, LookAheadOptions, corrected_look_ahead_nfe, True, True,
-          MaskKind.DIFFICULTY, "Look-ahead whose context jump is corrected by a second evaluation; use it with "
-          "--schedule shift:3 or edm:3 (docs/samplers.md).", paper=False),
+    SamplerSpec("heun", heun, HeunOptions, needs_per_patch_time=False, needs_difficulty_head=False, mask=MaskKind.NONE,
+                description="Heun with one global time per sample (any network); the last step is Euler unless "
+                            "correct_last=1.", public=False, paper=False),
+    SamplerSpec("heun-pf", heun_pf, HeunOptions, needs_per_patch_time=True, needs_difficulty_head=False,
+                mask=MaskKind.NONE, description="Heun with per-patch times, all equal; the last step is Euler unless "
+                                                "correct_last=1.", public=False, paper=False),
+    SamplerSpec("look-ahead-heun", look_ahead_heun, LookAheadHeunOptions, **_PATCH_FORCING, mask=MaskKind.DIFFICULTY,
+                description="Look-ahead whose main step is Heun; use it with --schedule shift:3 (docs/samplers.md).",
+                paper=False),
+    SamplerSpec("corrected-look-ahead", corrected_look_ahead, LookAheadOptions, **_PATCH_FORCING,
+                mask=MaskKind.DIFFICULTY, description="Look-ahead whose context jump is corrected by a second "
+                "evaluation; use it with --schedule shift:3 or edm:3 (docs/samplers.md).", paper=False),
 )}
 
 SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in REGISTRY.items() if s.public}  # what commands offer
 STUDY_SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in REGISTRY.items() if not s.public}
 PAPER_SAMPLERS: dict[str, SamplerSpec] = {n: s for n, s in SAMPLERS.items() if s.paper}  # what the bench and demo compare
+
+
+class _OverLimit(Exception):
+    """A dry run passed ``MAX_PLAN_NFE`` calls: no plan may cost that much, so the count stops there."""
+
+
+class _CountingEvaluation:
+    """Stands in for ``Guide`` in a dry run: counts the calls and answers zeros."""
+
+    def __init__(self) -> None:
+        self.nfe = 0
+
+    def begin_step(self, t_k: float) -> None:
+        pass
+
+    def __call__(self, x: Tensor, t: Tensor) -> Guided:
+        self.nfe += 1
+        if self.nfe > MAX_PLAN_NFE:
+            raise _OverLimit
+        zero = torch.zeros_like(x)
+        return Guided(zero, zero[:, :1], zero)
+
+
+@functools.lru_cache(maxsize=4096)
+def _counted_nfe(fn: StepFn, options: SamplerOptions, grid: tuple[float, ...]) -> int:
+    """The network calls of step function ``fn`` on the time ``grid``: one dry run on a (1, 1, 2, 2)
+    stand-in with 1x1 patches, half of them certain (no branch of a sampler depends on the values).
+    A run that passes ``MAX_PLAN_NFE`` stops there and counts ``MAX_PLAN_NFE + 1``."""
+    counter = _CountingEvaluation()
+    x = torch.zeros(1, 1, 2, 2)
+    certain = torch.tensor([[[[True, False], [False, True]]]])
+    ctx = Context(patch_size=1, num_patches=4, options=options, mask_fn=lambda out, x: certain)
+    try:
+        with torch.no_grad():
+            fn(counter, x, torch.tensor(grid, dtype=torch.float32), ctx)
+    except _OverLimit:
+        pass
+    return counter.nfe
 
 
 def get_sampler(name: str) -> SamplerSpec:

@@ -9,9 +9,9 @@ Every outer step ends with ``x = ctx.end_step(x, t_k)``, which hands the sample 
 step-end callback (``sample(on_step_end=...)``, the pipeline's ``callback_on_step_end``).
 ``ctx`` carries the patch size, the sampler's options (a typed dataclass of
 ``sampling.registry``), the certain-patch mask function and an optional recorder (None unless
-trajectories are asked for). Beside each step function sits its NFE rule ``(steps, options, grid) -> int``
-(``grid`` the (S + 1,) float32 time grid); ``sampling.registry`` ties the two together with everything
-else a sampler needs. The second-order samplers live in ``sampling/heun.py``.
+trajectories are asked for). A sampler's NFE is not written down beside it: ``sampling.registry``
+counts it by one dry run of the step function through a counting evaluation, so the declared and the
+spent NFE cannot disagree. The second-order samplers live in ``sampling/heun.py``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ from torch import Tensor
 
 from patchforcing.errors import ShapeError
 from patchforcing.flow import pixels_to_patch_mean
-from patchforcing.sampling.guidance import Guide, Guided
-from patchforcing.sampling.schedules import WARMUP_T32, outer_steps, warmup_count
+from patchforcing.sampling.guidance import Guide, Guided, outer_steps
+
+# Look-ahead takes a plain step with the conditional velocity while t_k <= this (reference behaviour).
+LOOK_AHEAD_WARMUP_T = 0.05
+WARMUP_T32 = torch.tensor(LOOK_AHEAD_WARMUP_T, dtype=torch.float32).item()  # compared in float32
 
 
 @dataclass
@@ -71,11 +74,6 @@ def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     return x
 
 
-def euler_nfe(steps: int, options: Any, grid: Tensor) -> int:
-    """One network call per outer step (euler, euler-pf)."""
-    return steps
-
-
 def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Euler for Patch Forcing networks: the same step, ``t`` passed as (B, N), all equal. NFE = S."""
     b, n = x.shape[0], ctx.num_patches
@@ -113,32 +111,44 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     return x
 
 
-def dual_loop_nfe(steps: int, options: Any, grid: Tensor) -> int:
-    """``S * K``: the outer call and ``K - 1`` inner calls per outer step."""
-    return steps * int(options.n_inner)
-
-
 # --- look ahead --------------------------------------------------------------------------------
 def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
     """Certain patches are pushed ahead to ``t_ctx = min(rho t_k, 1)`` with the conditional
     velocity; the uncertain ones are then predicted with that cleaner context (docs/method.md, samplers).
     NFE = 1 while ``t_k <= 0.05``, else 2 per step."""
-    b, n = x.shape[0], ctx.num_patches
     for t_cur, t_next, t32 in outer_steps(grid, x, guide):
-        dt = t_next - t_cur
-        t = t_cur.expand(b, n)
-        out = guide(x, t)
-        if t32 <= WARMUP_T32:
-            # Reference behaviour: the first steps use the CONDITIONAL velocity, not the guided one.
-            ctx.record(x=x, t=t, logvar=out.logvar)
-            x = ctx.end_step(x + dt * out.cond_velocity, t32)
-            continue
-        certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
-        x_ctx, t_ctx, _ = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
-        ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context at t_ctx
-        v_ctx = guide(x_ctx, t_ctx).velocity
-        x = ctx.end_step(x + dt * torch.where(certain, out.velocity, v_ctx), t32)
+        v, _ = look_ahead_velocity(guide, x, t_cur, t32, ctx)
+        x = ctx.end_step(x + (t_next - t_cur) * v, t32)
     return x
+
+
+def look_ahead_velocity(guide: Guide, x: Tensor, t_cur: Tensor, t32: float, ctx: Context, *,
+                        correct_context: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Look-ahead's velocity at outer step ``t_k``, shared by ``look-ahead``, ``look-ahead-heun`` and
+    ``corrected-look-ahead``: ``(v (B, C, H, W), certain (B, 1, H, W) bool)``.
+
+    A warm-up step (``t_k <= 0.05`` in float32) makes one call and returns the CONDITIONAL velocity
+    (reference behaviour) and ``certain`` None. Every other step evaluates ``(x, t_k)``, picks the
+    certain patches, jumps them ahead (``context_jump``; with ``correct_context`` the jump is
+    Heun-corrected by one more conditional call at its end) and evaluates the uncertain ones with
+    that context: ``v`` is the guided velocity at ``t_k`` on the certain patches and the guided
+    velocity with the context on the others.
+    """
+    b, n = x.shape[0], ctx.num_patches
+    t = t_cur.expand(b, n)
+    out = guide(x, t)
+    if t32 <= WARMUP_T32:
+        ctx.record(x=x, t=t, logvar=out.logvar)
+        return out.cond_velocity, None
+    certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
+    x_ctx, t_ctx, delta = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
+    if correct_context:
+        c2 = guide(x_ctx, t_ctx).cond_velocity  # conditional velocity at the Euler jump's end
+        ctx.record(x=x_ctx, t=t_ctx, logvar=None, certain=certain, inner=True)  # the context's corrector call
+        x_ctx = x + delta * (out.cond_velocity + c2) / 2 * certain
+    ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context at t_ctx
+    v_ctx = guide(x_ctx, t_ctx).velocity
+    return torch.where(certain, out.velocity, v_ctx), certain
 
 
 def context_jump(x: Tensor, t: Tensor, t_cur: Tensor, cond_velocity: Tensor, certain: Tensor,
@@ -153,7 +163,6 @@ def context_jump(x: Tensor, t: Tensor, t_cur: Tensor, cond_velocity: Tensor, cer
     return x_ctx, t + delta * certain_patch, delta
 
 
-def look_ahead_nfe(steps: int, options: Any, grid: Tensor) -> int:
-    """One call per warm-up step of ``grid`` (``t_k <= 0.05`` in float32), two per step after it."""
-    warm = warmup_count(grid)
-    return warm + 2 * (steps - warm)
+def warmup_count(grid: Tensor) -> int:
+    """Outer steps of ``grid`` that look-ahead takes as a plain warm-up step (``t_k <= 0.05`` in float32)."""
+    return int((grid[:-1] <= WARMUP_T32).sum())  # float32 against its float32 threshold, as the samplers compare

@@ -34,21 +34,15 @@ has more warm-up steps and, for the look-ahead samplers, a slightly lower NFE fo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from patchforcing.errors import ConfigError
-from patchforcing.sampling.guidance import Guide
 
 # The end points of the EDM schedule's interior in sigma = (1 - t) / t (EDM's values, Karras et al. 2022, Table 1).
 EDM_SIGMA_MIN, EDM_SIGMA_MAX = 0.002, 80.0
-
-# Look-ahead takes a plain step with the conditional velocity while t_k <= this (reference behaviour).
-LOOK_AHEAD_WARMUP_T = 0.05
-WARMUP_T32 = torch.tensor(LOOK_AHEAD_WARMUP_T, dtype=torch.float32).item()  # compared in float32
 
 UNIFORM = "uniform"
 # edm:RHO takes RHO in this range (EDM uses 7). Below 0.1 sigma_max^(1/RHO) is astronomically large
@@ -142,15 +136,3 @@ def _edm_times(steps: int, rho: float) -> Tensor:
     return 1 / (1 + sigma)
 
 
-def outer_steps(grid: Tensor, x: Tensor, guide: Guide) -> Iterator[tuple[Tensor, Tensor, float]]:
-    """Yield ``(t_k, t_{k+1}, t_k as a float32 Python number)`` with tensors in x's dtype/device,
-    announcing each outer step to the guide first (it decides guidance for the whole step)."""
-    cast = grid.to(device=x.device, dtype=x.dtype)
-    for k, t32 in enumerate(grid[:-1].tolist()):
-        guide.begin_step(t32)
-        yield cast[k], cast[k + 1], t32
-
-
-def warmup_count(grid: Tensor) -> int:
-    """Outer steps of ``grid`` that look-ahead takes as a plain warm-up step (``t_k <= 0.05`` in float32)."""
-    return int((grid[:-1] <= WARMUP_T32).sum())  # float32 against its float32 threshold, as the samplers compare
