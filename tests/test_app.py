@@ -93,7 +93,7 @@ def test_endpoint_returns_the_image_of_sample_for_the_seed(served, client, sampl
     (("3", "look-ahead", 8, 1e30, 0.0, 1.0, 0, "uniform"), r"guidance scale 1e\+30 made the samples infinite or NaN"),
     (("3", "euler-pf", 8, -1e30, 0.2, 0.9, 0, "uniform"), r"guidance scale -1e\+30 made the samples infinite or NaN"),
     (("3", "dual-loop", 2, 1.0, 0.0, 1.0, 0, "uniform"), "budget"),
-    (("3", "look-ahead", 8, 1.0, 0.0, 1.0, 0, "cosine"), "time grid: unknown schedule 'cosine'; choose uniform, shift:S"),
+    (("3", "look-ahead", 8, 1.0, 0.0, 1.0, 0, "cosine"), "time grid: unknown schedule 'cosine'; choose uniform, shift:ALPHA"),
 ])
 def test_bad_values_get_a_message(client, values, message):
     with pytest.raises(Exception, match=message) as err:
@@ -186,7 +186,7 @@ def test_time_grid_goes_into_the_request_and_the_plan():
     assert torch.equal(image, want.clamp(-1, 1)) and info["schedule"] == "edm:7" and info["steps"] == plan.steps
     uniform, _, _ = run_request(pipe, check_request(pipe, "2", "dual-loop", 8, 1.5, 0.0, 1.0, 4, "uniform"))
     assert not torch.equal(uniform, image)
-    for bad, message in [("cosine", "unknown schedule 'cosine'; choose uniform, shift:S"), ("shift:-2", "shift needs a finite number > 0")]:
+    for bad, message in [("cosine", "unknown schedule 'cosine'; choose uniform, shift:ALPHA"), ("shift:-2", "shift needs a finite number > 0")]:
         with pytest.raises(gr.Error, match=message):
             check_request(pipe, "2", "dual-loop", 8, 1.5, 0.0, 1.0, 4, bad)
 

@@ -181,7 +181,7 @@ def test_export_with_a_schedule_records_it_in_the_pipeline_and_the_card(tmp_path
     capsys.readouterr()
     assert main(["export", "--checkpoint", str(file), "--out", str(tmp_path / "bad"), "--schedule", "cosine"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: unknown schedule 'cosine'; choose uniform, shift:S") and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: unknown schedule 'cosine'; choose uniform, shift:ALPHA") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("is_text, num_classes, task, tag", [

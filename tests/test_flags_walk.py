@@ -209,4 +209,4 @@ def test_an_option_of_another_sampler_is_refused(nets, tmp_path, capsys):
 def test_a_bad_schedule_is_one_error_line(nets, tmp_path, capsys):
     for bad in ("cosine", "edm:0", "shift:1e-12"):  # unknown, out of range, a grid that collapses in float32
         rc, _, err = _run(_fill(EVALUATE_BASE, nets, "class") + ["--nfe", "16", "--schedule", bad], tmp_path / "x", capsys)
-        assert rc == 1 and err.startswith("error: ") and ("shift:S" in err or "milder schedule" in err), err
+        assert rc == 1 and err.startswith("error: ") and ("shift:ALPHA" in err or "milder schedule" in err), err

@@ -104,7 +104,7 @@ def test_a_progress_bar_that_reports_a_refresh_never_replaces_the_output(monkeyp
     (dict(prompt="a cat"), "text-to-image"),
     (dict(class_labels=[0], output_type="jpeg"), "output_type"),
     (dict(class_labels=[0], nfe=1, sampler="dual-loop"), "budget"),
-    (dict(class_labels=[0], schedule="cosine"), "unknown schedule 'cosine'; choose uniform, shift:S"),
+    (dict(class_labels=[0], schedule="cosine"), "unknown schedule 'cosine'; choose uniform, shift:ALPHA"),
     (dict(class_labels=[0], schedule="edm:0"), "edm needs a finite number > 0"),
 ])
 def test_bad_calls_name_the_fix(call, message):
@@ -271,7 +271,7 @@ def test_saved_schedule_is_the_default_and_round_trips(tmp_path):
 
 def test_bad_saved_schedule_names_the_valid_forms(tmp_path):
     net = make_model(dtype=torch.float32)
-    with pytest.raises(ConfigError, match="choose uniform, shift:S .* or edm:RHO"):
+    with pytest.raises(ConfigError, match="choose uniform, shift:ALPHA .* or edm:RHO"):
         pipeline(net, schedule="shift")
     pipeline(net).save_pretrained(tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())

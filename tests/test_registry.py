@@ -264,7 +264,7 @@ def test_bench_and_demo_take_the_generated_sampling_flags():
     edm = settings(BenchSettings, ["bench", "--tiny", "--schedule", "edm:7.0"])
     assert edm.fingerprint()["sampling"]["schedule"] == "edm:7" and edm.sampling.plan("look-ahead", 8).schedule == "edm:7"
     assert "--schedule edm:7" in edm.command(Path("b"))
-    with pytest.raises(ConfigError, match="shift:S"):
+    with pytest.raises(ConfigError, match="shift:ALPHA"):
         settings(DemoSettings, ["demo", "--tiny", "--schedule", "cosine"])
     with pytest.raises(ConfigError, match="--n-inner"):
         settings(DemoSettings, ["demo", "--tiny", "--samplers", "euler-pf,look-ahead", "--n-inner", "2"])

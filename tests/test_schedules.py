@@ -239,7 +239,7 @@ def _heun_script():
 
 
 def test_edm_grid_against_the_karras_grid_as_documented():
-    """docs/method.md §10.1: edm:7 with 32 steps differs from the 32-step Karras grid by up to 0.052 in t, and its
+    """docs/method.md §5.10: edm:7 with 32 steps differs from the 32-step Karras grid by up to 0.052 in t, and its
     interior points are those of the 33-step Karras grid."""
     g = _heun_script().grid_comparison(32, 7.0)
     assert round(g["max_diff"], 3) == 0.052 and g["at"] == 20

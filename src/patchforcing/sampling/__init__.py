@@ -27,7 +27,7 @@ from patchforcing.sampling.registry import (
     make_mask_fn,
     steps_for_nfe,
 )
-from patchforcing.sampling.samplers import Context
+from patchforcing.sampling.samplers import SamplerRun
 from patchforcing.sampling.schedules import SCHEDULE_HELP, parse_schedule, time_grid
 
 
@@ -112,7 +112,7 @@ def sample(
             ``corrected-look-ahead``) or of ``STUDY_SAMPLERS``.
         steps: without ``plan``: outer steps S on the time grid of ``schedule``.
         schedule: without ``plan``: the time grid (``sampling/schedules.py``): ``uniform`` (default,
-            ``t_k = k / S``, the paper's), ``shift:S`` or ``edm:RHO``.
+            ``t_k = k / S``, the paper's), ``shift:ALPHA`` or ``edm:RHO``.
         cfg_scale: without ``plan``: the guidance weight w (1 = no guidance).
         guidance_interval: without ``plan``: ``(lo, hi)`` guides only the outer steps with
             ``lo <= t_k <= hi``; ``"sigma:LO,HI"`` or ``GuidanceInterval.from_sigma(LO, HI)`` the
@@ -171,18 +171,18 @@ def run_plan(
         condition = check_labels(model, noise, labels)
     guide = Guide(model, condition, plan.guidance, null_label, guide_model=guide_model)
     recorder = TrajectoryRecorder() if record_trajectory else None
-    ctx = Context(cfg.patch_size, cfg.num_patches, opts, generator, recorder, on_step_end=on_step_end)
+    run = SamplerRun(cfg.patch_size, cfg.num_patches, opts, generator, recorder, on_step_end=on_step_end)
     x = noise
     if region is not None:
         region.check(model, noise)
     if region is not None and region.active:  # the one place a known region enters (docs/inpainting.md)
         guide, x = RegionGuide(guide, region, noise, cfg), region.start_state(noise)
-    ctx.mask_fn = make_mask_fn(spec.mask, opts, cfg.patch_size, generator,
+    run.mask_fn = make_mask_fn(spec.mask, opts, cfg.patch_size, generator,
                                among=region.free if region is not None and region.active else None)
     grid = plan.grid  # (S + 1,) float32
     if progress:
         guide = _ProgressGuide(guide, plan.nfe, plan.sampler)
-    x = spec.fn(guide, x, grid, ctx)
+    x = spec.fn(guide, x, grid, run)
     if region is not None and region.active:
         x = region.composite(x)
     if progress:

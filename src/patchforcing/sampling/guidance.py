@@ -1,5 +1,10 @@
 """Guided evaluation: the only way samplers see the network (docs/method.md, samplers and guidance).
 
+Three names, three things: ``Guidance`` is the setting a plan records (scale, interval, and the
+name of a guide network); ``Guide`` is the evaluation a sampler calls; the guide network
+(``guide_model``) is the weak network of autoguidance, loaded from ``Guidance.guide`` by
+``patchforcing.guides.load_guide_model``.
+
 ``Guide(x, t)`` returns the guided velocity, the guided log-variance and the conditional-only
 velocity. Three kinds of evaluation, chosen per OUTER step:
 

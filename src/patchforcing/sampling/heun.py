@@ -1,7 +1,7 @@
 """Second-order samplers: Heun's method on the per-patch grid, alone and inside look-ahead.
 
 Same contract as the samplers of ``samplers.py`` (``docs/method.md``, sections 5 and 10): a function
-``(guide, x, grid, ctx) -> x`` that sees the network only through ``guide(x, t)``; every outer
+``(guide, x, grid, run) -> x`` that sees the network only through ``guide(x, t)``; every outer
 step is announced with ``guide.begin_step(t_k)`` and all its evaluations (the corrector too)
 follow that step's guidance decision (CFG, guidance interval, autoguidance). ``grid`` is any
 grid of ``schedules.time_grid``. ``sampling/registry.py`` holds their entries and counts their NFE
@@ -44,61 +44,61 @@ from __future__ import annotations
 from torch import Tensor
 
 from patchforcing.sampling.guidance import Guide, outer_steps
-from patchforcing.sampling.samplers import Context, look_ahead_velocity
+from patchforcing.sampling.samplers import SamplerRun, look_ahead_velocity
 
 
-def heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+def heun(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun) -> Tensor:
     """Heun with one global time per sample (t as (B,), any network). NFE = 2 S - 1 (last step Euler), 2 S with ``correct_last``."""
-    return _plain_heun(guide, x, grid, ctx, per_patch=False)
+    return _plain_heun(guide, x, grid, run, per_patch=False)
 
 
-def heun_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+def heun_pf(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun) -> Tensor:
     """Heun with per-patch times, all equal (t as (B, N)). NFE = 2 S - 1 (last step Euler), 2 S with ``correct_last``."""
-    return _plain_heun(guide, x, grid, ctx, per_patch=True)
+    return _plain_heun(guide, x, grid, run, per_patch=True)
 
 
-def _plain_heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context, *, per_patch: bool) -> Tensor:
-    b, n = x.shape[0], ctx.num_patches
+def _plain_heun(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun, *, per_patch: bool) -> Tensor:
+    b, n = x.shape[0], run.num_patches
     shape = (b, n) if per_patch else (b,)
-    last = _uncorrected_step(grid, ctx)
+    last = _uncorrected_step(grid, run)
     for k, (t_cur, t_next, t32) in enumerate(outer_steps(grid, x, guide)):
         h = t_next - t_cur
         out = guide(x, t_cur.expand(shape))
-        ctx.record(x=x, t=t_cur.expand(b, n), logvar=out.logvar)
-        x = ctx.end_step(_heun_update(guide, x, out.velocity, h, t_next.expand(shape), ctx, correct=k != last), t32)
+        run.record(x=x, t=t_cur.expand(b, n), logvar=out.logvar)
+        x = run.end_step(_heun_update(guide, x, out.velocity, h, t_next.expand(shape), run, correct=k != last), t32)
     return x
 
 
-def look_ahead_heun(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+def look_ahead_heun(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun) -> Tensor:
     """Look-ahead whose main step is Heun (module docstring). NFE = W + 3 (S - W) - 1, or W + 3 (S - W) with ``correct_last``."""
-    b, n = x.shape[0], ctx.num_patches
-    last = _uncorrected_step(grid, ctx)
+    b, n = x.shape[0], run.num_patches
+    last = _uncorrected_step(grid, run)
     for k, (t_cur, t_next, t32) in enumerate(outer_steps(grid, x, guide)):
         h = t_next - t_cur
-        d1, certain = look_ahead_velocity(guide, x, t_cur, t32, ctx)
+        d1, certain = look_ahead_velocity(guide, x, t_cur, t32, run)
         if certain is None:  # look-ahead's warm-up: one conditional Euler step, no corrector
-            x = ctx.end_step(x + h * d1, t32)
+            x = run.end_step(x + h * d1, t32)
         else:
-            x = ctx.end_step(_heun_update(guide, x, d1, h, t_next.expand(b, n), ctx, correct=k != last, certain=certain), t32)
+            x = run.end_step(_heun_update(guide, x, d1, h, t_next.expand(b, n), run, correct=k != last, certain=certain), t32)
     return x
 
 
-def corrected_look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+def corrected_look_ahead(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun) -> Tensor:
     """Look-ahead whose context jump is Heun-corrected (module docstring). NFE = W + 3 (S - W)."""
     for t_cur, t_next, t32 in outer_steps(grid, x, guide):
-        v, _ = look_ahead_velocity(guide, x, t_cur, t32, ctx, correct_context=True)
-        x = ctx.end_step(x + (t_next - t_cur) * v, t32)
+        v, _ = look_ahead_velocity(guide, x, t_cur, t32, run, correct_context=True)
+        x = run.end_step(x + (t_next - t_cur) * v, t32)
     return x
 
 
 # --- pieces ----------------------------------------------------------------------------------------
-def _uncorrected_step(grid: Tensor, ctx: Context) -> int:
+def _uncorrected_step(grid: Tensor, run: SamplerRun) -> int:
     """The index of the step that takes no corrector: the last (EDM's Algorithm 1), or -1 (none:
     every step is corrected, as SiT's ODE sampler does) with the option ``correct_last=1``."""
-    return -1 if int(ctx.options.correct_last) else grid.numel() - 2
+    return -1 if int(run.options.correct_last) else grid.numel() - 2
 
 
-def _heun_update(guide: Guide, x: Tensor, d1: Tensor, h: Tensor, t_next: Tensor, ctx: Context, *,
+def _heun_update(guide: Guide, x: Tensor, d1: Tensor, h: Tensor, t_next: Tensor, run: SamplerRun, *,
                  correct: bool, certain: Tensor | None = None) -> Tensor:
     """``x + h d1`` (no correction) or ``x + h (d1 + d2) / 2`` with ``d2 = v(x + h d1, t_{k+1})``;
     ``t_next`` is (B,) or (B, N)."""
@@ -106,8 +106,8 @@ def _heun_update(guide: Guide, x: Tensor, d1: Tensor, h: Tensor, t_next: Tensor,
     if not correct:
         return x_pred
     d2 = guide(x_pred, t_next).velocity
-    t_rec = t_next if t_next.ndim == 2 else t_next[:, None].expand(x.shape[0], ctx.num_patches)
-    ctx.record(x=x_pred, t=t_rec, logvar=None, certain=certain, inner=True)
+    t_rec = t_next if t_next.ndim == 2 else t_next[:, None].expand(x.shape[0], run.num_patches)
+    run.record(x=x_pred, t=t_rec, logvar=None, certain=certain, inner=True)
     return x + h * (d1 + d2) / 2
 
 

@@ -44,8 +44,8 @@ class SamplingPlan:
             turned into them.
         guidance: a ``Guidance`` (default: none).
         nfe_budget: the budget the steps were chosen for (``from_nfe``), else None.
-        schedule: the time grid (``sampling/schedules.py``, ``docs/method.md`` section 10):
-            ``uniform`` (``t_k = k / S``, the paper's), ``shift:S`` or ``edm:RHO``; kept in its
+        schedule: the time grid (``sampling/schedules.py``, ``docs/method.md`` §5.10):
+            ``uniform`` (``t_k = k / S``, the paper's), ``shift:ALPHA`` or ``edm:RHO``; kept in its
             canonical spelling (``"shift:3.0"`` -> ``"shift:3"``).
     """
 

@@ -36,7 +36,7 @@ from patchforcing.models.config import Kind
 from patchforcing.sampling.guidance import Guided
 from patchforcing.sampling.heun import corrected_look_ahead, heun, heun_pf, look_ahead_heun
 from patchforcing.sampling.masks import difficulty_mask, inverted_mask, random_mask, spread_mask
-from patchforcing.sampling.samplers import Context, dual_loop, euler, euler_pf, look_ahead
+from patchforcing.sampling.samplers import SamplerRun, dual_loop, euler, euler_pf, look_ahead
 from patchforcing.sampling.schedules import UNIFORM, time_grid
 
 # Other keyword names accepted in Python calls (``p=0.4`` for ``p_frac=0.4``): name -> field.
@@ -160,7 +160,7 @@ def make_mask_fn(kind: MaskKind, options: SamplerOptions, patch_size: int, gener
 
 
 # --- the spec ------------------------------------------------------------------------------------
-StepFn = Callable[[Any, Tensor, Tensor, Context], Tensor]
+StepFn = Callable[[Any, Tensor, Tensor, SamplerRun], Tensor]
 
 
 @dataclass(frozen=True)
@@ -169,7 +169,7 @@ class SamplerSpec:
 
     Attributes:
         name: the name users pass (``--sampler``, ``sample(sampler=...)``).
-        fn: the step function ``(guide, x0, grid, ctx) -> x1`` of ``sampling/samplers.py``.
+        fn: the step function ``(guide, x0, grid, run) -> x1`` of ``sampling/samplers.py``.
         options_type: its typed options (defaults, help and ranges in the fields' metadata).
         needs_per_patch_time: the network must take a time per patch (B, N): Patch Forcing networks.
         needs_difficulty_head: the sampler reads the difficulty head (its mask follows it).
@@ -307,10 +307,10 @@ def _counted_nfe(fn: StepFn, options: SamplerOptions, grid: tuple[float, ...]) -
     counter = _CountingEvaluation()
     x = torch.zeros(1, 1, 2, 2)
     certain = torch.tensor([[[[True, False], [False, True]]]])
-    ctx = Context(patch_size=1, num_patches=4, options=options, mask_fn=lambda out, x: certain)
+    run = SamplerRun(patch_size=1, num_patches=4, options=options, mask_fn=lambda out, x: certain)
     try:
         with torch.no_grad():
-            fn(counter, x, torch.tensor(grid, dtype=torch.float32), ctx)
+            fn(counter, x, torch.tensor(grid, dtype=torch.float32), run)
     except _OverLimit:
         pass
     return counter.nfe

@@ -1,13 +1,13 @@
 """Inference samplers (docs/method.md, samplers). Each integrates ``t: 0 -> 1`` on a time grid
 ``0 = t_0 < t_1 < ... < t_S = 1`` (``sampling/schedules.py``; uniform ``t_k = k / S`` by default).
 
-A sampler is a function ``(guide, x, grid, ctx) -> x`` that sees the network only through
+A sampler is a function ``(guide, x, grid, run) -> x`` that sees the network only through
 ``guide(x, t) -> Guided(velocity, logvar, cond_velocity)``. At the start of every outer step
 ``outer_steps`` calls ``guide.begin_step(t_k)`` with the step's float32 grid time: the guide decides there whether
 the step is guided (guidance interval), and every evaluation of the step follows that decision.
-Every outer step ends with ``x = ctx.end_step(x, t_k)``, which hands the sample to the caller's
+Every outer step ends with ``x = run.end_step(x, t_k)``, which hands the sample to the caller's
 step-end callback (``sample(on_step_end=...)``, the pipeline's ``callback_on_step_end``).
-``ctx`` carries the patch size, the sampler's options (a typed dataclass of
+``run`` carries the patch size, the sampler's options (a typed dataclass of
 ``sampling.registry``), the certain-patch mask function and an optional recorder (None unless
 trajectories are asked for). A sampler's NFE is not written down beside it: ``sampling.registry``
 counts it by one dry run of the step function through a counting evaluation, so the declared and the
@@ -33,7 +33,7 @@ WARMUP_T32 = torch.tensor(LOOK_AHEAD_WARMUP_T, dtype=torch.float32).item()  # co
 
 
 @dataclass
-class Context:
+class SamplerRun:
     patch_size: int
     num_patches: int
     options: Any  # the sampler's options dataclass (sampling.registry)
@@ -64,41 +64,41 @@ class Context:
 
 
 # --- plain Euler ------------------------------------------------------------------------------
-def euler(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+def euler(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun) -> Tensor:
     """Global-time Euler: ``x += (t_{k+1} - t_k) v``, ``t`` passed as (B,). NFE = S."""
     b = x.shape[0]
     for t_cur, t_next, t32 in outer_steps(grid, x, guide):
         out = guide(x, t_cur.expand(b))
-        ctx.record(x=x, t=t_cur.expand(b, ctx.num_patches), logvar=out.logvar)
-        x = ctx.end_step(x + (t_next - t_cur) * out.velocity, t32)
+        run.record(x=x, t=t_cur.expand(b, run.num_patches), logvar=out.logvar)
+        x = run.end_step(x + (t_next - t_cur) * out.velocity, t32)
     return x
 
 
-def euler_pf(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+def euler_pf(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun) -> Tensor:
     """Euler for Patch Forcing networks: the same step, ``t`` passed as (B, N), all equal. NFE = S."""
-    b, n = x.shape[0], ctx.num_patches
+    b, n = x.shape[0], run.num_patches
     for t_cur, t_next, t32 in outer_steps(grid, x, guide):
         t = t_cur.expand(b, n)
         out = guide(x, t)
-        ctx.record(x=x, t=t, logvar=out.logvar)
-        x = ctx.end_step(x + (t_next - t_cur) * out.velocity, t32)
+        run.record(x=x, t=t, logvar=out.logvar)
+        x = run.end_step(x + (t_next - t_cur) * out.velocity, t32)
     return x
 
 
 # --- dual loop ---------------------------------------------------------------------------------
-def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+def dual_loop(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun) -> Tensor:
     """Certain patches take the whole step at once; uncertain ones take ``K`` small steps with
     the certain ones already ahead as context (docs/method.md, samplers). The mask is fixed within an outer step.
     NFE = S * K."""
-    k_inner = int(ctx.options.n_inner)
-    b, patch, n = x.shape[0], ctx.patch_size, ctx.num_patches
+    k_inner = int(run.options.n_inner)
+    b, patch, n = x.shape[0], run.patch_size, run.num_patches
     for t_cur, t_next, t32 in outer_steps(grid, x, guide):
         dt = t_next - t_cur
         small = dt / k_inner
         out = guide(x, t_cur.expand(b, n))
-        certain = ctx.mask_fn(out, x)  # (B, 1, H, W) bool
+        certain = run.mask_fn(out, x)  # (B, 1, H, W) bool
         uncertain = ~certain
-        ctx.record(x=x, t=t_cur.expand(b, n), logvar=out.logvar, certain=certain)
+        run.record(x=x, t=t_cur.expand(b, n), logvar=out.logvar, certain=certain)
         x = x + torch.where(certain, dt, small) * out.velocity
         t_map = t_cur + torch.where(certain, dt, small)  # (B, 1, H, W) per-pixel time
         for _ in range(k_inner - 1):
@@ -106,23 +106,23 @@ def dual_loop(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
             v = guide(x, t_patch).velocity
             x = x + small * v * uncertain
             t_map = t_map + small * uncertain
-            ctx.record(x=x, t=t_patch, logvar=None, certain=certain, inner=True)
-        x = ctx.end_step(x, t32)
+            run.record(x=x, t=t_patch, logvar=None, certain=certain, inner=True)
+        x = run.end_step(x, t32)
     return x
 
 
 # --- look ahead --------------------------------------------------------------------------------
-def look_ahead(guide: Guide, x: Tensor, grid: Tensor, ctx: Context) -> Tensor:
+def look_ahead(guide: Guide, x: Tensor, grid: Tensor, run: SamplerRun) -> Tensor:
     """Certain patches are pushed ahead to ``t_ctx = min(rho t_k, 1)`` with the conditional
     velocity; the uncertain ones are then predicted with that cleaner context (docs/method.md, samplers).
     NFE = 1 while ``t_k <= 0.05``, else 2 per step."""
     for t_cur, t_next, t32 in outer_steps(grid, x, guide):
-        v, _ = look_ahead_velocity(guide, x, t_cur, t32, ctx)
-        x = ctx.end_step(x + (t_next - t_cur) * v, t32)
+        v, _ = look_ahead_velocity(guide, x, t_cur, t32, run)
+        x = run.end_step(x + (t_next - t_cur) * v, t32)
     return x
 
 
-def look_ahead_velocity(guide: Guide, x: Tensor, t_cur: Tensor, t32: float, ctx: Context, *,
+def look_ahead_velocity(guide: Guide, x: Tensor, t_cur: Tensor, t32: float, run: SamplerRun, *,
                         correct_context: bool = False) -> tuple[Tensor, Tensor | None]:
     """Look-ahead's velocity at outer step ``t_k``, shared by ``look-ahead``, ``look-ahead-heun`` and
     ``corrected-look-ahead``: ``(v (B, C, H, W), certain (B, 1, H, W) bool)``.
@@ -134,32 +134,32 @@ def look_ahead_velocity(guide: Guide, x: Tensor, t_cur: Tensor, t32: float, ctx:
     that context: ``v`` is the guided velocity at ``t_k`` on the certain patches and the guided
     velocity with the context on the others.
     """
-    b, n = x.shape[0], ctx.num_patches
+    b, n = x.shape[0], run.num_patches
     t = t_cur.expand(b, n)
     out = guide(x, t)
     if t32 <= WARMUP_T32:
-        ctx.record(x=x, t=t, logvar=out.logvar)
+        run.record(x=x, t=t, logvar=out.logvar)
         return out.cond_velocity, None
-    certain = ctx.mask_fn(out, x)  # (B, 1, H, W)
-    x_ctx, t_ctx, delta = context_jump(x, t, t_cur, out.cond_velocity, certain, ctx)
+    certain = run.mask_fn(out, x)  # (B, 1, H, W)
+    x_ctx, t_ctx, delta = context_jump(x, t, t_cur, out.cond_velocity, certain, run)
     if correct_context:
         c2 = guide(x_ctx, t_ctx).cond_velocity  # conditional velocity at the Euler jump's end
-        ctx.record(x=x_ctx, t=t_ctx, logvar=None, certain=certain, inner=True)  # the context's corrector call
+        run.record(x=x_ctx, t=t_ctx, logvar=None, certain=certain, inner=True)  # the context's corrector call
         x_ctx = x + delta * (out.cond_velocity + c2) / 2 * certain
-    ctx.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context at t_ctx
+    run.record(x=x, t=t_ctx, logvar=out.logvar, certain=certain, context=True)  # two calls: x at t_k, context at t_ctx
     v_ctx = guide(x_ctx, t_ctx).velocity
     return torch.where(certain, out.velocity, v_ctx), certain
 
 
 def context_jump(x: Tensor, t: Tensor, t_cur: Tensor, cond_velocity: Tensor, certain: Tensor,
-                 ctx: Context) -> tuple[Tensor, Tensor, Tensor]:
+                 run: SamplerRun) -> tuple[Tensor, Tensor, Tensor]:
     """Look-ahead's context: certain patches jump by Euler to ``min(rho t_k, 1)`` with the
     conditional velocity. Returns ``x_ctx`` (B, C, H, W), the per-patch times ``t_ctx`` (B, N)
     and the advance ``delta = min(rho t_k, 1) - t_k`` (a scalar tensor)."""
-    rho = float(ctx.options.context_ratio)
+    rho = float(run.options.context_ratio)
     delta = torch.clamp(rho * t_cur, max=1.0) - t_cur
     x_ctx = x + delta * cond_velocity * certain
-    certain_patch = pixels_to_patch_mean(certain.to(x.dtype), ctx.patch_size) > 0.5  # (B, N)
+    certain_patch = pixels_to_patch_mean(certain.to(x.dtype), run.patch_size) > 0.5  # (B, N)
     return x_ctx, t + delta * certain_patch, delta
 
 

@@ -49,7 +49,7 @@ UNIFORM = "uniform"
 # (it overflows float64 under RHO = 0.0067); above 100 the grid hardly moves any more (RHO -> inf
 # spaces sigma geometrically).
 EDM_RHO_MIN, EDM_RHO_MAX = 0.1, 100.0
-SCHEDULE_HELP = f"uniform, shift:S (S > 0, e.g. shift:3) or edm:RHO ({EDM_RHO_MIN:g} <= RHO <= {EDM_RHO_MAX:g}, e.g. edm:7)"
+SCHEDULE_HELP = f"uniform, shift:ALPHA (ALPHA > 0, e.g. shift:3) or edm:RHO ({EDM_RHO_MIN:g} <= RHO <= {EDM_RHO_MAX:g}, e.g. edm:7)"
 
 
 @dataclass(frozen=True)
