@@ -24,7 +24,7 @@ from patchforcing.cli import main
 from patchforcing.data import load_dataset
 from patchforcing.errors import ConfigError, ShapeError
 from patchforcing.evaluation.conditions import ClassLabels
-from patchforcing.evaluation.evaluate import evaluate_model, plan_evaluation, validation_report
+from patchforcing.evaluation.evaluate import EvalSpec, check_evaluation, evaluate_model, validation_report
 from patchforcing.images import save_grid as save_image_grid
 from patchforcing.images import to_uint8_nhwc
 from patchforcing.sampling import noise_for_seeds
@@ -59,6 +59,13 @@ def net(ckpt) -> pf.PatchForcingTransformer:
     return pf.load_model(ckpt)
 
 
+def _plan_evaluation(net, *, sampler: str, nfe: int, num_samples: int, **options) -> tuple[int, int]:
+    """The steps and NFE of a budget, after every check an evaluation makes before sampling."""
+    plan = pf.SamplingPlan.from_nfe(sampler, nfe, **options)
+    check_evaluation(net, plan, EvalSpec(num_samples))
+    return plan.steps, plan.nfe
+
+
 def _run(*argv: str) -> int:
     return main(["evaluate", *map(str, argv)])
 
@@ -70,19 +77,19 @@ def test_budget_gives_the_most_steps_that_fit(net, sampler):
         one_step = pf.expected_nfe(sampler, 1)
         if one_step > budget:
             with pytest.raises(ConfigError, match="budget of"):
-                plan_evaluation(net, sampler=sampler, nfe=budget, num_samples=8)
+                _plan_evaluation(net, sampler=sampler, nfe=budget, num_samples=8)
             continue
-        steps, used = plan_evaluation(net, sampler=sampler, nfe=budget, num_samples=8)
+        steps, used = _plan_evaluation(net, sampler=sampler, nfe=budget, num_samples=8)
         assert used == pf.expected_nfe(sampler, steps) <= budget
         assert pf.expected_nfe(sampler, steps + 1) > budget  # maximal
 
 
 def test_budget_16_examples(net):
-    assert plan_evaluation(net, sampler="euler-pf", nfe=16, num_samples=8) == (16, 16)
-    assert plan_evaluation(net, sampler="dual-loop", nfe=16, num_samples=8) == (4, 16)  # K = 4
-    assert plan_evaluation(net, sampler="dual-loop", nfe=16, num_samples=8, n_inner=2) == (8, 16)
+    assert _plan_evaluation(net, sampler="euler-pf", nfe=16, num_samples=8) == (16, 16)
+    assert _plan_evaluation(net, sampler="dual-loop", nfe=16, num_samples=8) == (4, 16)  # K = 4
+    assert _plan_evaluation(net, sampler="dual-loop", nfe=16, num_samples=8, n_inner=2) == (8, 16)
     # look-ahead: the warm-up step (t_0 = 0 <= 0.05) costs 1 NFE, every other step 2.
-    steps, used = plan_evaluation(net, sampler="look-ahead", nfe=16, num_samples=8)
+    steps, used = _plan_evaluation(net, sampler="look-ahead", nfe=16, num_samples=8)
     assert steps in (8, 9) and used == 1 + 2 * (steps - 1) <= 16
 
 
@@ -94,7 +101,7 @@ def test_reported_nfe_is_the_counted_network_calls(net, sampler, one_thread):
         result = evaluate_model(net, sampler=sampler, nfe=16, num_samples=4, batch_size=4)
     finally:
         hook.remove()
-    steps, used = plan_evaluation(net, sampler=sampler, nfe=16, num_samples=4)
+    steps, used = _plan_evaluation(net, sampler=sampler, nfe=16, num_samples=4)
     assert len(calls) == result["nfe"] == used <= 16  # one batch: calls per image == calls
     assert result["steps"] == steps and result["nfe_budget"] == 16 and result["sampler"] == sampler
 

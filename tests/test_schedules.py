@@ -11,7 +11,7 @@ import torch
 import patchforcing as pf
 from conftest import make_model, seeded_noise
 from patchforcing.sampling import SamplingPlan, time_grid
-from patchforcing.sampling.samplers import warmup_count
+from patchforcing.sampling.samplers import WARMUP_T32
 from patchforcing.sampling.schedules import EDM_SIGMA_MAX, EDM_SIGMA_MIN, parse_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,6 +20,11 @@ F64 = torch.float64
 B = 3
 LABELS = torch.tensor([0, 3, 4])
 SCHEDULES = ["uniform", "shift:1", "shift:3", "shift:0.5", "edm:7", "edm:3", "edm:1"]
+
+
+def warmup_count(grid) -> int:
+    """Outer steps of ``grid`` that look-ahead takes as a warm-up step (``t_k <= 0.05`` in float32)."""
+    return int((grid[:-1] <= WARMUP_T32).sum())
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

@@ -17,7 +17,6 @@ from patchforcing.evaluation.evaluate import (
     check_evaluation,
     evaluate,
     evaluate_model,
-    plan_evaluation,
     save_samples_npz,
     validation_report,
 )
@@ -48,7 +47,6 @@ __all__ = [
     "load_digits_classifier",
     "load_inception",
     "load_statistics",
-    "plan_evaluation",
     "precision_recall",
     "save_samples_npz",
     "save_statistics",

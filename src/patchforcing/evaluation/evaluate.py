@@ -120,14 +120,6 @@ def check_evaluation(model: nn.Module, plan: SamplingPlan, spec: EvalSpec,
     return scoring(model, spec.data, spec.stats, spec.inception_weights, spec.decoder)
 
 
-def plan_evaluation(model: nn.Module, plan: SamplingPlan | None = None, *, num_samples: int,
-                    guide_model: nn.Module | None = None, **keywords: Any) -> tuple[int, int]:
-    """``check_evaluation`` with ``evaluate_model``'s keywords; returns ``(steps, NFE actually used)``."""
-    plan, spec = _plan_and_spec(plan, num_samples=num_samples, **keywords)
-    check_evaluation(model, plan, spec, guide_model)
-    return plan.steps, plan.nfe
-
-
 def check_num_samples(num_samples: int) -> None:
     """From ``PR_NEIGHBOURS + 1`` to ``MAX_EVAL_SAMPLES`` images (a ``ConfigError`` naming the range otherwise)."""
     if num_samples <= PR_NEIGHBOURS:

@@ -162,7 +162,3 @@ def context_jump(x: Tensor, t: Tensor, t_cur: Tensor, cond_velocity: Tensor, cer
     certain_patch = pixels_to_patch_mean(certain.to(x.dtype), run.patch_size) > 0.5  # (B, N)
     return x_ctx, t + delta * certain_patch, delta
 
-
-def warmup_count(grid: Tensor) -> int:
-    """Outer steps of ``grid`` that look-ahead takes as a plain warm-up step (``t_k <= 0.05`` in float32)."""
-    return int((grid[:-1] <= WARMUP_T32).sum())  # float32 against its float32 threshold, as the samplers compare
