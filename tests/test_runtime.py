@@ -142,3 +142,21 @@ def test_steady_cpu_allocator_stops_the_per_step_page_faults():
     out = subprocess.run([sys.executable, "-c", _FAULTS, "steady"], capture_output=True, text=True, check=True,
                          env={**env, "MALLOC_TRIM_THRESHOLD_": "262144"})
     assert out.stdout.split()[0] == "False"
+
+
+def test_console_exit_skips_interpreter_teardown_only_after_a_process_group(monkeypatch, capsys):
+    """After a torchrun command the script leaves with os._exit(code) once its output is flushed (PyTorch's
+    teardown of a gloo group at exit aborts now and then); a single-process command exits normally."""
+    import patchforcing.commands as commands
+
+    exits = []
+    monkeypatch.setattr(commands, "main", lambda: 3)
+    monkeypatch.setattr(commands.os, "_exit", lambda code: exits.append(code))
+    with pytest.raises(SystemExit) as info:  # no process group: Python's own exit
+        commands.console_main()
+    assert info.value.code == 3 and exits == []
+    monkeypatch.setattr(runtime, "_STARTED_GROUPS", [2])
+    assert runtime.started_process_group()
+    with pytest.raises(SystemExit):  # os._exit is stubbed here, so the sys.exit after it runs too
+        commands.console_main()
+    assert exits == [3]
