@@ -60,6 +60,10 @@ RUNS: dict[str, tuple[list[str], int]] = {
     "p4-pf-ltg-head0": (PF + P4 + ["--uncertainty-weight", "0"], 2000),
     "p4-pf-logit-normal": (PF + P4 + ["--timesteps", "logit-normal"], 2000),
     "p4-pf-ltg-loc0": (PF + P4 + ["--timestep-options", "loc=0.0"], 2000),
+    # training length for the chosen setting: copies of the 2,000- and 3,000-step runs, trained on
+    # (their own names, so the rows of the 2,000-step networks never change meaning)
+    "p4-pf-ltg-loc0-long": (PF + P4 + ["--timestep-options", "loc=0.0"], 4000),
+    "p4-sit-long": (SIT + P4, 6000),
     # per-patch times whose marginal is uniform (a uniform centre, patches spread around it): the spread alone
     "p4-pf-gaussian": (PF + P4 + ["--timesteps", "gaussian"], 2000),
     "p2-pf-ltg": (PF + P2, 2000),
@@ -364,6 +368,10 @@ def sections(out: Path, rows: dict) -> list[tuple[str, list[tuple[str, str]], st
          [(n, n) for n in dict.fromkeys(("p4d4-pf-ltg",) + ((chosen.replace("p4", "p4d4"),) if chosen else ()))],
          "p4d4-sit", PF_SAMPLERS),
         ("Training length: both networks at 1,000 steps", [("p4-pf-ltg@1000", "p4-pf-ltg@1000")], "p4-sit@1000", PF_SAMPLERS),
+        ("Training length: the chosen setting (`loc = 0`) and SiT at 4,000 steps (equal steps)",
+         [("p4-pf-ltg-loc0-long@4000", "p4-pf-ltg-loc0-long@4000")], "p4-sit-long@4000", PF_SAMPLERS),
+        ("Training length: the chosen setting at 4,000 steps and SiT at 6,000 (about equal training time)",
+         [("p4-pf-ltg-loc0-long@4000", "p4-pf-ltg-loc0-long@4000")], "p4-sit-long@6000", PF_SAMPLERS),
         ("Digits (16x16, 2x2 patches, 64 tokens), 3,000 steps: the default and the chosen setting",
          [(n, n) for n in ("digits-pf-ltg",) + ((chosen.replace("p4-", "digits-"),) if chosen and chosen != "p4-pf-ltg" else ())],
          "digits-sit", PF_SAMPLERS),
