@@ -10,39 +10,23 @@ held-out accuracy and the architecture in its metadata. Refuses to write below 9
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from patchforcing.data import load_dataset
-from patchforcing.evaluation.classifier import DigitsClassifier, classification_accuracy
+sys.path.insert(0, os.path.dirname(__file__))
+from classifier_training import command_line, fit, parser, write  # noqa: E402
+
+from patchforcing.data import load_dataset  # noqa: E402
+from patchforcing.evaluation.classifier import DigitsClassifier  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "src" / "patchforcing" / "assets" / "digits_classifier.safetensors"
 MIN_HELDOUT_ACCURACY = 0.97
-
-
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=40, help="passes over the 1500 training images")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate (one-cycle)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    p.add_argument("--width", type=int, default=32, help="channels of the first conv stage")
-    p.add_argument("--feature-dim", type=int, default=64, help="size of the feature layer")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, batches and augmentation")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads; one is fastest here")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the weights")
-    return p.parse_args()
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 1.5,
@@ -73,69 +57,26 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_shift: float = 1.5,
     return F.grid_sample(x + 1, grid, mode="bilinear", align_corners=False) - 1
 
 
-def train(args: argparse.Namespace) -> tuple[DigitsClassifier, float, float]:
+def train(args) -> tuple[DigitsClassifier, float, float]:
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     train_set, test_set = load_dataset("digits", split="train"), load_dataset("digits", split="test")
-    x_train, y_train = train_set.images, train_set.labels  # (1500, 1, 16, 16), (1500,)
-    x_test, y_test = test_set.images, test_set.labels  # (297, 1, 16, 16), (297,)
-
     model = DigitsClassifier(width=args.width, feature_dim=args.feature_dim)
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, epochs=args.epochs,
-                                                steps_per_epoch=steps_per_epoch)
-    for epoch in range(args.epochs):
-        model.train()
-        perm = torch.randperm(len(x_train), generator=gen)
-        total = 0.0
-        for start in range(0, len(x_train), args.batch_size):
-            idx = perm[start:start + args.batch_size]
-            loss = F.cross_entropy(model(augment(x_train[idx], gen)), y_train[idx],
-                                   label_smoothing=0.05)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
-            model.eval()
-            print(f"epoch {epoch + 1:3d}  loss {total / len(x_train):.4f}  held-out accuracy "
-                  f"{classification_accuracy(model, x_test, y_test):.4f}", flush=True)
-    model.eval()
-    return (model, classification_accuracy(model, x_train, y_train),
-            classification_accuracy(model, x_test, y_test))
+    train_acc, test_acc = fit(model, (train_set.images, train_set.labels), (test_set.images, test_set.labels), args,
+                              augment, gen, report_every=10)  # (1500, 1, 16, 16) training images, (297, ...) held out
+    return model, train_acc, test_acc
 
 
 def main() -> None:
-    args = parse_args()
+    args = parser(__doc__, epochs=40, batch_size=64, unit="images", out=DEFAULT_OUT).parse_args()
     torch.set_num_threads(args.threads)
-    command = "python " + shlex.join(["scripts/train_digits_classifier.py", *sys.argv[1:]])
+    command = command_line("train_digits_classifier.py")
     t0 = time.time()
     model, train_acc, test_acc = train(args)
-    print(f"train accuracy {train_acc:.4f}, held-out accuracy {test_acc:.4f} "
-          f"({time.time() - t0:.0f} s) from: {command}")
-    if test_acc < MIN_HELDOUT_ACCURACY:
-        sys.exit(f"held-out accuracy {test_acc:.4f} is below {MIN_HELDOUT_ACCURACY}; not writing "
-                 f"{args.out}. Try more --epochs or another --seed.")
-
-    metadata = {
-        "heldout_accuracy": f"{test_acc:.6f}",
-        "train_accuracy": f"{train_acc:.6f}",
-        "architecture": json.dumps(model.config),
+    print(f"train accuracy {train_acc:.4f}, held-out accuracy {test_acc:.4f} ({time.time() - t0:.0f} s) from: {command}")
+    write(model, args, train_acc=train_acc, test_acc=test_acc, minimum=MIN_HELDOUT_ACCURACY, command=command, metadata={
         "input": "(B, 1, 16, 16) in [-1, 1]",
-        "data": 'trained on load_dataset("digits", split="train"), scored on split="test"',
-        "features": f"(B, {args.feature_dim}) penultimate layer after GELU",
-        "command": command,
-        "torch_version": torch.__version__,
-    }
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.chmod(tmp, 0o644)  # readable by everyone once installed
-    os.replace(tmp, args.out)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)")
+        "data": 'trained on load_dataset("digits", split="train"), scored on split="test"'})
 
 
 if __name__ == "__main__":
