@@ -155,3 +155,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_tiny_app():
+    """A generator for module fixtures: the app of a tiny 1x8x8 network (NFE 8) on a free local port.
+    Yields ``(network, url)`` and closes the page afterwards (needs gradio and diffusers)."""
+    from patchforcing.app import build_app, serve
+    from patchforcing.hub.transformer import PatchForcingTransformerModel
+
+    torch.set_num_threads(1)
+    net = make_model(dtype=torch.float32, in_channels=1, input_size=8)
+    pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net), nfe=8)
+    pipe.set_progress_bar_config(disable=True)
+    page = build_app(pipe)
+    url = serve(page, port=free_port(), block=False)
+    yield net, f"{url}/"
+    page.close()

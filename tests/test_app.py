@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import patchforcing as pf
-from conftest import make_model
+from conftest import free_port, make_model, serve_tiny_app
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -30,23 +30,10 @@ from patchforcing.hub.transformer import PatchForcingTransformerModel  # noqa: E
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served():
     """A tiny network's page, launched on a free local port; yields (network, url)."""
-    torch.set_num_threads(1)
-    net = make_model(dtype=torch.float32, in_channels=1, input_size=8)
-    pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net), nfe=8)
-    pipe.set_progress_bar_config(disable=True)
-    page = build_app(pipe)
-    url = serve(page, port=_free_port(), block=False)
-    yield net, f"{url}/"
-    page.close()
+    yield from serve_tiny_app()
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +255,7 @@ def test_sessions_never_hold_more_than_the_bound():
     pipe.set_progress_bar_config(disable=True)
     limits = SessionLimits(sessions=2, frame_bytes=12 * 2**10)
     page = build_app(pipe, limits=limits)
-    url = serve(page, limits=limits, port=_free_port(), block=False)
+    url = serve(page, limits=limits, port=free_port(), block=False)
     try:
         clients, held = [gradio_client.Client(url, verbose=False) for _ in range(6)], []
         for c in clients:
@@ -298,7 +285,7 @@ def test_a_session_s_frames_are_dropped_after_its_time_out():
     pipe.set_progress_bar_config(disable=True)
     limits = SessionLimits(minutes=1 / 60)  # one second
     page = build_app(pipe, limits=limits)
-    url = serve(page, limits=limits, port=_free_port(), block=False)
+    url = serve(page, limits=limits, port=free_port(), block=False)
     try:
         client = gradio_client.Client(url, verbose=False)
         client.predict("2", "euler-pf", 4, 1.0, 0.0, 1.0, "5", "uniform", api_name="/generate")
@@ -321,7 +308,7 @@ def test_the_page_is_served_on_loopback_without_a_share_link_whatever_the_enviro
     pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net), nfe=4)
     pipe.set_progress_bar_config(disable=True)
     page = build_app(pipe)
-    port = _free_port()
+    port = free_port()
     try:
         assert serve(page, port=port, block=False) == f"http://127.0.0.1:{port}"
         assert page.share is False and page.share_url is None and page.server_name == "127.0.0.1"
@@ -341,7 +328,7 @@ def test_another_address_is_explicit_and_warned_and_a_taken_port_is_one_line(cap
     pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net), nfe=4)
     pipe.set_progress_bar_config(disable=True)
     page = build_app(pipe)
-    port = _free_port()
+    port = free_port()
     try:
         serve(page, host="0.0.0.0", port=port, block=False)
         assert page.server_name == "0.0.0.0" and page.share is False

@@ -3,14 +3,12 @@ the seed, with the kept pixels exact; the frames show the kept patches at their 
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
 
 import patchforcing as pf
-from conftest import make_model
+from conftest import serve_tiny_app
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -19,29 +17,15 @@ from diffusers.utils.torch_utils import randn_tensor  # noqa: E402
 from gradio_client import handle_file  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from patchforcing.app import build_app, serve  # noqa: E402
-from patchforcing.hub.transformer import PatchForcingTransformerModel  # noqa: E402
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 SCALE = 32  # the page shows 8 px pictures at 256 px
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served():
-    torch.set_num_threads(1)
-    net = make_model(dtype=torch.float32, in_channels=1, input_size=8)
-    pipe = pf.PatchForcingPipeline(PatchForcingTransformerModel.from_network(net), nfe=8)
-    pipe.set_progress_bar_config(disable=True)
-    page = build_app(pipe)
-    url = serve(page, port=_free_port(), block=False)
-    yield net, gradio_client.Client(f"{url}/", verbose=False)
-    page.close()
+    """A tiny network's page on a free local port; yields (network, Gradio client)."""
+    for net, url in serve_tiny_app():
+        yield net, gradio_client.Client(url, verbose=False)
 
 
 @pytest.fixture(scope="module")
