@@ -165,7 +165,7 @@ def _pct(x: float) -> str:
 
 
 def _mechanism_tables(results: dict[str, Any], settings) -> list[str]:
-    lines = ["", "## Mechanism: does advancing the certain patches help the others? (p 0.4, context ratio 1.4)", "",
+    lines = ["", "## Mechanism: does advancing the certain patches help the others? (p_frac 0.4, context ratio 1.4)", "",
              "Mean over the times; change = after / before - 1 (negative: the error falls). `oracle`: the certain "
              "patches advanced along the true path instead of the predicted velocity.", "",
              "| network | mask | context | uncertain realised | uncertain predicted | step error (all patches) | "
@@ -178,7 +178,7 @@ def _mechanism_tables(results: dict[str, Any], settings) -> list[str]:
                              f"{_pct(v['uncertain_pred_change'])} | {_pct(v['step_change'])} | "
                              f"{v['certain_real'] / v['uncertain_real_before']:.2f} |")
     lines += ["", "### Step-error change for several p and context ratios (predicted context)", "",
-              "| network | p | context ratio | " + " | ".join(MASK_KINDS) + " |", "| --- | --- | --- |" + " --- |" * len(MASK_KINDS)]
+              "| network | p_frac | context ratio | " + " | ".join(MASK_KINDS) + " |", "| --- | --- | --- |" + " --- |" * len(MASK_KINDS)]
     for network in settings.networks:
         m = _mechanism(results, network)
         pairs = sorted({(k[1], k[2]) for k in m})
@@ -190,7 +190,7 @@ def _mechanism_tables(results: dict[str, Any], settings) -> list[str]:
 
 
 def _composition_table(results: dict[str, Any], settings) -> list[str]:
-    lines = ["", "## Which patches run ahead? (p 0.4)", "",
+    lines = ["", "## Which patches run ahead? (p_frac 0.4)", "",
              "Share of the certain patches that hold content (digits: a stroke pixel; photos: texture above the "
              "median), mean over the times; `all patches` is the share among all patches.", "",
              "| network | all patches | " + " | ".join(MASK_KINDS) + " |", "| --- | --- |" + " --- |" * len(MASK_KINDS)]

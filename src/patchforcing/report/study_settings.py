@@ -77,7 +77,7 @@ class StudySettings:
         if unknown or not self.networks:
             raise ConfigError(f"unknown network(s) {unknown or '(none given)'}; choose from: {', '.join(NETWORKS)}")
         if any(not 0 < p < 1 for p in self.p_values) or any(r < 1 for r in self.context_ratios):
-            raise ConfigError("p values must lie in (0, 1) and context ratios must be at least 1")
+            raise ConfigError("p_frac values must lie in (0, 1) and context ratios must be at least 1")
         if any(not 0 < t < 1 for t in self.mechanism_times):
             raise ConfigError(f"mechanism times {self.mechanism_times!r} must lie in (0, 1)")
         object.__setattr__(self, "nfe", tuple(sorted(set(self.nfe))))
