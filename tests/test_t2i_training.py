@@ -47,15 +47,22 @@ def test_resume_is_exact_and_captions_drop_to_the_empty_prompt(tmp_path, capsys)
     assert whole["model_config"]["architecture"] == "t2i" and whole["model_config"]["text_encoder"] == "byte-toy"
     # the dropout draw is a function of (seed, step): the same captions every time, about half dropped
     from patchforcing.data import load_dataset
+    from patchforcing.timesteps import timestep_distribution
     from patchforcing.training.batches import StepBatches
     from patchforcing.training.text import TextConditioner
 
     cfg = resolve_config("digits-t2i", text_dropout=0.5, batch_size=64)
     cond = TextConditioner.for_run(cfg, load_dataset("digits-captions"))
-    batches = StepBatches(torch.zeros(1500, 1, 1, 1), torch.zeros(1500, dtype=torch.long), seed=0, batch_size=64, rank=0,
-                          world_size=1, timesteps=None, num_patches=1, null_label=None, drop_prob=0.0, global_time=False)
-    first = cond.step_captions(7, batches)
-    assert first == cond.step_captions(7, batches) and 16 < first.count("") < 48
+    def batches(rank: int = 0, world_size: int = 1) -> StepBatches:
+        return StepBatches(torch.zeros(1500, 1, 1, 1), torch.zeros(1500, dtype=torch.long), seed=0, batch_size=64,
+                           rank=rank, world_size=world_size, timesteps=timestep_distribution("uniform"), num_patches=1,
+                           null_label=None, drop_prob=0.0, global_time=False, **cond.batch_fields())
+
+    first = batches()[7].condition  # the 64 captions of step 7
+    assert first == batches()[7].condition and 16 < first.count("") < 48
+    assert batches(0, 2)[7].condition + batches(1, 2)[7].condition == first  # two processes: the same drops, split
+    kept = [c for c in first if c]
+    assert kept and all(c in cond.captions for c in kept)
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ def test_trainer_step_equals_train_step_by_hand(tmp_path, preset, grad_accum):
                           num_patches=mcfg.num_patches, null_label=mcfg.null_label, drop_prob=mcfg.class_dropout_prob,
                           global_time=mcfg.kind is Kind.SIT)
     for k in (1, 2):
-        losses = train_step(net, ema, optimizer, step_example(batches[k], k, cpu), scheduler=scheduler, **step_options(cfg, cpu))
+        losses = train_step(net, ema, optimizer, step_example(batches[k], cpu), scheduler=scheduler, **step_options(cfg, cpu))
         assert {name: float(v) for name, v in losses.items()} == {name: logged[k - 1][name] for name in losses}
     for name, mine in (("model", net.state_dict()), ("ema", ema.state_dict())):
         assert saved[name].keys() == mine.keys() and all(torch.equal(saved[name][key], mine[key]) for key in mine), name

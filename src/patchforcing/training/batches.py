@@ -19,6 +19,11 @@ versions: per sample and step, one of the two mirrorings (probability 1/2) and, 
 step's own stream ``(seed, STREAM_LATENT_VIEW, step)`` for the global batch, so they too are a
 function of ``(seed, step)``; a folder of means only draws nothing there and gives the batches
 it always gave.
+
+For a text-to-image network the condition of a row is its caption, or the empty prompt when the
+caption is dropped (docs/method.md §9.2); which are dropped is drawn for the global batch from the
+stream ``(seed, STREAM_TEXT_DROPOUT, step)``. The example then carries this process's captions,
+which the trainer encodes (``training/text.py``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from torch.utils.data import Dataset
 
 from patchforcing.errors import ConfigError
 from patchforcing.loss import Example
-from patchforcing.streams import STREAM_EPOCH, STREAM_LATENT_VIEW, STREAM_STEP, make_generator
+from patchforcing.streams import STREAM_EPOCH, STREAM_LATENT_VIEW, STREAM_STEP, STREAM_TEXT_DROPOUT, make_generator
 from patchforcing.timesteps import TimestepDistribution
 from patchforcing.training.example import draw_example
 
@@ -53,6 +58,8 @@ class StepBatches(Dataset):
         views: the latent folder's other stored versions of each row (``LatentViews``), or None.
         latent_sampling: "posterior" draws ``mean + std * eps`` (needs ``views.std``); "mean"
             trains on the posterior mean.
+        captions: one caption per image (text-to-image networks), or None.
+        text_dropout: probability that a caption is replaced by the empty prompt.
     """
 
     def __init__(
@@ -72,6 +79,8 @@ class StepBatches(Dataset):
         features: Tensor | None = None,
         views: Any = None,
         latent_sampling: str = "mean",
+        captions: list[str] | None = None,
+        text_dropout: float = 0.0,
     ):
         self.images, self.labels = images, labels
         self.seed, self.batch_size = seed, batch_size
@@ -82,6 +91,7 @@ class StepBatches(Dataset):
         self.views, self.posterior = views, latent_sampling == "posterior"
         if self.posterior and (views is None or views.std is None):
             raise ValueError("latent_sampling='posterior' needs a latent folder that stores the posterior std")
+        self.captions, self.text_dropout = captions, float(text_dropout)
         self._epochs: dict[int, Tensor] = {}
 
     def __len__(self) -> int:  # steps are unbounded; DataLoader is given an explicit sampler
@@ -89,8 +99,8 @@ class StepBatches(Dataset):
 
     def __getitem__(self, step: int) -> Example:
         """This process's ``Example`` of step ``step`` (1-based): ``x1`` (b, C, H, W), ``x0`` like it, ``t`` (b, N)
-        or (b,), ``condition`` the labels (b,) after guidance dropout, ``repa_target`` the stored features
-        (b, N', z) or None."""
+        or (b,), ``condition`` the labels (b,) after guidance dropout (with captions: the b captions after
+        text dropout), ``repa_target`` the stored features (b, N', z) or None."""
         index = self.indices(step)  # (B,)
         g = make_generator(self.seed, STREAM_STEP, step)
         x1 = self.images[index]
@@ -105,7 +115,13 @@ class StepBatches(Dataset):
             target = self.features[index[s]]  # (b, N', z)
             if flip is not None and self.views.flip_features is not None:
                 target = torch.where(flip[s, None, None], self.views.flip_features[index[s]], target)
-        return Example(x1[s], example.x0[s], example.t[s], example.condition[s], target)
+        condition = example.condition[s] if self.captions is None else self._captions(index, step)[s]
+        return Example(x1[s], example.x0[s], example.t[s], condition, target)
+
+    def _captions(self, index: Tensor, step: int) -> list[str]:
+        """The global batch's captions (B,), the dropped ones replaced by ``""``."""
+        drop = torch.rand((index.shape[0],), generator=make_generator(self.seed, STREAM_TEXT_DROPOUT, step)) < self.text_dropout
+        return ["" if bool(drop[i]) else self.captions[int(row)] for i, row in enumerate(index)]
 
     def _view(self, mean: Tensor, index: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor | None]:
         """The step's version of each latent row: (B, c, h, w), and which rows are mirrored (B,) or None."""

@@ -68,23 +68,23 @@ def draw_example(
     return Example(x1, x0, t, labels)
 
 
-def step_example(drawn: Example, step: int, device: torch.device, *, text: Any = None, repa: Any = None,
-                 batches: Any = None) -> Example:
-    """This process's example of step ``step`` on ``device``, completed from ``drawn = StepBatches[step]``.
+def step_example(drawn: Example, device: torch.device, *, text: Any = None, repa: Any = None) -> Example:
+    """This process's example on ``device``, completed from ``drawn = StepBatches[step]``.
 
     Args:
-        drawn: the step's rows as ``StepBatches`` draws them (labels as the condition, stored REPA
-            features or None as the target).
-        text: the run's ``TextConditioner``: the condition becomes the encoded captions of the
-            step (the dropped ones as ``""``); None for class-conditional networks.
+        drawn: the step's rows as ``StepBatches`` draws them (labels, or for a text network the
+            captions with the dropped ones as ``""``, as the condition; stored REPA features or None
+            as the target).
+        text: the run's ``TextConditioner``, which encodes the captions; None for class-conditional networks.
         repa: the run's ``RepaTargets``, or None without REPA.
-        batches: the ``StepBatches`` (a text network reads the step's rows from it).
     """
-    x1, x0, t, labels = (v.to(device, non_blocking=True) for v in (drawn.x1, drawn.x0, drawn.t, drawn.condition))
-    if text is not None:  # text states of this step's captions (some dropped to "")
-        labels = text.states(text.step_captions(step, batches), device)
+    x1, x0, t = (v.to(device, non_blocking=True) for v in (drawn.x1, drawn.x0, drawn.t))
+    if text is not None:  # text states of this step's captions (the dropped ones are "")
+        condition = text.states(drawn.condition, device)
+    else:
+        condition = drawn.condition.to(device, non_blocking=True)
     target = repa.targets(drawn.repa_target, x1) if repa is not None else None  # (b, N', z) of the clean images
-    return Example(x1, x0, t, labels, target)
+    return Example(x1, x0, t, condition, target)
 
 
 def training_loss(

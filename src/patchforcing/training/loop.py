@@ -103,6 +103,7 @@ class _Run:
             num_patches=self.model_config.num_patches, null_label=self.model_config.null_label,
             drop_prob=self.model_config.class_dropout_prob, global_time=self.model_config.kind is Kind.SIT,
             features=self.repa.stored if self.repa else None, **latent_views(self.data, cfg.latent_sampling),
+            **(self.text.batch_fields() if self.text else {}),
         )
         self.step_options = step_options(cfg, device)  # clipping, micro-batches, autocast, loss weights
 
@@ -181,7 +182,7 @@ class _Run:
 
     def _step(self, step: int, drawn: Example) -> dict[str, torch.Tensor]:
         """One optimizer step on this process's rows ``drawn`` of ``step``: ``train_step``'s losses and gradient norm."""
-        example = step_example(drawn, step, self.procs.device, text=self.text, repa=self.repa, batches=self.batches)
+        example = step_example(drawn, self.procs.device, text=self.text, repa=self.repa)
         return train_step(self.model, self.ema, self.optimizer, example, scheduler=self.scheduler, **self.step_options)
 
     def _periodic(self, step: int, tracker: LossTracker) -> None:

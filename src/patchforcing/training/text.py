@@ -1,10 +1,9 @@
 """Training text-to-image networks: captions of a step's batch -> text-encoder states.
 
-The trainer draws images, noise and times exactly as for class-conditional networks
-(``batches.py``); for a text network it then asks ``TextConditioner`` for the condition of the
-same rows. Which captions are dropped (replaced by the empty prompt, docs/method.md §9.2) is drawn for the
-GLOBAL batch from its own stream seeded by ``(seed, step)``, so resuming and any number of
-processes see the same drops. The encoder is frozen and keeps the states of captions it has
+The trainer draws images, noise, times and, for a text network, each row's caption or the empty
+prompt (``batches.py``: the drops, docs/method.md §9.2, come from their own stream of ``(seed, step)``
+for the GLOBAL batch, so resuming and any number of processes see the same drops);
+``TextConditioner`` encodes those captions. The encoder is frozen and keeps the states of captions it has
 seen (``EncodingCache``): on a small captioned data set every caption is encoded once.
 """
 
@@ -19,9 +18,7 @@ from torch import Tensor
 from patchforcing.conditioning import Condition
 from patchforcing.errors import ConfigError, DataError
 from patchforcing.models import T2I_PRESETS
-from patchforcing.streams import STREAM_TEXT_DROPOUT, make_generator
 from patchforcing.text import TextEncoder, load_text_encoder, text_condition
-from patchforcing.training.batches import StepBatches
 
 
 class TextConditioner:
@@ -58,19 +55,15 @@ class TextConditioner:
             name, length = cfg.text_encoder, cfg.text_length
         return cls(load_text_encoder(name, max_length=length), captions, cfg.text_dropout, cfg.seed)
 
-    # --- what the network config needs ------------------------------------------------------------
+    # --- what the network config and the batches need ---------------------------------------------
+    def batch_fields(self) -> dict[str, Any]:
+        """``StepBatches``' keywords: the captions and the text dropout."""
+        return {"captions": self.captions, "text_dropout": self.dropout}
+
     def network_fields(self) -> dict[str, Any]:
         return {"txt_in_dim": self.encoder.dim, "text_encoder": self.encoder.name, "text_length": self.encoder.max_length}
 
     # --- per step ---------------------------------------------------------------------------------
-    def step_captions(self, step: int, batches: StepBatches) -> list[str]:
-        """This process's captions of ``step``, with the dropped ones replaced by ``""``."""
-        index = batches.indices(step)  # (B,) rows of the global batch
-        g = make_generator(self.seed, STREAM_TEXT_DROPOUT, step)
-        drop = torch.rand((index.shape[0],), generator=g) < self.dropout
-        rows = range(index.shape[0])[batches.local]
-        return ["" if bool(drop[i]) else self.captions[int(index[i])] for i in rows]
-
     def states(self, captions: Sequence[str], device: torch.device) -> Tensor:
         """(b, L, D) float32 text-encoder states of ``captions`` on ``device``."""
         return self.encoder.encode(list(captions), device)
